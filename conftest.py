@@ -1,0 +1,77 @@
+"""Shared pytest fixtures and capability skips (each skip says why)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+def _can_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not shutil.which("ip"):
+        return "needs iproute2's ip command (apt-get install iproute2)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    netns_reason = _can_netns()
+    nic = os.environ.get("DEVMEMTCP_NIC")
+    for item in items:
+        if "root" in item.keywords and os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason="needs root (CAP_NET_ADMIN)"))
+        if "netns" in item.keywords and netns_reason:
+            item.add_marker(pytest.mark.skip(reason=netns_reason))
+        if "devmem_nic" in item.keywords and not nic:
+            item.add_marker(pytest.mark.skip(
+                reason="needs a devmem-capable NIC: set DEVMEMTCP_NIC=IFNAME "
+                "(devmemtcp doctor IFNAME tells whether it qualifies)"))
+        if "gpu" in item.keywords and not os.path.exists("/dev/nvidia0"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (/dev/nvidia0 absent)"))
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@dataclass(frozen=True)
+class NetnsPair:
+    """Two namespaces joined by a veth pair: ``a`` (addr_a on veth_a) and ``b``."""
+
+    ns_a: str
+    ns_b: str
+    veth_a: str
+    veth_b: str
+    addr_a: str
+    addr_b: str
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    """Create two namespaces joined by a veth pair (MTU 1500), removed afterwards."""
+    reason = _can_netns()
+    if reason:
+        pytest.skip(reason)
+    tag = uuid.uuid4().hex[:6]
+    pair = NetnsPair(f"dmt-a-{tag}", f"dmt-b-{tag}", "veth0", "veth1",
+                     "192.0.2.1", "192.0.2.2")
+    _ip("netns", "add", pair.ns_a)
+    try:
+        _ip("netns", "add", pair.ns_b)
+        _ip("-n", pair.ns_a, "link", "add", pair.veth_a, "mtu", "1500", "type", "veth",
+            "peer", "name", pair.veth_b, "netns", pair.ns_b)
+        for ns, dev, addr in ((pair.ns_a, pair.veth_a, pair.addr_a),
+                              (pair.ns_b, pair.veth_b, pair.addr_b)):
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        for ns in (pair.ns_a, pair.ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

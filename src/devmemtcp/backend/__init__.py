@@ -1,0 +1,1 @@
+"""Backends: the kernel and the emulated devmem NIC behind one protocol."""

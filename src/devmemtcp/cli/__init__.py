@@ -1,0 +1,1 @@
+"""The devmemtcp command-line tool."""

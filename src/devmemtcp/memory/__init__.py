@@ -1,0 +1,1 @@
+"""dma-buf providers: host memory (memfd), udmabuf, CUDA."""

@@ -1,0 +1,34 @@
+"""The DmaBuf protocol: memory a NIC can DMA into and out of."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from devmemtcp.cmsg import FragBatch
+
+
+@runtime_checkable
+class DmaBuf(Protocol):
+    """A dma-buf (or, for the emulated NIC, host memory standing in for one).
+
+    ``fd``: the file descriptor handed to bind-rx/bind-tx. ``size``: bytes, a
+    multiple of ``page_size`` (the net_iov size, 4096). ``kind``: "memfd",
+    "udmabuf", "cuda". ``host_view()`` returns a writable ``uint8`` array of
+    shape ``(size,)`` over the memory, or raises DevmemError for device memory.
+    """
+
+    fd: int
+    size: int
+    page_size: int
+    kind: str
+
+    def host_view(self) -> np.ndarray: ...
+    def copy_in(self, offset: int, data: bytes | memoryview | np.ndarray) -> None: ...
+    def copy_out(self, offset: int, length: int) -> np.ndarray: ...
+    def gather(self, frags: FragBatch, out: np.ndarray | None = None) -> np.ndarray: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> DmaBuf: ...
+    def __exit__(self, *exc: object) -> None: ...

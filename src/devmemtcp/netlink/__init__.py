@@ -1,0 +1,1 @@
+"""Netlink clients: the netdev family and the ethtool pieces devmem needs."""
