@@ -1,0 +1,427 @@
+"""KernelBackend: the real kernel's devmem interface through libc and netlink.
+
+The four socket calls go straight to libc through :mod:`ctypes`
+(``use_errno=True``), because CPython's socket module cannot express them:
+
+- ``recvmsg(MSG_SOCK_DEVMEM)``: the kernel writes one ``struct dmabuf_cmsg``
+  cmsg per fragment into the caller's (preallocated) control buffer
+  (net/ipv4/tcp.c, ``tcp_recvmsg_dmabuf``).
+- ``setsockopt(SO_DEVMEM_DONTNEED)``: its positive return value is the number
+  of frags freed (net/core/sock.c, ``sock_devmem_dontneed``); CPython's
+  ``socket.setsockopt`` throws it away.
+- ``sendmsg`` with iovecs whose ``iov_base`` is a byte *offset* into the
+  dma-buf, plus an ``SCM_DEVMEM_DMABUF`` cmsg carrying the binding id
+  (net/core/sock.c ``__sock_cmsg_send``, net/core/datagram.c
+  ``zerocopy_fill_skb_from_devmem``).
+- ``recvmsg(MSG_ERRQUEUE)``: MSG_ZEROCOPY completions.
+
+``struct msghdr`` and ``struct iovec`` are allocated once per thread and
+reused. The RX/TX iovec arrays handed in by the caller are used in place: an
+``(n, 2)`` C-contiguous ``uint64`` array has exactly the layout of
+``struct iovec[n]`` on 64-bit Linux.
+
+Errors come back as ``OSError`` with the kernel's errno (``BlockingIOError``
+for EAGAIN, ``TimeoutError`` when a Python-level socket timeout expires).
+EINTR is retried after Python's signal handlers have run (PEP 475 style).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import importlib
+import os
+import select
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from devmemtcp import abi
+from devmemtcp.backend.base import Channels, NtupleRule, Rings
+from devmemtcp.errors import DevmemError, NetlinkError
+
+if TYPE_CHECKING:
+    from devmemtcp.backend.base import Binding
+    from devmemtcp.memory.base import DmaBuf
+
+# ---------------------------------------------------------------------------
+# libc
+# ---------------------------------------------------------------------------
+
+
+class Iovec(ctypes.Structure):
+    """``struct iovec`` (include/uapi/linux/uio.h): 16 bytes on 64-bit."""
+
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class Msghdr(ctypes.Structure):
+    """``struct msghdr`` as user space sees it (include/linux/socket.h
+    ``struct user_msghdr``): 56 bytes on 64-bit."""
+
+    _fields_ = (
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    )
+
+
+def _load_libc() -> ctypes.CDLL:
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    lib = ctypes.CDLL(name, use_errno=True)
+    lib.recvmsg.argtypes = (ctypes.c_int, ctypes.POINTER(Msghdr), ctypes.c_int)
+    lib.recvmsg.restype = ctypes.c_ssize_t
+    lib.sendmsg.argtypes = (ctypes.c_int, ctypes.POINTER(Msghdr), ctypes.c_int)
+    lib.sendmsg.restype = ctypes.c_ssize_t
+    lib.setsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_uint32)
+    lib.setsockopt.restype = ctypes.c_int
+    return lib
+
+
+_libc = _load_libc()
+
+
+def _raise_errno(err: int) -> None:
+    raise OSError(err, os.strerror(err))
+
+
+def _address(buf: memoryview | bytearray | np.ndarray | bytes | None) -> tuple[int, int, Any]:
+    """(address, length, keep-alive object) of a contiguous buffer.
+
+    Writable buffers go through ``ctypes.c_char.from_buffer`` (no copy);
+    ``bytes`` through ``c_char_p`` (points into the bytes object, no copy).
+    """
+    if buf is None:
+        return 0, 0, None
+    if isinstance(buf, np.ndarray):
+        if not buf.flags.c_contiguous:
+            raise ValueError("buffer must be C-contiguous")
+        return int(buf.ctypes.data), int(buf.nbytes), buf
+    if isinstance(buf, bytes):
+        keep = ctypes.c_char_p(buf)
+        return ctypes.cast(keep, ctypes.c_void_p).value or 0, len(buf), keep
+    mv = memoryview(buf)
+    n = mv.nbytes
+    if n == 0:
+        return 0, 0, None
+    if mv.readonly:
+        data = mv.tobytes()
+        keep2 = ctypes.c_char_p(data)
+        return ctypes.cast(keep2, ctypes.c_void_p).value or 0, n, (keep2, data)
+    obj = ctypes.c_char.from_buffer(mv)
+    return ctypes.addressof(obj), n, obj
+
+
+def libc_setsockopt(fd: int, level: int, optname: int, value: bytes | bytearray | np.ndarray) -> int:
+    """setsockopt(2) through libc, returning the kernel's (non-negative) return value.
+
+    ``value`` is passed byte for byte with ``optlen = len(value)`` (so a
+    deliberately bad length can be tested). Raises ``OSError(errno)`` on
+    failure. Example: SO_DEVMEM_DONTNEED returns the number of frags freed.
+    """
+    addr, n, keep = _address(value if len(value) else None)
+    while True:
+        ret = _libc.setsockopt(fd, level, optname, addr or None, n)
+        if ret >= 0:
+            del keep
+            return int(ret)
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            _raise_errno(err)
+
+
+class _Scratch(threading.local):
+    """Per-thread ``struct msghdr`` + one ``struct iovec``, allocated once."""
+
+    def __init__(self) -> None:
+        self.msg = Msghdr()
+        self.iov = Iovec()
+        self.msg_ptr = ctypes.pointer(self.msg)
+        self.iov_addr = ctypes.addressof(self.iov)
+
+
+_scratch = _Scratch()
+
+
+def _wait(fd: int, events: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def libc_recvmsg(sock: socket.socket, buf: memoryview | bytearray | np.ndarray | None,
+                 control: memoryview | bytearray | np.ndarray | None, flags: int) -> tuple[int, int, int]:
+    """recvmsg(2) through libc into ``buf`` (one iovec) with cmsgs into ``control``.
+
+    Returns ``(nbytes, controllen, msg_flags)``. Honors a Python socket timeout
+    (``TimeoutError`` carrying EAGAIN when it expires); raises ``OSError`` with
+    the kernel's errno otherwise (``BlockingIOError`` for EAGAIN on a
+    non-blocking call).
+    """
+    s = _scratch
+    msg = s.msg
+    baddr, blen, bkeep = _address(buf)
+    caddr, clen, ckeep = _address(control)
+    fd = sock.fileno()
+    timeout = sock.gettimeout()
+    while True:
+        msg.msg_name = None
+        msg.msg_namelen = 0
+        s.iov.iov_base = baddr or None
+        s.iov.iov_len = blen
+        msg.msg_iov = s.iov_addr
+        msg.msg_iovlen = 1
+        msg.msg_control = caddr or None
+        msg.msg_controllen = clen
+        msg.msg_flags = 0
+        n = _libc.recvmsg(fd, s.msg_ptr, flags)
+        if n >= 0:
+            del bkeep, ckeep
+            return int(n), int(msg.msg_controllen), int(msg.msg_flags)
+        err = ctypes.get_errno()
+        if err == errno.EINTR:
+            continue
+        if (err == errno.EAGAIN and timeout and not flags & abi.MSG_DONTWAIT
+                and not flags & abi.MSG_ERRQUEUE):
+            if _wait(fd, select.POLLIN, timeout):
+                continue
+            raise TimeoutError(errno.EAGAIN, "timed out")
+        _raise_errno(err)
+
+
+def libc_sendmsg(sock: socket.socket, iov: np.ndarray, control: bytes | bytearray | memoryview | None,
+                 flags: int) -> int:
+    """sendmsg(2) through libc with ``iov`` an ``(n, 2)`` uint64 array of
+    ``(iov_base, iov_len)`` pairs, used in place as ``struct iovec[n]``.
+
+    For devmem TX ``iov_base`` is a byte offset into the bound dma-buf. Returns
+    bytes sent; raises ``OSError`` with the kernel's errno.
+    """
+    arr = np.ascontiguousarray(iov, dtype=np.uint64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"iov must have shape (n, 2), got {arr.shape}")
+    s = _scratch
+    msg = s.msg
+    ctl = bytes(control) if control is not None and not isinstance(control, bytes) else control
+    caddr, clen, ckeep = _address(ctl if ctl else None)
+    fd = sock.fileno()
+    timeout = sock.gettimeout()
+    while True:
+        msg.msg_name = None
+        msg.msg_namelen = 0
+        msg.msg_iov = int(arr.ctypes.data) if arr.shape[0] else None
+        msg.msg_iovlen = int(arr.shape[0])
+        msg.msg_control = caddr or None
+        msg.msg_controllen = clen
+        msg.msg_flags = 0
+        n = _libc.sendmsg(fd, s.msg_ptr, flags)
+        if n >= 0:
+            del ckeep
+            return int(n)
+        err = ctypes.get_errno()
+        if err == errno.EINTR:
+            continue
+        if err == errno.EAGAIN and timeout and not flags & abi.MSG_DONTWAIT:
+            if _wait(fd, select.POLLOUT, timeout):
+                continue
+            raise TimeoutError(errno.EAGAIN, "timed out")
+        _raise_errno(err)
+
+
+def tx_cmsg(binding_id: int) -> bytes:
+    """The SCM_DEVMEM_DMABUF cmsg for devmem TX: level SOL_SOCKET, a bare u32
+    binding id, ``cmsg_len == CMSG_LEN(4)`` (net/core/sock.c)."""
+    hdr = np.zeros(1, dtype=abi.CMSGHDR_DTYPE)
+    hdr["cmsg_len"] = abi.cmsg_len(abi.TX_CMSG_PAYLOAD_SIZE)
+    hdr["cmsg_level"] = abi.SOL_SOCKET
+    hdr["cmsg_type"] = abi.SCM_DEVMEM_DMABUF
+    payload = np.array([binding_id], dtype="<u4").tobytes()
+    raw = hdr.tobytes() + payload
+    return raw + b"\0" * (abi.cmsg_space(abi.TX_CMSG_PAYLOAD_SIZE) - len(raw))
+
+
+# ---------------------------------------------------------------------------
+# NicControl on the real kernel
+# ---------------------------------------------------------------------------
+
+
+def _netlink(name: str) -> Any:
+    """Import ``devmemtcp.netlink.<name>`` lazily (keeps ``import`` of this module cheap)."""
+    return importlib.import_module(f"devmemtcp.netlink.{name}")
+
+
+class KernelNicControl:
+    """ethtool control of one interface in the caller's network namespace.
+
+    Rings (tcp-data-split, hds-thresh) go through ethtool netlink
+    (``devmemtcp.netlink.ethtool``); channels and the RSS indirection table
+    use ethtool netlink and fall back to the SIOCETHTOOL ioctl when netlink
+    reports EOPNOTSUPP; ntuple rules have no netlink op and always use the
+    ioctl (``devmemtcp.netlink.ntuple``). Refusals raise NetlinkError (netlink,
+    with the extack message) or OSError (ioctl) carrying the kernel's errno.
+    """
+
+    def __init__(self, ifname: str) -> None:
+        try:
+            self.ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise DevmemError(
+                f"no network interface named {ifname!r} in this network namespace",
+                "list interfaces with 'ip link' (inside the right namespace: ip netns exec NS ...)",
+            ) from None
+        self.ifname = ifname
+
+    # ethtool netlink, resolved lazily so that importing this module stays cheap
+    @staticmethod
+    def _eth() -> Any:
+        return _netlink("ethtool")
+
+    def driver(self) -> str:
+        ntuple = _netlink("ntuple")
+        return ntuple.driver_name(self.ifname)
+
+    def rx_queue_count(self) -> int:
+        ch = self.get_channels()
+        counts = [c for c in (ch.rx, ch.combined) if c]
+        if counts:
+            return int(sum(counts))
+        return len([q for q in os.listdir(f"/sys/class/net/{self.ifname}/queues") if q.startswith("rx-")])
+
+    def get_rings(self) -> Rings:
+        return self._eth().get_rings(self.ifname)
+
+    def set_rings(self, *, tcp_data_split: str | None = None, hds_thresh: int | None = None) -> None:
+        self._eth().set_rings(self.ifname, tcp_data_split=tcp_data_split, hds_thresh=hds_thresh)
+
+    def get_channels(self) -> Channels:
+        try:
+            return self._eth().get_channels(self.ifname)
+        except (ImportError, AttributeError):
+            pass
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        ntuple = _netlink("ntuple")
+        return ntuple.get_channels(self.ifname)
+
+    def set_channels(self, *, rx: int | None = None, tx: int | None = None,
+                     combined: int | None = None) -> None:
+        try:
+            self._eth().set_channels(self.ifname, rx=rx, tx=tx, combined=combined)
+            return
+        except (ImportError, AttributeError):
+            pass
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        ntuple = _netlink("ntuple")
+        ntuple.set_channels(self.ifname, rx=rx, tx=tx, combined=combined)
+
+    def get_rss_indir(self) -> list[int]:
+        try:
+            return list(self._eth().get_rss_indir(self.ifname))
+        except (ImportError, AttributeError):
+            pass
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        ntuple = _netlink("ntuple")
+        return ntuple.get_rss_indir(self.ifname)
+
+    def set_rss_indir(self, table: list[int]) -> None:
+        try:
+            self._eth().set_rss_indir(self.ifname, table)
+            return
+        except (ImportError, AttributeError):
+            pass
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        ntuple = _netlink("ntuple")
+        ntuple.set_rss_indir(self.ifname, table)
+
+    def list_rules(self) -> list[NtupleRule]:
+        ntuple = _netlink("ntuple")
+        return ntuple.list_rules(self.ifname)
+
+    def add_rule(self, rule: NtupleRule) -> NtupleRule:
+        ntuple = _netlink("ntuple")
+        return ntuple.add_rule(self.ifname, rule, location=ntuple.location_policy(self.driver()))
+
+    def delete_rule(self, location: int) -> None:
+        ntuple = _netlink("ntuple")
+        ntuple.delete_rule(self.ifname, location)
+
+
+# ---------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------
+
+
+def _attach(binding: Any, dmabuf: DmaBuf) -> Binding:
+    """Record the DmaBuf on a netlink binding (netlink.netdev binds by fd)."""
+    if getattr(binding, "dmabuf", None) is None:
+        binding.dmabuf = dmabuf
+    return binding
+
+
+class KernelBackend:
+    """The real kernel: netlink via ``devmemtcp.netlink.netdev``, sockets via libc.
+
+    Thread-safe: the reusable ``struct msghdr`` is per thread.
+    """
+
+    name: Literal["kernel"] = "kernel"
+
+    # -- netlink -----------------------------------------------------------
+    def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[int]) -> Binding:
+        """bind-rx ``dmabuf`` to RX ``queues`` of ``ifindex``; raises NetlinkError
+        with the kernel's errno and extack (net/core/netdev-genl.c)."""
+        netdev = _netlink("netdev")
+        binding = netdev.bind_rx(ifindex, dmabuf.fd, [int(q) for q in queues])
+        return _attach(binding, dmabuf)
+
+    def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> Binding:
+        """bind-tx ``dmabuf`` to ``ifindex``; raises NetlinkError (EOPNOTSUPP
+        "Driver does not support netmem TX" on NICs without netmem TX)."""
+        netdev = _netlink("netdev")
+        binding = netdev.bind_tx(ifindex, dmabuf.fd)
+        return _attach(binding, dmabuf)
+
+    def nic(self, ifname: str) -> KernelNicControl:
+        """ethtool control of ``ifname``; DevmemError if there is no such interface."""
+        return KernelNicControl(ifname)
+
+    # -- the four socket calls ---------------------------------------------
+    def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,
+                flags: int) -> tuple[int, int, int]:
+        """recvmsg(2) into ``buf`` with cmsgs into ``control``: ``(nbytes,
+        controllen, msg_flags)``. See :func:`libc_recvmsg`."""
+        return libc_recvmsg(sock, buf, control, flags)
+
+    def dontneed(self, sock: socket.socket, tokens: np.ndarray) -> int:
+        """SO_DEVMEM_DONTNEED with a ``DMABUF_TOKEN_DTYPE`` array (at most 128
+        ranges). Returns the number of frags freed: 0 for unknown tokens. Errors
+        from net/core/sock.c: EBADF on a non-TCP socket, EINVAL for more than
+        128 ranges."""
+        arr = np.ascontiguousarray(tokens, dtype=abi.DMABUF_TOKEN_DTYPE)
+        return libc_setsockopt(sock.fileno(), abi.SOL_SOCKET, abi.SO_DEVMEM_DONTNEED, arr)
+
+    def sendmsg(self, sock: socket.socket, iov: np.ndarray, control: bytes, flags: int) -> int:
+        """sendmsg(2) with offset iovecs and the SCM_DEVMEM_DMABUF cmsg. See
+        :func:`libc_sendmsg`."""
+        return libc_sendmsg(sock, iov, control, flags)
+
+    def recv_errqueue(self, sock: socket.socket, control: memoryview) -> tuple[int, int]:
+        """recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT): ``(controllen, msg_flags)``;
+        BlockingIOError when the error queue is empty."""
+        _n, clen, mflags = libc_recvmsg(sock, None, control, abi.MSG_ERRQUEUE | abi.MSG_DONTWAIT)
+        return clen, mflags
