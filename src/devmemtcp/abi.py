@@ -54,6 +54,16 @@ SO_DEVMEM_LINEAR, SO_DEVMEM_DMABUF, SO_DEVMEM_DONTNEED = SOCKET_OPTS_BY_ARCH[
 SCM_DEVMEM_LINEAR: Final = SO_DEVMEM_LINEAR
 SCM_DEVMEM_DMABUF: Final = SO_DEVMEM_DMABUF
 
+# Other SOL_SOCKET cmsg types __sock_cmsg_send accepts on sendmsg
+# (include/uapi/asm-generic/socket.h, include/linux/socket.h; net/core/sock.c).
+SCM_RIGHTS: Final = 1
+SCM_CREDENTIALS: Final = 2
+SO_PRIORITY: Final = 12
+SO_MARK: Final = 36
+SO_TIMESTAMPING_OLD: Final = 37
+SCM_TXTIME: Final = 61
+SCM_TS_OPT_ID: Final = 81
+
 # recvmsg/sendmsg flags (include/linux/socket.h)
 MSG_PEEK: Final = 0x2
 MSG_CTRUNC: Final = 0x8
@@ -70,6 +80,11 @@ SO_EE_ORIGIN_ZEROCOPY: Final = 5
 SO_EE_CODE_ZEROCOPY_COPIED: Final = 1
 IP_RECVERR: Final = 11
 IPV6_RECVERR: Final = 25
+# net/ipv4/ip_sockglue.c ip_recv_error / net/ipv6/datagram.c ipv6_recv_error:
+# the IP_RECVERR / IPV6_RECVERR cmsg payload is sock_extended_err followed by
+# the offender address (sockaddr_in, 16 bytes / sockaddr_in6, 28 bytes).
+SOCKADDR_IN_SIZE: Final = 16
+SOCKADDR_IN6_SIZE: Final = 28
 
 # ---------------------------------------------------------------------------
 # net/ipv4/tcp.c (tcp_recvmsg_dmabuf), net/core/sock.c (sock_devmem_dontneed)
@@ -284,3 +299,260 @@ MFD_CLOEXEC: Final = 0x0001
 MFD_ALLOW_SEALING: Final = 0x0002
 F_ADD_SEALS: Final = 1033
 F_SEAL_SHRINK: Final = 0x0002
+
+# ---------------------------------------------------------------------------
+# include/uapi/linux/netlink.h, include/uapi/linux/genetlink.h
+# ---------------------------------------------------------------------------
+NETLINK_GENERIC: Final = 16  # netlink protocol number
+NETLINK_CAP_ACK: Final = 10
+NLM_F_REQUEST: Final = 0x1
+NLM_F_ACK: Final = 0x4
+NLM_F_DUMP: Final = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR: Final = 0x2
+NLMSG_DONE: Final = 0x3
+# enum nlmsgerr_attrs: TLVs after struct nlmsgerr when NETLINK_EXT_ACK is on
+NLMSGERR_ATTR_MSG: Final = 1
+NLMSGERR_ATTR_OFFS: Final = 2
+NLMSGERR_ATTR_COOKIE: Final = 3
+NLMSGERR_ATTR_POLICY: Final = 4
+NLMSGERR_ATTR_MISS_TYPE: Final = 5
+NLMSGERR_ATTR_MISS_NEST: Final = 6
+GENL_ID_CTRL: Final = 0x10
+CTRL_CMD_GETFAMILY: Final = 3
+
+# ---------------------------------------------------------------------------
+# include/uapi/linux/ethtool_netlink_generated.h (family "ethtool", v1)
+# ---------------------------------------------------------------------------
+ETHTOOL_FAMILY_NAME: Final = "ethtool"
+ETHTOOL_FAMILY_VERSION: Final = 1
+
+ETHTOOL_MSG_STRSET_GET: Final = 1
+ETHTOOL_MSG_FEATURES_GET: Final = 11
+ETHTOOL_MSG_RINGS_GET: Final = 15
+ETHTOOL_MSG_RINGS_SET: Final = 16
+ETHTOOL_MSG_CHANNELS_GET: Final = 17
+ETHTOOL_MSG_CHANNELS_SET: Final = 18
+ETHTOOL_MSG_RSS_GET: Final = 38
+ETHTOOL_MSG_RSS_SET: Final = 48  # 6.17+ (probe the family's op list)
+
+# attribute-set header
+ETHTOOL_A_HEADER_DEV_INDEX: Final = 1
+ETHTOOL_A_HEADER_DEV_NAME: Final = 2
+ETHTOOL_A_HEADER_FLAGS: Final = 3
+ETHTOOL_A_HEADER_PHY_INDEX: Final = 4
+# enum ethtool_header_flags
+ETHTOOL_FLAG_COMPACT_BITSETS: Final = 1
+ETHTOOL_FLAG_OMIT_REPLY: Final = 2
+ETHTOOL_FLAG_STATS: Final = 4
+
+# attribute-set rings
+ETHTOOL_A_RINGS_HEADER: Final = 1
+ETHTOOL_A_RINGS_RX_MAX: Final = 2
+ETHTOOL_A_RINGS_RX_MINI_MAX: Final = 3
+ETHTOOL_A_RINGS_RX_JUMBO_MAX: Final = 4
+ETHTOOL_A_RINGS_TX_MAX: Final = 5
+ETHTOOL_A_RINGS_RX: Final = 6
+ETHTOOL_A_RINGS_RX_MINI: Final = 7
+ETHTOOL_A_RINGS_RX_JUMBO: Final = 8
+ETHTOOL_A_RINGS_TX: Final = 9
+ETHTOOL_A_RINGS_RX_BUF_LEN: Final = 10
+ETHTOOL_A_RINGS_TCP_DATA_SPLIT: Final = 11
+ETHTOOL_A_RINGS_CQE_SIZE: Final = 12
+ETHTOOL_A_RINGS_TX_PUSH: Final = 13
+ETHTOOL_A_RINGS_RX_PUSH: Final = 14
+ETHTOOL_A_RINGS_TX_PUSH_BUF_LEN: Final = 15
+ETHTOOL_A_RINGS_TX_PUSH_BUF_LEN_MAX: Final = 16
+ETHTOOL_A_RINGS_HDS_THRESH: Final = 17
+ETHTOOL_A_RINGS_HDS_THRESH_MAX: Final = 18
+
+# enum ethtool_tcp_data_split
+ETHTOOL_TCP_DATA_SPLIT_UNKNOWN: Final = 0
+ETHTOOL_TCP_DATA_SPLIT_DISABLED: Final = 1
+ETHTOOL_TCP_DATA_SPLIT_ENABLED: Final = 2
+TCP_DATA_SPLIT_NAMES: Final[dict[int, str]] = {0: "unknown", 1: "disabled", 2: "enabled"}
+
+# attribute-set channels
+ETHTOOL_A_CHANNELS_HEADER: Final = 1
+ETHTOOL_A_CHANNELS_RX_MAX: Final = 2
+ETHTOOL_A_CHANNELS_TX_MAX: Final = 3
+ETHTOOL_A_CHANNELS_OTHER_MAX: Final = 4
+ETHTOOL_A_CHANNELS_COMBINED_MAX: Final = 5
+ETHTOOL_A_CHANNELS_RX_COUNT: Final = 6
+ETHTOOL_A_CHANNELS_TX_COUNT: Final = 7
+ETHTOOL_A_CHANNELS_OTHER_COUNT: Final = 8
+ETHTOOL_A_CHANNELS_COMBINED_COUNT: Final = 9
+
+# attribute-set features (bitsets)
+ETHTOOL_A_FEATURES_HEADER: Final = 1
+ETHTOOL_A_FEATURES_HW: Final = 2
+ETHTOOL_A_FEATURES_WANTED: Final = 3
+ETHTOOL_A_FEATURES_ACTIVE: Final = 4
+ETHTOOL_A_FEATURES_NOCHANGE: Final = 5
+# attribute-set bitset / bitset-bits / bitset-bit
+ETHTOOL_A_BITSET_NOMASK: Final = 1
+ETHTOOL_A_BITSET_SIZE: Final = 2
+ETHTOOL_A_BITSET_BITS: Final = 3
+ETHTOOL_A_BITSET_VALUE: Final = 4
+ETHTOOL_A_BITSET_MASK: Final = 5
+ETHTOOL_A_BITSET_BITS_BIT: Final = 1
+ETHTOOL_A_BITSET_BIT_INDEX: Final = 1
+ETHTOOL_A_BITSET_BIT_NAME: Final = 2
+ETHTOOL_A_BITSET_BIT_VALUE: Final = 3
+NTUPLE_FEATURE_NAME: Final = "rx-ntuple-filter"  # netdev_features_strings[NETIF_F_NTUPLE_BIT]
+
+# attribute-set rss
+ETHTOOL_A_RSS_HEADER: Final = 1
+ETHTOOL_A_RSS_CONTEXT: Final = 2
+ETHTOOL_A_RSS_HFUNC: Final = 3
+ETHTOOL_A_RSS_INDIR: Final = 4
+ETHTOOL_A_RSS_HKEY: Final = 5
+ETHTOOL_A_RSS_INPUT_XFRM: Final = 6
+ETHTOOL_A_RSS_START_CONTEXT: Final = 7
+
+# ---------------------------------------------------------------------------
+# include/uapi/linux/netdev.h: further netdev attributes used by the client
+# ---------------------------------------------------------------------------
+# attribute-set qstats: counters (all "uint"), numbered from 8
+NETDEV_A_QSTATS_COUNTERS: Final[dict[int, str]] = {
+    8: "rx-packets", 9: "rx-bytes", 10: "tx-packets", 11: "tx-bytes",
+    12: "rx-alloc-fail", 13: "rx-hw-drops", 14: "rx-hw-drop-overruns",
+    15: "rx-csum-complete", 16: "rx-csum-unnecessary", 17: "rx-csum-none", 18: "rx-csum-bad",
+    19: "rx-hw-gro-packets", 20: "rx-hw-gro-bytes", 21: "rx-hw-gro-wire-packets",
+    22: "rx-hw-gro-wire-bytes", 23: "rx-hw-drop-ratelimits", 24: "tx-hw-drops",
+    25: "tx-hw-drop-errors", 26: "tx-csum-none", 27: "tx-needs-csum", 28: "tx-hw-gso-packets",
+    29: "tx-hw-gso-bytes", 30: "tx-hw-gso-wire-packets", 31: "tx-hw-gso-wire-bytes",
+    32: "tx-hw-drop-ratelimits", 33: "tx-stop", 34: "tx-wake",
+}
+# attribute-set xsk-info / io-uring-provider-info are empty nests (presence = in use)
+NETDEV_QUEUE_TYPE_NAMES: Final[dict[int, str]] = {NETDEV_QUEUE_TYPE_RX: "rx", NETDEV_QUEUE_TYPE_TX: "tx"}
+
+# ---------------------------------------------------------------------------
+# linux/ethtool.h (ioctl): include/uapi/linux/ethtool.h, include/uapi/linux/sockios.h,
+# include/uapi/linux/if.h; handled by net/ethtool/ioctl.c (dev_ethtool).
+# ntuple rules have no ethtool-netlink op; channels and RSS are the fallbacks
+# for kernels/drivers without the netlink ops. Structs: 64-bit layouts.
+# ---------------------------------------------------------------------------
+SIOCETHTOOL: Final = 0x8946
+IFNAMSIZ: Final = 16
+IFREQ_SIZE: Final = 40  # struct ifreq; ifr_data (a user pointer) at offset 16
+IFREQ_DATA_OFFSET: Final = 16
+
+ETHTOOL_GDRVINFO: Final = 0x03
+ETHTOOL_GRXRINGS: Final = 0x2D
+ETHTOOL_GRXCLSRLCNT: Final = 0x2E
+ETHTOOL_GRXCLSRULE: Final = 0x2F
+ETHTOOL_GRXCLSRLALL: Final = 0x30
+ETHTOOL_SRXCLSRLDEL: Final = 0x31
+ETHTOOL_SRXCLSRLINS: Final = 0x32
+ETHTOOL_GRXFHINDIR: Final = 0x38
+ETHTOOL_SRXFHINDIR: Final = 0x39
+ETHTOOL_GCHANNELS: Final = 0x3C
+ETHTOOL_SCHANNELS: Final = 0x3D
+
+ETHTOOL_IOCTL_NAMES: Final[dict[int, str]] = {
+    ETHTOOL_GDRVINFO: "ETHTOOL_GDRVINFO",
+    ETHTOOL_GRXRINGS: "ETHTOOL_GRXRINGS",
+    ETHTOOL_GRXCLSRLCNT: "ETHTOOL_GRXCLSRLCNT",
+    ETHTOOL_GRXCLSRULE: "ETHTOOL_GRXCLSRULE",
+    ETHTOOL_GRXCLSRLALL: "ETHTOOL_GRXCLSRLALL",
+    ETHTOOL_SRXCLSRLDEL: "ETHTOOL_SRXCLSRLDEL",
+    ETHTOOL_SRXCLSRLINS: "ETHTOOL_SRXCLSRLINS",
+    ETHTOOL_GRXFHINDIR: "ETHTOOL_GRXFHINDIR",
+    ETHTOOL_SRXFHINDIR: "ETHTOOL_SRXFHINDIR",
+    ETHTOOL_GCHANNELS: "ETHTOOL_GCHANNELS",
+    ETHTOOL_SCHANNELS: "ETHTOOL_SCHANNELS",
+}
+
+# flow types (ethtool_rx_flow_spec.flow_type) and flags
+TCP_V4_FLOW: Final = 0x01
+TCP_V6_FLOW: Final = 0x05
+FLOW_EXT: Final = 0x80000000
+FLOW_MAC_EXT: Final = 0x40000000
+FLOW_RSS: Final = 0x20000000
+FLOW_TYPE_FLAGS: Final = FLOW_EXT | FLOW_MAC_EXT | FLOW_RSS
+
+# rule locations (ethtool_rx_flow_spec.location) and actions (ring_cookie)
+RX_CLS_LOC_SPECIAL: Final = 0x80000000  # GRXCLSRLCNT data flag: driver picks slots
+RX_CLS_LOC_ANY: Final = 0xFFFFFFFF
+RX_CLS_LOC_FIRST: Final = 0xFFFFFFFE
+RX_CLS_LOC_LAST: Final = 0xFFFFFFFD
+RX_CLS_FLOW_DISC: Final = 0xFFFFFFFFFFFFFFFF
+RX_CLS_FLOW_WAKE: Final = 0xFFFFFFFFFFFFFFFE
+ETHTOOL_RX_FLOW_SPEC_RING: Final = 0x00000000FFFFFFFF
+ETHTOOL_RX_FLOW_SPEC_RING_VF: Final = 0x000000FF00000000
+ETH_RXFH_INDIR_NO_CHANGE: Final = 0xFFFFFFFF
+
+# struct ethtool_tcpip4_spec / ethtool_tcpip6_spec (addresses and ports big-endian)
+ETHTOOL_TCPIP4_SPEC_DTYPE: Final = np.dtype(
+    {
+        "names": ["ip4src", "ip4dst", "psrc", "pdst", "tos"],
+        "formats": [("u1", (4,)), ("u1", (4,)), ">u2", ">u2", "u1"],
+        "offsets": [0, 4, 8, 10, 12],
+        "itemsize": 16,
+    }
+)
+ETHTOOL_TCPIP6_SPEC_DTYPE: Final = np.dtype(
+    {
+        "names": ["ip6src", "ip6dst", "psrc", "pdst", "tclass"],
+        "formats": [("u1", (16,)), ("u1", (16,)), ">u2", ">u2", "u1"],
+        "offsets": [0, 16, 32, 34, 36],
+        "itemsize": 40,
+    }
+)
+ETHTOOL_FLOW_UNION_SIZE: Final = 52  # union ethtool_flow_union (hdata[52])
+# struct ethtool_flow_ext
+ETHTOOL_FLOW_EXT_DTYPE: Final = np.dtype(
+    {
+        "names": ["h_dest", "vlan_etype", "vlan_tci", "data"],
+        "formats": [("u1", (6,)), ">u2", ">u2", (">u4", (2,))],
+        "offsets": [2, 8, 10, 12],
+        "itemsize": 20,
+    }
+)
+# struct ethtool_rx_flow_spec: the h_u/m_u unions appear once per member
+# (overlapping fields at the same offset).
+ETHTOOL_RX_FLOW_SPEC_DTYPE: Final = np.dtype(
+    {
+        "names": ["flow_type", "h_tcp4", "h_tcp6", "h_ext", "m_tcp4", "m_tcp6", "m_ext",
+                  "ring_cookie", "location"],
+        "formats": ["<u4", ETHTOOL_TCPIP4_SPEC_DTYPE, ETHTOOL_TCPIP6_SPEC_DTYPE, ETHTOOL_FLOW_EXT_DTYPE,
+                    ETHTOOL_TCPIP4_SPEC_DTYPE, ETHTOOL_TCPIP6_SPEC_DTYPE, ETHTOOL_FLOW_EXT_DTYPE,
+                    "<u8", "<u4"],
+        "offsets": [0, 4, 4, 56, 76, 76, 128, 152, 160],
+        "itemsize": 168,
+    }
+)
+# struct ethtool_rxnfc; rule_locs[] (u32, GRXCLSRLALL) starts at offset 188.
+ETHTOOL_RXNFC_DTYPE: Final = np.dtype(
+    {
+        "names": ["cmd", "flow_type", "data", "fs", "rule_cnt"],
+        "formats": ["<u4", "<u4", "<u8", ETHTOOL_RX_FLOW_SPEC_DTYPE, "<u4"],
+        "offsets": [0, 4, 8, 16, 184],
+        "itemsize": 192,
+    }
+)
+ETHTOOL_RXNFC_RULE_LOCS_OFFSET: Final = 188
+# struct ethtool_rxfh_indir; ring_index[] (u32) follows at offset 8.
+ETHTOOL_RXFH_INDIR_DTYPE: Final = np.dtype(
+    {"names": ["cmd", "size"], "formats": ["<u4", "<u4"], "offsets": [0, 4], "itemsize": 8}
+)
+# struct ethtool_channels
+ETHTOOL_CHANNELS_DTYPE: Final = np.dtype(
+    {
+        "names": ["cmd", "max_rx", "max_tx", "max_other", "max_combined",
+                  "rx_count", "tx_count", "other_count", "combined_count"],
+        "formats": ["<u4"] * 9,
+        "offsets": [0, 4, 8, 12, 16, 20, 24, 28, 32],
+        "itemsize": 36,
+    }
+)
+# struct ethtool_drvinfo
+ETHTOOL_DRVINFO_DTYPE: Final = np.dtype(
+    {
+        "names": ["cmd", "driver", "version", "fw_version", "bus_info", "erom_version",
+                  "n_priv_flags", "n_stats", "testinfo_len", "eedump_len", "regdump_len"],
+        "formats": ["<u4", "S32", "S32", "S32", "S32", "S32", "<u4", "<u4", "<u4", "<u4", "<u4"],
+        "offsets": [0, 4, 36, 68, 100, 132, 176, 180, 184, 188, 192],
+        "itemsize": 196,
+    }
+)
