@@ -1,0 +1,90 @@
+"""The shared CLI helpers: sizes, queue ranges, --validate, summary, progress."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from devmemtcp.cli import common
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("0", 0), ("4096", 4096), ("4K", 4096), ("4k", 4096), ("256M", 256 << 20), ("1G", 1 << 30),
+    ("1GiB", 1 << 30), ("1.5G", 3 << 29), ("2GB", 2 * 10**9), ("4T", 4 << 40), (" 64 KiB ", 65536),
+    ("10MB", 10**7), ("7b", 7),
+])
+def test_parse_size_accepts_units(text: str, value: int) -> None:
+    assert common.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1", "1X", "1.5", "0.3K", "1 G B", "one"])
+def test_parse_size_rejects_malformed(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        common.parse_size(text)
+
+
+@given(st.integers(min_value=0, max_value=1 << 20),
+       st.sampled_from(["", "K", "M", "G", "KiB", "MiB", "GiB", "KB", "MB", "GB"]))
+def test_parse_size_round_trip(n: int, unit: str) -> None:
+    factor = {"": 1, "K": 1024, "M": 1 << 20, "G": 1 << 30, "KiB": 1024, "MiB": 1 << 20, "GiB": 1 << 30,
+              "KB": 1000, "MB": 10**6, "GB": 10**9}[unit]
+    assert common.parse_size(f"{n}{unit}") == n * factor
+
+
+def test_parse_queues() -> None:
+    assert common.parse_queues("3:2") == (3, 2)
+    assert common.parse_queues("5") == (5, 1)
+    for bad in ("", "a:b", "1:0", "-1:1", "1:2:3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            common.parse_queues(bad)
+
+
+def test_validate_arg_bounds() -> None:
+    assert common.validate_arg("7") == 7
+    assert common.validate_arg("256") == 256
+    for bad in ("1", "0", "257", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            common.validate_arg(bad)
+
+
+def test_format_bytes() -> None:
+    assert common.format_bytes(512) == "512 B"
+    assert common.format_bytes(1 << 30) == "1.00 GiB"
+    assert common.format_bytes(1536) == "1.50 KiB"
+
+
+def test_print_json_is_one_object() -> None:
+    out = io.StringIO()
+    common.print_json({"backend": "emulated", "validated": None, "bytes": 5}, out)
+    assert json.loads(out.getvalue()) == {"backend": "emulated", "validated": None, "bytes": 5}
+
+
+def test_print_summary_shows_every_row() -> None:
+    out = io.StringIO()
+    common.print_summary("t", {"backend": "emulated", "bytes": 1 << 20, "validated": True,
+                               "tokens_released": None}, out)
+    text = out.getvalue()
+    assert "emulated" in text and "1.00 MiB" in text and "yes" in text and "tokens_released" in text
+
+
+def test_progress_line_silent_off_terminal() -> None:
+    out = io.StringIO()
+    progress = common.ProgressLine("recv", stream=out)
+    progress(1 << 20)
+    progress.close()
+    assert out.getvalue() == ""
+
+
+def test_progress_line_draws_and_erases_on_terminal() -> None:
+    out = io.StringIO()
+    progress = common.ProgressLine("send", total=1 << 30, stream=out, interval=0.0, force=True)
+    progress(1 << 29)
+    drawn = out.getvalue()
+    assert "512.00 MiB / 1.00 GiB (50%)" in drawn and "Gbit/s" in drawn
+    progress.close()
+    assert out.getvalue().endswith("\r\x1b[K")
