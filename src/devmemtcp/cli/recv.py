@@ -1,0 +1,89 @@
+"""``devmemtcp recv``: receive one TCP connection into a dma-buf (devmem RX).
+
+Compatible in spirit with the kernel's ncdevmem server (``ncdevmem -l -s ADDR
+-p PORT -f IF -v N``): set up the NIC for the flow, bind the dma-buf, accept
+one connection, receive until EOF, optionally validate ncdevmem's pattern,
+give every token back, undo the setup, print a summary.
+
+Exit status: 0 received (and validated), 1 validation mismatch, 2 setup or
+environment error, 130 interrupted (the NIC is restored in every case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from devmemtcp.cli import common
+from devmemtcp.errors import ValidationError
+from devmemtcp.transfer import DEFAULT_DMABUF_SIZE, TransferResult, receive_stream
+
+EXAMPLES = """\
+examples:
+  devmemtcp recv --listen 127.0.0.1 --port 5201 --validate 7
+      (peer: yes $(echo -e \\\\x01\\\\x02\\\\x03\\\\x04\\\\x05\\\\x06) | head -c 1G | nc 127.0.0.1 5201)
+  devmemtcp recv --listen 192.0.2.1 --port 5201 --ifname eth1 --queues 3:1 --json
+  devmemtcp setup eth1 ... && devmemtcp recv --listen 192.0.2.1 --port 5201 --no-nic-config
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.add_argument("--listen", required=True, metavar="ADDR",
+                        help="local IPv4/IPv6 address to listen on (e.g. 127.0.0.1)")
+    parser.add_argument("--port", required=True, type=int, metavar="PORT", help="TCP port")
+    parser.add_argument("--ifname", metavar="IF",
+                        help="devmem NIC (default: the interface that owns --listen; lo for 127.0.0.1)")
+    parser.add_argument("--queues", type=common.parse_queues, metavar="START:COUNT",
+                        help="RX queues to bind (default: the last RX queue, like ncdevmem)")
+    parser.add_argument("--validate", type=common.validate_arg, metavar="N",
+                        help="check ncdevmem's pattern: bytes 1..N-1 then 0x0a, repeating")
+    parser.add_argument("--size", type=common.parse_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
+                        help="dma-buf size (default 16000 pages = 62.5 MiB, as ncdevmem)")
+    parser.add_argument("--no-nic-config", action="store_true",
+                        help="do not change the NIC (use a set-up made by `devmemtcp setup`); still binds")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up if no connection arrives within SECONDS (default: wait forever)")
+    common.add_backend_args(parser)
+
+
+def report(result: TransferResult, as_json: bool, title: str) -> None:
+    """Print the summary of one transfer (table on stdout, or one JSON object)."""
+    if as_json:
+        common.print_json(result.as_dict())
+    else:
+        rows = result.as_dict()
+        rows.pop("error", None)
+        common.print_summary(title, rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = common.ProgressLine("recv")
+
+    def on_backend(name: str, reason: str) -> None:
+        common.note(f"backend {name}: {reason}")
+
+    def on_ready(port: int) -> None:
+        common.note(f"listening on {args.listen} port {port}")
+
+    try:
+        result = receive_stream(
+            args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
+            memory=args.memory, size=args.size, backend=args.backend,
+            nic_config=not args.no_nic_config, accept_timeout=args.timeout,
+            on_ready=on_ready, on_backend=on_backend, on_progress=progress)
+    except ValidationError as exc:
+        progress.close()
+        print(f"devmemtcp recv: {exc.message}", file=sys.stderr)
+        if args.json:
+            common.print_json({"validated": False, "error": exc.message, "offset": exc.offset,
+                               "expected": exc.expected, "received": exc.received})
+        return 1
+    except TimeoutError as exc:
+        progress.close()
+        print(f"devmemtcp recv: error: {exc}", file=sys.stderr)
+        print("hint: start the sender, or raise --timeout", file=sys.stderr)
+        return 2
+    progress.close()
+    report(result, args.json, "devmemtcp recv")
+    return 0

@@ -1,0 +1,687 @@
+"""The transfer API: receive one TCP stream into a dma-buf, or send one from it.
+
+:func:`receive_stream` is ``devmemtcp recv`` as a function: it listens,
+configures the NIC for its flow (header split, RSS off the devmem queues, an
+ntuple rule, bind-rx; all undone on return, on exceptions and on Ctrl-C),
+accepts one connection, receives until EOF through a
+:class:`~devmemtcp.rx.Receiver`, optionally validates every byte against
+ncdevmem's pattern straight from the dma-buf at the fragment offsets, gives
+every token back and returns a :class:`TransferResult`.
+
+:func:`send_stream` is ``devmemtcp send``: it fills a dma-buf with the
+pattern, binds it for TX, connects and sends N bytes through a
+:class:`~devmemtcp.tx.Sender` (iovecs whose base is a dma-buf offset),
+reusing a region of the dma-buf only after the kernel reported its sendmsg
+complete.
+
+Both ends speak plain TCP on the wire: the receiver accepts any TCP sender
+(``socat``, ``nc``, a Python socket) and the sender any TCP receiver; the
+devmem part (real or emulated NIC) sits under the socket, not in the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from devmemtcp import abi
+from devmemtcp.errors import DevmemError, ValidationError
+
+if TYPE_CHECKING:
+    from devmemtcp.backend.base import Backend, Binding
+    from devmemtcp.memory.base import DmaBuf
+
+#: Default dma-buf size for ``recv``/``send``: ncdevmem's 16000 pages (62.5 MiB).
+DEFAULT_DMABUF_SIZE = 16000 * abi.PAGE_SIZE
+#: Default size of one iovec on the send side (bytes).
+DEFAULT_CHUNK = 64 * 1024
+#: Pattern period the sender fills with when no ``validate`` is asked for.
+DEFAULT_FILL_PERIOD = 256
+#: A batch whose frags form more contiguous runs than this is gathered once
+#: into a scratch buffer and checked there, instead of run by run.
+_MAX_RUNS_DIRECT = 32
+
+
+@dataclass
+class TransferResult:
+    """What one transfer did. ``as_dict()`` is the ``--json`` object.
+
+    Units: ``bytes`` payload bytes (devmem frags + linear + readable),
+    ``seconds`` wall time from the first byte (accept / connect) to EOF (or
+    last completion), ``gbps`` = bytes * 8 / seconds / 1e9. ``frags``: devmem
+    fragments received (RX) or PAGE_SIZE-cut fragments sent (TX).
+    ``linear_bytes``: bytes announced by SCM_DEVMEM_LINEAR. ``tokens_released``
+    / ``release_syscalls``: frags given back and SO_DEVMEM_DONTNEED calls (RX;
+    ``None`` on TX). ``flow_steering_errors``: readable bytes that should have
+    been devmem (the flow landed on an ordinary queue). ``validated``:
+    ``True``/``False`` when a pattern was checked, ``None`` when not asked.
+    """
+
+    role: str
+    backend: str
+    bytes: int = 0
+    seconds: float = 0.0
+    frags: int = 0
+    linear_bytes: int = 0
+    tokens_released: int | None = 0
+    release_syscalls: int | None = 0
+    flow_steering_errors: int = 0
+    validated: bool | None = None
+    backend_reason: str = ""
+    ifname: str = ""
+    queues: list[int] = field(default_factory=list)
+    binding_id: int | None = None
+    peer: str = ""
+    completions: int | None = None
+    error: str | None = None
+
+    @property
+    def gbps(self) -> float:
+        """Throughput in Gbit/s (10**9 bits per second); 0.0 for an empty transfer."""
+        return self.bytes * 8 / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The documented JSON object: backend, bytes, seconds, gbps, frags,
+        linear_bytes, tokens_released, release_syscalls, flow_steering_errors,
+        validated, then the context fields (role, backend_reason, ifname,
+        queues, binding_id, peer, completions, error)."""
+        d = asdict(self)
+        ordered: dict[str, Any] = {
+            "backend": d["backend"],
+            "bytes": d["bytes"],
+            "seconds": round(d["seconds"], 6),
+            "gbps": round(self.gbps, 4),
+        }
+        for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
+                    "flow_steering_errors", "validated", "role", "backend_reason", "ifname",
+                    "queues", "binding_id", "peer", "completions", "error"):
+            ordered[key] = d[key]
+        return ordered
+
+
+# ---------------------------------------------------------------------------
+# Interfaces and backends
+# ---------------------------------------------------------------------------
+def _family(addr: str) -> socket.AddressFamily:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise DevmemError(f"not an IP address: {addr!r}",
+                          "give a numeric IPv4 or IPv6 address, e.g. 127.0.0.1 or ::1") from None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+def interface_of_address(addr: str) -> str:
+    """The interface that owns local address ``addr`` (``lo`` for 127.0.0.1).
+
+    Reads the current network namespace's addresses over rtnetlink
+    (RTM_GETADDR). Any address in 127.0.0.0/8 or ::1 maps to ``lo``.
+    Raises DevmemError when no interface has the address or it is a wildcard.
+    """
+    ip = ipaddress.ip_address(addr)
+    if ip.is_unspecified:
+        raise DevmemError(
+            f"cannot tell the interface from the wildcard address {addr}",
+            "give --ifname IF (the devmem NIC), or --listen with that NIC's own address")
+    if ip.is_loopback:
+        return "lo"
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=_family(addr)):
+            if msg.get_attr("IFA_ADDRESS") == str(ip) or msg.get_attr("IFA_LOCAL") == str(ip):
+                links = ipr.get_links(msg["index"])
+                if links:
+                    return str(links[0].get_attr("IFLA_IFNAME"))
+    raise DevmemError(f"no interface in this network namespace has address {addr}",
+                      "check `ip -br addr`, or give --ifname IF")
+
+
+def interface_of_route(addr: str) -> str:
+    """The interface the kernel routes ``addr`` through (RTM_GETROUTE, like
+    ``ip route get ADDR``). Raises DevmemError when there is no route."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
+
+    ip = ipaddress.ip_address(addr)
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=str(ip), family=_family(addr))
+        except PyrNetlinkError as exc:
+            raise DevmemError(f"no route to {addr}: {exc}",
+                              "check `ip route get " + addr + "`, or give --ifname IF") from None
+        for r in routes:
+            oif = r.get_attr("RTA_OIF")
+            if oif:
+                links = ipr.get_links(oif)
+                if links:
+                    return str(links[0].get_attr("IFLA_IFNAME"))
+    raise DevmemError(f"no route to {addr}", "check `ip route get " + addr + "`, or give --ifname IF")
+
+
+def _ifindex(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise DevmemError(f"no interface named {ifname!r} in this network namespace",
+                          "check `ip -br link` (or run inside the right namespace with "
+                          "`ip netns exec NS devmemtcp ...`)") from None
+
+
+def select_backend(choice: str | Backend, ifname: str, *, direction: str = "rx") -> tuple[Backend, str]:
+    """Pick the backend: returns ``(backend, reason)``.
+
+    ``choice`` is ``"kernel"``, ``"emulated"``, ``"auto"`` or a Backend
+    object (returned as is). ``auto`` asks :func:`devmemtcp.doctor.diagnose`
+    whether devmem ``direction`` (``"rx"`` or ``"tx"``) is possible on
+    ``ifname`` and picks the kernel when it is, the emulated NIC otherwise;
+    ``reason`` says why (for the stderr line and the JSON's
+    ``backend_reason``).
+    """
+    if not isinstance(choice, str):
+        return choice, "given by the caller"
+    if choice == "emulated":
+        from devmemtcp.backend.emulated import EmulatedBackend
+
+        return EmulatedBackend(), "asked for (--backend emulated)"
+    if choice == "kernel":
+        from devmemtcp.backend.kernel import KernelBackend
+
+        return cast("Backend", KernelBackend()), "asked for (--backend kernel)"
+    if choice != "auto":
+        raise DevmemError(f"unknown backend {choice!r}", "use auto, kernel or emulated")
+    reason: str
+    try:
+        from devmemtcp.doctor import diagnose
+
+        report = diagnose(ifname)
+        ok = bool(report.rx_supported if direction == "rx" else report.tx_supported)
+        if ok:
+            from devmemtcp.backend.kernel import KernelBackend
+
+            why_ok = f"doctor: devmem {direction.upper()} is possible on {ifname}"
+            return cast("Backend", KernelBackend()), why_ok
+        failed = [c for c in getattr(report, "checks", []) if getattr(c, "status", "") == "fail"]
+        why = f"{failed[0].name}: {failed[0].detail}" if failed else "not supported"
+        reason = f"doctor: no devmem {direction.upper()} on {ifname} ({why})"
+    except DevmemError as exc:
+        reason = f"doctor could not check {ifname} ({exc.message})"
+    except ImportError as exc:
+        reason = f"doctor unavailable ({exc})"
+    from devmemtcp.backend.emulated import EmulatedBackend
+
+    return EmulatedBackend(), reason
+
+
+def _open_dmabuf(memory: str | DmaBuf, size: int) -> DmaBuf:
+    if not isinstance(memory, str):
+        return memory
+    if size <= 0 or size % abi.PAGE_SIZE:
+        raise DevmemError(f"dma-buf size {size} is not a positive multiple of {abi.PAGE_SIZE}",
+                          f"use a size like 64M (a multiple of {abi.PAGE_SIZE} bytes)")
+    from devmemtcp.memory import open_dmabuf
+
+    return open_dmabuf(memory, size)
+
+
+def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
+    """ncdevmem's default: one queue, the last RX queue of the interface."""
+    count = backend.nic(ifname).rx_queue_count()
+    if count < 2:
+        raise DevmemError(
+            f"{ifname} has {count} RX queue(s): devmem needs one for the flow and one for other traffic",
+            f"raise the channel count (ethtool -L {ifname} combined 2), or give --queues START:COUNT "
+            "with --no-nic-config")
+    return count - 1, 1
+
+
+# ---------------------------------------------------------------------------
+# Validation of received data, straight from the dma-buf
+# ---------------------------------------------------------------------------
+class _FragValidator:
+    """Checks a stream's bytes against ncdevmem's pattern, in stream order.
+
+    Frags are read from the dma-buf's host view at their offsets: contiguous
+    runs of frags (found with numpy, no per-frag Python) are checked in place;
+    a batch scattered into many runs is gathered once into a scratch buffer.
+    """
+
+    def __init__(self, period: int, dmabuf: DmaBuf) -> None:
+        from devmemtcp.pattern import PatternChecker
+
+        self.checker = PatternChecker(period)
+        self.dmabuf = dmabuf
+        self.view = dmabuf.host_view()
+        self.scratch = np.empty(0, dtype=np.uint8)
+
+    def check_bytes(self, data: np.ndarray | memoryview | bytes) -> None:
+        arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+        if arr.size:
+            self.checker.check(arr)
+
+    def check_batch(self, batch: Any) -> None:
+        """Check one FragBatch in stream order: readable data (a flow on an
+        ordinary queue), then devmem frags interleaved with the linear pieces
+        at the positions ``linear_at`` gives (tcp_recvmsg_dmabuf copies an
+        skb's linear part before its frags)."""
+        readable = batch.readable
+        if len(readable):
+            self.check_bytes(readable)
+        sizes_lin = batch.linear_sizes
+        if not len(sizes_lin):
+            self.check_frags(batch.offset, batch.size, batch)
+            return
+        linear = batch.linear
+        done_frags = 0
+        lin_pos = 0
+        for at, piece in zip(batch.linear_at.tolist(), sizes_lin.tolist(), strict=True):
+            if at > done_frags:
+                self.check_frags(batch.offset[done_frags:at], batch.size[done_frags:at], None)
+                done_frags = at
+            self.check_bytes(linear[lin_pos:lin_pos + piece])
+            lin_pos += piece
+        if done_frags < len(batch):
+            self.check_frags(batch.offset[done_frags:], batch.size[done_frags:], None)
+
+    def check_frags(self, offsets: np.ndarray, sizes: np.ndarray, batch: Any) -> None:
+        n = int(offsets.size)
+        if n == 0:
+            return
+        offs = offsets.astype(np.int64, copy=False)
+        ends = offs + sizes.astype(np.int64, copy=False)
+        starts = np.flatnonzero(offs[1:] != ends[:-1]) + 1
+        if starts.size < _MAX_RUNS_DIRECT:
+            first = np.concatenate(([0], starts))
+            last = np.concatenate((starts, [n])) - 1
+            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
+                self.checker.check(self.view[a:b])
+            return
+        total = int(ends.sum() - offs.sum())
+        if self.scratch.size < total:
+            self.scratch = np.empty(max(total, 2 * self.scratch.size), dtype=np.uint8)
+        if batch is not None:
+            out = self.dmabuf.gather(batch, out=self.scratch[:total])
+            self.checker.check(out[:total])
+            return
+        pos = 0
+        for a, b in zip(offs.tolist(), ends.tolist(), strict=True):
+            self.scratch[pos:pos + b - a] = self.view[a:b]
+            pos += b - a
+        self.checker.check(self.scratch[:total])
+
+
+# ---------------------------------------------------------------------------
+# Receive
+# ---------------------------------------------------------------------------
+def _listen_socket(listen: str, port: int) -> socket.socket:
+    fam = _family(listen)
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listen, port))
+        sock.listen(1)
+    except OSError as exc:
+        sock.close()
+        raise DevmemError(f"cannot listen on {listen} port {port}: {exc.strerror or exc}",
+                          "pick another --port, or an address this namespace owns (ip -br addr)") from None
+    return sock
+
+
+@contextlib.contextmanager
+def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
+                  dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
+    """NicSetup (header split, RSS, ntuple rule) unless ``nic_config`` is
+    false, then bind-rx of ``dmabuf`` to the queues; undone in reverse order."""
+    start, count = queues
+    qlist = list(range(start, start + count))
+    with contextlib.ExitStack() as stack:
+        if nic_config:
+            from devmemtcp.nic import NicSetup
+
+            stack.enter_context(NicSetup(backend, ifname, queues=queues, flow=(listen, port)))
+        binding = backend.bind_rx(_ifindex(ifname), dmabuf, qlist)
+        stack.callback(binding.close)
+        yield binding
+
+
+def receive_stream(
+    listen: str,
+    port: int,
+    *,
+    ifname: str | None = None,
+    queues: tuple[int, int] | None = None,
+    validate: int | None = None,
+    memory: str | DmaBuf = "host",
+    size: int = DEFAULT_DMABUF_SIZE,
+    backend: str | Backend = "auto",
+    nic_config: bool = True,
+    accept_timeout: float | None = None,
+    on_ready: Callable[[int], None] | None = None,
+    on_backend: Callable[[str, str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> TransferResult:
+    """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
+
+    Args:
+        listen: local IPv4/IPv6 address to listen on. port: TCP port (0 picks
+            a free one; ``on_ready`` is told which).
+        ifname: the devmem NIC; default the interface owning ``listen``.
+        queues: ``(start, count)`` RX queues to bind; default the last queue.
+        validate: pattern period N (bytes 1..N-1, 0x0a, repeating), or None.
+        memory: "host" (memfd) or "udmabuf", or a DmaBuf the caller owns.
+        size: dma-buf size in bytes (multiple of PAGE_SIZE).
+        backend: "auto", "kernel", "emulated" or a Backend object.
+        nic_config: False skips NicSetup (the NIC was set up by
+            ``devmemtcp setup``); the dma-buf is still bound.
+        accept_timeout: seconds to wait for the connection (None: forever).
+        on_ready(port): called once listening and set up (the sender may go).
+        on_backend(name, reason): called once the backend is picked.
+        on_progress(bytes): called after each batch.
+
+    Returns a TransferResult (``validated`` True when a pattern was checked
+    to the end). Raises ValidationError (offset, expected, received) at the
+    first mismatching byte, DevmemError/NetlinkError for setup problems,
+    TimeoutError when nobody connects in time. Every resource (socket,
+    binding, tokens, NIC settings, dma-buf) is released on every path.
+    """
+    from devmemtcp.rx import Receiver
+
+    family = _family(listen)
+    del family
+    ifname = ifname or interface_of_address(listen)
+    _ifindex(ifname)
+    be, reason = select_backend(backend, ifname, direction="rx")
+    if on_backend:
+        on_backend(be.name, reason)
+    result = TransferResult(role="recv", backend=be.name, backend_reason=reason, ifname=ifname)
+    with contextlib.ExitStack() as stack:
+        lsock = stack.enter_context(_listen_socket(listen, port))
+        port = lsock.getsockname()[1]
+        q = queues if queues is not None else _default_queues(be, ifname)
+        result.queues = list(range(q[0], q[0] + q[1]))
+        dmabuf = _open_dmabuf(memory, size)
+        if isinstance(memory, str):
+            stack.callback(dmabuf.close)
+        binding = stack.enter_context(_nic_for_flow(be, ifname, q, listen, port, dmabuf, nic_config))
+        result.binding_id = binding.id
+        validator = _FragValidator(validate, dmabuf) if validate else None
+        if on_ready:
+            on_ready(port)
+        lsock.settimeout(accept_timeout)
+        try:
+            conn, peer = lsock.accept()
+        except TimeoutError:
+            raise TimeoutError(f"no connection on {listen} port {port} within {accept_timeout} s") from None
+        stack.enter_context(conn)
+        conn.settimeout(None)
+        lsock.close()
+        result.peer = f"{peer[0]}:{peer[1]}"
+        t0 = time.perf_counter()
+        rx = stack.enter_context(Receiver(be, conn, binding))
+        try:
+            _receive_loop(rx, validator, on_progress)
+        except ValidationError as exc:
+            result.validated = False
+            result.error = exc.message
+            raise
+        finally:
+            result.seconds = time.perf_counter() - t0
+            rx.close()
+            _fill_rx_stats(result, rx)
+        if validator is not None:
+            result.validated = True
+    return result
+
+
+def _receive_loop(rx: Any, validator: _FragValidator | None,
+                  on_progress: Callable[[int], None] | None) -> None:
+    total = 0
+    while True:
+        batch = rx.recv()
+        if batch is None:
+            break
+        if validator is not None:
+            validator.check_batch(batch)
+        total += _batch_bytes(batch)
+        rx.release(batch)
+        if on_progress:
+            on_progress(total)
+
+
+def _batch_bytes(batch: Any) -> int:
+    return int(batch.nbytes) + int(batch.linear_bytes) + len(batch.readable)
+
+
+def _fill_rx_stats(result: TransferResult, rx: Any) -> None:
+    st = rx.stats
+    result.bytes = int(st.bytes)
+    result.frags = int(st.frags)
+    result.linear_bytes = int(st.linear_bytes)
+    result.tokens_released = int(st.tokens_released)
+    result.release_syscalls = int(st.release_syscalls)
+    result.flow_steering_errors = int(st.flow_steering_errors)
+
+
+# ---------------------------------------------------------------------------
+# Send
+# ---------------------------------------------------------------------------
+def _fill_pattern(dmabuf: DmaBuf, period: int) -> int:
+    """Fill the dma-buf with the pattern from stream offset 0; return the
+    usable length: the largest multiple of ``period`` that fits, so the
+    dma-buf can be sent round and round without breaking the pattern."""
+    from devmemtcp.pattern import pattern_bytes
+
+    usable = dmabuf.size - dmabuf.size % period
+    if usable <= 0:
+        raise DevmemError(f"dma-buf of {dmabuf.size} bytes is smaller than the pattern period {period}",
+                          "use a larger --size")
+    view = dmabuf.host_view()
+    step = 16 << 20
+    step -= step % period
+    for start in range(0, usable, step):
+        n = min(step, usable - start)
+        view[start:start + n] = np.frombuffer(pattern_bytes(period, start, n), dtype=np.uint8)
+    return usable
+
+
+def _regions(usable: int, region: int) -> list[tuple[int, int]]:
+    return [(off, min(region, usable - off)) for off in range(0, usable, region)]
+
+
+def send_stream(
+    addr: str,
+    port: int,
+    *,
+    nbytes: int,
+    ifname: str | None = None,
+    validate: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    memory: str | DmaBuf = "host",
+    size: int = DEFAULT_DMABUF_SIZE,
+    backend: str | Backend = "auto",
+    connect_timeout: float = 10.0,
+    on_backend: Callable[[str, str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> TransferResult:
+    """Send ``nbytes`` of the pattern from a dma-buf to ``addr:port`` (devmem TX).
+
+    The dma-buf (``size`` bytes) is filled with ncdevmem's pattern of period
+    ``validate`` (or :data:`DEFAULT_FILL_PERIOD` when None) and sent round and
+    round: each sendmsg carries the iovecs of one region (``chunk`` bytes per
+    iovec, iov_base a dma-buf offset), and a region is reused only after its
+    sendmsg's zerocopy completion arrived. The receiver sees exactly the
+    pattern stream (any plain TCP receiver will do).
+
+    ``ifname`` defaults to the interface of the route to ``addr``. Returns a
+    TransferResult (``tokens_released``/``release_syscalls`` None: they are RX
+    notions; ``completions`` counts completed sendmsg calls). Raises
+    DevmemError/NetlinkError for setup problems (bind-tx refused, no route),
+    ConnectionError when the peer goes away.
+    """
+    from devmemtcp.tx import Sender
+
+    if nbytes < 0:
+        raise DevmemError(f"cannot send {nbytes} bytes", "give --bytes >= 0")
+    if chunk <= 0:
+        raise DevmemError(f"--chunk {chunk} must be positive", "use e.g. --chunk 64K")
+    period = validate or DEFAULT_FILL_PERIOD
+    family = _family(addr)
+    ifname = ifname or interface_of_route(addr)
+    ifindex = _ifindex(ifname)
+    be, reason = select_backend(backend, ifname, direction="tx")
+    if on_backend:
+        on_backend(be.name, reason)
+    result = TransferResult(role="send", backend=be.name, backend_reason=reason, ifname=ifname,
+                            tokens_released=None, release_syscalls=None,
+                            validated=None)
+    with contextlib.ExitStack() as stack:
+        dmabuf = _open_dmabuf(memory, size)
+        if isinstance(memory, str):
+            stack.callback(dmabuf.close)
+        usable = _fill_pattern(dmabuf, period)
+        binding = stack.enter_context(be.bind_tx(ifindex, dmabuf))
+        result.binding_id = binding.id
+        sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+        with contextlib.suppress(PermissionError):
+            # SO_BINDTODEVICE keeps the flow on the bound device (devmem.rst); needs CAP_NET_RAW.
+            sock.setsockopt(socket.SOL_SOCKET, abi.SO_BINDTODEVICE, ifname.encode() + b"\0")
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect((addr, port))
+        except OSError as exc:
+            raise DevmemError(f"cannot connect to {addr} port {port}: {exc.strerror or exc}",
+                              "start the receiver first (devmemtcp recv --listen ADDR --port PORT)") from None
+        sock.settimeout(None)
+        peer = sock.getpeername()
+        result.peer = f"{peer[0]}:{peer[1]}"
+        tx = stack.enter_context(Sender(be, sock, binding))
+        t0 = time.perf_counter()
+        try:
+            sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            tx.flush()
+        finally:
+            result.seconds = time.perf_counter() - t0
+        result.bytes = sent
+        _fill_tx_stats(result, tx, chunk)
+        sock.shutdown(socket.SHUT_WR)
+    if validate:
+        result.validated = None  # validation happens on the receiving side
+    return result
+
+
+def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
+               on_progress: Callable[[int], None] | None) -> int:
+    max_iov = int(getattr(tx, "max_iov", 64))
+    region = max(chunk, min(chunk * max_iov, max(usable // 4, chunk)))
+    region -= region % abi.PAGE_SIZE or 0
+    region = max(region, chunk)
+    regions = _regions(usable, region)
+    sent = 0
+    i = 0
+    while sent < nbytes:
+        off, length = regions[i % len(regions)]
+        length = min(length, nbytes - sent)
+        tx.wait_region_free(off, length)
+        starts = np.arange(off, off + length, chunk, dtype=np.uint64)
+        lens = np.minimum(np.uint64(chunk), np.uint64(off + length) - starts)
+        iov = np.stack((starts, lens), axis=1)
+        tx.send(iov)
+        sent += length
+        i += 1
+        if on_progress:
+            on_progress(sent)
+    return sent
+
+
+def _fill_tx_stats(result: TransferResult, tx: Any, chunk: int) -> None:
+    st = getattr(tx, "stats", None)
+    if st is not None:
+        result.frags = int(getattr(st, "frags", 0))
+        result.completions = int(getattr(st, "completions", 0))
+
+
+# ---------------------------------------------------------------------------
+# Demo: both ends over loopback
+# ---------------------------------------------------------------------------
+def run_demo(
+    *,
+    nbytes: int = 1 << 30,
+    validate: int = 7,
+    backend: str | Backend = "auto",
+    listen: str = "127.0.0.1",
+    size: int = DEFAULT_DMABUF_SIZE,
+    timeout: float = 30.0,
+    on_backend: Callable[[str, str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Receive and send ``nbytes`` over ``listen`` (loopback) in one process, validated.
+
+    The receiver runs in a thread (:func:`receive_stream`, NIC set up for
+    its flow, pattern checked from its dma-buf), the sender in the caller's
+    thread (:func:`send_stream`). Returns ``{"backend", "bytes", "seconds",
+    "gbps", "validated", "recv": {...}, "send": {...}}`` where recv/send are
+    the two TransferResult JSON objects. Raises the receiver's
+    ValidationError on a mismatch, or the first setup error of either end.
+    """
+    import threading
+
+    ifname = interface_of_address(listen)
+    be, reason = select_backend(backend, ifname, direction="rx")
+    if on_backend:
+        on_backend(be.name, reason)
+    ready = threading.Event()
+    port_box: list[int] = []
+    outcome: dict[str, Any] = {}
+
+    def on_ready(port: int) -> None:
+        port_box.append(port)
+        ready.set()
+
+    def receiver() -> None:
+        try:
+            outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
+                                             backend=be, accept_timeout=timeout, on_ready=on_ready,
+                                             on_progress=on_progress)
+        except BaseException as exc:
+            outcome["recv_error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=receiver, name="devmemtcp-demo-recv", daemon=True)
+    thread.start()
+    ready.wait(timeout)
+    send_error: BaseException | None = None
+    sent: TransferResult | None = None
+    if port_box and "recv_error" not in outcome:
+        try:
+            sent = send_stream(listen, port_box[0], nbytes=nbytes, ifname=ifname, validate=validate,
+                               size=size, backend=be)
+        except (OSError, DevmemError) as exc:
+            send_error = exc
+    thread.join(timeout if sent is None else None)
+    if "recv_error" in outcome:
+        raise outcome["recv_error"]
+    if send_error is not None:
+        raise send_error
+    if sent is None or "recv" not in outcome:
+        raise DevmemError("the demo receiver did not get ready in time",
+                          "run `devmemtcp recv --listen 127.0.0.1 --port 5201` by hand to see why")
+    recv: TransferResult = outcome["recv"]
+    received_ok = bool(recv.validated) and recv.bytes == sent.bytes == nbytes
+    seconds = max(recv.seconds, sent.seconds)
+    return {
+        "backend": be.name,
+        "backend_reason": reason,
+        "bytes": recv.bytes,
+        "seconds": round(seconds, 6),
+        "gbps": round(recv.bytes * 8 / seconds / 1e9, 4) if seconds > 0 else 0.0,
+        "validated": received_ok,
+        "recv": recv.as_dict(),
+        "send": sent.as_dict(),
+    }
