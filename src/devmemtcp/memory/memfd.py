@@ -1,0 +1,194 @@
+"""Host memory standing in for a dma-buf: a memfd, mapped shared.
+
+The emulated NIC DMAs (reads the socket payload) straight into this mapping,
+and the udmabuf provider wraps the same kind of memfd into a real dma-buf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from devmemtcp import abi
+from devmemtcp.errors import DevmemError
+
+if TYPE_CHECKING:
+    from devmemtcp.cmsg import FragBatch
+
+
+def check_size(size: int, page_size: int) -> None:
+    """Raise DevmemError unless ``size`` is a positive multiple of ``page_size``
+    (bind-rx refuses "dmabuf size not aligned to niov size", net/core/devmem.c)."""
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise DevmemError(f"page size {page_size} is not a power of two",
+                          "use the net_iov size, 4096 bytes")
+    if size <= 0 or size % page_size:
+        up = max(page_size, -(-size // page_size) * page_size)
+        raise DevmemError(
+            f"dma-buf size {size} is not a positive multiple of the page size {page_size}",
+            f"use a multiple of {page_size} bytes, e.g. {up}",
+        )
+
+
+class MemfdBuffer:
+    """A memfd of ``size`` bytes (``MFD_ALLOW_SEALING | MFD_CLOEXEC``), mapped
+    ``MAP_SHARED`` read/write.
+
+    ``fd`` is the memfd (for the emulated NIC it is the "dma-buf" handed to
+    bind-rx/bind-tx). ``size`` must be a multiple of ``page_size`` (the net_iov
+    size, 4096), else :class:`~devmemtcp.errors.DevmemError`. All copies are
+    numpy slice/fancy-index operations; none loops per byte or per fragment in
+    the common case. Use as a context manager; ``close()`` unmaps and closes
+    the fd (idempotent).
+    """
+
+    kind = "memfd"
+
+    def __init__(self, size: int, page_size: int = abi.PAGE_SIZE, *, name: str = "devmemtcp") -> None:
+        check_size(size, page_size)
+        self.size = size
+        self.page_size = page_size
+        self.fd = -1
+        self._mm: mmap.mmap | None = None
+        self._view: np.ndarray | None = None
+        fd = os.memfd_create(name, abi.MFD_ALLOW_SEALING | abi.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            os.close(fd)
+            raise DevmemError(
+                f"cannot allocate {size} bytes of host memory for the dma-buf: {e.strerror}",
+                "use a smaller --size, or free memory (memfd counts against shmem and RLIMIT_MEMLOCK "
+                "is not involved)",
+            ) from e
+        self.fd = fd
+        self._view = np.frombuffer(self._mm, dtype=np.uint8)
+
+    # -- views and copies ----------------------------------------------------
+    def host_view(self) -> np.ndarray:
+        """Writable ``uint8`` array of shape ``(size,)`` over the mapping (no copy).
+
+        Raises DevmemError after ``close()``."""
+        if self._view is None:
+            raise DevmemError("the dma-buf is closed", "do not use a buffer after close()")
+        return self._view
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise DevmemError(
+                f"range [{offset}, {offset + length}) is outside the {self.size}-byte dma-buf",
+                "keep offsets and lengths within the buffer size",
+            )
+
+    def copy_in(self, offset: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        """Copy ``data`` (any bytes-like or array, taken as raw bytes) to ``offset``."""
+        src = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(
+            data, dtype=np.uint8)
+        self._check_range(offset, src.shape[0])
+        self.host_view()[offset: offset + src.shape[0]] = src
+
+    def copy_out(self, offset: int, length: int) -> np.ndarray:
+        """A new ``uint8`` array with ``length`` bytes from ``offset``."""
+        self._check_range(offset, length)
+        return self.host_view()[offset: offset + length].copy()
+
+    def gather(self, frags: FragBatch, out: np.ndarray | None = None) -> np.ndarray:
+        """Concatenate the fragments' byte ranges, in batch order, into ``out``.
+
+        ``frags.offset`` / ``frags.size`` give the ranges (linear bytes are not
+        in the dma-buf and are not included). ``out`` is a ``uint8`` array of
+        at least ``frags.nbytes`` bytes (allocated if ``None``); returns the
+        ``out[:frags.nbytes]`` view. Vectorised: full aligned pages are one
+        fancy-indexed take; other shapes use a strided window view and a mask.
+        Raises DevmemError if a fragment lies outside the buffer or ``out`` is
+        too small.
+        """
+        view = self.host_view()
+        offs = np.asarray(frags.offset, dtype=np.int64)
+        sizes = np.asarray(frags.size, dtype=np.int64)
+        total = int(sizes.sum())
+        if out is None:
+            out = np.empty(total, np.uint8)
+        elif out.dtype != np.uint8 or out.ndim != 1 or out.shape[0] < total:
+            raise DevmemError(
+                f"gather destination must be a 1-D uint8 array of at least {total} bytes",
+                "allocate out with np.empty(batch.nbytes, np.uint8)",
+            )
+        dst = out[:total]
+        n = offs.shape[0]
+        if n == 0:
+            return dst
+        if int(offs.min()) < 0 or int((offs + sizes).max()) > self.size:
+            raise DevmemError(
+                "a fragment lies outside the dma-buf",
+                "gather only batches received on a binding of this buffer",
+            )
+        ps = self.page_size
+        maxsz = int(sizes.max())
+        if maxsz == 0:
+            return dst
+        if int(sizes.min()) == ps and not (offs & (ps - 1)).any():
+            dst.reshape(n, ps)[:] = view.reshape(-1, ps)[offs // ps]
+            return dst
+        # windows[i] = view[i : i + maxsz]; fragments too close to the end for
+        # a full window are copied one by one (at most a few of them).
+        nwin = self.size - maxsz + 1
+        windows = np.lib.stride_tricks.as_strided(view, shape=(nwin, maxsz), strides=(1, 1))
+        tail = offs >= nwin
+        starts = np.cumsum(sizes) - sizes
+        if int(sizes.min()) == maxsz and not tail.any():
+            dst.reshape(n, maxsz)[:] = windows[offs]
+            return dst
+        body = ~tail
+        if body.any():
+            rows = windows[offs[body]]
+            mask = np.arange(maxsz) < sizes[body][:, None]
+            picked = rows[mask]  # row-major: each fragment's bytes in order
+            # destination positions for the body fragments, in order
+            dpos = np.repeat(starts[body] - (np.cumsum(sizes[body]) - sizes[body]), sizes[body])
+            if not tail.any():
+                dst[:] = picked
+            else:
+                dst[np.arange(picked.shape[0]) + dpos] = picked
+        for i in np.flatnonzero(tail).tolist():
+            o, s, d = int(offs[i]), int(sizes[i]), int(starts[i])
+            dst[d: d + s] = view[o: o + s]
+        return dst
+
+    # -- lifetime ------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        """Unmap and close the memfd (idempotent). ``self.fd`` is closed
+        regardless; views still held by the caller keep the mapping (and the
+        private fd duplicate Python's mmap holds) alive until they are dropped,
+        since Python's mmap refuses to unmap exported buffers."""
+        self._view = None
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            # with views still exported, unmapped when the last one is garbage-collected
+            with contextlib.suppress(BufferError):
+                mm.close()
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> MemfdBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self.fd} size={self.size} kind={self.kind}>"
