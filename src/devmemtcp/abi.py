@@ -310,6 +310,8 @@ NLM_F_ACK: Final = 0x4
 NLM_F_DUMP: Final = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLMSG_ERROR: Final = 0x2
 NLMSG_DONE: Final = 0x3
+NLM_F_CAPPED: Final = 0x100  # on NLMSG_ERROR: request body not echoed
+NLM_F_ACK_TLVS: Final = 0x200  # on NLMSG_ERROR: extack TLVs follow
 # enum nlmsgerr_attrs: TLVs after struct nlmsgerr when NETLINK_EXT_ACK is on
 NLMSGERR_ATTR_MSG: Final = 1
 NLMSGERR_ATTR_OFFS: Final = 2
@@ -556,3 +558,6 @@ ETHTOOL_DRVINFO_DTYPE: Final = np.dtype(
         "itemsize": 196,
     }
 )
+
+# SIOCETHTOOL, ETHTOOL_GDRVINFO, IFNAMSIZ and ETHTOOL_DRVINFO_DTYPE are defined once, in the
+# "linux/ethtool.h (ioctl)" section above.
