@@ -35,7 +35,7 @@ import os
 import select
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -289,7 +289,11 @@ class KernelNicControl:
         return ntuple.driver_name(self.ifname)
 
     def rx_queue_count(self) -> int:
-        ch = self.get_channels()
+        """RX queues: rx + combined channels, else the ``rx-*`` queues in sysfs."""
+        try:
+            ch = self.get_channels()
+        except NetlinkError:  # no get_channels (loopback): count what the stack sees
+            ch = Channels()
         counts = [c for c in (ch.rx, ch.combined) if c]
         if counts:
             return int(sum(counts))
@@ -379,21 +383,21 @@ class KernelBackend:
     Thread-safe: the reusable ``struct msghdr`` is per thread.
     """
 
-    name: Literal["kernel"] = "kernel"
+    name: str = "kernel"
 
     # -- netlink -----------------------------------------------------------
     def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[int]) -> Binding:
         """bind-rx ``dmabuf`` to RX ``queues`` of ``ifindex``; raises NetlinkError
         with the kernel's errno and extack (net/core/netdev-genl.c)."""
         netdev = _netlink("netdev")
-        binding = netdev.bind_rx(ifindex, dmabuf.fd, [int(q) for q in queues])
+        binding = netdev.bind_rx(ifindex, dmabuf.fd, [int(q) for q in queues], dmabuf=dmabuf)
         return _attach(binding, dmabuf)
 
     def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> Binding:
         """bind-tx ``dmabuf`` to ``ifindex``; raises NetlinkError (EOPNOTSUPP
         "Driver does not support netmem TX" on NICs without netmem TX)."""
         netdev = _netlink("netdev")
-        binding = netdev.bind_tx(ifindex, dmabuf.fd)
+        binding = netdev.bind_tx(ifindex, dmabuf.fd, dmabuf=dmabuf)
         return _attach(binding, dmabuf)
 
     def nic(self, ifname: str) -> KernelNicControl:
@@ -425,3 +429,10 @@ class KernelBackend:
         BlockingIOError when the error queue is empty."""
         _n, clen, mflags = libc_recvmsg(sock, None, control, abi.MSG_ERRQUEUE | abi.MSG_DONTWAIT)
         return clen, mflags
+
+
+if TYPE_CHECKING:
+    from devmemtcp.backend.base import Backend, NicControl
+
+    def _conforms(kb: KernelBackend, nic: KernelNicControl) -> tuple[Backend, NicControl]:
+        return kb, nic  # mypy checks KernelBackend/KernelNicControl against the protocols
