@@ -38,6 +38,7 @@ __all__ = [
     "ControlBufferError",
     "FragBatch",
     "build_tx_cmsg",
+    "coalesce_sorted",
     "coalesce_tokens",
     "dontneed_chunks",
     "encode_rx_control",
@@ -350,26 +351,39 @@ def coalesce_tokens(tokens: np.ndarray) -> np.ndarray:
     ascending, covering each distinct input token exactly once (duplicates are
     dropped: the kernel would skip a token already given back).
     """
-    t = np.sort(np.asarray(tokens, dtype=np.uint32), kind="stable")
+    return coalesce_sorted(np.sort(np.asarray(tokens, dtype=np.uint32)))
+
+
+def coalesce_sorted(t: np.ndarray) -> np.ndarray:
+    """:func:`coalesce_tokens` for tokens already sorted ascending (uint32)."""
     n = t.shape[0]
     if n == 0:
         return np.empty(0, abi.DMABUF_TOKEN_DTYPE)
-    d = np.diff(t)
-    if n > 1 and not d.all():
-        t = np.unique(t)
-        n = t.shape[0]
+    if n > 1:
         d = np.diff(t)
-    breaks = np.flatnonzero(d != 1) + 1
-    starts = np.empty(breaks.shape[0] + 1, np.int64)
-    starts[0] = 0
-    starts[1:] = breaks
-    out = np.empty(starts.shape[0], abi.DMABUF_TOKEN_DTYPE)
-    out["token_start"] = t[starts]
-    counts = np.empty(starts.shape[0], np.int64)
-    counts[:-1] = np.diff(starts)
-    counts[-1] = n - starts[-1]
-    out["token_count"] = counts
-    return out
+        ones = d == 1
+        if ones.all():  # one contiguous run: the common case
+            out = np.empty((1, 2), np.uint32)
+            out[0, 0] = t[0]
+            out[0, 1] = n
+            return out.view(abi.DMABUF_TOKEN_DTYPE).reshape(1)
+        if not d.all():
+            t = np.unique(t)
+            return coalesce_sorted(t)
+        brk = np.flatnonzero(~ones)
+    else:
+        brk = np.empty(0, np.int64)
+    m = brk.shape[0] + 1
+    out = np.empty((m, 2), np.uint32)
+    out[0, 0] = t[0]
+    out[1:, 0] = t[brk + 1]
+    # run lengths: distance between consecutive run starts (index space)
+    bounds = np.empty(m + 1, np.int64)
+    bounds[0] = 0
+    bounds[1:-1] = brk + 1
+    bounds[-1] = n
+    out[:, 1] = np.diff(bounds)
+    return out.view(abi.DMABUF_TOKEN_DTYPE).reshape(m)
 
 
 def dontneed_chunks(
@@ -396,34 +410,41 @@ def dontneed_chunks(
         if r.shape[0] == 0:
             return []
     cum_end = np.cumsum(counts)
-    cum_start = cum_end - counts
     total = int(cum_end[-1])
     if total <= max_frags and r.shape[0] <= max_tokens:
         return [r.copy()]
-    # cut ranges at multiples of max_frags in cumulative frag space
-    first_block = cum_start // max_frags
-    last_block = (cum_end - 1) // max_frags
-    pieces = (last_block - first_block + 1).astype(np.int64)
-    src = np.repeat(np.arange(r.shape[0]), pieces)
-    # index of each piece within its range
-    piece_first = np.cumsum(pieces) - pieces
-    j = np.arange(src.shape[0]) - np.repeat(piece_first, pieces)
-    block = first_block[src] + j
-    p_start = np.maximum(cum_start[src], block * max_frags)
-    p_end = np.minimum(cum_end[src], (block + 1) * max_frags)
-    split = np.empty(src.shape[0], abi.DMABUF_TOKEN_DTYPE)
-    split["token_start"] = r["token_start"][src].astype(np.int64) + (p_start - cum_start[src])
-    split["token_count"] = p_end - p_start
-    # within a frag block, cut further every max_tokens ranges
-    block_change = np.empty(block.shape[0], bool)
-    block_change[0] = True
-    block_change[1:] = block[1:] != block[:-1]
-    block_first = np.flatnonzero(block_change)
-    block_idx = np.cumsum(block_change) - 1
-    pos_in_block = np.arange(block.shape[0]) - block_first[block_idx]
-    cut = block_change | (pos_in_block % max_tokens == 0)
-    bounds = np.flatnonzero(cut)
-    return [c.copy() for c in np.split(split, bounds[1:])]
+    # Greedy: each chunk takes as many whole ranges as both limits allow, then
+    # fills the remaining frag room with the head of the next range.
+    # searchsorted finds each chunk's end, so the loop runs once per chunk.
+    m = r.shape[0]
+    starts = r["token_start"]
+    chunks: list[np.ndarray] = []
+    i, used = 0, 0  # current range, frags of it already given out
+    while i < m:
+        base = int(cum_end[i] - counts[i]) + used
+        limit = base + max_frags
+        j = min(int(np.searchsorted(cum_end, limit, side="right")), i + max_tokens, m)
+        if j == i:  # range i alone fills the chunk
+            chunk = np.empty(1, abi.DMABUF_TOKEN_DTYPE)
+            chunk[0] = (int(starts[i]) + used, max_frags)
+            chunks.append(chunk)
+            used += max_frags
+            if used == counts[i]:
+                i, used = i + 1, 0
+            continue
+        room = limit - int(cum_end[j - 1])
+        tail = 1 if (j < m and room > 0 and j - i < max_tokens) else 0
+        chunk = np.empty(j - i + tail, abi.DMABUF_TOKEN_DTYPE)
+        chunk[: j - i] = r[i:j]
+        if used:
+            chunk[0] = (int(starts[i]) + used, int(counts[i]) - used)
+        if tail:
+            chunk[-1] = (int(starts[j]), room)
+        chunks.append(chunk)
+        i, used = j, (room if tail else 0)
+        if tail and used == counts[i]:
+            i, used = i + 1, 0
+    return chunks
 
 
 # ---------------------------------------------------------------------------

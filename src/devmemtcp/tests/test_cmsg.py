@@ -300,3 +300,22 @@ def test_zerocopy_completion_round_trip() -> None:
 def test_fragbatch_empty() -> None:
     b = FragBatch.empty()
     assert len(b) == 0 and b.nbytes == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(1, 3000)), min_size=1, max_size=40),
+       st.integers(1, 200), st.integers(1, 2000))
+def test_chunks_of_large_ranges(spec: list[tuple[int, int]], max_tokens: int, max_frags: int) -> None:
+    # few long ranges (greedy path) and many (vectorised path) obey the same contract
+    starts, pos = [], 1
+    for gap, count in spec:
+        starts.append((pos + gap, count))
+        pos += gap + count
+    ranges = np.array(starts, abi.DMABUF_TOKEN_DTYPE)
+    chunks = dontneed_chunks(ranges, max_tokens=max_tokens, max_frags=max_frags)
+    assert np.concatenate([_expand(c) for c in chunks]).tolist() == _expand(ranges).tolist()
+    sums = [int(c["token_count"].sum()) for c in chunks]
+    lens = [c.shape[0] for c in chunks]
+    assert all(1 <= x <= max_frags for x in sums) and all(1 <= x <= max_tokens for x in lens)
+    # every chunk but the last is full in at least one dimension
+    assert all(s == max_frags or n == max_tokens for s, n in zip(sums[:-1], lens[:-1], strict=True))
