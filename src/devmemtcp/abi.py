@@ -561,3 +561,12 @@ ETHTOOL_DRVINFO_DTYPE: Final = np.dtype(
 
 # SIOCETHTOOL, ETHTOOL_GDRVINFO, IFNAMSIZ and ETHTOOL_DRVINFO_DTYPE are defined once, in the
 # "linux/ethtool.h (ioctl)" section above.
+
+# ---------------------------------------------------------------------------
+# include/uapi/linux/sched.h, include/uapi/linux/mount.h (netns entry, private sysfs)
+# ---------------------------------------------------------------------------
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWNET: Final = 0x40000000
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 1 << 18
+NETNS_RUN_DIR: Final = "/run/netns"  # iproute2's named namespaces (ip netns add)

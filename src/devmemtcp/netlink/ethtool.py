@@ -338,21 +338,38 @@ def driver_name(ifname: str) -> str | None:
 
 
 def _check_ifname(ifname: str) -> None:
-    if not ifname or "/" in ifname or len(ifname) >= abi.IFNAMSIZ or not os.path.exists(
-            f"/sys/class/net/{ifname}"):
+    try:
+        ok = bool(ifname) and "/" not in ifname and len(ifname) < abi.IFNAMSIZ and socket.if_nametoindex(
+            ifname) > 0
+    except OSError:
+        ok = False
+    if not ok:
         raise DevmemError(f"no network interface named {ifname!r} in this namespace",
                           "list interfaces with `ip link` (or pass --netns NAME for another namespace)")
 
 
-def rx_queue_count(ifname: str) -> int:
-    """Number of RX queues the stack sees: ``/sys/class/net/IF/queues/rx-*``.
-    Raises DevmemError for an unknown interface. Note sysfs shows the
-    namespace of the mount, so call it where /sys belongs to the namespace."""
+def _queue_count(ifname: str, kind: str) -> int:
     _check_ifname(ifname)
-    return sum(1 for n in os.listdir(f"/sys/class/net/{ifname}/queues") if n.startswith("rx-"))
+    from devmemtcp import netns  # local: netns imports nothing from here, keep import light
+
+    if netns.current() is not None:
+        counts = netns.sysfs_queue_counts()
+        if ifname not in counts:
+            raise DevmemError(f"no network interface named {ifname!r} in namespace {netns.current()!r}",
+                              f"list interfaces with `ip -n {netns.current()} link`")
+        return counts[ifname][kind]
+    return sum(1 for n in os.listdir(f"/sys/class/net/{ifname}/queues") if n.startswith(kind + "-"))
+
+
+def rx_queue_count(ifname: str) -> int:
+    """Number of RX queues the stack uses (real_num_rx_queues): the
+    ``queues/rx-*`` entries of ``/sys/class/net/IF``. Inside a namespace
+    entered with :func:`devmemtcp.netns.enter` it reads that namespace's own
+    sysfs (:func:`devmemtcp.netns.sysfs_queue_counts`). Raises DevmemError
+    for an unknown interface."""
+    return _queue_count(ifname, "rx")
 
 
 def tx_queue_count(ifname: str) -> int:
-    """Number of TX queues: ``/sys/class/net/IF/queues/tx-*`` (see rx_queue_count)."""
-    _check_ifname(ifname)
-    return sum(1 for n in os.listdir(f"/sys/class/net/{ifname}/queues") if n.startswith("tx-"))
+    """Number of TX queues: ``/sys/class/net/IF/queues/tx-*`` (see :func:`rx_queue_count`)."""
+    return _queue_count(ifname, "tx")
