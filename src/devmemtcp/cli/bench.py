@@ -1,0 +1,221 @@
+"""``devmemtcp bench frags | stream | report``: measure the fragment path and stream throughput.
+
+Each subcommand prints readable tables (progress on stderr) or, with
+``--json``, one JSON object on stdout. Exit status 0 when the benchmark ran
+(1 with ``--check`` when a target was missed), 2 for bad input or a missing
+tool (gcc, matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from devmemtcp.cli.common import parse_size, positive_int, print_json, validate_arg
+
+EPILOG = """\
+examples:
+  devmemtcp bench frags                    Receiver pipeline vs the C walks, 10 M frags
+  devmemtcp bench frags --frags 2000000 --per-call 400 --json
+  devmemtcp bench stream --bytes 512M      raw Python TCP vs the emulated devmem path on lo
+  devmemtcp bench report --out bench-out   both, plus bench-out/bench.json and bench-out/bench.png
+
+What the figures mean: bench/README.md in the source tree.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    sub = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+
+    p = sub.add_parser("frags", help="fragments per second through the Receiver's pipeline vs C walks",
+                       description="Parse, account, coalesce and SO_DEVMEM_DONTNEED (on a real loopback "
+                       "TCP socket) synthetic kernel-layout control buffers through the Receiver, and "
+                       "compare with C walks compiled at run time.")
+    _frags_args(p)
+    _common_args(p)
+
+    p = sub.add_parser("stream", help="loopback throughput: raw Python TCP vs the emulated devmem path",
+                       description="Receive and send over lo: raw Python sockets vs the emulated devmem "
+                       "NIC (Receiver / Sender), same peer process, medians of --repeat runs.")
+    _stream_args(p)
+    _common_args(p)
+
+    p = sub.add_parser("report", help="run frags and stream, write bench.json and a bench.png plot",
+                       description="Run both benchmarks and write DIR/bench.json and DIR/bench.png "
+                       "(needs matplotlib: pip install 'devmemtcp[plot]').")
+    p.add_argument("--out", type=Path, default=Path("bench-report"), metavar="DIR",
+                   help="directory for bench.json and bench.png (default ./bench-report)")
+    p.add_argument("--skip-frags", action="store_true", help="do not run the fragment benchmark")
+    p.add_argument("--skip-stream", action="store_true", help="do not run the stream benchmark")
+    _frags_args(p)
+    _stream_args(p)
+    _common_args(p)
+
+
+def _frags_args(p: argparse.ArgumentParser) -> None:
+    from devmemtcp.bench.frags import DEFAULT_FRAGS, DEFAULT_PER_CALL
+
+    p.add_argument("--frags", type=positive_int, default=DEFAULT_FRAGS, metavar="N",
+                   help=f"fragments through the timed pass (default {DEFAULT_FRAGS})")
+    p.add_argument("--per-call", type=positive_int, default=DEFAULT_PER_CALL, metavar="K",
+                   help=f"fragments per control buffer, 40 bytes each (default {DEFAULT_PER_CALL})")
+    p.add_argument("--no-c", action="store_true", help="skip the C baselines (no gcc needed)")
+
+
+def _stream_args(p: argparse.ArgumentParser) -> None:
+    from devmemtcp.bench.stream import DEFAULT_BYTES, DEFAULT_REPEAT, DEFAULT_VALIDATE
+
+    p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
+                   help="bytes per run, e.g. 512M, 1G (default 1G)")
+    p.add_argument("--validate", type=validate_arg, default=DEFAULT_VALIDATE, metavar="N",
+                   help=f"pattern period of the validated run (default {DEFAULT_VALIDATE})")
+    p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="R",
+                   help=f"runs of each kind, medians reported (default {DEFAULT_REPEAT})")
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    if args.quiet:
+        return None
+    err = Console(file=sys.stderr)
+    return lambda msg: err.print(f"[dim]bench: {msg}[/dim]", highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = _progress(args)
+    cmd = args.bench_command
+    if cmd == "frags":
+        from devmemtcp.bench.frags import run_frags
+
+        result = run_frags(args.frags, args.per_call, c_baselines=not args.no_c, progress=progress)
+        _emit(args, result, lambda c: print_frags(c, result))
+        return _status(args, result.get("targets", {}))
+    if cmd == "stream":
+        from devmemtcp.bench.stream import run_stream
+
+        result = run_stream(args.bytes, args.validate, repeat=args.repeat, progress=progress)
+        _emit(args, result, lambda c: print_stream(c, result))
+        return _status(args, result.get("targets", {}))
+    from devmemtcp.bench.report import run_report
+
+    frags_kw = None if args.skip_frags else {"frags": args.frags, "per_call": args.per_call,
+                                             "c_baselines": not args.no_c}
+    stream_kw = None if args.skip_stream else {"nbytes": args.bytes, "validate": args.validate,
+                                               "repeat": args.repeat}
+    result = run_report(args.out, frags_kwargs=frags_kw, stream_kwargs=stream_kw, progress=progress)
+
+    def show(c: Console) -> None:
+        if "frags" in result:
+            print_frags(c, result["frags"])
+        if "stream" in result:
+            print_stream(c, result["stream"])
+        c.print(f"wrote {result['json_path']} and {result['png_path']}")
+
+    _emit(args, result, show)
+    targets = {**result.get("frags", {}).get("targets", {}), **result.get("stream", {}).get("targets", {})}
+    return _status(args, targets)
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], show: Any) -> None:
+    if args.json:
+        print_json(result)
+    else:
+        show(Console())
+
+
+def _status(args: argparse.Namespace, targets: dict[str, Any]) -> int:
+    if args.check and not all(t.get("met") for t in targets.values()):
+        return 1
+    return 0
+
+
+def _n(x: float | None, fmt: str = ",.0f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _targets_table(targets: dict[str, Any]) -> Table:
+    t = Table(title="targets", title_justify="left")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_column("target", justify="right")
+    t.add_column("met", justify="center")
+    for name, v in targets.items():
+        value = v["value"]
+        text = _n(value, ",.3f") if isinstance(value, float) else str(value)
+        t.add_row(name, text, v["target"], "[green]yes[/green]" if v["met"] else "[red]no[/red]")
+    return t
+
+
+def print_frags(console: Console, r: dict[str, Any]) -> None:
+    """The fragment benchmark as tables: one row per walk, then the targets."""
+    t = Table(title=f"fragment path: {r['frags']:,} frags, {r['per_call']} per control buffer "
+              f"({r['control_bytes']} bytes)", title_justify="left")
+    t.add_column("walk")
+    t.add_column("frags/s", justify="right")
+    t.add_column("ns/frag", justify="right")
+    t.add_column("DONTNEED calls", justify="right")
+    t.add_column("frags/call", justify="right")
+    t.add_column("CPU s", justify="right")
+    t.add_row("Python Receiver (parse, account, coalesce, DONTNEED)", _n(r["frags_per_s"]),
+              _n(r["ns_per_frag"], ".2f"), _n(r["release_syscalls"]),
+              _n(r["frags_per_release_syscall"], ".1f"), _n(r["cpu_seconds"], ".3f"))
+    names = {"perfrag": "C, one DONTNEED per frag (ncdevmem)", "batched": "C, hand-batched DONTNEED",
+             "parse": "C, walk only (no syscalls)"}
+    for mode, entry in (r.get("c") or {}).items():
+        calls = entry["release_syscalls"]
+        t.add_row(names.get(mode, mode), _n(entry["frags_per_s"]), _n(entry["ns_per_frag"], ".2f"),
+                  _n(calls), _n(entry["frags"] / calls, ".1f") if calls else "-",
+                  _n(entry["cpu_seconds"], ".3f"))
+    console.print(t)
+    if "ratios" in r:
+        console.print(f"Python / per-frag C = {r['ratios']['python_vs_perfrag_c']:.2f}x, "
+                      f"Python / batched C = {r['ratios']['python_vs_batched_c']:.2f}x "
+                      f"(kernel freed {r['kernel_frags_freed']} frags: "
+                      "no devmem NIC, so the kernel finds none of the tokens)")
+    console.print(_targets_table(r["targets"]))
+    m = r["machine"]
+    console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
+                  f"{m.get('loadavg_after')}[/dim]")
+
+
+def print_stream(console: Console, r: dict[str, Any]) -> None:
+    """The stream benchmark as tables: medians per kind, memory, then the targets."""
+    t = Table(title=f"loopback stream: {r['bytes']:,} bytes per run, median of {r['repeat']}",
+              title_justify="left")
+    t.add_column("run")
+    t.add_column("Gbit/s", justify="right")
+    t.add_column("vs raw", justify="right")
+    t.add_row("receive, raw Python recv_into", _n(r["raw_recv_gbps"], ".2f"), "1.00")
+    t.add_row("receive, emulated devmem (Receiver)", _n(r["emulated_recv_gbps"], ".2f"),
+              _n(r["recv_ratio"], ".2f"))
+    raw = r["raw_recv_gbps"]
+    val = r["emulated_recv_validated_gbps"]
+    t.add_row(f"receive, emulated devmem + --validate {r['validate']}", _n(val, ".2f"),
+              _n(val / raw, ".2f") if raw else "-")
+    t.add_row("send, raw Python send", _n(r["raw_send_gbps"], ".2f"), "1.00")
+    t.add_row("send, emulated devmem (Sender)", _n(r["emulated_send_gbps"], ".2f"),
+              _n(r["send_ratio"], ".2f"))
+    console.print(t)
+    mib = 1 << 20
+    peak = r.get("rss_bytes_peak")
+    quarter = r.get("rss_bytes_peak_quarter")
+    growth = r.get("rss_growth_bytes")
+    console.print(f"receiver peak RSS: {_n(peak / mib if peak else None, '.1f')} MiB "
+                  f"for {r['bytes']:,} bytes, "
+                  f"{_n(quarter / mib if quarter else None, '.1f')} MiB for a quarter of that "
+                  f"(growth {_n(growth / mib if growth is not None else None, '+.1f')} MiB)")
+    console.print(_targets_table(r["targets"]))
+    m = r["machine"]
+    console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
+                  f"{m.get('loadavg_after')}[/dim]")
