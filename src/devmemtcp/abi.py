@@ -570,3 +570,6 @@ CLONE_NEWNET: Final = 0x40000000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 1 << 18
 NETNS_RUN_DIR: Final = "/run/netns"  # iproute2's named namespaces (ip netns add)
+# include/uapi/linux/sockios.h, include/uapi/linux/if.h
+SIOCGIFFLAGS: Final = 0x8913
+IFF_UP: Final = 0x1
