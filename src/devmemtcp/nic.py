@@ -561,6 +561,8 @@ class NicSetup:
             self._applied = False
             self._restore_signals()
         if result.failed:
+            self.journal.meta["abandoned"] = True  # the owner gave up: restore may replay it now
+            self.journal.save()
             raise DevmemError(
                 f"could not undo everything on {self.ifname}: "
                 + "; ".join(f"{s}: {d}" for s, d in result.failed),
@@ -638,8 +640,8 @@ def restore(ifname: str, *, journal_dir: Path | str = DEFAULT_JOURNAL_DIR, backe
         return UndoResult()
     j = Journal.load(j.path)
     pid = j.meta.get("pid")
-    if (not force and not j.meta.get("kept") and isinstance(pid, int) and pid != os.getpid()
-            and _pid_alive(pid)):
+    owned = not (j.meta.get("kept") or j.meta.get("abandoned"))
+    if not force and owned and isinstance(pid, int) and _pid_alive(pid):
         raise DevmemError(f"{ifname} is being used by a running devmemtcp (pid {pid})",
                           f"stop it (kill {pid}: it restores the NIC itself) or pass --force")
     ns = j.meta.get("netns")
