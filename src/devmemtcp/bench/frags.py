@@ -148,26 +148,34 @@ class ModelBackend(_NoTx):
     """Pass 1: control buffers numbered and released like the kernel's (not timed).
 
     ``recvmsg`` announces ``min(per_call, room in the Receiver's control
-    buffer)`` fragments of ``frag_size`` bytes per call until ``frags`` have
-    been delivered, then returns 0 (EOF). Offsets walk a ring of ``npages``
-    net_iovs like a page pool recycling its pages. Each control buffer is kept
-    in ``records`` (up to ``keep`` of them) as ``(bytes, nbytes)``.
+    buffer)`` fragments of ``frag_size`` bytes per call; offsets walk a ring
+    of ``npages`` net_iovs like a page pool recycling its pages. Every control
+    buffer is kept in ``records`` as ``(bytes, nbytes)``.
+
+    The recording stops (recvmsg returns 0, EOF) at the first call, after at
+    least ``min_records`` buffers, where the Receiver holds and queues no
+    token (the model's table is empty): the recording is then one closed
+    cycle, and replaying it round and round hands the Receiver exactly the
+    token numbers the kernel would (``cycle_closed`` True). It also stops
+    after ``max_records`` buffers without closing a cycle (``cycle_closed``
+    False: at each wrap of a replay the numbering differs from the kernel's).
     """
 
     name = "bench-model"
 
-    def __init__(self, frags: int, per_call: int, frag_size: int = FRAG_SIZE,
-                 keep: int = DEFAULT_RECORD_BUFFERS, npages: int | None = None) -> None:
-        self.frags = frags
+    def __init__(self, per_call: int, min_records: int = DEFAULT_RECORD_BUFFERS,
+                 max_records: int = 1024, frag_size: int = FRAG_SIZE, npages: int | None = None) -> None:
         self.per_call = per_call
         self.frag_size = frag_size
-        self.keep = keep
+        self.min_records = min_records
+        self.max_records = max(max_records, min_records)
         self.npages = npages or 4 * per_call
         self.table = TokenTableModel()
         self.records: list[tuple[bytes, int]] = []
         self.delivered = 0
         self.release_calls = 0
         self.freed = 0
+        self.cycle_closed = False
         self.effective_per_call = per_call
         self._cursor = 0
 
@@ -175,14 +183,17 @@ class ModelBackend(_NoTx):
                 flags: int) -> tuple[int, int, int]:
         from devmemtcp.cmsg import encode_rx_control
 
-        remaining = self.frags - self.delivered
-        if remaining <= 0:
+        n = len(self.records)
+        if n and n >= self.min_records and self.table.outstanding == 0:
+            self.cycle_closed = True
+            return 0, 0, 0
+        if n >= self.max_records:
             return 0, 0, 0
         room = len(control) // abi.DMABUF_CMSG_SPACE
         if room == 0:
             raise OSError(14, "control buffer too small for one devmem cmsg (EFAULT)")
-        k = min(self.per_call, room, remaining)
-        self.effective_per_call = min(self.effective_per_call, min(self.per_call, room))
+        k = min(self.per_call, room)
+        self.effective_per_call = k
         tokens = self.table.alloc(k)
         pages = (self._cursor + np.arange(k, dtype=np.uint64)) % np.uint64(self.npages)
         self._cursor = (self._cursor + k) % self.npages
@@ -190,8 +201,7 @@ class ModelBackend(_NoTx):
         sizes = np.full(k, self.frag_size, dtype=np.uint32)
         controllen = encode_rx_control(control, offsets, sizes, tokens, DMABUF_ID)
         nbytes = k * self.frag_size
-        if len(self.records) < self.keep:
-            self.records.append((bytes(control[:controllen]), nbytes))
+        self.records.append((bytes(control[:controllen]), nbytes))
         self.delivered += k
         return nbytes, controllen, 0
 
@@ -376,13 +386,15 @@ def _drive_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, 
         )
 
 
-def record_control_buffers(frags: int, per_call: int, sock: socket.socket, binding: _BenchBinding,
-                           keep: int = DEFAULT_RECORD_BUFFERS) -> tuple[ModelBackend, _PyRun]:
-    """Model pass: run a Receiver over :class:`ModelBackend` for ``frags``
-    fragments, recording up to ``keep`` control buffers.
+def record_control_buffers(per_call: int, sock: socket.socket, binding: _BenchBinding,
+                           min_records: int = DEFAULT_RECORD_BUFFERS) -> tuple[ModelBackend, _PyRun]:
+    """Model pass: run a Receiver over :class:`ModelBackend` and record at
+    least ``min_records`` control buffers, up to a closed cycle (at most
+    64 MiB of control buffers).
 
     Raises DevmemError when the Receiver did not give back every token."""
-    model = ModelBackend(frags, per_call, keep=keep)
+    cap = max(min_records, (64 << 20) // (per_call * abi.DMABUF_CMSG_SPACE))
+    model = ModelBackend(per_call, min_records=min_records, max_records=cap)
     run = _drive(model, sock, binding)
     if model.table.outstanding:
         raise DevmemError(
@@ -474,8 +486,7 @@ def run_frags(
         sock, _peer = stack.enter_context(loopback_tcp_pair())
 
         say("model pass: numbering tokens like the kernel")
-        n_model = min(frags, record_buffers * per_call)
-        model, _ = record_control_buffers(n_model, per_call, sock, binding, keep=record_buffers)
+        model, _ = record_control_buffers(per_call, sock, binding, min_records=record_buffers)
         records = model.records
         used_per_call = model.effective_per_call
 
@@ -520,6 +531,7 @@ def run_frags(
                 "tokens_freed": model.freed,
                 "tokens_outstanding": model.table.outstanding,
                 "recorded_buffers": len(records),
+                "cycle_closed": model.cycle_closed,
             },
             "samples": [[round(t, 6), f] for t, f in run.samples],
         })

@@ -57,6 +57,9 @@ def test_numbers_agree(result: dict) -> None:
                                                            abs=0.01)
     assert r["model"]["tokens_outstanding"] == 0
     assert r["model"]["tokens_freed"] == r["model"]["frags"]
+    # the recording is one closed cycle: replayed round and round, the token numbers are the kernel's
+    assert r["model"]["cycle_closed"] is True
+    assert r["model"]["frags"] == r["model"]["recorded_buffers"] * k
     assert r["kernel_frags_freed"] == 0
     times = [t for t, _ in r["samples"]]
     counts = [f for _, f in r["samples"]]
