@@ -58,6 +58,9 @@ DEFAULT_PER_CALL = 1600  # 1600 * 40 = 64000-byte control buffer
 DEFAULT_RECORD_BUFFERS = 64
 FRAG_SIZE = abi.PAGE_SIZE
 DMABUF_ID = 1
+#: dma-buf pages of the benchmark binding: ncdevmem's 16000 (62.5 MiB, never touched). The
+#: Receiver sizes its release threshold and max_held from it.
+DMABUF_PAGES = 16000
 SAMPLE_EVERY_BATCHES = 64
 
 #: Targets from issue 5 (this machine, ratios measured in one run).
@@ -387,14 +390,15 @@ def _drive_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, 
 
 
 def record_control_buffers(per_call: int, sock: socket.socket, binding: _BenchBinding,
-                           min_records: int = DEFAULT_RECORD_BUFFERS) -> tuple[ModelBackend, _PyRun]:
+                           min_records: int = DEFAULT_RECORD_BUFFERS,
+                           npages: int | None = None) -> tuple[ModelBackend, _PyRun]:
     """Model pass: run a Receiver over :class:`ModelBackend` and record at
     least ``min_records`` control buffers, up to a closed cycle (at most
     64 MiB of control buffers).
 
     Raises DevmemError when the Receiver did not give back every token."""
     cap = max(min_records, (64 << 20) // (per_call * abi.DMABUF_CMSG_SPACE))
-    model = ModelBackend(per_call, min_records=min_records, max_records=cap)
+    model = ModelBackend(per_call, min_records=min_records, max_records=cap, npages=npages)
     run = _drive(model, sock, binding)
     if model.table.outstanding:
         raise DevmemError(
@@ -478,7 +482,7 @@ def run_frags(
         raise DevmemError(f"--per-call {per_call} must be positive", "use e.g. --per-call 1600")
     say = progress or (lambda _msg: None)
     machine_before = machine_info()
-    npages = 4 * per_call
+    npages = max(DMABUF_PAGES, 4 * per_call)
     result: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         dmabuf = stack.enter_context(MemfdBuffer(npages * abi.PAGE_SIZE))
@@ -486,7 +490,8 @@ def run_frags(
         sock, _peer = stack.enter_context(loopback_tcp_pair())
 
         say("model pass: numbering tokens like the kernel")
-        model, _ = record_control_buffers(per_call, sock, binding, min_records=record_buffers)
+        model, _ = record_control_buffers(per_call, sock, binding, min_records=record_buffers,
+                                          npages=npages)
         records = model.records
         used_per_call = model.effective_per_call
 
