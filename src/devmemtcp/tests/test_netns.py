@@ -1,0 +1,75 @@
+"""netns.enter and the per-namespace sysfs view, against real namespaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from devmemtcp import netns
+from devmemtcp.errors import DevmemError
+
+
+def _ns_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def test_missing_namespace_names_it_and_the_fix():
+    with pytest.raises(DevmemError) as ei, netns.enter("devmemtcp-no-such-ns"):
+        pass
+    assert "'devmemtcp-no-such-ns' does not exist" in ei.value.message
+    assert "ip netns add devmemtcp-no-such-ns" in (ei.value.hint or "")
+    assert "ip netns list" in (ei.value.hint or "")
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "a/b", "."])
+def test_bad_names(bad):
+    with pytest.raises(DevmemError, match="ip netns list"):
+        netns.path_of(bad)
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_enter_and_come_back(netns_pair):
+    home = _ns_inode()
+    fds = len(os.listdir("/proc/self/fd"))
+    with netns.enter(netns_pair.ns_a) as path:
+        assert path == f"/run/netns/{netns_pair.ns_a}"
+        assert netns.current() == netns_pair.ns_a
+        assert _ns_inode() == os.stat(path).st_ino != home
+        names = {n for _, n in socket.if_nameindex()}
+        assert names == {"lo", netns_pair.veth_a}
+        with netns.enter(netns_pair.ns_b):  # nesting
+            assert netns.current() == netns_pair.ns_b
+            assert {n for _, n in socket.if_nameindex()} == {"lo", netns_pair.veth_b}
+        assert netns.current() == netns_pair.ns_a
+    assert netns.current() is None
+    assert _ns_inode() == home
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_back_home_after_an_exception(netns_pair):
+    home = _ns_inode()
+    with pytest.raises(RuntimeError), netns.enter(netns_pair.ns_a):
+        raise RuntimeError("boom")
+    assert _ns_inode() == home and netns.current() is None
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_sysfs_queue_counts_match_ip_netns_exec(netns_pair):
+    out = subprocess.run(["ip", "netns", "exec", netns_pair.ns_a, "sh", "-c",
+                          "for d in /sys/class/net/*; do echo ${d##*/} $(ls $d/queues | grep -c ^rx-) "
+                          "$(ls $d/queues | grep -c ^tx-); done"], capture_output=True, text=True, check=True)
+    expected = {name: {"rx": int(rx), "tx": int(tx)}
+                for name, rx, tx in (line.split() for line in out.stdout.splitlines())}
+    assert netns.sysfs_queue_counts(netns_pair.ns_a) == expected
+    with netns.enter(netns_pair.ns_a):
+        assert netns.sysfs_queue_counts() == expected
+    # the root namespace view is the mounted /sys
+    root = netns.sysfs_queue_counts()
+    assert set(root) == {n for _, n in socket.if_nameindex()}
