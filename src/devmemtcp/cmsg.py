@@ -351,7 +351,7 @@ def coalesce_tokens(tokens: np.ndarray) -> np.ndarray:
     ascending, covering each distinct input token exactly once (duplicates are
     dropped: the kernel would skip a token already given back).
     """
-    return coalesce_sorted(np.sort(np.asarray(tokens, dtype=np.uint32)))
+    return coalesce_sorted(np.sort(np.asarray(tokens, dtype=np.uint32), kind="stable"))
 
 
 def coalesce_sorted(t: np.ndarray) -> np.ndarray:
@@ -367,9 +367,11 @@ def coalesce_sorted(t: np.ndarray) -> np.ndarray:
             out[0, 0] = t[0]
             out[0, 1] = n
             return out.view(abi.DMABUF_TOKEN_DTYPE).reshape(1)
-        if not d.all():
-            t = np.unique(t)
-            return coalesce_sorted(t)
+        if not d.all():  # duplicates: keep the first of each run of equal tokens
+            keep = np.empty(n, bool)
+            keep[0] = True
+            np.not_equal(d, 0, out=keep[1:])
+            return coalesce_sorted(t[keep])
         brk = np.flatnonzero(~ones)
     else:
         brk = np.empty(0, np.int64)

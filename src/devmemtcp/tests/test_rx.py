@@ -1,0 +1,322 @@
+"""Receiver: token accounting, DONTNEED batching and limits, EOF/close release.
+
+The backend double below models the kernel's side of the socket calls
+(tcp_recvmsg_dmabuf / sock_devmem_dontneed): a page pool of net_iovs, a
+per-socket token table numbered from 1 (lowest free first, like xa_alloc),
+control buffers written with the kernel's layout, and SO_DEVMEM_DONTNEED's
+limits (EINVAL above 128 ranges, stop after 1024 frags, unknown tokens
+skipped, return value = frags freed). It also records every call, so the
+tests check syscall counts and chunk sizes, not just end results.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from devmemtcp import abi
+from devmemtcp.cmsg import ControlBufferError, FragBatch, encode_rx_control
+from devmemtcp.errors import DevmemError
+from devmemtcp.memory import MemfdBuffer
+from devmemtcp.rx import Receiver
+
+
+class PoolStarved(Exception):
+    """The double's NIC has no free buffer: a real flow would stall here."""
+
+
+@dataclass
+class FakeBinding:
+    id: int
+    dmabuf: MemfdBuffer
+    ifindex: int = 1
+    kind: str = "rx"
+    queues: tuple[int, ...] = (0,)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class DevmemSocketModel:
+    """Kernel-side model of one devmem TCP socket on a bound queue."""
+
+    npages: int
+    script: list[tuple[str, int]]  # ("frags", k) | ("readable", nbytes) | ("linear", nbytes)
+    binding_id: int = 7
+    free_pages: list[int] = field(default_factory=list)
+    tokens: dict[int, int] = field(default_factory=dict)  # token -> page
+    dontneed_calls: list[np.ndarray] = field(default_factory=list)
+    fail_dontneed: int | None = None
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        self.free_pages = list(range(self.npages))
+
+    def _alloc_token(self) -> int:
+        t = 1
+        while t in self.tokens:
+            t += 1
+        return t
+
+    # -- Backend socket calls -------------------------------------------------
+    def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,
+                flags: int) -> tuple[int, int, int]:
+        assert flags & abi.MSG_SOCK_DEVMEM
+        if not self.script:
+            return 0, 0, 0
+        kind, k = self.script.pop(0)
+        if kind == "readable":
+            buf[:k] = (np.arange(k) % 256).astype(np.uint8).tobytes()
+            return k, 0, 0
+        lin = 0
+        if kind == "linear":
+            lin, k = k, 2
+            buf[:lin] = b"L" * lin
+        room = len(control) // abi.DMABUF_CMSG_SPACE - (1 if lin else 0)
+        k = min(k, room)
+        if len(self.free_pages) < k:
+            raise PoolStarved(f"{len(self.free_pages)} free pages, {k} needed")
+        pages = [self.free_pages.pop(0) for _ in range(k)]
+        toks = []
+        for p in pages:
+            t = self._alloc_token()
+            self.tokens[t] = p
+            toks.append(t)
+        clen = encode_rx_control(control, np.array(pages, np.uint64) * 4096, np.full(k, 4096, np.uint32),
+                                 np.array(toks, np.uint32), self.binding_id, linear_size=lin)
+        return k * 4096 + lin, clen, 0
+
+    def dontneed(self, sock: socket.socket, tokens: np.ndarray) -> int:
+        assert tokens.dtype == abi.DMABUF_TOKEN_DTYPE
+        if self.fail_dontneed is not None:
+            raise OSError(self.fail_dontneed, "injected")
+        if tokens.shape[0] > abi.MAX_DONTNEED_TOKENS:
+            raise OSError(errno.EINVAL, "too many ranges")
+        self.dontneed_calls.append(tokens.copy())
+        freed = 0
+        for start, count in tokens.tolist():
+            for t in range(start, start + count):
+                if freed >= abi.MAX_DONTNEED_FRAGS:
+                    return freed
+                page = self.tokens.pop(t, None)
+                if page is not None:
+                    self.free_pages.append(page)
+                    freed += 1
+        return freed
+
+
+@pytest.fixture
+def sock() -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def dmabuf() -> Iterator[MemfdBuffer]:
+    with MemfdBuffer(64 * 4096) as b:
+        yield b
+
+
+def make(npages: int, script: list[tuple[str, int]], sock: socket.socket, **kw: object
+         ) -> tuple[DevmemSocketModel, Receiver, MemfdBuffer]:
+    model = DevmemSocketModel(npages, script)
+    buf = MemfdBuffer(npages * 4096)
+    rx = Receiver(model, sock, FakeBinding(7, buf), **kw)  # type: ignore[arg-type]
+    return model, rx, buf
+
+
+def test_steady_state_one_dontneed_per_1024_frags(sock: socket.socket) -> None:
+    frags = 50 * 1600
+    model, rx, buf = make(8192, [("frags", 1600)] * 50, sock)
+    with buf, rx:
+        assert rx.release_threshold == 1024
+        n = 0
+        while (b := rx.recv()) is not None:
+            assert len(b) == 1600 and b.token.dtype == np.uint32
+            n += len(b)
+            rx.release(b)
+            assert rx.pending < 1024 + 1600
+        assert n == frags
+    sizes = [int(c["token_count"].sum()) for c in model.dontneed_calls]
+    # every call but the last (the EOF flush) carries exactly 1024 frags
+    assert all(s == 1024 for s in sizes[:-1]) and 0 < sizes[-1] <= 1024
+    assert rx.stats.release_syscalls == len(sizes) == -(-frags // 1024)
+    assert rx.stats.tokens_released == frags and rx.stats.release_shortfall == 0
+    assert model.tokens == {}  # the kernel's table is empty: every token came back
+    assert rx.stats.frags == frags and rx.stats.bytes == frags * 4096 == rx.stats.devmem_bytes
+
+
+def test_small_pool_never_starves(sock: socket.socket) -> None:
+    # 64 net_iovs, 16 frags per recvmsg: the thresholds follow the pool size
+    model, rx, buf = make(64, [("frags", 16)] * 200, sock)
+    with buf, rx:
+        assert rx.release_threshold == 16 and rx.max_held == 32
+        while (b := rx.recv()) is not None:
+            rx.release(b)
+    assert model.tokens == {} and rx.stats.frags == 3200
+
+
+def test_holding_tokens_forces_flush_before_the_pool_runs_dry(sock: socket.socket) -> None:
+    # the application keeps batches in flight (e.g. a GPU copy pipeline) and the
+    # release threshold alone (1000) would queue more tokens than the pool has
+    # (256): max_held must force the flush, or the model raises PoolStarved
+    model, rx, buf = make(256, [("frags", 20)] * 200, sock, release_threshold=1000, max_held=100)
+    inflight: list[FragBatch] = []
+    with buf, rx:
+        while (b := rx.recv()) is not None:
+            inflight.append(b)
+            if len(inflight) > 2:
+                rx.release(inflight.pop(0))
+            assert rx.held + rx.pending < rx.max_held
+    assert model.tokens == {}
+    assert rx.stats.forced_flushes >= 10 and rx.stats.frags == 4000
+
+
+def test_close_gives_back_unreleased_tokens(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("frags", 100)] * 5, sock)
+    with buf:
+        with rx:
+            batches = [rx.recv() for _ in range(3)]
+            rx.release(batches[0])
+            assert rx.held == 200 and rx.pending == 100 and len(model.tokens) == 300
+        assert model.tokens == {} and rx.closed
+        assert rx.stats.tokens_released == 300
+        rx.close()  # idempotent
+        assert rx.stats.release_syscalls == 1
+        with pytest.raises(DevmemError, match="closed"):
+            rx.recv()
+
+
+def test_exception_in_block_still_releases(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("frags", 100)] * 5, sock)
+    with buf, pytest.raises(RuntimeError), rx:
+        rx.recv()
+        raise RuntimeError("consumer failed")
+    assert model.tokens == {}
+
+
+def test_release_ignores_unknown_and_double_releases(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("frags", 10)], sock)
+    with buf, rx:
+        b = rx.recv()
+        assert b is not None
+        rx.release(b.token[:4])
+        rx.release(b.token[:4])  # again: ignored
+        rx.release(np.array([999999, 0], np.uint32))  # never delivered
+        assert rx.held == 6 and rx.pending == 4
+        rx.release(b)
+        assert rx.held == 0 and rx.pending == 10
+        rx.flush()
+        assert rx.pending == 0 and model.tokens == {}
+    assert [c.tolist() for c in model.dontneed_calls] == [[(1, 10)]]
+
+
+def test_readable_data_is_a_flow_steering_error(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("readable", 300), ("frags", 3)], sock)
+    with buf, rx:
+        b = rx.recv()
+        assert b is not None and len(b) == 0 and b.readable.shape == (300,)
+        assert b.readable.tolist() == (np.arange(300) % 256).tolist()
+        assert rx.stats.flow_steering_errors == 300 and rx.stats.bytes == 300
+        b2 = rx.recv()
+        assert b2 is not None and len(b2) == 3 and b2.readable.shape == (0,)
+        rx.release(b2)
+    assert rx.stats.bytes == 300 + 3 * 4096 and rx.stats.flow_steering_errors == 300
+    assert model.tokens == {}
+
+
+def test_linear_bytes_are_exposed(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("linear", 70)], sock)
+    with buf, rx:
+        b = rx.recv()
+        assert b is not None
+        assert b.linear_bytes == 70 and bytes(b.linear) == b"L" * 70 and len(b) == 2
+        assert rx.stats.linear_bytes == 70 and rx.stats.devmem_bytes == 2 * 4096
+    assert model.tokens == {}
+
+
+def test_wrong_binding_is_reported_and_tokens_still_returned(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("frags", 5)], sock)
+    model.binding_id = 99
+    with buf, rx, pytest.raises(DevmemError, match="binding 99"):
+        rx.recv()
+    assert model.tokens == {}
+
+
+def test_failed_dontneed_keeps_tokens_queued(sock: socket.socket) -> None:
+    model, rx, buf = make(4096, [("frags", 1024)], sock)
+    with buf:
+        b = rx.recv()
+        assert b is not None
+        model.fail_dontneed = errno.EBADF
+        with pytest.raises(OSError):
+            rx.release(b)
+        assert rx.pending == 1024 and rx.held == 0
+        model.fail_dontneed = None
+        rx.flush()
+        assert model.tokens == {} and rx.pending == 0
+        rx.close()
+
+
+def test_fragmented_tokens_respect_128_ranges(sock: socket.socket) -> None:
+    model, rx, buf = make(8192, [("frags", 1600)] * 3, sock)
+    with buf, rx:
+        for _ in range(3):
+            b = rx.recv()
+            assert b is not None
+            rx.release(b.token[::2])  # every other token: isolated ranges
+        assert len(model.dontneed_calls) == 12  # 1536 of the 1600 queued, 64 kept
+        for c in model.dontneed_calls:
+            assert c.shape[0] <= 128
+            assert c.shape[0] == 128 or int(c["token_count"].sum()) == 1024
+    assert model.tokens == {}  # close gave back the rest, held or queued
+
+
+def test_process_control_drives_the_same_pipeline(sock: socket.socket, dmabuf: MemfdBuffer) -> None:
+    model = DevmemSocketModel(64, [])
+    with Receiver(model, sock, FakeBinding(7, dmabuf)) as rx:  # type: ignore[arg-type]
+        ctl = bytearray(400)
+        n = encode_rx_control(ctl, np.arange(10, dtype=np.uint64) * 4096, np.full(10, 4096, np.uint32),
+                              np.arange(1, 11, dtype=np.uint32), 7)
+        model.tokens.update({t: t - 1 for t in range(1, 11)})
+        model.free_pages = model.free_pages[10:]
+        b = rx.process_control(np.frombuffer(ctl, np.uint8), n, 0, 10 * 4096)
+        assert b.token.tolist() == list(range(1, 11)) and rx.held == 10
+        with pytest.raises(ControlBufferError, match="MSG_CTRUNC"):
+            rx.process_control(np.frombuffer(ctl, np.uint8), n, abi.MSG_CTRUNC, 10)
+    assert model.tokens == {}
+
+
+def test_control_buffer_too_small_is_refused(sock: socket.socket, dmabuf: MemfdBuffer) -> None:
+    with pytest.raises(DevmemError, match="40"):
+        Receiver(DevmemSocketModel(4, []), sock, FakeBinding(7, dmabuf), control_size=39)  # type: ignore[arg-type]
+
+
+def test_kernel_dontneed_on_a_real_tcp_socket() -> None:
+    """Releasing through the real kernel: tokens it never handed out free nothing."""
+    from devmemtcp.backend.kernel import KernelBackend
+
+    kb = KernelBackend()
+
+    class KernelReleasing(DevmemSocketModel):
+        def dontneed(self, sock: socket.socket, tokens: np.ndarray) -> int:
+            self.dontneed_calls.append(tokens.copy())
+            return kb.dontneed(sock, tokens)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        with socket.create_connection(lsock.getsockname()) as c, MemfdBuffer(4096 * 4096) as buf:
+            model = KernelReleasing(4096, [("frags", 1600)] * 2)
+            with Receiver(model, c, FakeBinding(7, buf)) as rx:  # type: ignore[arg-type]
+                while (b := rx.recv()) is not None:
+                    rx.release(b)
+            assert rx.stats.release_syscalls == 4  # 1024 + 1024 + 1024 + 128 at EOF
+            assert rx.stats.tokens_released == 0 and rx.stats.release_shortfall == 3200
