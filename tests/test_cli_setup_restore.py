@@ -166,3 +166,38 @@ def test_setup_cli_on_a_veth_reports_the_refusal_and_changes_nothing(netns_pair:
     assert veth_channels(ns, dev).rx == 2
     run_cli("restore", dev, "--netns", ns, "--journal-dir", str(tmp_path), check=True)
     assert veth_channels(ns, dev) == before
+
+
+# -- lease ----------------------------------------------------------------------------------
+
+def test_lease_says_queue_leasing_needs_linux_7_1() -> None:
+    from devmemtcp.netlink.netdev import NetdevClient
+
+    with NetdevClient() as client:
+        has_op = "queue-create" in client.ops()
+    if has_op:
+        pytest.skip("this kernel has queue-create (Linux 7.1+): the refusal path cannot be shown")
+    proc = run_cli("lease", "--guest", "lo", "--phys", "lo", "--queue", "0")
+    assert proc.returncode == 2
+    assert "has no netdev queue-create op: queue leasing to netkit needs Linux 7.1" in proc.stderr
+    assert "hint: upgrade the host kernel to 7.1" in proc.stderr
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_lease_peer_namespace_id(netns_pair: Any) -> None:
+    from devmemtcp.cli.lease import _peer_nsid
+    from devmemtcp.errors import DevmemError
+
+    # moving veth1 from ns_a to ns_b made the kernel assign ids between the two
+    fd = os.open(f"/run/netns/{netns_pair.ns_b}", os.O_RDONLY)
+    try:
+        assert call_in_netns(netns_pair.ns_a, _peer_nsid, fd) >= 0
+    finally:
+        os.close(fd)
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        with pytest.raises(DevmemError, match="has no id for the host namespace"):
+            call_in_netns(netns_pair.ns_a, _peer_nsid, fd)
+    finally:
+        os.close(fd)
