@@ -287,28 +287,41 @@ def _udmabuf_check() -> Check:
                  "still works)", "modprobe udmabuf (CONFIG_UDMABUF), or use GPU memory")
 
 
+def _cuda_driver() -> Any:
+    """cuda-python's driver API module (``cuda.bindings.driver`` in 12.6+, ``cuda.cuda`` before)."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        from cuda import cuda as driver
+    return driver
+
+
 def _cuda_check() -> Check:
     if not os.path.exists("/dev/nvidia0"):
         return Check("cuda-dmabuf", "unknown", "no NVIDIA GPU (/dev/nvidia0 absent)",
                      "needed only to receive into GPU memory")
     try:
-        from cuda import cuda
+        cuda = _cuda_driver()
     except ImportError:
         return Check("cuda-dmabuf", "unknown", "a GPU is present but cuda-python is not installed",
                      "pip install 'devmemtcp[cuda]'")
-    err, = cuda.cuInit(0)
-    if int(err) != 0:
-        return Check("cuda-dmabuf", "fail", f"cuInit failed: {err}", "check the NVIDIA driver")
-    err, dev = cuda.cuDeviceGet(0)
-    attr = getattr(cuda.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED", None)
-    if attr is None:
-        return Check("cuda-dmabuf", "unknown", "this cuda-python has no DMA_BUF_SUPPORTED attribute",
-                     "upgrade cuda-python")
-    err, val = cuda.cuDeviceGetAttribute(attr, dev)
+    try:
+        (err,) = cuda.cuInit(0)
+        if int(err) != 0:
+            return Check("cuda-dmabuf", "fail", f"cuInit failed: {err}", "check the NVIDIA driver")
+        err, dev = cuda.cuDeviceGet(0)
+        attr = getattr(cuda.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED", None)
+        if attr is None:
+            return Check("cuda-dmabuf", "unknown", "this cuda-python has no DMA_BUF_SUPPORTED attribute",
+                         "upgrade cuda-python")
+        err, val = cuda.cuDeviceGetAttribute(attr, dev)
+    except Exception as exc:  # a broken CUDA install must not stop the other checks
+        return Check("cuda-dmabuf", "unknown", f"CUDA query failed: {type(exc).__name__}: {exc}",
+                     "check the NVIDIA driver and cuda-python")
     if int(err) == 0 and val:
         return Check("cuda-dmabuf", "pass", "GPU 0 can export dma-bufs (cuMemGetHandleForAddressRange)")
-    return Check("cuda-dmabuf", "fail", "GPU 0 cannot export dma-bufs",
-                 "use the open NVIDIA kernel modules (dma-buf export needs them)")
+    return Check("cuda-dmabuf", "fail", f"GPU 0 cannot export dma-bufs (CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED"
+                 f" = {val}, {err})", "use the open NVIDIA kernel modules (dma-buf export needs them)")
 
 
 def diagnose(ifname: str) -> DoctorReport:
