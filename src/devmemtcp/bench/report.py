@@ -40,15 +40,19 @@ def require_matplotlib() -> Any:
 
 def rate_series(samples: list[list[float]], scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Turn cumulative ``[seconds, amount]`` samples into ``(midpoint seconds,
-    rate * scale)`` arrays, shape ``(n - 1,)``; steps shorter than 1 ms are
-    merged into the next so a burst does not spike the curve."""
+    rate * scale)`` arrays; a sample less than 1 ms after the previous kept
+    one is skipped (the last sample replaces its predecessor instead) so a
+    burst does not spike the curve."""
     if len(samples) < 2:
         return np.empty(0), np.empty(0)
     arr = np.asarray(samples, dtype=np.float64)
     keep = [0]
-    for i in range(1, arr.shape[0]):
+    last = arr.shape[0] - 1
+    for i in range(1, last + 1):
         if arr[i, 0] - arr[keep[-1], 0] >= 1e-3:
             keep.append(i)
+        elif i == last and len(keep) > 1:
+            keep[-1] = i  # the final sample closes the run: it replaces the one just before it
     a = arr[keep]
     dt = np.diff(a[:, 0])
     da = np.diff(a[:, 1])

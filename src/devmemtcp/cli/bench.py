@@ -62,7 +62,8 @@ def _frags_args(p: argparse.ArgumentParser) -> None:
     from devmemtcp.bench.frags import DEFAULT_FRAGS, DEFAULT_PER_CALL
 
     p.add_argument("--frags", type=positive_int, default=DEFAULT_FRAGS, metavar="N",
-                   help=f"fragments through the timed pass (default {DEFAULT_FRAGS})")
+                   help=f"fragments through the timed pass, rounded up to whole control buffers "
+                   f"(default {DEFAULT_FRAGS})")
     p.add_argument("--per-call", type=positive_int, default=DEFAULT_PER_CALL, metavar="K",
                    help=f"fragments per control buffer, 40 bytes each (default {DEFAULT_PER_CALL})")
     p.add_argument("--no-c", action="store_true", help="skip the C baselines (no gcc needed)")
