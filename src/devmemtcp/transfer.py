@@ -125,6 +125,7 @@ def interface_of_address(addr: str) -> str:
     (RTM_GETADDR). Any address in 127.0.0.0/8 or ::1 maps to ``lo``.
     Raises DevmemError when no interface has the address or it is a wildcard.
     """
+    _family(addr)
     ip = ipaddress.ip_address(addr)
     if ip.is_unspecified:
         raise DevmemError(
@@ -150,6 +151,7 @@ def interface_of_route(addr: str) -> str:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
 
+    _family(addr)
     ip = ipaddress.ip_address(addr)
     with IPRoute() as ipr:
         try:
@@ -208,8 +210,7 @@ def select_backend(choice: str | Backend, ifname: str, *, direction: str = "rx")
 
             why_ok = f"doctor: devmem {direction.upper()} is possible on {ifname}"
             return cast("Backend", KernelBackend()), why_ok
-        failed = [c for c in getattr(report, "checks", []) if getattr(c, "status", "") == "fail"]
-        why = f"{failed[0].name}: {failed[0].detail}" if failed else "not supported"
+        why = _doctor_reason(report, direction)
         reason = f"doctor: no devmem {direction.upper()} on {ifname} ({why})"
     except DevmemError as exc:
         reason = f"doctor could not check {ifname} ({exc.message})"
@@ -218,6 +219,30 @@ def select_backend(choice: str | Backend, ifname: str, *, direction: str = "rx")
     from devmemtcp.backend.emulated import EmulatedBackend
 
     return EmulatedBackend(), reason
+
+
+# doctor checks that decide devmem RX / TX, most telling first
+_DECISIVE = {
+    "rx": ("kernel-bind-rx", "cap-net-admin", "queue-management-api", "header-split", "hds-thresh",
+           "ntuple", "rss", "rx-queues"),
+    "tx": ("kernel-bind-tx", "netmem-tx"),
+}
+
+
+def _doctor_reason(report: Any, direction: str) -> str:
+    failed = {c.name: c for c in getattr(report, "checks", []) if getattr(c, "status", "") == "fail"}
+    for name in _DECISIVE.get(direction, ()):
+        if name in failed:
+            return f"{name}: {failed[name].detail}"
+    return "not supported"
+
+
+def _close_later(stack: contextlib.ExitStack, backend: Backend) -> None:
+    """Close a backend this module created (the emulated one unbinds what it
+    bound and returns every socket's tokens) when ``stack`` unwinds."""
+    close = getattr(backend, "close", None)
+    if callable(close):
+        stack.callback(close)
 
 
 def _open_dmabuf(memory: str | DmaBuf, size: int) -> DmaBuf:
@@ -250,7 +275,8 @@ class _FragValidator:
 
     Frags are read from the dma-buf's host view at their offsets: contiguous
     runs of frags (found with numpy, no per-frag Python) are checked in place;
-    a batch scattered into many runs is gathered once into a scratch buffer.
+    a batch scattered over many pages is gathered with one ``np.take`` into a
+    scratch buffer (allocated once, no per-batch temporaries) and checked there.
     """
 
     def __init__(self, period: int, dmabuf: DmaBuf) -> None:
@@ -259,6 +285,8 @@ class _FragValidator:
         self.checker = PatternChecker(period)
         self.dmabuf = dmabuf
         self.view = dmabuf.host_view()
+        whole = self.view.size - self.view.size % abi.PAGE_SIZE
+        self.pages = self.view[:whole].reshape(-1, abi.PAGE_SIZE)
         self.scratch = np.empty(0, dtype=np.uint8)
 
     def check_bytes(self, data: np.ndarray | memoryview | bytes) -> None:
@@ -276,44 +304,52 @@ class _FragValidator:
             self.check_bytes(readable)
         sizes_lin = batch.linear_sizes
         if not len(sizes_lin):
-            self.check_frags(batch.offset, batch.size, batch)
+            self.check_frags(batch.offset, batch.size)
             return
         linear = batch.linear
         done_frags = 0
         lin_pos = 0
         for at, piece in zip(batch.linear_at.tolist(), sizes_lin.tolist(), strict=True):
             if at > done_frags:
-                self.check_frags(batch.offset[done_frags:at], batch.size[done_frags:at], None)
+                self.check_frags(batch.offset[done_frags:at], batch.size[done_frags:at])
                 done_frags = at
             self.check_bytes(linear[lin_pos:lin_pos + piece])
             lin_pos += piece
         if done_frags < len(batch):
-            self.check_frags(batch.offset[done_frags:], batch.size[done_frags:], None)
+            self.check_frags(batch.offset[done_frags:], batch.size[done_frags:])
 
-    def check_frags(self, offsets: np.ndarray, sizes: np.ndarray, batch: Any) -> None:
+    def check_frags(self, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        """Check frags (dma-buf ``offsets``, ``sizes``; stream order) in place.
+
+        Few contiguous runs: each run is checked where it lies. Many runs of
+        whole pages (the usual case): one ``np.take`` of the pages into a
+        scratch buffer, then one check. Otherwise the runs are copied into
+        the scratch buffer one by one."""
         n = int(offsets.size)
         if n == 0:
             return
         offs = offsets.astype(np.int64, copy=False)
-        ends = offs + sizes.astype(np.int64, copy=False)
-        starts = np.flatnonzero(offs[1:] != ends[:-1]) + 1
-        if starts.size < _MAX_RUNS_DIRECT:
-            first = np.concatenate(([0], starts))
-            last = np.concatenate((starts, [n])) - 1
+        lens = sizes.astype(np.int64, copy=False)
+        ends = offs + lens
+        breaks = np.flatnonzero(offs[1:] != ends[:-1]) + 1
+        first = np.concatenate(([0], breaks))
+        last = np.concatenate((breaks, [n])) - 1
+        if breaks.size < _MAX_RUNS_DIRECT:
             for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
                 self.checker.check(self.view[a:b])
             return
-        total = int(ends.sum() - offs.sum())
+        total = int(lens.sum())
         if self.scratch.size < total:
             self.scratch = np.empty(max(total, 2 * self.scratch.size), dtype=np.uint8)
-        if batch is not None:
-            out = self.dmabuf.gather(batch, out=self.scratch[:total])
-            self.checker.check(out[:total])
-            return
-        pos = 0
-        for a, b in zip(offs.tolist(), ends.tolist(), strict=True):
-            self.scratch[pos:pos + b - a] = self.view[a:b]
-            pos += b - a
+        page = abi.PAGE_SIZE
+        if bool((lens == page).all()) and not bool((offs % page).any()):
+            rows = self.scratch[:total].reshape(n, page)
+            np.take(self.pages, offs // page, axis=0, out=rows, mode="clip")
+        else:
+            pos = 0
+            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
+                self.scratch[pos:pos + b - a] = self.view[a:b]
+                pos += b - a
         self.checker.check(self.scratch[:total])
 
 
@@ -337,18 +373,25 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 @contextlib.contextmanager
 def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
                   dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
-    """NicSetup (header split, RSS, ntuple rule) unless ``nic_config`` is
-    false, then bind-rx of ``dmabuf`` to the queues; undone in reverse order."""
-    start, count = queues
-    qlist = list(range(start, start + count))
-    with contextlib.ExitStack() as stack:
-        if nic_config:
-            from devmemtcp.nic import NicSetup
+    """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.nic.NicSetup`
+    (header split, RSS spread below the queues, ntuple rule for
+    ``listen:port``; journaled, undone in reverse order on exit, on errors
+    and on SIGINT/SIGTERM when run from the main thread) unless
+    ``nic_config`` is false (the NIC was prepared by ``devmemtcp setup``)."""
+    import threading
 
-            stack.enter_context(NicSetup(backend, ifname, queues=queues, flow=(listen, port)))
-        binding = backend.bind_rx(_ifindex(ifname), dmabuf, qlist)
-        stack.callback(binding.close)
-        yield binding
+    start, count = queues
+    if not nic_config:
+        with backend.bind_rx(_ifindex(ifname), dmabuf, list(range(start, start + count))) as binding:
+            yield binding
+        return
+    from devmemtcp.nic import NicSetup
+
+    setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
+                     handle_signals=threading.current_thread() is threading.main_thread())
+    with setup:
+        assert setup.binding is not None
+        yield setup.binding
 
 
 def receive_stream(
@@ -402,6 +445,8 @@ def receive_stream(
         on_backend(be.name, reason)
     result = TransferResult(role="recv", backend=be.name, backend_reason=reason, ifname=ifname)
     with contextlib.ExitStack() as stack:
+        if isinstance(backend, str):
+            _close_later(stack, be)
         lsock = stack.enter_context(_listen_socket(listen, port))
         port = lsock.getsockname()[1]
         q = queues if queues is not None else _default_queues(be, ifname)
@@ -542,6 +587,8 @@ def send_stream(
                             tokens_released=None, release_syscalls=None,
                             validated=None)
     with contextlib.ExitStack() as stack:
+        if isinstance(backend, str):
+            _close_later(stack, be)
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
@@ -610,6 +657,15 @@ def _fill_tx_stats(result: TransferResult, tx: Any, chunk: int) -> None:
 # ---------------------------------------------------------------------------
 # Demo: both ends over loopback
 # ---------------------------------------------------------------------------
+def _unblock(listen: str, port_box: list[int]) -> None:
+    """Connect to the demo receiver and close at once, so a receiver still
+    waiting in accept() sees an empty stream and unwinds."""
+    if not port_box:
+        return
+    with contextlib.suppress(OSError), socket.create_connection((listen, port_box[0]), timeout=1):
+        pass
+
+
 def run_demo(
     *,
     nbytes: int = 1 << 30,
@@ -654,21 +710,29 @@ def run_demo(
             ready.set()
 
     thread = threading.Thread(target=receiver, name="devmemtcp-demo-recv", daemon=True)
-    thread.start()
-    ready.wait(timeout)
-    send_error: BaseException | None = None
     sent: TransferResult | None = None
-    if port_box and "recv_error" not in outcome:
-        try:
+    try:
+        thread.start()
+        ready.wait(timeout)
+        if port_box and "recv_error" not in outcome:
             sent = send_stream(listen, port_box[0], nbytes=nbytes, ifname=ifname, validate=validate,
                                size=size, backend=be)
-        except (OSError, DevmemError) as exc:
-            send_error = exc
-    thread.join(timeout if sent is None else None)
+    except BaseException:
+        # the sender failed or was interrupted: let the receiver see EOF so it
+        # unwinds (unbinds, undoes the NIC set-up) before we re-raise
+        _unblock(listen, port_box)
+        thread.join(timeout)
+        if isinstance(outcome.get("recv_error"), ValidationError):
+            raise outcome["recv_error"] from None
+        raise
+    finally:
+        thread.join(timeout if sent is None else None)
+        if isinstance(backend, str) and not thread.is_alive():
+            close = getattr(be, "close", None)
+            if callable(close):
+                close()
     if "recv_error" in outcome:
         raise outcome["recv_error"]
-    if send_error is not None:
-        raise send_error
     if sent is None or "recv" not in outcome:
         raise DevmemError("the demo receiver did not get ready in time",
                           "run `devmemtcp recv --listen 127.0.0.1 --port 5201` by hand to see why")
