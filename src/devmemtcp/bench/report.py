@@ -73,7 +73,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     panels = (2 if stream else 0) + (1 if frags else 0)
     if panels == 0:
         raise DevmemError("nothing to plot", "run at least one of the benchmarks")
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 6.0), squeeze=False)
     ax_iter = iter(axes[0])
     if stream:
         for direction, title in (("recv", "receive"), ("send", "send")):
@@ -94,7 +94,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.set_ylabel("Gbit/s")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if frags:
         ax = next(ax_iter)
         t, r = rate_series(frags.get("samples", []), 1e-6)
@@ -114,10 +114,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("million fragments / s")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     machine = (frags or stream or {}).get("machine", {})
-    fig.suptitle(f"devmemtcp bench: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-                 f"Linux {machine.get('kernel', '?')}, load {machine.get('loadavg', '?')}", fontsize=10)
+    fig.suptitle(f"devmemtcp bench: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores\n"
+                 f"Linux {machine.get('kernel', '?')}, load average {machine.get('loadavg', '?')}",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
