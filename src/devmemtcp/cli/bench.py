@@ -178,7 +178,8 @@ def print_frags(console: Console, r: dict[str, Any]) -> None:
     for mode, entry in (r.get("c") or {}).items():
         calls = entry["release_syscalls"]
         t.add_row(names.get(mode, mode), _n(entry["frags_per_s"] / 1e6, ".2f"),
-                  _n(entry["ns_per_frag"], ".2f"), _n(calls), _n(entry["frags"] / calls, ".1f") if calls else "-",
+                  _n(entry["ns_per_frag"], ".2f"), _n(calls),
+                  _n(entry["frags"] / calls, ".1f") if calls else "-",
                   _n(entry["cpu_seconds"], ".3f"))
     console.print(t)
     console.print("Python Receiver: process_control (parse, account) + release (coalesce, SO_DEVMEM_DONTNEED "
