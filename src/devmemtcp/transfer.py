@@ -625,10 +625,11 @@ def send_stream(
 
 def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
                on_progress: Callable[[int], None] | None) -> int:
+    # one sendmsg per region: max_iov iovecs of `chunk` bytes, and at least
+    # four regions in the dma-buf so sending never waits on the newest one
     max_iov = int(getattr(tx, "max_iov", 64))
-    region = max(chunk, min(chunk * max_iov, max(usable // 4, chunk)))
-    region -= region % abi.PAGE_SIZE or 0
-    region = max(region, chunk)
+    region = min(chunk * max_iov, max(usable // 4, chunk))
+    region = max(region - region % chunk, chunk)
     regions = _regions(usable, region)
     sent = 0
     i = 0
@@ -737,6 +738,7 @@ def run_demo(
         raise DevmemError("the demo receiver did not get ready in time",
                           "run `devmemtcp recv --listen 127.0.0.1 --port 5201` by hand to see why")
     recv: TransferResult = outcome["recv"]
+    recv.backend_reason = sent.backend_reason = reason
     received_ok = bool(recv.validated) and recv.bytes == sent.bytes == nbytes
     seconds = max(recv.seconds, sent.seconds)
     return {

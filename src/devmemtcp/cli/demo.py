@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from devmemtcp.cli import common
+from devmemtcp.cli.recv import table_rows
 from devmemtcp.errors import ValidationError
 from devmemtcp.transfer import run_demo
 
@@ -51,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         common.print_json(demo)
     else:
-        common.print_summary("devmemtcp demo: receiver", demo["recv"])
-        common.print_summary("devmemtcp demo: sender", demo["send"])
+        common.print_summary("devmemtcp demo: receiver", table_rows(demo["recv"]))
+        common.print_summary("devmemtcp demo: sender", table_rows(demo["send"]))
         verdict = "validated" if demo["validated"] else "NOT validated"
         print(f"{common.format_bytes(demo['bytes'])} over loopback on the {demo['backend']} backend "
               f"in {demo['seconds']:.2f} s ({demo['gbps']:.2f} Gbit/s), {verdict}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from devmemtcp.cli import common
 from devmemtcp.errors import ValidationError
@@ -47,14 +48,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_backend_args(parser)
 
 
+def table_rows(d: dict[str, Any]) -> dict[str, Any]:
+    """The summary rows for a table: the JSON fields less those that do not
+    apply to this role (completions on recv, queues on send) and an empty error."""
+    rows = dict(d)
+    if rows.get("error") is None:
+        rows.pop("error", None)
+    rows.pop("completions" if rows.get("role") == "recv" else "queues", None)
+    return rows
+
+
 def report(result: TransferResult, as_json: bool, title: str) -> None:
     """Print the summary of one transfer (table on stdout, or one JSON object)."""
     if as_json:
         common.print_json(result.as_dict())
     else:
-        rows = result.as_dict()
-        rows.pop("error", None)
-        common.print_summary(title, rows)
+        common.print_summary(title, table_rows(result.as_dict()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,267 @@
+"""`devmemtcp recv`, `send` and `demo` as processes, against plain TCP peers.
+
+The receiver is started with --port 0 and says on stderr which port it got.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from transfer_helpers import PlainReceiver, plain_send, reference_pattern, wait_listening
+
+pytestmark = pytest.mark.root  # the emulated NIC keeps its state under /run
+
+CLI = [sys.executable, "-m", "devmemtcp.cli.main"]
+
+
+def _recv(*extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*CLI, "recv", "--listen", "127.0.0.1", "--port", "0", "--timeout", "60",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_recv_validates_256mib_from_a_plain_sender() -> None:
+    n = 256 << 20
+    proc = _recv("--validate", "7", "--json")
+    port, early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, n)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["validated"] is True
+    assert res["bytes"] == n
+    assert res["backend"] == "emulated"
+    assert res["flow_steering_errors"] == 0
+    assert res["tokens_released"] == res["frags"] >= n // 4096
+    assert res["release_syscalls"] <= res["frags"] // 1024 + 64
+    assert res["gbps"] > 0 and res["seconds"] > 0
+    assert "backend emulated" in early  # auto says which backend it picked, and why
+
+
+def test_recv_names_the_offset_of_one_corrupted_byte() -> None:
+    n, bad = 256 << 20, 123_456_789
+    proc = _recv("--validate", "7")
+    port, _early = wait_listening(proc)
+    with contextlib.suppress(OSError):  # the receiver stops reading at the mismatch
+        plain_send("127.0.0.1", port, 7, n, corrupt_at=bad)
+    rc, out, err = _finish(proc)
+    assert rc == 1, (out, err)
+    expected = reference_pattern(7, bad, 1)[0]
+    assert f"offset {bad}" in err
+    assert f"expected 0x{expected:02x}" in err and f"received 0x{expected ^ 0xFF:02x}" in err
+    assert "Traceback" not in err
+
+
+def test_send_validate_7_gives_a_plain_receiver_exactly_the_pattern() -> None:
+    n = 64 << 20
+    peer = PlainReceiver(period=7, keep=False)
+    res = subprocess.run([*CLI, "send", "127.0.0.1", "--port", str(peer.port), "--bytes", "64M",
+                          "--validate", "7", "--json"], capture_output=True, text=True, timeout=120)
+    peer.join()
+    assert res.returncode == 0, res.stderr
+    assert peer.total == n and peer.mismatch is None
+    out = json.loads(res.stdout)
+    assert out["bytes"] == n and out["backend"] == "emulated" and out["role"] == "send"
+
+
+def test_send_to_devmemtcp_recv() -> None:
+    proc = _recv("--validate", "13", "--json")
+    port, _early = wait_listening(proc)
+    snd = subprocess.run([*CLI, "send", "127.0.0.1", "--port", str(port), "--bytes", "40M",
+                          "--validate", "13", "--chunk", "4K", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert snd.returncode == 0, snd.stderr
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    assert json.loads(out)["validated"] is True and json.loads(out)["bytes"] == 40 << 20
+
+
+@pytest.mark.skipif(not shutil.which("socat"), reason="needs socat (apt-get install socat)")
+def test_recv_from_socat_is_validated(tmp_path: object) -> None:
+    proc = _recv("--validate", "7", "--json")
+    port, _early = wait_listening(proc)
+    gen = subprocess.Popen(["bash", "-c", "yes $(echo -e '\\x01\\x02\\x03\\x04\\x05\\x06') | head -c 32M | "
+                            f"socat -u - TCP:127.0.0.1:{port}"])
+    assert gen.wait(60) == 0
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    assert json.loads(out)["validated"] is True and json.loads(out)["bytes"] == 32 << 20
+
+
+def test_demo_small_json() -> None:
+    res = subprocess.run([*CLI, "demo", "--bytes", "64M", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["validated"] is True and out["bytes"] == 64 << 20 and out["backend"] == "emulated"
+    assert out["recv"]["validated"] is True and out["send"]["bytes"] == 64 << 20
+
+
+def test_demo_validates_1gib() -> None:
+    """The README's main job: `devmemtcp demo` (1 GiB, validated). About 2 s
+    on the 2-core development VM, so it runs always (not marked slow)."""
+    t0 = time.monotonic()
+    res = subprocess.run([*CLI, "demo", "--json"], capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["validated"] is True and out["bytes"] == 1 << 30
+    print(f"demo 1 GiB: {took:.1f} s wall, {out['gbps']} Gbit/s")
+
+
+def test_demo_table_output() -> None:
+    res = subprocess.run([*CLI, "demo", "--bytes", "8M"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "validated" in res.stdout and "8.00 MiB" in res.stdout
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["recv", "--listen", "127.0.0.1", "--port", "1", "--size", "1000"], "multiple of 4096"),
+    (["recv", "--listen", "127.0.0.1", "--port", "0", "--ifname", "nosuch0"], "no interface named"),
+    (["recv", "--listen", "0.0.0.0", "--port", "0"], "wildcard"),
+    (["send", "127.0.0.1", "--port", "1", "--bytes", "1M"], "cannot connect"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str) -> None:
+    res = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr and "hint:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_argument_errors_exit_2() -> None:
+    res = subprocess.run([*CLI, "recv", "--listen", "127.0.0.1", "--port", "1", "--validate", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "between 2 and 256" in res.stderr
+    res = subprocess.run([*CLI, "send", "127.0.0.1", "--port", "1", "--bytes", "1X"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "invalid size unit" in res.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_recv_no_nic_config_uses_a_setup_made_by_devmemtcp_setup() -> None:
+    port = _free_port()
+    setup = subprocess.run([*CLI, "setup", "lo", "--listen", "127.0.0.1", "--port", str(port),
+                            "--queues", "3:1", "--backend", "emulated"],
+                           capture_output=True, text=True, timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    try:
+        proc = subprocess.Popen([*CLI, "recv", "--listen", "127.0.0.1", "--port", str(port), "--timeout",
+                                 "60", "--queues", "3:1", "--no-nic-config", "--backend", "emulated",
+                                 "--validate", "7", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(proc)
+        plain_send("127.0.0.1", port, 7, 16 << 20)
+        rc, out, err = _finish(proc)
+        assert rc == 0, err
+        res = json.loads(out)
+        assert res["validated"] is True and res["flow_steering_errors"] == 0
+        assert res["frags"] >= (16 << 20) // 4096
+    finally:
+        restore = subprocess.run([*CLI, "restore", "lo"], capture_output=True, text=True, timeout=60)
+    assert restore.returncode == 0, restore.stderr
+
+
+def test_recv_without_steering_counts_flow_steering_errors() -> None:
+    """Header split and RSS set up but no ntuple rule (setup --skip rule): RSS
+    keeps the flow off devmem queue 3, so it arrives as readable data: still
+    validated, but every byte is counted as a flow-steering error."""
+    n = 4 << 20
+    port = _free_port()
+    setup = subprocess.run([*CLI, "setup", "lo", "--listen", "127.0.0.1", "--port", str(port),
+                            "--queues", "3:1", "--backend", "emulated", "--skip", "rule"],
+                           capture_output=True, text=True, timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    try:
+        proc = subprocess.Popen([*CLI, "recv", "--listen", "127.0.0.1", "--port", str(port), "--timeout",
+                                 "60", "--queues", "3:1", "--no-nic-config", "--backend", "emulated",
+                                 "--validate", "7", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_listening(proc)
+        plain_send("127.0.0.1", port, 7, n)
+        rc, out, err = _finish(proc)
+    finally:
+        restore = subprocess.run([*CLI, "restore", "lo"], capture_output=True, text=True, timeout=60)
+    assert restore.returncode == 0, restore.stderr
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["validated"] is True and res["bytes"] == n
+    assert res["flow_steering_errors"] == n and res["frags"] == 0
+
+
+def test_sigint_while_waiting_restores_the_nic() -> None:
+    import signal
+
+    proc = _recv("--validate", "7")
+    port, _early = wait_listening(proc)
+    assert os.path.exists("/run/devmemtcp/lo.json")  # the undo journal while set up
+    proc.send_signal(signal.SIGINT)
+    rc, _out, err = _finish(proc, timeout=60)
+    assert rc == 130, err
+    assert not os.path.exists("/run/devmemtcp/lo.json")
+    # and the next receiver sets up and binds the same queue again
+    proc = _recv("--validate", "7", "--json")
+    port, _early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, 1 << 20)
+    rc, out, err = _finish(proc)
+    assert rc == 0 and json.loads(out)["validated"] is True, err
+
+
+def test_sigterm_mid_transfer_restores_the_nic() -> None:
+    import signal
+    import threading
+
+    proc = _recv("--validate", "7")
+    port, _early = wait_listening(proc)
+    t = threading.Thread(target=_quiet_send, args=(port, 8 << 30), daemon=True)
+    t.start()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rc, _out, err = _finish(proc, timeout=60)
+    assert rc != 0 and "Traceback" not in err, err
+    assert not os.path.exists("/run/devmemtcp/lo.json")
+    t.join(30)
+
+
+def _quiet_send(port: int, n: int) -> None:
+    with contextlib.suppress(OSError):
+        plain_send("127.0.0.1", port, 7, n)
+
+
+def test_recv_over_ipv6_loopback() -> None:
+    proc = subprocess.Popen([*CLI, "recv", "--listen", "::1", "--port", "0", "--timeout", "60", "--validate",
+                             "7", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port, _early = wait_listening(proc)
+    import socket
+
+    plain_send("::1", port, 7, 8 << 20, family=socket.AF_INET6)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["validated"] is True and res["ifname"] == "lo" and res["flow_steering_errors"] == 0
+
+
+def test_kernel_backend_on_lo_fails_with_the_kernels_reason() -> None:
+    res = subprocess.run([*CLI, "recv", "--listen", "127.0.0.1", "--port", "0", "--backend", "kernel",
+                          "--timeout", "5"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "hint:" in res.stderr and "Traceback" not in res.stderr
+    assert not os.path.exists("/run/devmemtcp/lo.json")
