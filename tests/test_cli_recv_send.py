@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -264,4 +265,76 @@ def test_kernel_backend_on_lo_fails_with_the_kernels_reason() -> None:
                           "--timeout", "5"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
     assert "hint:" in res.stderr and "Traceback" not in res.stderr
+    assert not os.path.exists("/run/devmemtcp/lo.json")
+
+
+@pytest.mark.skipif(not shutil.which("nc"), reason="needs OpenBSD netcat (apt-get install netcat-openbsd)")
+def test_recv_from_yes_pipe_nc_as_in_ncdevmem_docs() -> None:
+    """ncdevmem.c's own recipe: yes $(echo -e \\x01..\\x06) | head -c N | nc ADDR PORT."""
+    proc = _recv("--validate", "7", "--json")
+    port, _early = wait_listening(proc)
+    gen = subprocess.run(["bash", "-c", "yes $(echo -e '\\x01\\x02\\x03\\x04\\x05\\x06') | head -c 64M | "
+                          f"nc -N 127.0.0.1 {port}"], timeout=60)
+    assert gen.returncode == 0
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["validated"] is True and res["bytes"] == 64 << 20
+
+
+@pytest.mark.skipif(not shutil.which("socat"), reason="needs socat (apt-get install socat)")
+def test_send_to_socat_writing_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out_file = tmp_path / "received.bin"
+    port = _free_port()
+    rcv = subprocess.Popen(["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                            f"OPEN:{out_file},creat,trunc"])
+    try:
+        for _ in range(100):  # wait until socat listens
+            if subprocess.run(["ss", "-Htln", f"sport = :{port}"], capture_output=True,
+                              text=True).stdout.strip():
+                break
+            time.sleep(0.05)
+        n = 3 * (1 << 20) + 5
+        snd = subprocess.run([*CLI, "send", "127.0.0.1", "--port", str(port), "--bytes", str(n),
+                              "--validate", "11", "--chunk", "4K"], capture_output=True, text=True,
+                             timeout=60)
+        assert snd.returncode == 0, snd.stderr
+        assert rcv.wait(30) == 0
+    finally:
+        if rcv.poll() is None:
+            rcv.kill()
+            rcv.wait()
+    assert out_file.read_bytes() == reference_pattern(11, 0, n)
+
+
+def test_send_with_the_kernel_backend_reports_the_kernels_refusal() -> None:
+    peer = PlainReceiver()
+    res = subprocess.run([*CLI, "send", "127.0.0.1", "--port", str(peer.port), "--bytes", "1M",
+                          "--backend", "kernel"], capture_output=True, text=True, timeout=60)
+    # unblock the plain receiver (the sender never connected)
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", peer.port), timeout=2):
+        pass
+    peer.join()
+    assert res.returncode == 2, res.stderr
+    # errno 95: Python's errno.errorcode names it ENOTSUP, the kernel EOPNOTSUPP
+    assert re.search(r"bind-tx failed: (EOPNOTSUPP|ENOTSUP)\b", res.stderr), res.stderr
+    assert "Driver does not support netmem TX" in res.stderr
+    assert "hint:" in res.stderr
+
+
+def test_sigint_during_demo_restores_the_nic() -> None:
+    import signal
+
+    proc = subprocess.Popen([*CLI, "demo", "--bytes", "64G"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not os.path.exists("/run/devmemtcp/lo.json") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
     assert not os.path.exists("/run/devmemtcp/lo.json")
