@@ -338,3 +338,59 @@ def test_sigint_during_demo_restores_the_nic() -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert not os.path.exists("/run/devmemtcp/lo.json")
+
+
+@pytest.mark.skipif(os.path.exists("/dev/udmabuf"), reason="checks the error when /dev/udmabuf is absent")
+def test_memory_udmabuf_without_the_module_says_modprobe() -> None:
+    res = subprocess.run([*CLI, "recv", "--listen", "127.0.0.1", "--port", "0", "--memory", "udmabuf",
+                          "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "modprobe udmabuf" in res.stderr and "Traceback" not in res.stderr
+    assert not os.path.exists("/run/devmemtcp/lo.json")
+
+
+def test_validation_failure_json_names_offset_expected_received() -> None:
+    n, bad = 2 << 20, 777_777
+    proc = _recv("--validate", "9", "--json")
+    port, _early = wait_listening(proc)
+    with contextlib.suppress(OSError):
+        plain_send("127.0.0.1", port, 9, n, corrupt_at=bad)
+    rc, out, _err = _finish(proc)
+    assert rc == 1
+    exp = reference_pattern(9, bad, 1)[0]
+    assert json.loads(out) == {"validated": False, "offset": bad, "expected": exp, "received": exp ^ 0xFF,
+                               "error": f"validation failed at stream offset {bad}: expected 0x{exp:02x}, "
+                                        f"received 0x{exp ^ 0xFF:02x}"}
+
+
+def test_progress_line_appears_on_a_terminal() -> None:
+    """stderr on a pty: recv draws its progress line (and erases it at the end)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([*CLI, "recv", "--listen", "127.0.0.1", "--port", "0", "--timeout", "60",
+                                 "--json"], stdout=subprocess.PIPE, stderr=slave, text=True)
+        os.close(slave)
+        slave = -1
+        buf = b""
+        while b"port " not in buf or not re.search(rb"port (\d+)", buf):
+            buf += os.read(master, 4096)
+        m = re.search(rb"port (\d+)", buf)
+        assert m is not None
+        plain_send("127.0.0.1", int(m.group(1)), 7, 1 << 30)
+        out, _ = proc.communicate(timeout=120)
+        with contextlib.suppress(OSError):
+            while True:
+                chunk = os.read(master, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(out)["bytes"] == 1 << 30
+    text = buf.decode(errors="replace")
+    assert "recv: " in text and "Gbit/s" in text and "\r\x1b[K" in text
