@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devmemtcp.nic import Journal, call_in_netns
+from devmemtcp.nic import Journal, call_in_netns, journals
 
 CLI = [sys.executable, "-m", "devmemtcp.cli.main"]
 
@@ -138,12 +138,14 @@ def test_sigkill_during_setup_then_restore_on_a_real_veth(netns_pair: Any, tmp_p
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert (veth_channels(ns, dev).rx == 2) == (stage == "applied")
+    (journal,) = journals(jdir)  # named after the namespace: veth0@<netns inode>.json
+    assert journal.name.startswith(f"{dev}@")
     # restore from the root namespace: it finds the journal's namespace by itself
     out = run_cli("restore", dev, "--journal-dir", str(jdir), "--json", check=True)
     report = json.loads(out.stdout)["interfaces"][0]
     assert report["netns"] == ns and report["failed"] == []
     assert veth_channels(ns, dev) == before
-    assert not Journal(dev, jdir).exists()
+    assert journals(jdir) == []
 
 
 @pytest.mark.root
@@ -157,7 +159,7 @@ def test_setup_cli_on_a_veth_reports_the_refusal_and_changes_nothing(netns_pair:
     assert proc.returncode == 2
     assert "rings-get failed" in proc.stderr and "Operation not supported" in proc.stderr
     assert veth_channels(ns, dev) == before
-    assert not Journal(dev, tmp_path).exists()
+    assert journals(tmp_path) == []
     ok = run_cli("setup", dev, "--netns", ns, "--listen", netns_pair.addr_a, "--port", "5201",
                  "--queues", "1", "--channels", "2", "--skip", "rings", "--skip", "rss", "--skip", "rule",
                  "--journal-dir", str(tmp_path), "--json", check=True)

@@ -131,8 +131,32 @@ def netns_id() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
+def netns_name(ns: int | None = None) -> str | None:
+    """The ``ip netns`` name (an entry of /run/netns) of the namespace with inode
+    ``ns`` (default: the calling thread's), or None when it has none."""
+    ns = netns_id() if ns is None else ns
+    base = Path("/run/netns")
+    if not base.is_dir():
+        return None
+    for entry in sorted(base.iterdir()):
+        try:
+            if os.stat(entry).st_ino == ns:
+                return entry.name
+        except OSError:
+            continue
+    return None
+
+
+def journal_name(ifname: str, ns: int | None = None) -> str:
+    """``IFNAME.json``, or ``IFNAME@NETNS.json`` inside a namespace ``ip netns``
+    names (so ``lo`` or ``veth0`` of different namespaces never share a journal)."""
+    name = netns_name(ns)
+    return f"{ifname}.json" if name is None else f"{ifname}@{name}.json"
+
+
 class Journal:
-    """The undo journal of one interface: ``DIR/IFNAME.json``.
+    """The undo journal of one interface: ``DIR/IFNAME.json`` (``IFNAME@NETNS.json``
+    outside the initial network namespace, see :func:`journal_name`).
 
     ``entries`` is a list of dicts, in the order the changes were made, each
     with ``step`` and what is needed to undo it. Every :meth:`save` writes a
@@ -146,7 +170,7 @@ class Journal:
             raise DevmemError(f"bad interface name {ifname!r}", "give the interface name, e.g. eth0")
         self.ifname = ifname
         self.dir = Path(journal_dir)
-        self.path = self.dir / f"{ifname}.json"
+        self.path = self.dir / journal_name(ifname)
         self.meta: dict[str, Any] = {}
         self.entries: list[dict[str, Any]] = []
 
@@ -619,12 +643,16 @@ def backend_by_name(name: str) -> Backend:
     raise DevmemError(f"unknown backend {name!r} in the journal", "use kernel or emulated")
 
 
-def journals(journal_dir: Path | str = DEFAULT_JOURNAL_DIR) -> list[Path]:
-    """The undo journals in ``journal_dir``, sorted by name."""
+def journals(journal_dir: Path | str = DEFAULT_JOURNAL_DIR, ifname: str | None = None) -> list[Path]:
+    """The undo journals in ``journal_dir`` (of ``ifname`` only, in any
+    namespace, when given), sorted by name."""
     d = Path(journal_dir)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.glob("*.json") if not p.name.startswith("."))
+    found = [p for p in d.glob("*.json") if not p.name.startswith(".")]
+    if ifname is not None:
+        found = [p for p in found if p.stem == ifname or p.stem.startswith(f"{ifname}@")]
+    return sorted(found)
 
 
 def restore(ifname: str, *, journal_dir: Path | str = DEFAULT_JOURNAL_DIR, backend: Backend | None = None,

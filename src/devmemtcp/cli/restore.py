@@ -16,14 +16,13 @@ input (e.g. the owning process is still running: it restores on exit).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from devmemtcp.cli import common
 from devmemtcp.cli.setup import add_common
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import Journal, call_in_netns, journals, netns_id, restore
+from devmemtcp.nic import Journal, call_in_netns, journal_name, journals, netns_id, netns_name, restore
 
 EXAMPLES = """\
 examples:
@@ -41,53 +40,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
 
 
-def _netns_named(inode: int) -> str | None:
-    """The ``ip netns`` name whose namespace has inode ``inode``, if any."""
-    base = Path("/run/netns")
-    if not base.is_dir():
-        return None
-    for entry in sorted(base.iterdir()):
-        try:
-            if os.stat(entry).st_ino == inode:
-                return entry.name
-        except OSError:
-            continue
-    return None
-
-
-def restore_one(ifname: str, journal_dir: Path, netns: str | None, force: bool) -> dict[str, Any]:
-    """Replay one journal; returns ``{ifname, netns, done, failed, restored}``."""
-    j = Journal(ifname, journal_dir)
-    if not j.exists():
-        return {"ifname": ifname, "netns": netns, "done": [], "failed": [], "restored": True,
-                "note": "no journal: nothing to restore"}
+def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
+    """Replay the journal at ``path`` in its namespace; returns ``{ifname, netns,
+    journal, done, failed, restored}``."""
+    j = Journal.load(path)
+    ifname = j.ifname
     if netns is None:
-        ns = Journal.load(j.path).meta.get("netns")
-        here = netns_id()
-        if isinstance(ns, int) and ns != here:
-            netns = _netns_named(ns)
+        ns = j.meta.get("netns")
+        if isinstance(ns, int) and ns != netns_id():
+            netns = netns_name(ns)
             if netns is None:
                 raise DevmemError(
-                    f"the journal for {ifname} belongs to network namespace net:[{ns}], which has no "
+                    f"the journal {path} belongs to network namespace net:[{ns}], which has no "
                     "ip-netns name (or is gone)",
                     f"run restore inside it (nsenter --net=/proc/PID/ns/net devmemtcp restore {ifname}); "
                     "if the namespace is gone its interfaces are too: delete the journal")
     if netns:
-        result = call_in_netns(netns, restore, ifname, journal_dir=journal_dir, force=force)
+        result = call_in_netns(netns, restore, ifname, journal_dir=path.parent, force=force)
     else:
-        result = restore(ifname, journal_dir=journal_dir, force=force)
-    return {"ifname": ifname, "netns": netns, "done": [list(x) for x in result.done],
+        result = restore(ifname, journal_dir=path.parent, force=force)
+    return {"ifname": ifname, "netns": netns, "journal": str(path), "done": [list(x) for x in result.done],
             "failed": [list(x) for x in result.failed], "restored": result.ok}
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [args.ifname] if args.ifname else [p.stem for p in journals(args.journal_dir)]
-    reports = [restore_one(name, args.journal_dir, args.netns, args.force) for name in names]
+    paths = journals(args.journal_dir, args.ifname)
+    if args.netns:  # only the journals written in that namespace
+        inode = call_in_netns(args.netns, netns_id)
+        paths = [p for p in paths if p.name == journal_name(p.stem.split("@")[0], inode)]
+    reports = [restore_one(p, args.netns, args.force) for p in paths]
     ok = all(r["restored"] for r in reports)
     if args.json:
         common.print_json({"restored": ok, "interfaces": reports})
     elif not reports:
-        common.note(f"nothing to restore: no journals in {args.journal_dir}")
+        what = f"for {args.ifname} " if args.ifname else ""
+        common.note(f"nothing to restore: no journals {what}in {args.journal_dir}")
     else:
         for r in reports:
             rows: dict[str, Any] = {}
