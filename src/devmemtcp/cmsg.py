@@ -38,8 +38,10 @@ __all__ = [
     "ControlBufferError",
     "FragBatch",
     "build_tx_cmsg",
+    "chunk_sorted_tokens",
     "coalesce_sorted",
     "coalesce_tokens",
+    "dedupe_sorted",
     "dontneed_chunks",
     "encode_rx_control",
     "encode_zerocopy_completion",
@@ -101,6 +103,7 @@ class FragBatch:
     are optional views set by the Receiver: the linear bytes in its iov
     buffer, and readable data (a flow that landed on an ordinary queue, no
     devmem cmsg at all). Both views are only valid until the next receive.
+    ``serial`` is the Receiver's number for the batch (0: not from a Receiver).
     """
 
     offset: np.ndarray
@@ -112,6 +115,7 @@ class FragBatch:
     linear_at: np.ndarray = field(default_factory=lambda: _EMPTY_I64)
     linear: np.ndarray = field(default_factory=lambda: _EMPTY_U8)
     readable: np.ndarray = field(default_factory=lambda: _EMPTY_U8)
+    serial: int = 0
 
     def __len__(self) -> int:
         return int(self.token.shape[0])
@@ -190,9 +194,9 @@ def parse_rx_control(
 
 def _parse_dense(raw: np.ndarray) -> FragBatch | None:
     """Fast path: every record is a 40-byte devmem cmsg. None if not."""
-    words = raw.view(np.uint64).reshape(-1, _WORDS) if raw.ctypes.data % 8 == 0 else (
-        np.frombuffer(raw.tobytes(), np.uint64).reshape(-1, _WORDS)
-    )
+    if raw.ctypes.data % 8:
+        raw = np.frombuffer(raw.tobytes(), np.uint8)
+    words = raw.view(np.uint64).reshape(-1, _WORDS)
     if not (words[:, 0] == _REC_LEN).all():
         return None
     keys = words[:, 1]
@@ -205,12 +209,12 @@ def _parse_dense(raw: np.ndarray) -> FragBatch | None:
 
 
 def _records_to_batch(words: np.ndarray) -> FragBatch:
-    st = words[:, 3]
+    w32 = words.view(np.uint32)  # (n, 10): offset is words[:, 2]; size, token, id are u32 columns 6, 7, 8
     return FragBatch(
         offset=words[:, 2].copy(),
-        size=(st & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-        token=(st >> np.uint64(32)).astype(np.uint32),
-        dmabuf_id=(words[:, 4] & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        size=w32[:, 6].copy(),
+        token=w32[:, 7].copy(),
+        dmabuf_id=w32[:, 8].copy(),
     )
 
 
@@ -447,6 +451,71 @@ def dontneed_chunks(
         if tail and used == counts[i]:
             i, used = i + 1, 0
     return chunks
+
+
+def dedupe_sorted(t: np.ndarray) -> np.ndarray:
+    """Drop repeated values from an ascending array (vectorised, no sort)."""
+    if t.shape[0] < 2:
+        return t
+    d = t[1:] - t[:-1]
+    if d.all():
+        return t
+    keep = np.empty(t.shape[0], bool)
+    keep[0] = True
+    np.not_equal(d, 0, out=keep[1:])
+    return t[keep]
+
+
+def chunk_sorted_tokens(
+    t: np.ndarray,
+    max_tokens: int = abi.MAX_DONTNEED_TOKENS,
+    max_frags: int = abi.MAX_DONTNEED_FRAGS,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Plan SO_DEVMEM_DONTNEED calls for ascending, distinct tokens ``t``.
+
+    The fused form of ``dontneed_chunks(coalesce_sorted(t))`` that the
+    Receiver uses: the same greedy chunks (each at most ``max_frags`` frags
+    and ``max_tokens`` ranges, full in one of them except the last), computed
+    in index space: a chunk is ``t[a:b]``, and a run of consecutive tokens is
+    recognised from ``t[b-1] - t[a] == b - a - 1`` without building ranges.
+    Returns ``(chunks, ends)``: the ``DMABUF_TOKEN_DTYPE`` arrays and, for
+    each, the index in ``t`` where it ends (so ``t[ends[i]:]`` is what is
+    left after the first ``i + 1`` calls).
+    """
+    n = t.shape[0]
+    chunks: list[np.ndarray] = []
+    ends: list[int] = []
+    if n == 0:
+        return chunks, ends
+    brk: np.ndarray | None = None  # break positions i: t[i + 1] != t[i] + 1
+    a = 0
+    while a < n:
+        b = min(a + max_frags, n)
+        if int(t[b - 1]) - int(t[a]) == b - a - 1:  # one contiguous run
+            out = np.empty((1, 2), np.uint32)
+            out[0, 0] = t[a]
+            out[0, 1] = b - a
+        else:
+            if brk is None:
+                brk = np.flatnonzero((t[1:] - t[:-1]) != 1)
+            lo = int(brk.searchsorted(a))
+            hi = int(brk.searchsorted(b - 1))  # breaks i with a <= i < b - 1
+            if hi - lo + 1 > max_tokens:
+                hi = lo + max_tokens - 1
+                b = int(brk[hi]) + 1
+            cut = brk[lo:hi] + 1
+            m = cut.shape[0] + 1
+            idx = np.empty(m + 1, np.int64)
+            idx[0] = a
+            idx[1:m] = cut
+            idx[m] = b
+            out = np.empty((m, 2), np.uint32)
+            out[:, 0] = t[idx[:-1]]
+            out[:, 1] = idx[1:] - idx[:-1]
+        chunks.append(out.view(abi.DMABUF_TOKEN_DTYPE).reshape(-1))
+        ends.append(b)
+        a = b
+    return chunks, ends
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.cmsg import FragBatch, coalesce_sorted, dontneed_chunks, parse_rx_control
+from devmemtcp.cmsg import FragBatch, chunk_sorted_tokens, dedupe_sorted, parse_rx_control
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
@@ -153,8 +153,10 @@ class Receiver:
         self._iobuf = mmap.mmap(-1, max(linear_buf_size, 1))
         self._iobuf_np = np.frombuffer(self._iobuf, np.uint8)[:linear_buf_size]
         self._iobuf_mv = memoryview(self._iobuf)[:linear_buf_size]
-        # token accounting: held[t] is True while the application holds token t
-        self._held = np.zeros(4096, dtype=bool)
+        # token accounting: the token arrays of delivered batches the application
+        # still holds, by batch serial (one dict operation per batch, none per token)
+        self._live: dict[int, np.ndarray] = {}
+        self._serial = 0
         self._nheld = 0
         self._pending = np.empty(4 * abi.MAX_DONTNEED_FRAGS, dtype=np.uint32)
         self._npending = 0
@@ -215,13 +217,9 @@ class Receiver:
             batch.linear = self._iobuf_np[:lin]
         st.devmem_bytes += nbytes - lin
         if n:
-            tokens = batch.token
-            top = int(tokens.max())
-            if top >= self._held.shape[0]:
-                grown = np.zeros(max(2 * self._held.shape[0], top + 1), dtype=bool)
-                grown[: self._held.shape[0]] = self._held
-                self._held = grown
-            self._held[tokens] = True
+            self._serial += 1
+            batch.serial = self._serial
+            self._live[self._serial] = batch.token
             self._nheld += n
             if self.check_dmabuf_id and (batch.dmabuf_id != self.binding_id).any():
                 bad = int(batch.dmabuf_id[batch.dmabuf_id != self.binding_id][0])
@@ -247,28 +245,26 @@ class Receiver:
         """Give fragments back (a FragBatch, or an array of token numbers).
 
         Tokens this receiver does not hold (already released, never
-        delivered) are ignored. Tokens are queued; once ``release_threshold``
+        delivered) are ignored; releasing a batch twice is harmless (the
+        kernel may have handed its token numbers out again since, so the
+        second call does nothing). Tokens are queued; once ``release_threshold``
         are queued, whole SO_DEVMEM_DONTNEED calls (1024 frags or 128 ranges
         each) are issued and the remainder stays queued; reaching
         ``max_held`` flushes everything. Raises OSError from the backend (the
         unsent tokens stay queued).
         """
         if isinstance(batch_or_tokens, FragBatch):
-            tokens = batch_or_tokens.token  # the kernel never repeats a token within a batch
+            serial = batch_or_tokens.serial
+            tokens = self._live.pop(serial, None)
+            if tokens is None:
+                if serial:  # ours, already given back in full: token numbers may be reused since
+                    return
+                tokens = self._take_tokens(batch_or_tokens.token)  # a batch built elsewhere
         else:
-            tokens = np.unique(np.asarray(batch_or_tokens, dtype=np.uint32).reshape(-1))
-        if tokens.shape[0] == 0:
-            return
-        held = self._held
-        if int(tokens.max()) >= held.shape[0]:
-            tokens = tokens[tokens < held.shape[0]]
-        mask = held[tokens]
-        if not mask.all():
-            tokens = tokens[mask]
+            tokens = self._take_tokens(np.asarray(batch_or_tokens, dtype=np.uint32).reshape(-1))
         k = tokens.shape[0]
         if k == 0:
             return
-        held[tokens] = False
         self._nheld -= k
         self._enqueue(tokens)
         if self._npending >= self.release_threshold:
@@ -276,6 +272,26 @@ class Receiver:
         elif self._npending + self._nheld >= self.max_held:
             self.stats.forced_flushes += 1
             self._flush(everything=True)
+
+    def _take_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """Remove ``tokens`` from the held batches; return those that were held
+        (the slow path for token arrays and partly released batches)."""
+        if tokens.shape[0] == 0 or not self._live:
+            return tokens[:0]
+        want = np.unique(tokens)
+        taken: list[np.ndarray] = []
+        for serial, arr in list(self._live.items()):
+            hit = np.isin(arr, want)
+            if hit.any():
+                taken.append(arr[hit])
+                rest = arr[~hit]
+                if rest.shape[0]:
+                    self._live[serial] = rest
+                else:
+                    del self._live[serial]
+        if not taken:
+            return tokens[:0]
+        return np.concatenate(taken)
 
     def flush(self) -> None:
         """Give every queued token back now."""
@@ -296,26 +312,30 @@ class Receiver:
 
         ``everything=False`` keeps the last chunk queued unless it is full
         (1024 frags or 128 ranges), so steady state stays at one call per
-        1024 fragments."""
-        toks = np.sort(self._pending[: self._npending], kind="stable")  # merges sorted runs
-        chunks = dontneed_chunks(coalesce_sorted(toks))
+        1024 fragments. The plan is :func:`devmemtcp.cmsg.chunk_sorted_tokens`
+        (the same chunks as ``dontneed_chunks(coalesce_tokens(...))``)."""
+        # the queue is a few sorted runs: a stable (merge) sort is near-linear
+        toks = dedupe_sorted(np.sort(self._pending[: self._npending], kind="stable"))
+        chunks, ends = chunk_sorted_tokens(toks)
         if not everything and chunks:
-            last = chunks[-1]
-            if (last.shape[0] < abi.MAX_DONTNEED_TOKENS
-                    and int(last["token_count"].sum()) < abi.MAX_DONTNEED_FRAGS):
-                chunks = chunks[:-1]
+            start = ends[-2] if len(ends) > 1 else 0
+            if ends[-1] - start < abi.MAX_DONTNEED_FRAGS and chunks[-1].shape[0] < abi.MAX_DONTNEED_TOKENS:
+                chunks.pop()
         sent = 0
+        st = self.stats
+        dontneed = self.backend.dontneed
+        sock = self.sock
         try:
-            for chunk in chunks:
-                asked = int(chunk["token_count"].sum())
-                freed = int(self.backend.dontneed(self.sock, chunk))
-                self.stats.release_syscalls += 1
-                self.stats.tokens_released += freed
+            for chunk, end in zip(chunks, ends, strict=False):
+                asked = end - sent
+                freed = int(dontneed(sock, chunk))
+                st.release_syscalls += 1
+                st.tokens_released += freed
                 if freed < asked:
-                    self.stats.release_shortfall += asked - freed
-                sent += asked
+                    st.release_shortfall += asked - freed
+                sent = end
         finally:
-            # toks is sorted and chunks cover it in order: the unsent tail stays queued
+            # toks is sorted and the chunks cover it in order: the unsent tail stays queued
             rest = toks[sent:]
             self._pending[: rest.shape[0]] = rest
             self._npending = rest.shape[0]
@@ -337,9 +357,9 @@ class Receiver:
         try:
             if self.sock.fileno() < 0:
                 return
-            if self._nheld:
-                held = np.flatnonzero(self._held).astype(np.uint32)
-                self._held[:] = False
+            if self._live:
+                held = np.concatenate(list(self._live.values()))
+                self._live.clear()
                 self._nheld = 0
                 self._enqueue(held)
             if self._npending:
@@ -347,6 +367,7 @@ class Receiver:
         finally:
             self._npending = 0
             self._nheld = 0
+            self._live.clear()
 
     def __enter__(self) -> Receiver:
         return self

@@ -319,3 +319,20 @@ def test_chunks_of_large_ranges(spec: list[tuple[int, int]], max_tokens: int, ma
     assert all(1 <= x <= max_frags for x in sums) and all(1 <= x <= max_tokens for x in lens)
     # every chunk but the last is full in at least one dimension
     assert all(s == max_frags or n == max_tokens for s, n in zip(sums[:-1], lens[:-1], strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 6000), max_size=4000), st.integers(1, 130), st.integers(1, 1500))
+def test_fused_chunk_plan_equals_coalesce_then_chunk(toks: list[int], max_tokens: int,
+                                                     max_frags: int) -> None:
+    t = cmsg_mod.dedupe_sorted(np.sort(np.array(toks, np.uint32)))
+    assert t.tolist() == sorted(set(toks))
+    chunks, ends = cmsg_mod.chunk_sorted_tokens(t, max_tokens, max_frags)
+    want = dontneed_chunks(coalesce_tokens(t), max_tokens, max_frags)
+    assert [c.tolist() for c in chunks] == [w.tolist() for w in want]
+    assert all(c.dtype == abi.DMABUF_TOKEN_DTYPE for c in chunks)
+    # ends index the sorted tokens: chunk i covers t[ends[i-1]:ends[i]]
+    starts = [0, *ends][: len(ends)]
+    for c, a, b in zip(chunks, starts, ends, strict=True):
+        assert _expand(c).tolist() == t[a:b].astype(np.int64).tolist()
+    assert (ends[-1] if ends else 0) == t.shape[0]
