@@ -389,6 +389,31 @@ def _drive_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, 
         )
 
 
+def profile_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, sock: socket.socket,
+                     binding: _BenchBinding, top: int = 15) -> list[dict[str, Any]]:
+    """Run :func:`_drive_pipeline` under cProfile; the ``top`` functions by own time.
+
+    cProfile adds a fixed cost per call, so the absolute times are inflated;
+    the ranking and the calls per batch are what to read."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run = _drive_pipeline(records, frags, backend, sock, binding)
+    prof.disable()
+    ps: Any = pstats.Stats(prof)
+    stats: dict[Any, Any] = ps.stats
+    rows = []
+    for (filename, line, func), (_cc, ncalls, own, cum, _callers) in stats.items():
+        short = filename.split("/site-packages/")[-1].split("/src/")[-1]
+        rows.append({"function": f"{short}:{line}({func})", "calls": ncalls, "own_s": round(own, 6),
+                     "cumulative_s": round(cum, 6),
+                     "own_ns_per_frag": round(own / run.frags * 1e9, 2) if run.frags else None})
+    rows.sort(key=lambda r: r["own_s"], reverse=True)
+    return rows[:top]
+
+
 def record_control_buffers(per_call: int, sock: socket.socket, binding: _BenchBinding,
                            min_records: int = DEFAULT_RECORD_BUFFERS,
                            npages: int | None = None) -> tuple[ModelBackend, _PyRun]:
@@ -433,6 +458,7 @@ def _c_entry(res: Any) -> dict[str, Any]:
         "cpu_seconds": round(res.cpu_seconds, 6),
         "frags_per_s": round(res.frags_per_s, 1),
         "ns_per_frag": round(res.seconds / res.frags * 1e9, 3) if res.frags else None,
+        "frags_per_cpu_s": round(res.frags / res.cpu_seconds, 1) if res.cpu_seconds > 0 else None,
         "release_syscalls": res.release_syscalls,
         "frags_freed": res.frags_freed,
         "release_errors": res.release_errors,
@@ -447,6 +473,7 @@ def run_frags(
     c_frags: int | None = None,
     record_buffers: int = DEFAULT_RECORD_BUFFERS,
     warmup_frags: int | None = None,
+    profile: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure the Receiver's fragment path and the C walks; return the JSON object.
@@ -460,10 +487,14 @@ def run_frags(
         record_buffers: distinct control buffers recorded and cycled through.
         warmup_frags: fragments of an untimed warm-up pass (default
             ``min(frags, 100 * per_call)``).
+        profile: also run the pipeline once more under cProfile and add
+            ``profile``: the functions that cost most (own time), as
+            ``{"function", "calls", "own_s", "cumulative_s", "own_ns_per_frag"}``.
 
     Keys (units in the names; ``frags_per_s`` in fragments per wall second):
     frags, per_call, control_bytes, batches, bytes, seconds, cpu_seconds,
-    frags_per_s, ns_per_frag, release_syscalls, frags_per_release_syscall,
+    frags_per_s, ns_per_frag, frags_per_cpu_s (frags per second of CPU time:
+    what one core does when the machine is busy with other work), release_syscalls, frags_per_release_syscall,
     tokens_released, kernel_frags_freed (always 0 without a devmem NIC),
     model (the model pass: release_syscalls, tokens_outstanding),
     c (perfrag / batched / parse walks, each frags, seconds, cpu_seconds,
@@ -515,6 +546,7 @@ def run_frags(
             "cpu_seconds": round(run.cpu_seconds, 6),
             "frags_per_s": round(run.frags / run.seconds, 1) if run.seconds > 0 else 0.0,
             "ns_per_frag": round(run.seconds / run.frags * 1e9, 3) if run.frags else None,
+            "frags_per_cpu_s": round(run.frags / run.cpu_seconds, 1) if run.cpu_seconds > 0 else None,
             "release_syscalls": run.release_syscalls,
             "min_release_syscalls": -(-run.tokens_released // abi.MAX_DONTNEED_FRAGS),
             "frags_per_release_syscall": (round(run.tokens_released / run.release_syscalls, 2)
@@ -540,6 +572,10 @@ def run_frags(
             },
             "samples": [[round(t, 6), f] for t, f in run.samples],
         })
+
+        if profile:
+            say("profiled pass (cProfile)")
+            result["profile"] = profile_pipeline(records, frags, replay, sock, binding)
 
         if c_baselines:
             from devmemtcp.bench import ctools

@@ -67,6 +67,8 @@ def _frags_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-call", type=positive_int, default=DEFAULT_PER_CALL, metavar="K",
                    help=f"fragments per control buffer, 40 bytes each (default {DEFAULT_PER_CALL})")
     p.add_argument("--no-c", action="store_true", help="skip the C baselines (no gcc needed)")
+    p.add_argument("--profile", action="store_true",
+                   help="run the pipeline once more under cProfile and show where the time goes")
 
 
 def _stream_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "frags":
         from devmemtcp.bench.frags import run_frags
 
-        result = run_frags(args.frags, args.per_call, c_baselines=not args.no_c, progress=progress)
+        result = run_frags(args.frags, args.per_call, c_baselines=not args.no_c, profile=args.profile,
+                           progress=progress)
         _emit(args, result, lambda c: print_frags(c, result))
         return _status(args, result.get("targets", {}))
     if cmd == "stream":
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from devmemtcp.bench.report import run_report
 
     frags_kw = None if args.skip_frags else {"frags": args.frags, "per_call": args.per_call,
-                                             "c_baselines": not args.no_c}
+                                             "c_baselines": not args.no_c, "profile": args.profile}
     stream_kw = None if args.skip_stream else {"nbytes": args.bytes, "validate": args.validate,
                                                "repeat": args.repeat}
     result = run_report(args.out, frags_kwargs=frags_kw, stream_kwargs=stream_kw, progress=progress)
@@ -166,30 +169,42 @@ def print_frags(console: Console, r: dict[str, Any]) -> None:
     t = Table(title=f"fragment path: {r['frags']:,} frags, {r['per_call']} per control buffer "
               f"({r['control_bytes']} bytes)", title_justify="left")
     t.add_column("walk", no_wrap=True)
-    t.add_column("M frags/s", justify="right")
+    t.add_column("Mfrag/s", justify="right")
     t.add_column("ns/frag", justify="right")
     t.add_column("DONTNEEDs", justify="right")
     t.add_column("frags/call", justify="right")
-    t.add_column("CPU s", justify="right")
+    t.add_column("Mfrag/CPU-s", justify="right")
     t.add_row("Python Receiver", _n(r["frags_per_s"] / 1e6, ".2f"),
               _n(r["ns_per_frag"], ".2f"), _n(r["release_syscalls"]),
-              _n(r["frags_per_release_syscall"], ".1f"), _n(r["cpu_seconds"], ".3f"))
-    names = {"perfrag": "C per-frag (ncdevmem)", "batched": "C hand-batched", "parse": "C walk, no syscall"}
+              _n(r["frags_per_release_syscall"], ".1f"),
+              _n(r["frags_per_cpu_s"] / 1e6 if r.get("frags_per_cpu_s") else None, ".2f"))
+    names = {"perfrag": "C per-frag", "batched": "C batched", "parse": "C walk only"}
     for mode, entry in (r.get("c") or {}).items():
         calls = entry["release_syscalls"]
         t.add_row(names.get(mode, mode), _n(entry["frags_per_s"] / 1e6, ".2f"),
                   _n(entry["ns_per_frag"], ".2f"), _n(calls),
                   _n(entry["frags"] / calls, ".1f") if calls else "-",
-                  _n(entry["cpu_seconds"], ".3f"))
+                  _n(entry["frags_per_cpu_s"] / 1e6 if entry.get("frags_per_cpu_s") else None, ".2f"))
     console.print(t)
     console.print("Python Receiver: process_control (parse, account) + release (coalesce, SO_DEVMEM_DONTNEED "
-                  f"via libc); through recv(): {_n(r['recv_loop']['frags_per_s'])} frags/s")
+                  f"via libc); through recv(): {_n(r['recv_loop']['frags_per_s'])} frags/s. "
+                  "C per-frag: one DONTNEED per fragment (ncdevmem); C batched: coalesced, 1024 "
+                  "frags/128 ranges per call; C walk only: no syscall.")
     if "ratios" in r:
         console.print(f"Python / per-frag C = {r['ratios']['python_vs_perfrag_c']:.2f}x, "
                       f"Python / batched C = {r['ratios']['python_vs_batched_c']:.2f}x "
                       f"(kernel freed {r['kernel_frags_freed']} frags: "
                       "no devmem NIC, so the kernel finds none of the tokens)")
     console.print(_targets_table(r["targets"]))
+    if r.get("profile"):
+        p = Table(title="where the time goes (cProfile, own time; absolute times inflated by the profiler)",
+                  title_justify="left")
+        p.add_column("function", overflow="fold")
+        p.add_column("calls", justify="right")
+        p.add_column("own ns/frag", justify="right")
+        for row in r["profile"]:
+            p.add_row(row["function"], _n(row["calls"]), _n(row["own_ns_per_frag"], ".2f"))
+        console.print(p)
     m = r["machine"]
     console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
                   f"{m.get('loadavg_after')}[/dim]")

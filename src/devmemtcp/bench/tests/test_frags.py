@@ -25,7 +25,7 @@ TOP_KEYS = {"frags", "per_call", "control_bytes", "batches", "bytes", "seconds",
 
 @pytest.fixture(scope="module")
 def result() -> dict:
-    return run_frags(40_000, 1600, c_baselines=HAVE_GCC, warmup_frags=3200, record_buffers=8)
+    return run_frags(40_000, 1600, c_baselines=HAVE_GCC, warmup_frags=3200, record_buffers=8, profile=True)
 
 
 def test_schema(result: dict) -> None:
@@ -33,7 +33,13 @@ def test_schema(result: dict) -> None:
     json.dumps(result)  # one JSON object, all values serialisable
     assert {"cpu", "cores", "kernel", "loadavg", "loadavg_after"} <= result["machine"].keys()
     for t in result["targets"].values():
-        assert {"value", "target", "met"} <= t.keys()
+        assert t.keys() >= {"value", "target", "met"}
+    prof = result["profile"]
+    assert 0 < len(prof) <= 15
+    assert all(p.keys() == {"function", "calls", "own_s", "cumulative_s", "own_ns_per_frag"} for p in prof)
+    assert [p["own_s"] for p in prof] == sorted((p["own_s"] for p in prof), reverse=True)
+    # the Receiver's release path is among the profiled functions
+    assert any("rx.py" in p["function"] for p in prof)
 
 
 def test_numbers_agree(result: dict) -> None:
@@ -45,6 +51,7 @@ def test_numbers_agree(result: dict) -> None:
     assert r["batches"] == math.ceil(r["frags"] / k)
     assert r["frags_per_s"] == pytest.approx(r["frags"] / r["seconds"], rel=1e-3)
     assert r["ns_per_frag"] * r["frags_per_s"] == pytest.approx(1e9, rel=1e-3)
+    assert r["frags_per_cpu_s"] == pytest.approx(r["frags"] / r["cpu_seconds"], rel=1e-3)
     # every token handed to the Receiver was given back, within the kernel's limits
     assert r["tokens_released"] == r["frags"]
     assert r["min_release_syscalls"] == math.ceil(r["frags"] / abi.MAX_DONTNEED_FRAGS)
