@@ -1,0 +1,81 @@
+"""``devmemtcp selftest``: qualify a NIC for devmem TCP (drv-net style cases).
+
+Runs the cases of :mod:`devmemtcp.selftest` (bind refusals, bind success,
+channel shrink below a bound queue, validated RX and TX streams, 3-byte TX
+chunks, header-split sweep 1..8192 bytes, every token returned, NIC restored)
+and prints one line per case: pass, fail with the reason, or skip with the
+reason (on the kernel backend: doctor's finding that makes the case
+impossible on this NIC).
+
+Exit status: 0 no case failed, 1 a case failed, 2 bad input or environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from devmemtcp.cli import common
+from devmemtcp.nic import DEFAULT_JOURNAL_DIR
+from devmemtcp.selftest import Selftest, run_selftest
+
+EXAMPLES = """\
+examples:
+  devmemtcp selftest --ifname eth1                      the real NIC (kernel backend when doctor agrees)
+  devmemtcp selftest --ifname lo --backend emulated --json
+  devmemtcp selftest --ifname veth0 --netns ns-a --peer-netns ns-b --backend emulated
+"""
+
+STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.add_argument("--ifname", required=True, metavar="IF", help="the NIC to qualify")
+    parser.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
+                        help="auto (default): kernel when doctor finds devmem RX possible, else emulated")
+    parser.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
+    parser.add_argument("--peer-netns", metavar="NAME",
+                        help="namespace of the traffic peer (the other end of a veth); not needed on lo")
+    parser.add_argument("--memory", choices=("host", "udmabuf"),
+                        help="dma-buf provider (default: udmabuf for kernel, host for emulated)")
+    parser.add_argument("--bytes", type=common.parse_size, default=4 << 20, metavar="N",
+                        help="bytes per stream case (default 4M)")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        choices=[name for name, _d, _m in Selftest.CASES],
+                        help="run only this case (repeatable; nic-restored always runs)")
+    parser.add_argument("--journal-dir", type=Path, default=DEFAULT_JOURNAL_DIR, metavar="DIR",
+                        help=f"undo journal directory (default {DEFAULT_JOURNAL_DIR})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    err = Console(file=sys.stderr)
+
+    def progress(case: object) -> None:
+        if not args.json:
+            status = getattr(case, "status", "")
+            err.print(f"  {getattr(case, 'name', '')}: [{STYLE.get(status, '')}]{status}[/]")
+
+    report = run_selftest(args.ifname, netns=args.netns, only=args.case, backend=args.backend,
+                          peer_netns=args.peer_netns, memory=args.memory, nbytes=args.bytes,
+                          journal_dir=args.journal_dir, on_case=progress)
+    if args.json:
+        common.print_json(report.to_json())
+        return 0 if report.ok else 1
+    table = Table(title=f"devmemtcp selftest {args.ifname} (backend {report.backend})", title_justify="left")
+    table.add_column("case", style="bold")
+    table.add_column("result")
+    table.add_column("reason / details")
+    for c in report.cases:
+        detail = c.reason or ", ".join(f"{k}={v}" for k, v in c.details.items())
+        table.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", detail)
+    Console().print(table)
+    counts = report.counts()
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
+          f"(backend {report.backend}: {report.backend_reason})")
+    return 0 if report.ok else 1
