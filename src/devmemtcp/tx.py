@@ -319,7 +319,7 @@ class Sender:
                     "the dma-buf regions of those sends must not be reused",
                 )
             self._wait_once(min(step, left))
-            step = min(step * 2, 0.05)
+            step = min(step * 2, 0.002)  # backends without an error-queue wakeup poll
             self.poll_completions()
             if done():
                 return

@@ -233,3 +233,46 @@ def test_real_kernel_refuses_devmem_send_without_binding() -> None:
                 tx.send(iov((0, 100)))
             assert ei.value.errno == errno.EINVAL
             assert tx.outstanding == 0
+
+
+def test_emulated_send_pattern_to_a_plain_receiver(tmp_path: object) -> None:
+    """Send 8 MiB of ncdevmem's pattern from a 256 KiB dma-buf, reusing each
+    region only after its completion; a plain socket reads exactly the pattern."""
+    import threading
+
+    from devmemtcp.pattern import PatternChecker
+
+    emulated = pytest.importorskip("devmemtcp.backend.emulated", reason="EmulatedBackend not available")
+    be = emulated.EmulatedBackend(directory=str(tmp_path))
+    total, region, chunk = 8 << 20, 64 << 10, 16 << 10
+    with be, MemfdBuffer(256 << 10) as buf, socket.socket() as srv:
+        PatternChecker(7).fill(buf.host_view()[: (256 << 10) - (256 << 10) % 7], 0)
+        usable = (256 << 10) - (256 << 10) % 7  # whole periods: the stream continues across laps
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        checker = PatternChecker(7)
+
+        def reader() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                while chunk_ := conn.recv(1 << 20):
+                    checker.check(chunk_)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        with socket.create_connection(srv.getsockname()) as s, \
+                be.bind_tx(socket.if_nametoindex("lo"), buf) as binding:
+            with Sender(be, s, binding, max_iov=8) as tx:
+                sent, off = 0, 0
+                while sent < total:
+                    length = min(region, usable - off, total - sent)
+                    tx.wait_region_free(off, length)
+                    starts = np.arange(off, off + length, chunk, dtype=np.uint64)
+                    lens = np.minimum(np.uint64(chunk), np.uint64(off + length) - starts)
+                    sent += tx.send(np.stack([starts, lens], axis=1))
+                    off = (off + length) % usable
+            assert tx.outstanding == 0 and tx.stats.completions == tx.stats.sendmsg_calls
+            assert tx.stats.bytes == total
+            s.shutdown(socket.SHUT_WR)
+        t.join(timeout=30)
+        assert checker.offset == total
