@@ -394,3 +394,20 @@ def test_progress_line_appears_on_a_terminal() -> None:
     assert json.loads(out)["bytes"] == 1 << 30
     text = buf.decode(errors="replace")
     assert "recv: " in text and "Gbit/s" in text and "\r\x1b[K" in text
+
+
+def test_mismatched_periods_fail_on_both_ends_without_tracebacks() -> None:
+    """send --validate 5 into recv --validate 7: the receiver stops at the first
+    byte (offset 4: expected 0x05, received 0x0a) and exits 1; the sender
+    loses its connection and says so (exit 2)."""
+    proc = _recv("--validate", "7")
+    port, _early = wait_listening(proc)
+    snd = subprocess.run([*CLI, "send", "127.0.0.1", "--port", str(port), "--bytes", "512M",
+                          "--validate", "5"], capture_output=True, text=True, timeout=120)
+    rc, _out, err = _finish(proc)
+    assert rc == 1, err
+    assert "offset 4: expected 0x05, received 0x0a" in err
+    assert snd.returncode in (0, 2), snd.stderr  # 0 only if everything fit in socket buffers
+    assert "Traceback" not in snd.stderr and "Traceback" not in err
+    if snd.returncode == 2:
+        assert "connection to 127.0.0.1" in snd.stderr and "lost" in snd.stderr

@@ -436,8 +436,7 @@ def receive_stream(
     """
     from devmemtcp.rx import Receiver
 
-    family = _family(listen)
-    del family
+    _family(listen)  # a clear error for a non-numeric address, before anything is set up
     ifname = ifname or interface_of_address(listen)
     _ifindex(ifname)
     be, reason = select_backend(backend, ifname, direction="rx")
@@ -476,6 +475,9 @@ def receive_stream(
             result.validated = False
             result.error = exc.message
             raise
+        except ConnectionError as exc:
+            raise DevmemError(f"connection from {result.peer} lost after {rx.stats.bytes} bytes: {exc}",
+                              "check the sender's output; the stream was cut before its end") from None
         finally:
             result.seconds = time.perf_counter() - t0
             rx.close()
@@ -583,9 +585,9 @@ def send_stream(
     be, reason = select_backend(backend, ifname, direction="tx")
     if on_backend:
         on_backend(be.name, reason)
+    # validated stays None: the pattern is checked by the receiver
     result = TransferResult(role="send", backend=be.name, backend_reason=reason, ifname=ifname,
-                            tokens_released=None, release_syscalls=None,
-                            validated=None)
+                            tokens_released=None, release_syscalls=None)
     with contextlib.ExitStack() as stack:
         if isinstance(backend, str):
             _close_later(stack, be)
@@ -613,13 +615,17 @@ def send_stream(
         try:
             sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
             tx.flush()
+        except ConnectionError as exc:
+            raise DevmemError(
+                f"connection to {result.peer} lost after {tx.stats.bytes} bytes: {exc}",
+                "check the receiver's output (a receiver that finds a validation error closes the "
+                "connection)") from None
         finally:
             result.seconds = time.perf_counter() - t0
         result.bytes = sent
-        _fill_tx_stats(result, tx, chunk)
-        sock.shutdown(socket.SHUT_WR)
-    if validate:
-        result.validated = None  # validation happens on the receiving side
+        _fill_tx_stats(result, tx)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
     return result
 
 
@@ -648,7 +654,7 @@ def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
     return sent
 
 
-def _fill_tx_stats(result: TransferResult, tx: Any, chunk: int) -> None:
+def _fill_tx_stats(result: TransferResult, tx: Any) -> None:
     st = getattr(tx, "stats", None)
     if st is not None:
         result.frags = int(getattr(st, "frags", 0))

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         progress.close()
         print(f"devmemtcp demo: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
         if args.json:
             common.print_json({"validated": False, "error": exc.message, "offset": exc.offset,
                                "expected": exc.expected, "received": exc.received})
