@@ -75,7 +75,8 @@ def drain(conn: socket.socket, buf: memoryview) -> dict[str, object]:
             samples.append([now - t0, total])
             next_sample = now + SAMPLE_EVERY_S
     seconds = time.perf_counter() - t0
-    samples.append([seconds, total])
+    if not samples or samples[-1][1] != total:
+        samples.append([seconds, total])
     return {"bytes": total, "seconds": seconds, "samples": samples}
 
 
