@@ -341,6 +341,11 @@ class KernelNicControl:
         return ntuple.get_rss_indir(self.ifname)
 
     def set_rss_indir(self, table: list[int]) -> None:
+        """Write the RSS table; ``[]`` resets it to the driver default (ETHTOOL_SRXFHINDIR
+        with size 0, include/uapi/linux/ethtool.h), clearing "user configured"."""
+        if not table:
+            _netlink("ntuple").set_rss_indir(self.ifname, [])
+            return
         try:
             self._eth().set_rss_indir(self.ifname, table)
             return
