@@ -72,7 +72,7 @@ def _frags_args(p: argparse.ArgumentParser) -> None:
 
 
 def _stream_args(p: argparse.ArgumentParser) -> None:
-    from devmemtcp.bench.stream import DEFAULT_BYTES, DEFAULT_REPEAT, DEFAULT_VALIDATE
+    from devmemtcp.bench.stream import DEFAULT_BYTES, DEFAULT_DMABUF_SIZE, DEFAULT_REPEAT, DEFAULT_VALIDATE
 
     p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
                    help="bytes per run, e.g. 512M, 1G (default 1G)")
@@ -80,6 +80,9 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                    help=f"pattern period of the validated run (default {DEFAULT_VALIDATE})")
     p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="R",
                    help=f"runs of each kind, medians reported (default {DEFAULT_REPEAT})")
+    p.add_argument("--dmabuf-size", type=parse_size, default=DEFAULT_DMABUF_SIZE, metavar="N",
+                   help="dma-buf of the emulated runs (default 8M: cache-resident like the raw run's "
+                   "1 MiB buffer; 62.5M is ncdevmem's size)")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "stream":
         from devmemtcp.bench.stream import run_stream
 
-        result = run_stream(args.bytes, args.validate, repeat=args.repeat, progress=progress)
+        result = run_stream(args.bytes, args.validate, repeat=args.repeat, dmabuf_size=args.dmabuf_size,
+                            progress=progress)
         _emit(args, result, lambda c: print_stream(c, result))
         return _status(args, result.get("targets", {}))
     from devmemtcp.bench.report import run_report
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     frags_kw = None if args.skip_frags else {"frags": args.frags, "per_call": args.per_call,
                                              "c_baselines": not args.no_c, "profile": args.profile}
     stream_kw = None if args.skip_stream else {"nbytes": args.bytes, "validate": args.validate,
-                                               "repeat": args.repeat}
+                                               "repeat": args.repeat, "dmabuf_size": args.dmabuf_size}
     result = run_report(args.out, frags_kwargs=frags_kw, stream_kwargs=stream_kw, progress=progress)
 
     def show(c: Console) -> None:
@@ -212,7 +216,8 @@ def print_frags(console: Console, r: dict[str, Any]) -> None:
 
 def print_stream(console: Console, r: dict[str, Any]) -> None:
     """The stream benchmark as tables: medians per kind, memory, then the targets."""
-    t = Table(title=f"loopback stream: {r['bytes']:,} bytes per run, median of {r['repeat']}",
+    t = Table(title=f"loopback stream: {r['bytes']:,} bytes per run, median of {r['repeat']}, "
+              f"{r['dmabuf_bytes'] / (1 << 20):g} MiB dma-buf",
               title_justify="left")
     t.add_column("run")
     t.add_column("Gbit/s", justify="right")

@@ -18,7 +18,7 @@ NBYTES = 8 << 20
 KEYS = {"bytes", "validate", "repeat", "raw_recv_gbps", "emulated_recv_gbps", "recv_ratio",
         "emulated_recv_validated_gbps", "validate_cost", "raw_send_gbps", "emulated_send_gbps",
         "send_ratio", "rss_bytes_peak", "rss_bytes_peak_validated", "rss_bytes_peak_quarter",
-        "rss_growth_bytes", "targets", "runs", "machine"}
+        "rss_growth_bytes", "targets", "runs", "machine", "dmabuf_bytes"}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def test_schema(result: dict) -> None:
     assert result.keys() >= KEYS
     json.dumps(result)
     assert set(result["targets"]) == {"recv_ratio", "send_ratio", "validate_cost"}
+    assert result["dmabuf_bytes"] == stream.DEFAULT_DMABUF_SIZE
 
 
 def test_every_run_moved_every_byte(result: dict) -> None:
@@ -82,3 +83,5 @@ def test_bad_arguments_are_refused() -> None:
         stream.run_stream(1 << 20, 1)
     with pytest.raises(DevmemError, match="--repeat"):
         stream.run_stream(1 << 20, 7, repeat=0)
+    with pytest.raises(DevmemError, match="--dmabuf-size"):
+        stream.run_stream(1 << 20, 7, dmabuf_size=1000)
