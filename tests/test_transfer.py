@@ -232,3 +232,30 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
         with pytest.raises(ValidationError) as info:
             v2.check_batch(batch)
         assert info.value.offset == start + bad
+
+
+def test_wildcard_listener_is_steered_by_the_interfaces_address() -> None:
+    """--listen 0.0.0.0 --ifname lo: the ntuple rule takes lo's own address
+    (127.0.0.1), so a connection to 127.0.0.1 still lands on the devmem queue."""
+    assert transfer.address_of_interface("lo") == "127.0.0.1"
+    box: dict[str, object] = {}
+    ready = threading.Event()
+
+    def body() -> None:
+        try:
+            box["result"] = transfer.receive_stream(
+                "0.0.0.0", 0, ifname="lo", validate=7, backend="emulated", size=1 << 20, accept_timeout=30,
+                on_ready=lambda port: (box.__setitem__("port", port), ready.set()))
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    assert ready.wait(30) and "error" not in box, box.get("error")
+    plain_send("127.0.0.1", int(box["port"]), 7, 4 << 20)  # type: ignore[call-overload]
+    t.join(30)
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    assert isinstance(r, transfer.TransferResult)
+    assert r.validated is True and r.flow_steering_errors == 0 and r.frags >= (4 << 20) // 4096

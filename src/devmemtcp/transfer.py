@@ -145,6 +145,23 @@ def interface_of_address(addr: str) -> str:
                       "check `ip -br addr`, or give --ifname IF")
 
 
+def address_of_interface(ifname: str, family: int = socket.AF_INET) -> str:
+    """The first ``family`` address of ``ifname`` (RTM_GETADDR), for the
+    ntuple rule of a receiver listening on a wildcard address. Raises
+    DevmemError when the interface has none."""
+    from pyroute2 import IPRoute
+
+    index = _ifindex(ifname)
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=family, index=index):
+            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if addr and not ipaddress.ip_address(addr).is_link_local:
+                return str(addr)
+    raise DevmemError(f"{ifname} has no {'IPv6' if family == socket.AF_INET6 else 'IPv4'} address "
+                      "to steer the flow to",
+                      f"add one (ip addr add ADDR/LEN dev {ifname}) or --listen on a specific address")
+
+
 def interface_of_route(addr: str) -> str:
     """The interface the kernel routes ``addr`` through (RTM_GETROUTE, like
     ``ip route get ADDR``). Raises DevmemError when there is no route."""
@@ -453,7 +470,10 @@ def receive_stream(
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
-        binding = stack.enter_context(_nic_for_flow(be, ifname, q, listen, port, dmabuf, nic_config))
+        # a wildcard listener's flow is steered by the interface's own address
+        dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
+            else address_of_interface(ifname, _family(listen))
+        binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = _FragValidator(validate, dmabuf) if validate else None
         if on_ready:
