@@ -93,22 +93,39 @@ def _raise_errno(err: int) -> None:
     raise OSError(err, os.strerror(err))
 
 
-def _address(buf: memoryview | bytearray | np.ndarray | bytes | None) -> tuple[int, int, Any]:
-    """(address, length, keep-alive object) of a contiguous buffer.
+_Char = ctypes.c_char
+_addressof = ctypes.addressof
 
-    Writable buffers go through ``ctypes.c_char.from_buffer`` (no copy);
-    ``bytes`` through ``c_char_p`` (points into the bytes object, no copy).
+
+def _address(buf: memoryview | bytearray | np.ndarray | bytes | None) -> tuple[int, int, Any]:
+    """(address, length, keep-alive object) of a contiguous buffer, without copying.
+
+    Writable buffers (bytearray, memoryview, numpy arrays) go through
+    ``ctypes.c_char.from_buffer`` (about 0.3 us, against 1 us for
+    ``ndarray.ctypes.data``); ``bytes`` through ``c_char_p`` (points into the
+    bytes object); other read-only buffers are copied once.
     """
+    if type(buf) is memoryview and buf.c_contiguous and not buf.readonly:  # the hot path
+        n = buf.nbytes
+        if n:
+            obj = _Char.from_buffer(buf)
+            return _addressof(obj), n, obj
     if buf is None:
         return 0, 0, None
     if isinstance(buf, np.ndarray):
+        n = buf.nbytes
+        if not n:
+            return 0, 0, None
         if not buf.flags.c_contiguous:
             raise ValueError("buffer must be C-contiguous")
-        return int(buf.ctypes.data), int(buf.nbytes), buf
+        if buf.flags.writeable:
+            obj = _Char.from_buffer(buf)  # type: ignore[arg-type]  # ndarray has the buffer protocol
+            return _addressof(obj), n, obj
+        return int(buf.ctypes.data), n, buf
     if isinstance(buf, bytes):
         keep = ctypes.c_char_p(buf)
         return ctypes.cast(keep, ctypes.c_void_p).value or 0, len(buf), keep
-    mv = memoryview(buf)
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     n = mv.nbytes
     if n == 0:
         return 0, 0, None
@@ -116,8 +133,14 @@ def _address(buf: memoryview | bytearray | np.ndarray | bytes | None) -> tuple[i
         data = mv.tobytes()
         keep2 = ctypes.c_char_p(data)
         return ctypes.cast(keep2, ctypes.c_void_p).value or 0, n, (keep2, data)
-    obj = ctypes.c_char.from_buffer(mv)
-    return ctypes.addressof(obj), n, obj
+    obj = _Char.from_buffer(mv)
+    return _addressof(obj), n, obj
+
+
+_setsockopt = _libc.setsockopt
+_recvmsg = _libc.recvmsg
+_sendmsg = _libc.sendmsg
+_get_errno = ctypes.get_errno
 
 
 def libc_setsockopt(fd: int, level: int, optname: int, value: bytes | bytearray | np.ndarray) -> int:
@@ -127,25 +150,30 @@ def libc_setsockopt(fd: int, level: int, optname: int, value: bytes | bytearray 
     deliberately bad length can be tested). Raises ``OSError(errno)`` on
     failure. Example: SO_DEVMEM_DONTNEED returns the number of frags freed.
     """
-    addr, n, keep = _address(value if len(value) else None)
+    addr, n, keep = _address(value)
     while True:
-        ret = _libc.setsockopt(fd, level, optname, addr or None, n)
+        ret = _setsockopt(fd, level, optname, addr or None, n)
         if ret >= 0:
             del keep
             return int(ret)
-        err = ctypes.get_errno()
+        err = _get_errno()
         if err != errno.EINTR:
             _raise_errno(err)
 
 
 class _Scratch(threading.local):
-    """Per-thread ``struct msghdr`` + one ``struct iovec``, allocated once."""
+    """Per-thread ``struct msghdr`` + one ``struct iovec``, allocated once.
+
+    The fields that never change (no address, one iovec pointing at ``iov``)
+    are set here; each call writes only the buffers and flags."""
 
     def __init__(self) -> None:
         self.msg = Msghdr()
         self.iov = Iovec()
         self.msg_ptr = ctypes.pointer(self.msg)
         self.iov_addr = ctypes.addressof(self.iov)
+        self.msg.msg_iov = self.iov_addr
+        self.msg.msg_iovlen = 1
 
 
 _scratch = _Scratch()
@@ -168,32 +196,31 @@ def libc_recvmsg(sock: socket.socket, buf: memoryview | bytearray | np.ndarray |
     """
     s = _scratch
     msg = s.msg
+    iov = s.iov
     baddr, blen, bkeep = _address(buf)
     caddr, clen, ckeep = _address(control)
     fd = sock.fileno()
-    timeout = sock.gettimeout()
+    iov.iov_base = baddr
+    iov.iov_len = blen
+    msg.msg_iov = s.iov_addr  # sendmsg on this thread points it elsewhere
+    msg.msg_iovlen = 1
     while True:
-        msg.msg_name = None
-        msg.msg_namelen = 0
-        s.iov.iov_base = baddr or None
-        s.iov.iov_len = blen
-        msg.msg_iov = s.iov_addr
-        msg.msg_iovlen = 1
-        msg.msg_control = caddr or None
+        msg.msg_control = caddr
         msg.msg_controllen = clen
         msg.msg_flags = 0
-        n = _libc.recvmsg(fd, s.msg_ptr, flags)
+        n = _recvmsg(fd, s.msg_ptr, flags)
         if n >= 0:
             del bkeep, ckeep
-            return int(n), int(msg.msg_controllen), int(msg.msg_flags)
-        err = ctypes.get_errno()
+            return n, msg.msg_controllen, msg.msg_flags
+        err = _get_errno()
         if err == errno.EINTR:
             continue
-        if (err == errno.EAGAIN and timeout and not flags & abi.MSG_DONTWAIT
-                and not flags & abi.MSG_ERRQUEUE):
-            if _wait(fd, select.POLLIN, timeout):
-                continue
-            raise TimeoutError(errno.EAGAIN, "timed out")
+        if err == errno.EAGAIN and not flags & (abi.MSG_DONTWAIT | abi.MSG_ERRQUEUE):
+            timeout = sock.gettimeout()
+            if timeout:
+                if _wait(fd, select.POLLIN, timeout):
+                    continue
+                raise TimeoutError(errno.EAGAIN, "timed out")
         _raise_errno(err)
 
 
@@ -205,35 +232,37 @@ def libc_sendmsg(sock: socket.socket, iov: np.ndarray, control: bytes | bytearra
     For devmem TX ``iov_base`` is a byte offset into the bound dma-buf. Returns
     bytes sent; raises ``OSError`` with the kernel's errno.
     """
-    arr = np.ascontiguousarray(iov, dtype=np.uint64)
+    arr = iov if (iov.dtype == np.uint64 and iov.flags.c_contiguous) else np.ascontiguousarray(iov, np.uint64)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"iov must have shape (n, 2), got {arr.shape}")
     s = _scratch
     msg = s.msg
     ctl = bytes(control) if control is not None and not isinstance(control, bytes) else control
     caddr, clen, ckeep = _address(ctl if ctl else None)
+    iaddr, _ilen, ikeep = _address(arr)
     fd = sock.fileno()
-    timeout = sock.gettimeout()
-    while True:
-        msg.msg_name = None
-        msg.msg_namelen = 0
-        msg.msg_iov = int(arr.ctypes.data) if arr.shape[0] else None
-        msg.msg_iovlen = int(arr.shape[0])
-        msg.msg_control = caddr or None
-        msg.msg_controllen = clen
-        msg.msg_flags = 0
-        n = _libc.sendmsg(fd, s.msg_ptr, flags)
-        if n >= 0:
-            del ckeep
-            return int(n)
-        err = ctypes.get_errno()
-        if err == errno.EINTR:
-            continue
-        if err == errno.EAGAIN and timeout and not flags & abi.MSG_DONTWAIT:
-            if _wait(fd, select.POLLOUT, timeout):
+    try:
+        while True:
+            msg.msg_iov = iaddr
+            msg.msg_iovlen = arr.shape[0]
+            msg.msg_control = caddr
+            msg.msg_controllen = clen
+            msg.msg_flags = 0
+            n = _sendmsg(fd, s.msg_ptr, flags)
+            if n >= 0:
+                return n
+            err = _get_errno()
+            if err == errno.EINTR:
                 continue
-            raise TimeoutError(errno.EAGAIN, "timed out")
-        _raise_errno(err)
+            if err == errno.EAGAIN and not flags & abi.MSG_DONTWAIT:
+                timeout = sock.gettimeout()
+                if timeout:
+                    if _wait(fd, select.POLLOUT, timeout):
+                        continue
+                    raise TimeoutError(errno.EAGAIN, "timed out")
+            _raise_errno(err)
+    finally:
+        del ckeep, ikeep
 
 
 def tx_cmsg(binding_id: int) -> bytes:
@@ -382,6 +411,9 @@ def _attach(binding: Any, dmabuf: DmaBuf) -> Binding:
     return binding
 
 
+_TOKEN = abi.DMABUF_TOKEN_DTYPE
+
+
 class KernelBackend:
     """The real kernel: netlink via ``devmemtcp.netlink.netdev``, sockets via libc.
 
@@ -421,7 +453,8 @@ class KernelBackend:
         ranges). Returns the number of frags freed: 0 for unknown tokens. Errors
         from net/core/sock.c: EBADF on a non-TCP socket, EINVAL for more than
         128 ranges."""
-        arr = np.ascontiguousarray(tokens, dtype=abi.DMABUF_TOKEN_DTYPE)
+        arr = tokens if (tokens.dtype == _TOKEN and tokens.flags.c_contiguous) \
+            else np.ascontiguousarray(tokens, dtype=_TOKEN)
         return libc_setsockopt(sock.fileno(), abi.SOL_SOCKET, abi.SO_DEVMEM_DONTNEED, arr)
 
     def sendmsg(self, sock: socket.socket, iov: np.ndarray, control: bytes, flags: int) -> int:
