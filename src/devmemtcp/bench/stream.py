@@ -62,6 +62,9 @@ BUSY_WAIT_S = 120.0
 
 TARGET_RATIO = 0.85
 TARGET_VALIDATE_COST = 0.25
+#: "receiver resident memory independent of bytes transferred": the peak RSS of a
+#: full run may exceed that of a quarter-size run by allocator noise only.
+TARGET_RSS_GROWTH = 16 << 20
 
 
 @dataclass
@@ -405,6 +408,10 @@ def run_stream(
         "validate_cost": {"value": out["validate_cost"], "target": f"<= {TARGET_VALIDATE_COST}",
                           "met": out["validate_cost"] is not None
                           and out["validate_cost"] <= TARGET_VALIDATE_COST},
+        "rss_growth_bytes": {"value": out["rss_growth_bytes"],
+                             "target": f"<= {TARGET_RSS_GROWTH >> 20} MiB from a quarter of the bytes to all",
+                             "met": out["rss_growth_bytes"] is not None
+                             and out["rss_growth_bytes"] <= TARGET_RSS_GROWTH},
     }
     out["runs"] = [r.as_dict() for r in runs]
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

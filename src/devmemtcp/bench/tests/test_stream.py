@@ -29,7 +29,7 @@ def result() -> dict:
 def test_schema(result: dict) -> None:
     assert result.keys() >= KEYS
     json.dumps(result)
-    assert set(result["targets"]) == {"recv_ratio", "send_ratio", "validate_cost"}
+    assert set(result["targets"]) == {"recv_ratio", "send_ratio", "validate_cost", "rss_growth_bytes"}
     assert result["dmabuf_bytes"] == stream.DEFAULT_DMABUF_SIZE
 
 
@@ -67,7 +67,10 @@ def test_ratios_follow_from_the_runs(result: dict) -> None:
     for name, t in r["targets"].items():
         value = r[name]
         assert t["value"] == value
-        assert t["met"] == (value <= 0.25 if name == "validate_cost" else value >= 0.85)
+        if name == "rss_growth_bytes":
+            assert t["met"] == (value is not None and value <= stream.TARGET_RSS_GROWTH)
+        else:
+            assert t["met"] == (value <= 0.25 if name == "validate_cost" else value >= 0.85)
     if r["rss_bytes_peak"] is not None:
         assert r["rss_growth_bytes"] == r["rss_bytes_peak"] - r["rss_bytes_peak_quarter"]
 
