@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,3 +58,25 @@ def test_matches_a_set_model(ops: list[tuple[bool, int]], rnd) -> None:  # type:
             assert freed == len(give)
             held.difference_update(give)
         assert t.outstanding == len(held)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 40)), min_size=1, max_size=25), st.randoms())
+def test_numbers_tokens_like_the_emulated_nic(ops: list[tuple[bool, int]], rnd) -> None:  # type: ignore[no-untyped-def]
+    """The benchmark's model and the emulated NIC's token table hand out the same numbers."""
+    tokens_mod = pytest.importorskip("devmemtcp.emulation.tokens")
+    ours = TokenTableModel(capacity=4)
+    theirs = tokens_mod.TokenTable(capacity=4)
+    held: list[int] = []
+    for is_alloc, n in ops:
+        if is_alloc or not held:
+            a = ours.alloc(n).tolist()
+            b = theirs.alloc(np.zeros(n, np.int64), 1, 0).tolist()
+            assert a == b
+            held.extend(a)
+        else:
+            give = sorted(rnd.sample(held, min(n, len(held))))
+            ours.free(coalesce_tokens(np.asarray(give, np.uint32)))
+            theirs.erase(np.asarray(give, np.int64))
+            held = [t for t in held if t not in set(give)]
+        assert ours.outstanding == theirs.outstanding == len(held)
