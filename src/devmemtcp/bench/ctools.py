@@ -57,7 +57,9 @@ def build_cwalk(directory: Path | None = None) -> Path:
     try:
         version = subprocess.run([gcc, "--version"], capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise DevmemError(f"cannot run the C compiler {gcc}: {exc}", "install gcc or set CC") from exc
+        raise DevmemError(f"cannot run the C compiler {gcc}: {exc}",
+                          "install gcc (apt-get install gcc) or set CC, or run with --no-c to skip the "
+                          "C baselines") from exc
     digest = hashlib.sha256(source + b"\0" + version).hexdigest()[:16]
     out_dir = (directory or cache_dir()) / digest
     binary = out_dir / "cwalk"
