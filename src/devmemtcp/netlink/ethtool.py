@@ -162,7 +162,7 @@ def _header(ifname: str, flags: int = 0) -> tuple[str, dict[str, Any]]:
 
 
 def _hint(op: str, ifname: str) -> Any:
-    def fn(err: int, extack: str | None) -> str | None:
+    def fn(err: int, extack: str | None, bad_attr: str | int | None) -> str | None:
         if err == _errno.ENODEV:
             return f"no interface {ifname!r} here: check `ip link` (or pass --netns NAME)"
         if err in (_errno.EPERM, _errno.EACCES):
@@ -331,8 +331,10 @@ def driver_name(ifname: str) -> str | None:
                 return name
         except OSError:
             pass
+    from devmemtcp import netns
+
     link = f"/sys/class/net/{ifname}/device/driver"
-    if os.path.islink(link):
+    if netns.current() is None and os.path.islink(link):  # /sys shows the root namespace only
         return os.path.basename(os.readlink(link))
     return None
 

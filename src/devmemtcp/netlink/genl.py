@@ -29,7 +29,7 @@ from pyroute2.netlink import ctrlmsg, genlmsg, nla, nla_base_string
 from devmemtcp import abi
 from devmemtcp.errors import NetlinkError
 
-HintFn = Callable[[int, str | None], str | None]
+HintFn = Callable[[int, str | None, str | int | None], str | None]  # (errno, extack, bad_attr)
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NLA_HDR = struct.Struct("=HH")
@@ -325,7 +325,7 @@ class GenlSocket:
             bad = attr_name_at(request, offs, cmd_class) or offs
         if miss is not None:
             bad = f"{_nla_name(cmd_class, miss)} (missing)"
-        hint = self._hint(err, extack) if self._hint else None
+        hint = self._hint(err, extack, bad) if self._hint else None
         return NetlinkError(err, op, extack=extack, bad_attr=bad, hint=hint)
 
 

@@ -195,9 +195,11 @@ class DmabufMsg(genlmsg):
 # --------------------------------------------------------------------------
 # Hints: what to do about each refusal
 # --------------------------------------------------------------------------
-def hint_for(op: str, err: int, extack: str | None) -> str | None:
-    """One sentence telling the user how to fix the cause of a refused ``op``."""
+def hint_for(op: str, err: int, extack: str | None, bad_attr: str | int | None = None) -> str | None:
+    """One sentence telling the user how to fix the cause of a refused ``op``
+    (errno, the kernel's extack text and the attribute it pointed at)."""
     text = (extack or "").lower()
+    bad = str(bad_attr) if bad_attr is not None else ""
     if err in (_errno.EPERM, _errno.EACCES):
         return "run as root or grant CAP_NET_ADMIN (e.g. sudo)"
     if err == _errno.ENODEV:
@@ -224,8 +226,12 @@ def hint_for(op: str, err: int, extack: str | None) -> str | None:
         return "use a dma-buf whose size is a multiple of PAGE_SIZE (4096) and not too large"
     if err == _errno.EBADF:
         return "pass the fd of a dma-buf (udmabuf, CUDA export), not of an ordinary file"
-    if err == _errno.EINVAL and op == "bind-rx":
-        return "give an ifindex, a dma-buf fd and at least one RX queue id"
+    if err == _errno.EINVAL and bad.endswith("(missing)"):
+        return (f"the request lacks '{bad.split()[0]}': give an ifindex, a dma-buf fd and at least one "
+                "RX queue id")
+    if err == _errno.EINVAL and op in ("bind-rx", "bind-tx"):
+        return ("pass the fd of a dma-buf (udmabuf, CUDA export) whose size is a multiple of PAGE_SIZE, "
+                "and RX queue ids of the device")
     return None
 
 
@@ -273,7 +279,7 @@ def _qtype_num(qtype: str | int) -> int:
 
 
 def _open(op: str) -> GenlSocket:
-    return GenlSocket(abi.NETDEV_FAMILY_NAME, hint=lambda err, extack: hint_for(op, err, extack))
+    return GenlSocket(abi.NETDEV_FAMILY_NAME, hint=lambda err, extack, bad: hint_for(op, err, extack, bad))
 
 
 # --------------------------------------------------------------------------
@@ -290,7 +296,7 @@ class NetdevClient:
     def __init__(self) -> None:
         self._hint_op = "netdev"
         self._sock = GenlSocket(abi.NETDEV_FAMILY_NAME,
-                                hint=lambda err, extack: hint_for(self._hint_op, err, extack))
+                                hint=lambda err, extack, bad: hint_for(self._hint_op, err, extack, bad))
 
     def close(self) -> None:
         self._sock.close()
