@@ -299,3 +299,24 @@ def test_veth_in_netns(netns_pair, memfd):
             bind_tx(ifindex, memfd)
         assert (ei.value.errno, ei.value.extack) == (errno.EOPNOTSUPP, NO_NETMEM_TX)
     assert netns.current() is None
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_veth_gro_napi_in_netns(netns_pair):
+    """veth with GRO on polls with a NAPI instance: napi-get (do and filtered dump) finds it."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ethtool"):
+        pytest.skip("needs the ethtool command to turn GRO on")
+    subprocess.run(["ip", "netns", "exec", netns_pair.ns_a, "ethtool", "-K", netns_pair.veth_a, "gro", "on"],
+                   check=True, capture_output=True)
+    with netns.enter(netns_pair.ns_a), NetdevClient() as c:
+        ifindex = socket.if_nametoindex(netns_pair.veth_a)
+        napis = c.napi_get(ifindex=ifindex)
+        assert len(napis) == len(c.queue_get(ifindex, "rx"))  # one NAPI per RX queue
+        for n in napis:
+            assert n["ifindex"] == ifindex
+            assert c.napi_get(napi_id=n["id"]) == [n]
+        assert all(p.get("ifindex") != ifindex or p["dmabuf"] is None for p in c.page_pool_get())
