@@ -159,7 +159,8 @@ def _nla_class(cls: Any, num: int) -> Any:
     return None
 
 
-def parse_extack(payload: bytes, capped: bool = True) -> tuple[int, str | None, int | None, int | None]:
+def parse_extack(payload: bytes, capped: bool = True,
+                 done: bool = False) -> tuple[int, str | None, int | None, int | None]:
     """Split an ``NLMSG_ERROR`` (or dump-ending ``NLMSG_DONE``) payload into
     (errno, extack message, offending-attribute offset, missing attribute type).
 
@@ -167,13 +168,15 @@ def parse_extack(payload: bytes, capped: bool = True) -> tuple[int, str | None, 
     original request header, followed by the whole request unless the reply
     carries ``NLM_F_CAPPED``); the TLVs after it are ``NLMSGERR_ATTR_*``
     (include/uapi/linux/netlink.h, net/netlink/af_netlink.c netlink_ack).
+    A dump that fails ends with ``NLMSG_DONE`` (``done=True``) whose payload
+    is the error code followed directly by the TLVs (netlink_dump_done).
     errno is returned positive (0 for an ACK).
     """
     if len(payload) < 4:
         return 0, None, None, None
     (code,) = struct.unpack_from("=i", payload, 0)
-    pos = 4 + _NLMSGHDR.size
-    if not capped and len(payload) >= 4 + _NLMSGHDR.size:
+    pos = 4 if done else 4 + _NLMSGHDR.size
+    if not done and not capped and len(payload) >= 4 + _NLMSGHDR.size:
         (orig_total,) = struct.unpack_from("=I", payload, 4)
         pos = 4 + ((orig_total + 3) & ~3)
     msg: str | None = None
@@ -302,7 +305,7 @@ class GenlSocket:
                 if mtype == abi.NLMSG_DONE:
                     (code,) = struct.unpack_from("=i", body, 0) if len(body) >= 4 else (0,)
                     if code < 0:
-                        err, extack, offs, miss = parse_extack(body, capped)
+                        err, extack, offs, miss = parse_extack(body, capped, done=True)
                         raise self._error(err, op, extack, offs, miss, request, cmd_class)
                     # end of a dump (the kernel sends no separate ACK after it)
                     return replies

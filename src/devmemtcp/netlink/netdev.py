@@ -411,8 +411,10 @@ class NetdevClient:
 
     def qstats_get(self, ifindex: int | None = None, scope_queue: bool = True) -> list[dict[str, Any]]:
         """qstats-get (dump): per-queue counters (``scope_queue``) or per-device
-        sums, for ``ifindex`` or every device with qstats. Drivers without the
-        queue stats API report nothing (an empty list, or EOPNOTSUPP for a do).
+        sums, for ``ifindex`` or every device with qstats. Devices whose driver
+        has no queue stats API are left out of the full dump; asking for one by
+        ``ifindex`` gives EOPNOTSUPP (pointing at ``ifindex``), an unknown
+        ifindex ENODEV (net/core/netdev-genl.c netdev_nl_qstats_get_dumpit).
 
         Keys: ifindex, queue_type ("rx"/"tx", per-queue only), queue_id, and the
         counters the driver reports (rx_packets, rx_bytes, ...)."""

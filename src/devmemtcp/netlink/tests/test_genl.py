@@ -139,6 +139,13 @@ def test_parse_extack_skips_an_echoed_request(echo):
     assert parse_extack(payload, capped=False) == (22, "bad", None, None)
 
 
+@given(err=st.integers(1, 133), offs=u32)
+def test_parse_extack_of_a_failed_dump(err, offs):
+    # NLMSG_DONE of a failed dump: the error code, then the TLVs (no echoed header)
+    payload = struct.pack("=i", -err) + struct.pack("=HHI", 8, abi.NLMSGERR_ATTR_OFFS, offs)
+    assert parse_extack(payload, done=True) == (err, None, offs, None)
+
+
 def test_parse_extack_plain_ack():
     assert parse_extack(_nlmsgerr(0, [])) == (0, None, None, None)
 

@@ -166,6 +166,16 @@ def test_page_pools_and_qstats(client):
         assert "queue_id" not in row
 
 
+def test_qstats_dump_errors_carry_the_bad_attribute(client):
+    # A failing dump ends with NLMSG_DONE carrying the error and its extack TLVs.
+    with pytest.raises(NetlinkError) as ei:
+        client.qstats_get(0x7FFFFFF0)
+    assert (ei.value.errno, ei.value.bad_attr) == (errno.ENODEV, "ifindex")
+    with pytest.raises(NetlinkError) as ei:
+        client.qstats_get(socket.if_nametoindex("lo"))  # loopback has no queue stats API
+    assert (ei.value.errno, ei.value.bad_attr, ei.value.op) == (errno.EOPNOTSUPP, "ifindex", "qstats-get")
+
+
 @needs_eth0
 def test_qstats_of_eth0_per_queue(client):
     ifindex = socket.if_nametoindex("eth0")
