@@ -1,0 +1,798 @@
+"""EmulatedBackend: a software devmem NIC under real TCP sockets.
+
+The emulated NIC sits under the receiver: sockets are ordinary kernel TCP
+sockets (on ``lo``, or a veth inside a namespace) and any plain TCP peer
+talks to them. What the kernel does for a devmem NIC is reproduced on top,
+with the kernel's bytes, errno values, extack texts and limits:
+
+* **bind-rx / bind-tx** (net/core/netdev-genl.c, net/core/devmem.c,
+  net/core/netdev_rx_queue.c), checked in the kernel's order; see
+  :meth:`EmulatedBackend.bind_rx`.
+* **Steering** (:mod:`devmemtcp.emulation.steering`): a socket's flow lands on
+  the queue an ntuple rule names, else on the RSS indirection table entry of
+  its Toeplitz hash. A flow on a queue bound by this process is *devmem*; any
+  other flow is *readable*. The decision is re-read from the NIC state at most
+  every ``recheck_s`` seconds, so rules and bindings made by another process
+  take effect like they would on a NIC.
+* **RX** (net/ipv4/tcp.c ``tcp_recvmsg_dmabuf``): a devmem flow's payload is
+  received straight into the dma-buf's memory at the offsets of free
+  net_iovs (one ``recv_into`` per contiguous run, no extra copy), cut into
+  frags of at most PAGE_SIZE, each given a token from the socket's table
+  (from 1, lowest free first); the control buffer gets one
+  SCM_DEVMEM_DMABUF cmsg per frag (``devmemtcp.cmsg.encode_rx_control``).
+  Header split is always on with hds-thresh 0 for a bound queue (bind-rx
+  requires it, and ethtool refuses to change it while bound), so all payload
+  goes to frags: the emulated NIC never produces SCM_DEVMEM_LINEAR.
+* **SO_DEVMEM_DONTNEED** (net/core/sock.c ``sock_devmem_dontneed``).
+* **TX** (net/ipv4/tcp.c ``tcp_sendmsg_locked``, net/core/devmem.c
+  ``net_devmem_get_binding``, net/core/datagram.c
+  ``zerocopy_fill_skb_from_devmem``) and MSG_ZEROCOPY completions
+  (net/core/skbuff.c): a sendmsg's sequence number completes once TCP has
+  acknowledged all of its bytes (SIOCOUTQ), and consecutive completions are
+  merged into one ``[lo, hi]`` notification as the kernel merges them.
+
+Limits of the emulation, each reported with a clear error: a flow steered to
+a queue bound by *another* process cannot be received here (the dma-buf
+memory lives in that process) and a TX binding is usable only by the process
+that created it.
+
+Timeouts follow CPython's socket timeout (``TimeoutError`` carrying EAGAIN,
+like :class:`~devmemtcp.backend.kernel.KernelBackend`); on a blocking socket
+with SO_RCVTIMEO a stalled flow gives BlockingIOError(EAGAIN) after that
+time; a non-blocking call (timeout 0 or MSG_DONTWAIT) gives BlockingIOError.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+import termios
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from devmemtcp import abi, cmsg
+from devmemtcp.emulation import state as st
+from devmemtcp.emulation.nic import EmulatedNicControl
+from devmemtcp.emulation.pool import RxPool
+from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
+from devmemtcp.emulation.tokens import TokenTable
+from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.memory.base import DmaBuf
+
+PAGE_SIZE = abi.PAGE_SIZE
+_REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
+_SO_PROTOCOL = getattr(socket, "SO_PROTOCOL", 38)
+_SO_RCVTIMEO = getattr(socket, "SO_RCVTIMEO", 20)
+_RECV_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_WAITALL
+_SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | 0x8000  # MSG_MORE
+U32_MAX = 0xFFFFFFFF
+
+
+def _err(code: int, what: str | None = None) -> OSError:
+    msg = os.strerror(code) if what is None else f"{os.strerror(code)}: {what}"
+    if code == errno.EAGAIN:
+        return BlockingIOError(code, msg)
+    return OSError(code, msg)
+
+
+# ---------------------------------------------------------------------------
+# bindings
+# ---------------------------------------------------------------------------
+class EmulatedBinding:
+    """A dma-buf bound to the emulated NIC (bind-rx or bind-tx).
+
+    Lives until :meth:`close` (or garbage collection, or its process's
+    death), like a kernel binding lives as long as its netlink socket.
+    Closing an RX binding gives its queues back to ordinary page pools:
+    flows steered there become readable. Frags the application still holds
+    stay valid and can be given back with SO_DEVMEM_DONTNEED."""
+
+    def __init__(self, backend: EmulatedBackend, binding_id: int, ifindex: int, ifname: str, ns: int,
+                 kind: Literal["rx", "tx"], queues: tuple[int, ...], dmabuf: DmaBuf) -> None:
+        self.id = binding_id
+        self.ifindex = ifindex
+        self.ifname = ifname
+        self.netns = ns
+        self.kind: Literal["rx", "tx"] = kind
+        self.queues = queues
+        self.dmabuf = dmabuf
+        self.size = int(dmabuf.size)
+        self.pool: RxPool | None = RxPool(binding_id, self.size // PAGE_SIZE) if kind == "rx" else None
+        self._view: memoryview | None = None
+        self.closed = False
+        self._finalizer = weakref.finalize(self, _unregister, backend._directory, binding_id)
+        self._backend = weakref.ref(backend)
+
+    @property
+    def view(self) -> memoryview:
+        """Writable byte view of the dma-buf's host memory (cached)."""
+        if self._view is None:
+            arr = self.dmabuf.host_view()
+            self._view = memoryview(arr).cast("B")  # type: ignore[arg-type]
+        return self._view
+
+    def close(self) -> None:
+        """Unbind (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        be = self._backend()
+        if be is not None:
+            be._forget_binding(self)
+        self._finalizer()
+
+    def __enter__(self) -> EmulatedBinding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        q = f" queues={list(self.queues)}" if self.queues else ""
+        tail = " closed" if self.closed else ""
+        return f"<EmulatedBinding id={self.id} {self.kind} {self.ifname}{q}{tail}>"
+
+
+def _unregister(directory: str | None, binding_id: int) -> None:
+    try:
+        with st.locked(directory) as d:
+            reg = st.load_registry(d)
+            if reg["live"].pop(str(binding_id), None) is not None:
+                st.save_registry(reg, d)
+    except (OSError, DevmemError):
+        pass
+
+
+# ---------------------------------------------------------------------------
+# per-socket state
+# ---------------------------------------------------------------------------
+@dataclass
+class _TxState:
+    zckey: int = 0  # next sendmsg sequence number (sk->sk_zckey)
+    sent: int = 0  # payload bytes sent through the emulated devmem path
+    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (seq, cumulative end byte)
+    done_lo: int | None = None  # completed, not yet reported range
+    done_hi: int = 0
+    routes: dict[int, int] = field(default_factory=dict)  # binding id -> checked ifindex
+
+
+@dataclass
+class _SockState:
+    tokens: TokenTable = field(default_factory=TokenTable)
+    family: int = socket.AF_INET
+    ifindex: int | None = None
+    mode: str = ""  # "devmem" | "readable" | "" (undecided)
+    binding: EmulatedBinding | None = None
+    queue: int = -1
+    how: str = ""
+    checked: float = -1e9
+    rcvtimeo: float | None = None
+    tx: _TxState = field(default_factory=_TxState)
+
+
+def _release_tokens(tokens: TokenTable, pools: dict[int, RxPool]) -> None:
+    pages, bids, queues = tokens.erase_all()
+    _return_pages(pages, bids, queues, pools)
+
+
+def _return_pages(pages: np.ndarray, bids: np.ndarray, queues: np.ndarray, pools: dict[int, RxPool]) -> None:
+    if pages.shape[0] == 0:
+        return
+    first = int(bids[0])
+    if (bids == first).all():
+        pool = pools.get(first)
+        if pool is not None:
+            pool.release(pages, queues)
+        return
+    for bid in np.unique(bids):
+        sel = bids == bid
+        pool = pools.get(int(bid))
+        if pool is not None:
+            pool.release(pages[sel], queues[sel])
+
+
+def _is_tcp(sock: socket.socket) -> bool:
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL) == socket.IPPROTO_TCP
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# the backend
+# ---------------------------------------------------------------------------
+class EmulatedBackend:
+    """The devmem boundary over the emulated NIC (see the module docstring).
+
+    ``directory``: state directory (default :func:`devmemtcp.emulation.state.state_dir`);
+    ``queues``: RX queue count of NICs that have no state yet (default 4);
+    ``recheck_s``: how often a socket's steering is re-read from the NIC state.
+    Thread-safe. Use as a context manager (or call :meth:`close`) to unbind
+    this backend's bindings and return every socket's tokens."""
+
+    name: str = "emulated"
+
+    def __init__(self, directory: str | None = None, queues: int | None = None,
+                 recheck_s: float = 0.1) -> None:
+        self._directory = directory
+        self._queues = queues
+        self.recheck_s = recheck_s
+        self._lock = threading.Lock()
+        self._bindings: dict[int, EmulatedBinding] = {}
+        self._rx_by_queue: dict[tuple[int, str, int], EmulatedBinding] = {}
+        self._pools: dict[int, RxPool] = {}  # outlive their binding while frags are held
+        self._socks: weakref.WeakKeyDictionary[socket.socket, _SockState] = weakref.WeakKeyDictionary()
+        self._stats_flushed = 0.0
+
+    # -- lifetime ------------------------------------------------------------
+    def close(self) -> None:
+        """Return every tracked socket's tokens and close this backend's bindings."""
+        for sock in list(self._socks.keys()):
+            self.release_socket(sock)
+        for b in list(self._bindings.values()):
+            b.close()
+
+    def __enter__(self) -> EmulatedBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- netlink ---------------------------------------------------------------
+    def nic(self, ifname: str) -> EmulatedNicControl:
+        """ethtool control of the emulated NIC on ``ifname`` (DevmemError if no such interface)."""
+        return EmulatedNicControl(ifname, directory=self._directory, queues=self._queues)
+
+    def _check_dmabuf(self, op: str, dmabuf: DmaBuf) -> None:
+        """net_devmem_bind_dmabuf's checks of the dma-buf itself."""
+        try:
+            os.fstat(int(dmabuf.fd))
+        except (OSError, ValueError, TypeError):
+            # dma_buf_get() on a bad fd
+            raise NetlinkError(errno.EBADF, op, hint="pass the fd of an open dma-buf") from None
+        size = int(dmabuf.size)
+        if size % PAGE_SIZE:
+            raise NetlinkError(errno.EINVAL, op, f"dmabuf size {size} not aligned to niov size {PAGE_SIZE}",
+                               hint=f"allocate the dma-buf in multiples of {PAGE_SIZE} bytes")
+        if size >> 12 > U32_MAX:
+            raise NetlinkError(errno.E2BIG, op, "dmabuf contains too many net_iovs",
+                               hint="use a dma-buf below 16 TiB")
+
+    def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[Any]) -> EmulatedBinding:
+        """bind-rx ``dmabuf`` to RX ``queues`` of the emulated NIC on ``ifindex``.
+
+        ``queues``: queue ids, or ``(id, type)`` pairs to send another queue
+        type. Checks, in netdev_nl_bind_rx_doit's order (errno, extack):
+        no queues (EINVAL, missing attribute "queues"); unknown ifindex
+        (ENODEV); a queue type other than rx or an id >= the RX queue count
+        (EINVAL, bad attribute; netdev_nl_read_rxq_bitmap, 6.18+: the later
+        ERANGE "rx queue index out of range" of __net_mp_open_rxq is then
+        unreachable); the dma-buf: bad fd (EBADF), "dmabuf size N not
+        aligned to niov size 4096" (EINVAL), "dmabuf contains too many
+        net_iovs" (E2BIG); then an id is allocated (cyclically, machine-wide)
+        and each queue, ascending, is opened: "tcp-data-split is disabled"
+        (EINVAL), "hds-thresh is not zero" (EINVAL), "designated queue
+        already memory provider bound" (EEXIST). A failed queue undoes the
+        binding, but its id stays consumed, as in the kernel."""
+        op = "bind-rx"
+        if not queues:
+            raise NetlinkError(errno.EINVAL, op, bad_attr="queues",
+                               hint="name at least one RX queue to bind")
+        ns = st.netns_id()
+        try:
+            ifname = socket.if_indextoname(int(ifindex))
+        except OSError:
+            raise NetlinkError(errno.ENODEV, op, bad_attr="ifindex",
+                               hint="pass the ifindex of an interface in this network namespace") from None
+        nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+        nrx = int(nic["channels"]["combined"])
+        wanted: set[int] = set()
+        for q in queues:
+            qid, qtype = (int(q[0]), int(q[1])) if isinstance(q, (tuple, list)) else (int(q), 0)
+            if qtype != abi.NETDEV_QUEUE_TYPE_RX:
+                raise NetlinkError(errno.EINVAL, op, bad_attr="queue-id.type",
+                                   hint="bind-rx binds RX queues (type rx)")
+            if not 0 <= qid < nrx:
+                raise NetlinkError(errno.EINVAL, op, bad_attr="queue-id.id",
+                                   hint=f"{ifname} has RX queues 0..{nrx - 1}")
+            wanted.add(qid)
+        self._check_dmabuf(op, dmabuf)
+        pid, start = st.self_owner()
+        with st.locked(self._directory) as d:
+            reg = st.load_registry(d)
+            bid = st.alloc_binding_id(reg)
+            nic = st.load_nic(ifname, directory=d, ns=ns, queues=self._queues)
+            bound = st.bound_queues(reg, ns, ifname)
+            rings = nic["rings"]
+            failure: NetlinkError | None = None
+            for qid in sorted(wanted):
+                if rings["tcp_data_split"] != "enabled":
+                    failure = NetlinkError(errno.EINVAL, op, "tcp-data-split is disabled",
+                                           hint=f"enable header split: ethtool -G {ifname} tcp-data-split on "
+                                                "(or devmemtcp setup)")
+                elif rings["hds_thresh"]:
+                    failure = NetlinkError(errno.EINVAL, op, "hds-thresh is not zero",
+                                           hint=f"ethtool -G {ifname} hds-thresh 0 (or devmemtcp setup)")
+                elif qid in bound:
+                    failure = NetlinkError(errno.EEXIST, op, "designated queue already memory provider bound",
+                                           hint=f"queue {qid} is bound by binding {bound[qid]}; "
+                                                "pick another queue or close that binding")
+                if failure is not None:
+                    break
+            if failure is None:
+                reg["live"][str(bid)] = {"pid": pid, "start": start, "kind": "rx", "ifindex": int(ifindex),
+                                         "ifname": ifname, "netns": ns, "queues": sorted(wanted)}
+            st.save_registry(reg, d)  # the cyclic cursor moved even on failure
+            if not os.path.exists(st.nic_path(ifname, ns, d)):
+                st.save_nic(nic, d)
+        if failure is not None:
+            raise failure
+        b = EmulatedBinding(self, bid, int(ifindex), ifname, ns, "rx", tuple(sorted(wanted)), dmabuf)
+        with self._lock:
+            self._bindings[bid] = b
+            assert b.pool is not None
+            self._pools[bid] = b.pool
+            for qid in b.queues:
+                self._rx_by_queue[(ns, ifname, qid)] = b
+        return b
+
+    def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> EmulatedBinding:
+        """bind-tx ``dmabuf`` to the emulated NIC on ``ifindex`` (netmem TX
+        mode DMA). Errors: unknown ifindex (ENODEV), then the dma-buf checks
+        of :meth:`bind_rx` (EBADF, EINVAL, E2BIG)."""
+        op = "bind-tx"
+        ns = st.netns_id()
+        try:
+            ifname = socket.if_indextoname(int(ifindex))
+        except OSError:
+            raise NetlinkError(errno.ENODEV, op, bad_attr="ifindex",
+                               hint="pass the ifindex of an interface in this network namespace") from None
+        self._check_dmabuf(op, dmabuf)
+        pid, start = st.self_owner()
+        with st.locked(self._directory) as d:
+            reg = st.load_registry(d)
+            bid = st.alloc_binding_id(reg)
+            reg["live"][str(bid)] = {"pid": pid, "start": start, "kind": "tx", "ifindex": int(ifindex),
+                                     "ifname": ifname, "netns": ns, "queues": []}
+            st.save_registry(reg, d)
+        b = EmulatedBinding(self, bid, int(ifindex), ifname, ns, "tx", (), dmabuf)
+        with self._lock:
+            self._bindings[bid] = b
+        return b
+
+    def _forget_binding(self, b: EmulatedBinding) -> None:
+        with self._lock:
+            self._bindings.pop(b.id, None)
+            for qid in b.queues:
+                if self._rx_by_queue.get((b.netns, b.ifname, qid)) is b:
+                    del self._rx_by_queue[(b.netns, b.ifname, qid)]
+        if b.kind == "rx":
+            self.flush_stats()
+
+    # -- steering ------------------------------------------------------------
+    def _state(self, sock: socket.socket) -> _SockState:
+        s = self._socks.get(sock)
+        if s is None:
+            s = _SockState(family=sock.family)
+            with self._lock:
+                self._socks[sock] = s
+                # the kernel releases a socket's frags when it is destroyed
+                weakref.finalize(sock, _release_tokens, s.tokens, self._pools)
+        return s
+
+    def _decide(self, sock: socket.socket, s: _SockState) -> None:
+        now = time.monotonic()
+        if s.mode and now - s.checked < self.recheck_s and (s.binding is None or not s.binding.closed):
+            return
+        if s.ifindex is None:
+            s.ifindex = ingress_ifindex(sock)
+        ns = st.netns_id()
+        ifname = ifname_of(s.ifindex)
+        nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+        q, how = steer(nic, flow_of(sock))
+        b = self._rx_by_queue.get((ns, ifname, q))
+        if b is not None and not b.closed:
+            s.mode, s.binding = "devmem", b
+        else:
+            reg = st.load_registry(self._directory)
+            other = st.bound_queues(reg, ns, ifname).get(q)
+            if other is not None:
+                raise DevmemError(
+                    f"the flow of this socket lands on {ifname} queue {q} ({how}), which binding {other} "
+                    "of another process holds: the emulated NIC cannot place its data in that process's "
+                    "dma-buf",
+                    "receive in the process that bound the queue, or steer the flow to a queue this "
+                    "process bound",
+                )
+            s.mode, s.binding = "readable", None
+        s.queue, s.how, s.checked = q, how, now
+
+    def flow_info(self, sock: socket.socket) -> dict[str, Any]:
+        """How the emulated NIC steers ``sock``'s flow: ``{"mode": "devmem" |
+        "readable", "queue": int, "how": "rule@LOC" | "rss", "binding": id | None,
+        "ifname": str}`` (decided now)."""
+        s = self._state(sock)
+        s.checked = -1e9
+        self._decide(sock, s)
+        return {"mode": s.mode, "queue": s.queue, "how": s.how,
+                "binding": s.binding.id if s.binding is not None else None,
+                "ifname": ifname_of(s.ifindex) if s.ifindex is not None else None}
+
+    # -- RX ------------------------------------------------------------------
+    def _deadline(self, sock: socket.socket, s: _SockState, flags: int) -> tuple[float | None, bool]:
+        """(deadline for a stalled flow, whether expiry is a Python timeout)."""
+        timeout = sock.gettimeout()
+        if flags & abi.MSG_DONTWAIT or timeout == 0:
+            return time.monotonic(), False
+        if timeout is not None:
+            return time.monotonic() + timeout, True
+        if s.rcvtimeo is None:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_RCVTIMEO, 16)
+            sec, usec = struct.unpack("qq", raw)
+            s.rcvtimeo = sec + usec / 1e6
+        return (time.monotonic() + s.rcvtimeo if s.rcvtimeo > 0 else None), False
+
+    def _wait_data(self, sock: socket.socket, flags: int) -> int:
+        """Block like recvmsg until data or EOF is there; 0 at EOF, else 1."""
+        return len(sock.recv(1, socket.MSG_PEEK | (flags & abi.MSG_DONTWAIT)))
+
+    def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,
+                flags: int) -> tuple[int, int, int]:
+        """recvmsg(2) through the emulated NIC: ``(nbytes, controllen, msg_flags)``.
+
+        Readable flow: bytes copied into ``buf``, no cmsg. Devmem flow with
+        MSG_SOCK_DEVMEM: payload placed in the dma-buf, one 40-byte cmsg per
+        frag in ``control``, ``nbytes <= len(buf)``. Errors: EFAULT for a
+        devmem flow without MSG_SOCK_DEVMEM or with a control buffer too
+        small for one cmsg (once data is there; 0 at EOF); EINVAL for
+        MSG_PEEK on a devmem flow; EAGAIN / TimeoutError as described in the
+        module docstring; ENOTCONN for an unconnected socket."""
+        if sock.fileno() < 0:
+            raise _err(errno.EBADF)
+        s = self._state(sock)
+        self._decide(sock, s)
+        nbuf = len(buf)
+        if s.mode != "devmem":
+            n = sock.recv_into(buf, nbuf, flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK))
+            return n, 0, 0
+        if not flags & abi.MSG_SOCK_DEVMEM:
+            # unreadable skbs without MSG_SOCK_DEVMEM: EFAULT (tcp_recvmsg_locked)
+            if self._wait_data(sock, flags) == 0:
+                return 0, 0, 0
+            raise _err(errno.EFAULT, "devmem data needs MSG_SOCK_DEVMEM")
+        if flags & abi.MSG_PEEK:
+            raise _err(errno.EINVAL, "MSG_PEEK is not supported on devmem flows by the emulated NIC")
+        if nbuf == 0:
+            return 0, 0, 0
+        room = len(control) // _REC
+        if room == 0:
+            if self._wait_data(sock, flags) == 0:
+                return 0, 0, 0
+            raise _err(errno.EFAULT, "control buffer too small for one devmem cmsg (40 bytes)")
+        b = s.binding
+        assert b is not None and b.pool is not None
+        pool = b.pool
+        want_pages = min(room, -(-nbuf // PAGE_SIZE))
+        pages = pool.alloc(want_pages, s.queue, time.monotonic())
+        if pages.shape[0] == 0:
+            deadline, py_timeout = self._deadline(sock, s, flags)
+            pages = pool.alloc(want_pages, s.queue, deadline)
+            if pages.shape[0] == 0:
+                if py_timeout:
+                    raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
+                raise _err(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
+        total = self._fill(sock, b.view, pages, nbuf, flags, pool, s.queue)
+        if total == 0:
+            return 0, 0, 0
+        used = -(-total // PAGE_SIZE)
+        got = pages[:used]
+        if used < pages.shape[0]:
+            pool.give_back(pages[used:], s.queue)
+        sizes = np.full(used, PAGE_SIZE, dtype=np.uint32)
+        sizes[-1] = total - (used - 1) * PAGE_SIZE
+        tokens = s.tokens.alloc(got, b.id, s.queue)
+        clen = cmsg.encode_rx_control(control, (got * PAGE_SIZE).astype(np.uint64), sizes, tokens, b.id)
+        qs = pool.queue_stats(s.queue)
+        qs.rx_packets += used
+        qs.rx_bytes += total
+        return total, clen, 0
+
+    @staticmethod
+    def _fill(sock: socket.socket, view: memoryview, pages: np.ndarray, nbuf: int, flags: int,
+              pool: RxPool, queue: int) -> int:
+        """recv_into the dma-buf at ``pages``, one call per contiguous run;
+        returns bytes received (0 at EOF). Gives every page back on error."""
+        n = int(pages.shape[0])
+        span = int(pages[-1]) - int(pages[0])
+        if n == 1 or (span == n - 1 and (n < 3 or bool((np.diff(pages) == 1).all()))):
+            runs = [(int(pages[0]), n)]
+        else:
+            cut = np.flatnonzero(np.diff(pages) != 1) + 1
+            starts = np.concatenate(([0], cut))
+            ends = np.concatenate((cut, [n]))
+            runs = [(int(pages[a]), int(e - a)) for a, e in zip(starts, ends, strict=True)]
+        total = 0
+        left = nbuf
+        first_flags = flags & _RECV_PASS_FLAGS
+        for i, (p0, cnt) in enumerate(runs):
+            want = min(cnt * PAGE_SIZE, left)
+            off = p0 * PAGE_SIZE
+            try:
+                fl = first_flags if i == 0 else abi.MSG_DONTWAIT
+                got = sock.recv_into(view[off : off + want], want, fl)
+            except (BlockingIOError, InterruptedError):
+                if i == 0:
+                    pool.give_back(pages, queue)
+                    raise
+                break
+            except TimeoutError:
+                pool.give_back(pages, queue)
+                raise TimeoutError(errno.EAGAIN, "timed out") from None
+            except BaseException:
+                pool.give_back(pages, queue)
+                raise
+            total += got
+            left -= got
+            if got < want or left == 0:
+                break
+        if total == 0:
+            pool.give_back(pages, queue)
+        return total
+
+    # -- SO_DEVMEM_DONTNEED ----------------------------------------------------
+    def dontneed(self, sock: socket.socket, tokens: np.ndarray | bytes | bytearray | memoryview) -> int:
+        """setsockopt(SO_DEVMEM_DONTNEED) as net/core/sock.c does it.
+
+        ``tokens``: a ``DMABUF_TOKEN_DTYPE`` array, or raw bytes (any length,
+        to exercise optlen checks). Non-TCP socket: EBADF; optlen below
+        sizeof(int), not a multiple of 8 or above 128 ranges: EINVAL. Walks
+        the ranges in order and stops after 1024 frags (unknown tokens
+        count toward that limit and are skipped). Returns the number of frags
+        freed; their net_iovs go back to the binding's free list."""
+        if sock.fileno() < 0:
+            raise _err(errno.EBADF)
+        if not _is_tcp(sock):
+            raise _err(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
+        if isinstance(tokens, np.ndarray):
+            raw = np.ascontiguousarray(tokens).view(np.uint8).reshape(-1)
+        else:
+            raw = np.frombuffer(bytes(tokens), dtype=np.uint8)
+        optlen = int(raw.shape[0])
+        isz = abi.DMABUF_TOKEN_DTYPE.itemsize
+        if optlen < 4 or optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
+            raise _err(errno.EINVAL, f"optlen {optlen}")
+        rng = raw.view(abi.DMABUF_TOKEN_DTYPE)
+        s = self._socks.get(sock)
+        if s is None or s.tokens.outstanding == 0:
+            return 0
+        starts = rng["token_start"].astype(np.int64)
+        counts = rng["token_count"].astype(np.int64)
+        # ++num_frags > MAX_DONTNEED_FRAGS stops the walk: the first 1024 (range, j) pairs
+        before = np.cumsum(counts) - counts
+        take = np.clip(abi.MAX_DONTNEED_FRAGS - before, 0, None)
+        take = np.minimum(counts, take)
+        ntot = int(take.sum())
+        if ntot == 0:
+            return 0
+        rep = np.repeat(np.arange(take.shape[0]), take)
+        j = np.arange(ntot) - np.repeat(np.cumsum(take) - take, take)
+        toks = (starts[rep] + j) & U32_MAX
+        pages, bids, queues = s.tokens.erase(toks)
+        _return_pages(pages, bids, queues, self._pools)
+        return int(pages.shape[0])
+
+    def release_socket(self, sock: socket.socket) -> int:
+        """Give back every frag ``sock`` still holds (what the kernel does when
+        the socket is destroyed) and forget the socket; returns frags freed.
+        Also happens automatically when the socket object is garbage collected."""
+        s = self._socks.pop(sock, None)
+        if s is None:
+            return 0
+        n = s.tokens.outstanding
+        _release_tokens(s.tokens, self._pools)
+        return n
+
+    def outstanding(self, sock: socket.socket) -> int:
+        """Frags ``sock`` holds (tokens not given back)."""
+        s = self._socks.get(sock)
+        return 0 if s is None else s.tokens.outstanding
+
+    # -- stats -----------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters of this process's bindings: ``{"bindings": [{"id", "kind",
+        "ifname", "queues", "pages", "free", "inflight", "queue_stats": {q:
+        {alloc-fast, alloc-slow, alloc-empty, recycle-released-refcnt,
+        rx-packets, rx-bytes}}}]}``; closed RX bindings whose frags are still
+        held are included with ``"closed": true``."""
+        out = []
+        with self._lock:
+            items = list(self._pools.items())
+            live = dict(self._bindings)
+        for bid, pool in items:
+            b = live.get(bid)
+            out.append({"id": bid, "kind": "rx", "closed": b is None,
+                        "ifname": b.ifname if b else None, "queues": list(b.queues) if b else [],
+                        "pages": pool.pages, "free": pool.nfree, "inflight": pool.inflight,
+                        "queue_stats": {q: qs.as_dict() for q, qs in sorted(pool.stats.items())}})
+        for bid, b in live.items():
+            if b.kind == "tx":
+                out.append({"id": bid, "kind": "tx", "closed": False, "ifname": b.ifname, "queues": [],
+                            "pages": b.size // PAGE_SIZE})
+        return {"bindings": sorted(out, key=lambda x: x["id"])}
+
+    def flush_stats(self) -> None:
+        """Add this process's per-queue counters to each NIC's state file
+        (``stats`` key: ``{queue: {counter: value}}``), for ``info`` in
+        another process."""
+        snap = self.stats()["bindings"]
+        per_nic: dict[tuple[int, str], dict[str, dict[str, int]]] = {}
+        with self._lock:
+            ids = {bid: (b.netns, b.ifname) for bid, b in self._bindings.items()}
+        for entry in snap:
+            key = ids.get(entry["id"])
+            if key is None or entry["kind"] != "rx":
+                continue
+            nic_stats = per_nic.setdefault(key, {})
+            for q, counters in entry["queue_stats"].items():
+                nic_stats[str(q)] = counters
+        if not per_nic:
+            return
+        try:
+            with st.locked(self._directory) as d:
+                for (ns, ifname), qstats in per_nic.items():
+                    try:
+                        nic = st.load_nic(ifname, directory=d, ns=ns, queues=self._queues)
+                    except DevmemError:
+                        continue
+                    nic.setdefault("stats", {}).update(qstats)
+                    st.save_nic(nic, d)
+        except OSError:
+            pass
+
+    # -- TX ------------------------------------------------------------------
+    def _tx_binding(self, sock: socket.socket, s: _SockState, bid: int) -> EmulatedBinding:
+        """net_devmem_get_binding: EINVAL unless ``bid`` is a live TX binding,
+        EHOSTUNREACH without a route, ENODEV when the route's device is not
+        the binding's."""
+        b = self._bindings.get(bid)
+        if b is None or b.kind != "tx" or b.closed:
+            if b is None and str(bid) in st.load_registry(self._directory)["live"]:
+                raise DevmemError(
+                    f"binding {bid} belongs to another process: the emulated NIC cannot read its dma-buf",
+                    "bind-tx in the process that sends")
+            raise _err(errno.EINVAL, f"binding {bid} is not a TX binding")
+        ifx = s.tx.routes.get(bid)
+        if ifx is None:
+            ifx = ingress_ifindex(sock)
+            s.tx.routes[bid] = ifx
+        if ifx != b.ifindex or st.netns_id() != b.netns:
+            raise _err(errno.ENODEV, f"route to the peer leaves through ifindex {ifx}, binding {bid} is on "
+                                     f"{b.ifname} (ifindex {b.ifindex})")
+        return b
+
+    def sendmsg(self, sock: socket.socket, iov: np.ndarray, control: bytes, flags: int) -> int:
+        """Devmem sendmsg: ``iov`` an ``(n, 2)`` uint64 array of (dma-buf offset,
+        length), ``control`` the SCM_DEVMEM_DMABUF cmsg. Returns bytes sent.
+
+        Order of checks (tcp_sendmsg_locked): the cmsg is parsed
+        (``cmsg.parse_tx_cmsg``; its EINVAL is reported last); with
+        MSG_ZEROCOPY, SO_ZEROCOPY and a non-empty iov the binding is looked up
+        (EINVAL unknown/RX id, EHOSTUNREACH, ENODEV wrong device); a binding
+        id without MSG_ZEROCOPY or SO_ZEROCOPY is EINVAL. Without a binding
+        the offsets would be user pointers: EFAULT. An offset at or past the
+        dma-buf's end is EFAULT (or a short count once bytes went out);
+        bytes past the end of the dma-buf are not sent. Each successful call
+        takes the next zerocopy sequence number."""
+        if sock.fileno() < 0:
+            raise _err(errno.EBADF)
+        arr = np.ascontiguousarray(iov, dtype=np.uint64).reshape(-1, 2)
+        size = int(arr[:, 1].sum()) if arr.shape[0] else 0
+        s = self._state(sock)
+        sockc_err: OSError | None = None
+        bid = 0
+        try:
+            bid = cmsg.parse_tx_cmsg(control) if control else 0
+        except OSError as exc:
+            sockc_err = exc
+        zc = bool(flags & abi.MSG_ZEROCOPY) and bool(
+            sock.getsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY))
+        binding: EmulatedBinding | None = None
+        if zc and size and sockc_err is None and bid:
+            binding = self._tx_binding(sock, s, bid)
+        if sockc_err is None and bid and not zc:
+            raise _err(errno.EINVAL, "a devmem sendmsg needs SO_ZEROCOPY on the socket and MSG_ZEROCOPY")
+        if sockc_err is not None:
+            raise sockc_err
+        if size == 0:
+            return 0
+        if binding is None:
+            raise _err(errno.EFAULT, "iov_base values are dma-buf offsets only with SCM_DEVMEM_DMABUF")
+        view = binding.view
+        bsize = binding.size
+        parts: list[memoryview] = []
+        for off, ln in arr.tolist():
+            if ln == 0:
+                continue
+            if off >= bsize:
+                break
+            end = min(off + ln, bsize)
+            parts.append(view[off:end])
+            if end < off + ln:
+                break
+        if not parts:
+            raise _err(errno.EFAULT, f"dma-buf offset past the end of binding {bid} ({bsize} bytes)")
+        n = sock.sendmsg(parts, [], flags & _SEND_PASS_FLAGS)
+        tx = s.tx
+        seq = tx.zckey
+        tx.zckey = (seq + 1) & U32_MAX
+        tx.sent += n
+        tx.pending.append((seq, tx.sent))
+        return n
+
+    def _complete(self, sock: socket.socket, tx: _TxState) -> None:
+        if not tx.pending:
+            return
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
+        outq = struct.unpack("i", raw)[0]
+        while tx.pending:
+            seq, end = tx.pending[0]
+            # every byte of this sendmsg is acked once the unacked tail fits after it
+            if outq > tx.sent - end:
+                break
+            tx.pending.popleft()
+            if tx.done_lo is None:
+                tx.done_lo = seq
+            tx.done_hi = seq
+
+    def recv_errqueue(self, sock: socket.socket, control: memoryview) -> tuple[int, int]:
+        """recvmsg(MSG_ERRQUEUE): one MSG_ZEROCOPY completion covering every
+        sendmsg completed since the last read (ee_info = first, ee_data = last
+        sequence number, ee_code 0: devmem is never copied). Returns
+        ``(controllen, msg_flags)`` with MSG_ERRQUEUE set (MSG_CTRUNC if
+        ``control`` is too small: the notification is consumed anyway, like
+        put_cmsg); BlockingIOError when nothing completed."""
+        if sock.fileno() < 0:
+            raise _err(errno.EBADF)
+        s = self._socks.get(sock)
+        if s is None:
+            raise _err(errno.EAGAIN)
+        tx = s.tx
+        self._complete(sock, tx)
+        if tx.done_lo is None:
+            raise _err(errno.EAGAIN)
+        data = cmsg.encode_zerocopy_completion(tx.done_lo, tx.done_hi, copied=False, family=s.family)
+        tx.done_lo = None
+        mflags = abi.MSG_ERRQUEUE
+        cap = len(control)
+        hdr = abi.CMSGHDR_DTYPE.itemsize
+        if cap < hdr:
+            return 0, mflags | abi.MSG_CTRUNC
+        clen = struct.unpack_from("<Q", data)[0]
+        if cap < clen:
+            mflags |= abi.MSG_CTRUNC
+            out = bytearray(data[:cap])
+            struct.pack_into("<Q", out, 0, cap)
+            control[:cap] = out
+            return cap, mflags
+        n = min(len(data), cap)
+        control[:n] = data[:n]
+        return n, mflags
+
+    def pending_completions(self, sock: socket.socket) -> int:
+        """sendmsg calls on ``sock`` not yet reported as completed."""
+        s = self._socks.get(sock)
+        if s is None:
+            return 0
+        extra = 0 if s.tx.done_lo is None else (s.tx.done_hi - s.tx.done_lo) % (U32_MAX + 1) + 1
+        return len(s.tx.pending) + extra

@@ -1,0 +1,491 @@
+"""EmulatedBackend: bind-rx/bind-tx rules, RX through the emulated NIC, DONTNEED, TX.
+
+Every test gets its own state directory (``DEVMEMTCP_EMU_DIR`` is not
+touched): the backend is built with ``directory=tmp_path``.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from devmemtcp import abi, cmsg
+from devmemtcp.backend.base import NtupleRule
+from devmemtcp.backend.emulated import EmulatedBackend
+from devmemtcp.errors import NetlinkError
+from devmemtcp.memory.memfd import MemfdBuffer
+
+PS = abi.PAGE_SIZE
+LO = socket.if_nametoindex("lo")
+
+
+class FakeDmaBuf:
+    """A DmaBuf-protocol object with an arbitrary ``size`` over a real fd
+    (for the size checks of bind-rx/bind-tx; never mapped)."""
+
+    kind = "memfd"
+    page_size = PS
+
+    def __init__(self, size: int, fd: int | None = None) -> None:
+        self.size = size
+        self._own = fd is None
+        self.fd = os.memfd_create("fake") if fd is None else fd
+
+    def host_view(self) -> np.ndarray:
+        raise AssertionError("never mapped")
+
+    def close(self) -> None:
+        if self._own and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@pytest.fixture
+def emu(tmp_path: Any) -> Iterator[EmulatedBackend]:
+    be = EmulatedBackend(directory=str(tmp_path))
+    yield be
+    be.close()
+
+
+@pytest.fixture
+def buf() -> Iterator[MemfdBuffer]:
+    with MemfdBuffer(64 * PS) as b:
+        yield b
+
+
+def ready(be: EmulatedBackend, ifname: str = "lo") -> None:
+    be.nic(ifname).set_rings(tcp_data_split="enabled", hds_thresh=0)
+
+
+def tcp_pair(addr: str = "127.0.0.1") -> tuple[socket.socket, socket.socket, socket.socket]:
+    """(listener, client, accepted) over ``addr``."""
+    srv = socket.socket()
+    srv.bind((addr, 0))
+    srv.listen()
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    return srv, cli, conn
+
+
+def steer_to(be: EmulatedBackend, conn: socket.socket, queue: int) -> NtupleRule:
+    ip, port = conn.getsockname()[:2]
+    return be.nic("lo").add_rule(NtupleRule(dst_ip=ip, dst_port=port, queue=queue))
+
+
+def recv_all(be: EmulatedBackend, conn: socket.socket, nbytes: int, dmabuf: MemfdBuffer,
+             release: bool = True, iov: int = 1 << 16) -> tuple[bytes, list[cmsg.FragBatch]]:
+    """Receive ``nbytes`` through the backend, gathering devmem frags; returns
+    (stream bytes, batches)."""
+    ctl = bytearray(40 * 64)
+    ibuf = bytearray(iov)
+    out = bytearray()
+    batches = []
+    while len(out) < nbytes:
+        n, clen, fl = be.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        if n == 0:
+            break
+        fb = cmsg.parse_rx_control(ctl, clen, fl)
+        if len(fb):
+            out += dmabuf.gather(fb).tobytes()
+            batches.append(fb)
+            if release:
+                for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+                    be.dontneed(conn, ch)
+        else:
+            out += ibuf[:n]
+    return bytes(out), batches
+
+
+# ---------------------------------------------------------------------------
+# bind-rx
+# ---------------------------------------------------------------------------
+def nl_err(fn: Any, *args: Any) -> NetlinkError:
+    with pytest.raises(NetlinkError) as ei:
+        fn(*args)
+    return ei.value
+
+
+def test_bind_rx_needs_queues(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    e = nl_err(emu.bind_rx, LO, buf, [])
+    assert e.errno == errno.EINVAL and e.op == "bind-rx" and e.bad_attr == "queues"
+
+
+def test_bind_rx_unknown_ifindex_is_enodev(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    bad = max(socket.if_nameindex())[0] + 1000
+    assert nl_err(emu.bind_rx, bad, buf, [0]).errno == errno.ENODEV
+    assert nl_err(emu.bind_tx, bad, buf).errno == errno.ENODEV
+
+
+def test_bind_rx_queue_out_of_range_and_non_rx_type(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    n = emu.nic("lo").rx_queue_count()
+    e = nl_err(emu.bind_rx, LO, buf, [n])
+    # netdev_nl_read_rxq_bitmap (6.18): NL_SET_BAD_ATTR, EINVAL, no message
+    assert e.errno == errno.EINVAL and e.extack is None and e.bad_attr == "queue-id.id"
+    e = nl_err(emu.bind_rx, LO, buf, [(0, abi.NETDEV_QUEUE_TYPE_TX)])
+    assert e.errno == errno.EINVAL and e.bad_attr == "queue-id.type"
+
+
+def test_bind_rx_header_split_rules(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    e = nl_err(emu.bind_rx, LO, buf, [1])
+    assert (e.errno, e.extack) == (errno.EINVAL, "tcp-data-split is disabled")
+    emu.nic("lo").set_rings(tcp_data_split="enabled")
+    e = nl_err(emu.bind_rx, LO, buf, [1])
+    assert (e.errno, e.extack) == (errno.EINVAL, "hds-thresh is not zero")
+    emu.nic("lo").set_rings(hds_thresh=0)
+    with emu.bind_rx(LO, buf, [1]) as b:
+        assert b.kind == "rx" and b.queues == (1,) and b.dmabuf is buf
+
+
+def test_bind_rx_queue_already_bound_is_eexist(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    with MemfdBuffer(4 * PS) as other, emu.bind_rx(LO, buf, [2, 3]):
+        e = nl_err(emu.bind_rx, LO, other, [0, 3])
+        assert (e.errno, e.extack) == (errno.EEXIST, "designated queue already memory provider bound")
+        # queue 0 was not left bound by the failed request
+        with emu.bind_rx(LO, other, [0]) as b0:
+            assert b0.queues == (0,)
+    with emu.bind_rx(LO, buf, [3]):  # closing unbinds
+        pass
+
+
+def test_bind_dmabuf_checks(emu: EmulatedBackend) -> None:
+    ready(emu)
+    odd = FakeDmaBuf(PS + 100)
+    huge = FakeDmaBuf((0xFFFFFFFF + 1) << 12)
+    try:
+        for fn, args in ((emu.bind_rx, (LO, odd, [0])), (emu.bind_tx, (LO, odd))):
+            e = nl_err(fn, *args)
+            msg = f"dmabuf size {PS + 100} not aligned to niov size {PS}"
+            assert (e.errno, e.extack) == (errno.EINVAL, msg)
+        for fn, args in ((emu.bind_rx, (LO, huge, [0])), (emu.bind_tx, (LO, huge))):
+            e = nl_err(fn, *args)
+            assert (e.errno, e.extack) == (errno.E2BIG, "dmabuf contains too many net_iovs")
+        closed = FakeDmaBuf(PS)
+        closed.close()
+        closed.fd = 10**6
+        assert nl_err(emu.bind_rx, LO, closed, [0]).errno == errno.EBADF
+    finally:
+        odd.close()
+        huge.close()
+
+
+def test_binding_ids_cyclic_shared_rx_tx(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    a = emu.bind_rx(LO, buf, [0])
+    b = emu.bind_tx(LO, buf)
+    assert (a.id, b.id) == (1, 2)
+    a.close()
+    # a failed queue open still consumes an id (allocated before the queues)
+    with emu.bind_rx(LO, buf, [1]):
+        nl_err(emu.bind_rx, LO, buf, [1])
+    c = emu.bind_rx(LO, buf, [0])
+    assert c.id == 5  # cyclic: 1 is free again but the cursor moved on
+    b.close()
+    c.close()
+
+
+def test_binding_owner_death_frees_queue(tmp_path: Any, buf: MemfdBuffer) -> None:
+    emu = EmulatedBackend(directory=str(tmp_path))
+    ready(emu)
+    code = (
+        "import sys, time\n"
+        "from devmemtcp.backend.emulated import EmulatedBackend\n"
+        "from devmemtcp.memory.memfd import MemfdBuffer\n"
+        f"be = EmulatedBackend(directory={str(tmp_path)!r})\n"
+        "b = be.bind_rx(1, MemfdBuffer(4096), [2])\n"
+        "print(b.id, flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        other_id = int(p.stdout.readline())
+        e = nl_err(emu.bind_rx, LO, buf, [2])
+        assert e.errno == errno.EEXIST
+        # while bound elsewhere, ethtool refuses to drop header split
+        with pytest.raises(NetlinkError) as ei:
+            emu.nic("lo").set_rings(tcp_data_split="disabled")
+        assert ei.value.extack == "can't disable tcp-data-split while device has memory provider enabled"
+        p.stdin.close()
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+    with emu.bind_rx(LO, buf, [2]) as b:  # the dead owner's binding is gone
+        assert b.id > other_id
+    emu.close()
+
+
+# ---------------------------------------------------------------------------
+# ethtool side while bound
+# ---------------------------------------------------------------------------
+def test_channels_cannot_drop_below_bound_queue(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    nic = emu.nic("lo")
+    with emu.bind_rx(LO, buf, [2]):
+        with pytest.raises(NetlinkError) as ei:
+            nic.set_channels(combined=2)
+        assert ei.value.errno == errno.EINVAL
+        msg = "requested channel counts are too low for existing memory provider setting (3)"
+        assert ei.value.extack == msg
+        with pytest.raises(NetlinkError) as ei:
+            nic.set_rings(hds_thresh=128)
+        assert ei.value.extack == "can't set non-zero hds_thresh while device is memory provider enabled"
+        nic.set_channels(combined=8)
+        assert nic.rx_queue_count() == 8
+    nic.set_channels(combined=2)
+    assert nic.get_rss_indir() == [i % 2 for i in range(128)]
+
+
+def test_rules_locations_and_rss(emu: EmulatedBackend) -> None:
+    nic = emu.nic("lo")
+    r0 = nic.add_rule(NtupleRule(dst_ip="127.0.0.1", dst_port=1000, queue=3))
+    r1 = nic.add_rule(NtupleRule(dst_ip="127.0.0.1", dst_port=1001, queue=2))
+    assert (r0.location, r1.location) == (0, 1)
+    nic.delete_rule(0)
+    assert [r.location for r in nic.list_rules()] == [1]
+    assert nic.add_rule(NtupleRule(dst_ip="127.0.0.1", dst_port=1002, queue=1)).location == 0
+    with pytest.raises(OSError) as oe:
+        nic.delete_rule(7)
+    assert oe.value.errno == errno.ENOENT
+    with pytest.raises(OSError) as oe:
+        nic.add_rule(NtupleRule(dst_ip="127.0.0.1", dst_port=1003, queue=4))
+    assert oe.value.errno == errno.EINVAL
+    with pytest.raises(NetlinkError) as ei:
+        nic.set_channels(combined=2)  # rule on queue 2 needs 3 channels
+    assert ei.value.extack == "requested channel counts are too low for existing ntuple filter settings"
+    nic.set_rss_indir([i % 2 for i in range(128)])
+    assert nic.get_rss_indir()[:4] == [0, 1, 0, 1]
+    with pytest.raises(NetlinkError):
+        nic.set_rss_indir([5] * 128)
+    nic.set_rss_indir([])
+    assert nic.get_rss_indir()[:4] == [0, 1, 2, 3]
+
+
+def test_state_shared_between_processes(tmp_path: Any) -> None:
+    emu = EmulatedBackend(directory=str(tmp_path))
+    emu.nic("lo").set_rings(tcp_data_split="enabled", hds_thresh=0)
+    code = (
+        "from devmemtcp.backend.emulated import EmulatedBackend\n"
+        f"n = EmulatedBackend(directory={str(tmp_path)!r}).nic('lo').get_rings()\n"
+        "print(n.tcp_data_split, n.hds_thresh)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["enabled", "0"]
+
+
+# ---------------------------------------------------------------------------
+# RX
+# ---------------------------------------------------------------------------
+def pattern(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_devmem_stream_lands_in_dmabuf(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, emu.bind_rx(LO, buf, [3]) as b:
+        steer_to(emu, conn, 3)
+        assert emu.flow_info(conn)["mode"] == "devmem"
+        data = pattern(3 << 20)
+        t = threading.Thread(target=lambda: (cli.sendall(data), cli.shutdown(socket.SHUT_WR)))
+        t.start()
+        got, batches = recv_all(emu, conn, len(data), buf)
+        t.join()
+        assert got == data
+        allf = np.concatenate([fb.size for fb in batches])
+        assert allf.max() <= PS and int(allf.sum()) == len(data)
+        assert all((fb.dmabuf_id == b.id).all() for fb in batches)
+        assert all((fb.offset % PS == 0).all() for fb in batches)
+        st = emu.stats()["bindings"][0]
+        assert st["inflight"] == 0 and st["queue_stats"][3]["rx-bytes"] == len(data)
+        assert emu.outstanding(conn) == 0
+
+
+def test_unsteered_flow_is_readable(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    nic = emu.nic("lo")
+    nic.set_rss_indir([0] * 128)  # RSS keeps everything on queue 0
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, emu.bind_rx(LO, buf, [3]):
+        info = emu.flow_info(conn)
+        assert (info["mode"], info["queue"], info["how"]) == ("readable", 0, "rss")
+        cli.sendall(b"hello world")
+        ibuf = bytearray(64)
+        ctl = bytearray(400)
+        n, clen, fl = emu.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        assert (bytes(ibuf[:n]), clen, fl) == (b"hello world", 0, 0)
+
+
+def test_devmem_without_flag_and_small_control_are_efault(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, emu.bind_rx(LO, buf, [1]):
+        steer_to(emu, conn, 1)
+        cli.sendall(b"x" * 100)
+        ibuf = memoryview(bytearray(4096))
+        with pytest.raises(OSError) as oe:
+            emu.recvmsg(conn, ibuf, memoryview(bytearray(400)), 0)
+        assert oe.value.errno == errno.EFAULT
+        with pytest.raises(OSError) as oe:
+            emu.recvmsg(conn, ibuf, memoryview(bytearray(39)), abi.MSG_SOCK_DEVMEM)
+        assert oe.value.errno == errno.EFAULT
+        # the data is still there for a proper call
+        ctl = bytearray(40)
+        n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        fb = cmsg.parse_rx_control(ctl, clen)
+        assert (n, clen, fb.token.tolist(), fb.size.tolist()) == (100, 40, [1], [100])
+
+
+def test_tokens_lowest_free_from_one(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, emu.bind_rx(LO, buf, [1]):
+        steer_to(emu, conn, 1)
+        ctl = bytearray(40 * 4)
+
+        def one_page() -> cmsg.FragBatch:
+            cli.sendall(b"a" * PS)
+            n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+            assert n == PS
+            return cmsg.parse_rx_control(ctl, clen)
+
+        toks = [int(one_page().token[0]) for _ in range(4)]
+        assert toks == [1, 2, 3, 4]
+        ranges = np.array([(2, 2)], dtype=abi.DMABUF_TOKEN_DTYPE)
+        assert emu.dontneed(conn, ranges) == 2
+        assert int(one_page().token[0]) == 2
+        assert int(one_page().token[0]) == 3
+        assert int(one_page().token[0]) == 5
+
+
+def queued(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive queue (FIONREAD)."""
+    import fcntl
+    import struct
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+def hold_everything(emu: EmulatedBackend, conn: socket.socket, cli: socket.socket, pages: int) -> list[int]:
+    """Fill every net_iov of a ``pages``-page binding with whole pages and keep
+    the tokens (waits until whole pages are queued before each receive)."""
+    ctl = bytearray(40 * pages)
+    toks: list[int] = []
+    t = threading.Thread(target=cli.sendall, args=(b"z" * (pages * PS),))
+    t.start()
+    left = pages * PS
+    while left:
+        deadline = time.monotonic() + 10
+        while queued(conn) < min(left, PS) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        nbuf = min(left, queued(conn) // PS * PS)
+        n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(nbuf)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        assert n == nbuf
+        left -= n
+        toks += cmsg.parse_rx_control(ctl, clen).token.tolist()
+    t.join()
+    return toks
+
+
+def test_pool_exhaustion_stalls_and_recovers(emu: EmulatedBackend) -> None:
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, MemfdBuffer(4 * PS) as small, emu.bind_rx(LO, small, [2]) as b:
+        steer_to(emu, conn, 2)
+        toks = hold_everything(emu, conn, cli, 4)
+        assert sorted(toks) == [1, 2, 3, 4]
+        cli.sendall(b"more")
+        conn.settimeout(0.2)
+        ctl = memoryview(bytearray(400))
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM)
+        assert time.monotonic() - t0 >= 0.19
+        with pytest.raises(BlockingIOError):
+            emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM | abi.MSG_DONTWAIT)
+        qs = emu.stats()["bindings"][0]["queue_stats"][2]
+        assert qs["alloc-empty"] >= 2
+        assert emu.stats()["bindings"][0]["inflight"] == 4
+
+        # a release from another thread wakes the stalled receiver
+        conn.settimeout(5)
+        threading.Timer(0.1, lambda: emu.dontneed(
+            conn, np.array([(1, 1)], dtype=abi.DMABUF_TOKEN_DTYPE))).start()
+        n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM)
+        fb = cmsg.parse_rx_control(ctl, clen)
+        assert (n, fb.token.tolist(), fb.dmabuf_id.tolist()) == (4, [1], [b.id])
+        assert small.copy_out(int(fb.offset[0]), 4).tobytes() == b"more"
+
+
+def test_tokens_returned_when_socket_closes(emu: EmulatedBackend) -> None:
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, MemfdBuffer(8 * PS) as small, emu.bind_rx(LO, small, [2]):
+        steer_to(emu, conn, 2)
+        hold_everything(emu, conn, cli, 8)
+        assert emu.stats()["bindings"][0]["free"] == 0
+        assert emu.release_socket(conn) == 8
+        assert emu.stats()["bindings"][0]["free"] == 8
+        conn.close()
+        # garbage collection of a socket object releases too
+        srv2, cli2, conn2 = tcp_pair()
+        with srv2, cli2:
+            steer_to(emu, conn2, 2)
+            hold_everything(emu, conn2, cli2, 8)
+            assert emu.stats()["bindings"][0]["free"] == 0
+            conn2.close()
+            del conn2
+            gc.collect()
+            assert emu.stats()["bindings"][0]["free"] == 8
+
+
+# ---------------------------------------------------------------------------
+# SO_DEVMEM_DONTNEED
+# ---------------------------------------------------------------------------
+def test_dontneed_limits(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        one = np.array([(1, 1)], dtype=abi.DMABUF_TOKEN_DTYPE)
+        with pytest.raises(OSError) as oe:
+            emu.dontneed(udp, one)
+        assert oe.value.errno == errno.EBADF
+        for bad in (b"", b"\0" * 4, b"\0" * 12, b"\0" * (8 * 129)):
+            with pytest.raises(OSError) as oe:
+                emu.dontneed(conn, bad)
+            assert oe.value.errno == errno.EINVAL, len(bad)
+        assert emu.dontneed(conn, one) == 0  # unknown tokens are skipped
+        assert emu.dontneed(conn, b"\0" * (8 * 128)) == 0
+
+
+def test_dontneed_stops_after_1024_frags(emu: EmulatedBackend) -> None:
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, MemfdBuffer(1100 * PS) as big, emu.bind_rx(LO, big, [2]):
+        steer_to(emu, conn, 2)
+        toks = hold_everything(emu, conn, cli, 1100)
+        assert sorted(toks) == list(range(1, 1101))
+        # unknown token 5000 counts toward the 1024 limit
+        arr = np.array([(5000, 1), (1, 1100)], dtype=abi.DMABUF_TOKEN_DTYPE)
+        assert emu.dontneed(conn, arr) == 1023
+        assert emu.outstanding(conn) == 1100 - 1023
+        # duplicates are freed once
+        assert emu.dontneed(conn, np.array([(1024, 2), (1024, 2)], dtype=abi.DMABUF_TOKEN_DTYPE)) == 2
+        # a huge count walks 1..1024 (all free by now) and stops
+        assert emu.dontneed(conn, np.array([(1, 0xFFFFFFFF)], dtype=abi.DMABUF_TOKEN_DTYPE)) == 0
+        rest = np.array([(1026, 75)], dtype=abi.DMABUF_TOKEN_DTYPE)
+        assert emu.dontneed(conn, rest) == 75
+        assert emu.outstanding(conn) == 0
