@@ -233,3 +233,23 @@ def test_bitset_decoding(bits, nomask):
                                            [("ETHTOOL_A_FEATURES_ACTIVE", bitset)]))
     got = eth.bitset_bits(msg.get_attr("ETHTOOL_A_FEATURES_ACTIVE"))
     assert got == ({k: True for k, v in bits.items() if v} if nomask else bits)
+
+
+@given(guest=u32, phys=u32, queue=u32, nsid=st.integers(-(1 << 31), (1 << 31) - 1))
+def test_queue_create_lease_nest_round_trip(guest, phys, queue, nsid):
+    lease = [("NETDEV_A_LEASE_IFINDEX", phys),
+             ("NETDEV_A_LEASE_QUEUE", {"attrs": [("NETDEV_A_QUEUE_ID", queue),
+                                                 ("NETDEV_A_QUEUE_TYPE", abi.NETDEV_QUEUE_TYPE_RX)]}),
+             ("NETDEV_A_LEASE_NETNS_ID", nsid)]
+    attrs = [("NETDEV_A_QUEUE_IFINDEX", guest), ("NETDEV_A_QUEUE_TYPE", abi.NETDEV_QUEUE_TYPE_RX),
+             ("NETDEV_A_QUEUE_LEASE", {"attrs": lease})]
+    data = _encode(QueueMsg, abi.NETDEV_CMD_QUEUE_CREATE, attrs)
+    (lease_attr,) = [a for a in _walk(data, 20, len(data))
+                     if a[2] & ~abi.NLA_F_NESTED == abi.NETDEV_A_QUEUE_LEASE]
+    assert lease_attr[2] & abi.NLA_F_NESTED
+    inner = _walk(data, lease_attr[0] + 4, lease_attr[0] + lease_attr[1])
+    assert [t & abi.NLA_F_NESTED for _, _, t in inner] == [0, abi.NLA_F_NESTED, 0]
+    d = attrs_to_dict(_decode(QueueMsg, data))
+    assert d == {"ifindex": guest, "type": abi.NETDEV_QUEUE_TYPE_RX,
+                 "lease": {"ifindex": phys, "queue": {"id": queue, "type": abi.NETDEV_QUEUE_TYPE_RX},
+                           "netns_id": nsid}}
