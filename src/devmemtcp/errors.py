@@ -44,7 +44,8 @@ class NetlinkError(DevmemError):
         self.op = op
         self.extack = extack
         self.bad_attr = bad_attr
-        name = _errno.errorcode.get(err, str(err))
+        # glibc names errno 95 ENOTSUP; the kernel (and its docs) say EOPNOTSUPP.
+        name = "EOPNOTSUPP" if err == _errno.EOPNOTSUPP else _errno.errorcode.get(err, str(err))
         text = f"{op} failed: {name} ({os.strerror(err)})"
         if extack:
             text += f": {extack}"

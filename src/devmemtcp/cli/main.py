@@ -72,7 +72,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             name, help=help_text, description=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        # SUPPRESS: keep a top-level --debug when the subcommand does not repeat it.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
         if name == chosen:
             module = importlib.import_module(module_name)
             module.configure(p)
