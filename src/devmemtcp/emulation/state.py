@@ -166,6 +166,8 @@ def owner_alive(pid: int, start: int) -> bool:
 def locked(directory: str | None = None) -> Iterator[str]:
     """Hold the state directory's exclusive lock; yields the directory."""
     d = directory or state_dir()
+    if directory:
+        os.makedirs(d, exist_ok=True)
     fd = os.open(os.path.join(d, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
