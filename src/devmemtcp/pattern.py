@@ -25,7 +25,7 @@ from devmemtcp.errors import DevmemError, ValidationError
 
 __all__ = ["PatternChecker", "pattern_bytes", "pattern_period", "pattern_tile"]
 
-_BLOCK = 1 << 20  # bytes compared per memcmp call
+_BLOCK = 256 << 10  # bytes per memcmp call: the tile stays cache-resident (measured fastest)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _memcmp = _libc.memcmp
@@ -93,12 +93,17 @@ class PatternChecker:
     def check(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Check ``data`` as the next bytes of the stream (see class doc)."""
         arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
-        if arr.dtype != np.uint8:
+        if arr.dtype != np.uint8 or arr.ndim != 1:
             arr = arr.reshape(-1).view(np.uint8)
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
         total = arr.shape[0]
         base = arr.ctypes.data
+        if total <= _BLOCK:  # one call: the common case for a run of fragments
+            ph = self.offset % self.period
+            if _memcmp(base, self._tile_ptr + ph, total) == 0:
+                self.offset += total
+                return
         pos = 0
         while pos < total:
             length = min(_BLOCK, total - pos)
