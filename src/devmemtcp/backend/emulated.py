@@ -176,6 +176,7 @@ class _SockState:
     how: str = ""
     checked: float = -1e9
     rcvtimeo: float | None = None
+    tcp: bool = False
     tx: _TxState = field(default_factory=_TxState)
 
 
@@ -562,8 +563,12 @@ class EmulatedBackend:
         freed; their net_iovs go back to the binding's free list."""
         if sock.fileno() < 0:
             raise _err(errno.EBADF)
-        if not _is_tcp(sock):
-            raise _err(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
+        s = self._socks.get(sock)
+        if s is None or not s.tcp:
+            if not _is_tcp(sock):
+                raise _err(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
+            if s is not None:
+                s.tcp = True
         if isinstance(tokens, np.ndarray):
             raw = np.ascontiguousarray(tokens).view(np.uint8).reshape(-1)
         else:
@@ -572,16 +577,23 @@ class EmulatedBackend:
         isz = abi.DMABUF_TOKEN_DTYPE.itemsize
         if optlen < 4 or optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
             raise _err(errno.EINVAL, f"optlen {optlen}")
-        rng = raw.view(abi.DMABUF_TOKEN_DTYPE)
-        s = self._socks.get(sock)
         if s is None or s.tokens.outstanding == 0:
             return 0
+        rng = raw.view(abi.DMABUF_TOKEN_DTYPE)
+        if rng.shape[0] == 1:
+            start, count = int(rng["token_start"][0]), min(int(rng["token_count"][0]), abi.MAX_DONTNEED_FRAGS)
+            if count == 0:
+                return 0
+            if start + count - 1 <= U32_MAX:
+                pages, bids, queues = s.tokens.erase(np.arange(start, start + count, dtype=np.int64),
+                                                     ordered=True)
+                _return_pages(pages, bids, queues, self._pools)
+                return int(pages.shape[0])
         starts = rng["token_start"].astype(np.int64)
         counts = rng["token_count"].astype(np.int64)
         # ++num_frags > MAX_DONTNEED_FRAGS stops the walk: the first 1024 (range, j) pairs
         before = np.cumsum(counts) - counts
-        take = np.clip(abi.MAX_DONTNEED_FRAGS - before, 0, None)
-        take = np.minimum(counts, take)
+        take = np.minimum(counts, np.clip(abi.MAX_DONTNEED_FRAGS - before, 0, None))
         ntot = int(take.sum())
         if ntot == 0:
             return 0

@@ -149,6 +149,10 @@ class RxPool:
             self.nfree = top + n
             self.cond.notify_all()
         if queues is not None:
+            q0 = int(queues[0])
+            if int(queues[-1]) == q0 and bool((queues == q0).all()):
+                self.queue_stats(q0).recycle_released += n
+                return
             counts = np.bincount(queues.astype(np.int64))
             for q in np.flatnonzero(counts):
                 self.queue_stats(int(q)).recycle_released += int(counts[q])

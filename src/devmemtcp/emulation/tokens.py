@@ -93,16 +93,20 @@ class TokenTable:
             self.lowest_free = top
         return toks.astype(np.uint32)
 
-    def erase(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def erase(self, tokens: np.ndarray, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Erase ``tokens`` (int64 array, in order; unknown and repeated ones are
-        skipped like ``__xa_erase`` finding nothing). Returns the erased
-        entries' ``(pages, binding ids, queues)``."""
+        skipped like ``__xa_erase`` finding nothing). ``ordered``: the caller
+        guarantees strictly increasing tokens (no duplicates). Returns the
+        erased entries' ``(pages, binding ids, queues)``."""
         with self.lock:
             t = tokens[(tokens >= abi.FIRST_TOKEN) & (tokens < self.hw)]
             if t.shape[0] == 0:
                 return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-            t = t[self.page[t] >= 0]
-            if t.shape[0] > 1:
+            pg = self.page[t]
+            live = pg >= 0
+            if not live.all():
+                t = t[live]
+            if t.shape[0] > 1 and not ordered:
                 t = np.unique(t)
             if t.shape[0] == 0:
                 return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32

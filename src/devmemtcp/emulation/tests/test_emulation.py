@@ -1,0 +1,183 @@
+"""Units of the emulated NIC: token numbering, page pools, steering, state files."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from devmemtcp.emulation import state as st
+from devmemtcp.emulation.pool import RxPool
+from devmemtcp.emulation.steering import Flow, steer, toeplitz_hash
+from devmemtcp.emulation.tokens import TokenTable
+
+
+# ---------------------------------------------------------------------------
+# tokens: xa_alloc with XA_FLAGS_ALLOC1 hands out the lowest free index >= 1
+# ---------------------------------------------------------------------------
+class XaModel:
+    """Reference: a set of used indices, lowest free first."""
+
+    def __init__(self) -> None:
+        self.used: dict[int, int] = {}
+
+    def alloc(self, pages: list[int]) -> list[int]:
+        out = []
+        t = 1
+        for p in pages:
+            while t in self.used:
+                t += 1
+            self.used[t] = p
+            out.append(t)
+        return out
+
+    def erase(self, toks: list[int]) -> list[int]:
+        return [self.used.pop(t) for t in toks if t in self.used]
+
+
+ops = hst.lists(
+    hst.one_of(
+        hst.tuples(hst.just("alloc"), hst.integers(1, 40)),
+        hst.tuples(hst.just("erase"), hst.lists(hst.integers(0, 120), max_size=30)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_token_numbering_matches_xarray(seq: list[tuple[str, Any]]) -> None:
+    tt = TokenTable(capacity=4)
+    ref = XaModel()
+    page = 0
+    for op, arg in seq:
+        if op == "alloc":
+            pages = list(range(page, page + arg))
+            page += arg
+            got = tt.alloc(np.array(pages, np.int64), 7, 3)
+            assert got.dtype == np.uint32
+            assert got.tolist() == ref.alloc(pages)
+        else:
+            pages_out, bids, queues = tt.erase(np.array(arg, np.int64))
+            assert sorted(pages_out.tolist()) == sorted(ref.erase(list(dict.fromkeys(arg))))
+            assert (bids == 7).all() and (queues == 3).all()
+        assert tt.outstanding == len(ref.used)
+    pages_out, _, _ = tt.erase_all()
+    assert sorted(pages_out.tolist()) == sorted(ref.used.values())
+    assert tt.outstanding == 0
+    assert tt.alloc(np.array([1], np.int64), 7, 3).tolist() == [1]
+
+
+# ---------------------------------------------------------------------------
+# page pool
+# ---------------------------------------------------------------------------
+def test_pool_hands_out_ascending_runs_and_reuses_lifo() -> None:
+    pool = RxPool(1, 8)
+    a = pool.alloc(3, 0, None)
+    assert a.tolist() == [5, 6, 7]
+    b = pool.alloc(10, 0, None)
+    assert b.tolist() == [0, 1, 2, 3, 4]
+    assert pool.inflight == 8
+    pool.release(a, np.zeros(3, np.int32))
+    assert pool.alloc(2, 0, None).tolist() == [6, 7]  # the most recently freed first
+    qs = pool.queue_stats(0)
+    assert (qs.alloc_fast, qs.recycle_released) == (10, 3)
+
+
+def test_pool_empty_waits_until_deadline() -> None:
+    pool = RxPool(1, 1)
+    pool.alloc(1, 2, None)
+    t0 = time.monotonic()
+    assert pool.alloc(1, 2, t0 + 0.05).shape == (0,)
+    assert time.monotonic() - t0 >= 0.05
+    assert pool.queue_stats(2).alloc_empty == 1
+
+
+# ---------------------------------------------------------------------------
+# steering
+# ---------------------------------------------------------------------------
+def test_toeplitz_matches_the_rss_verification_suite() -> None:
+    # Microsoft "Verifying the RSS Hash Calculation", IPv4 with TCP ports
+    cases = [
+        ("66.9.149.187", 2794, "161.142.100.80", 1766, 0x51CCC178),
+        ("199.92.111.2", 14230, "65.69.140.83", 4739, 0xC626B0EA),
+        ("24.19.198.95", 12898, "12.22.207.184", 38024, 0x5C2B394A),
+    ]
+    for src, sport, dst, dport, want in cases:
+        data = (ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+                + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"))
+        assert toeplitz_hash(data) == want
+        assert Flow(socket.AF_INET, src, sport, dst, dport).rss_input() == data
+
+
+def test_rules_win_over_rss_lowest_location_first() -> None:
+    nic = st.default_nic("lo", 1, 0, queues=4)
+    flow = Flow(socket.AF_INET, "10.0.0.2", 5555, "10.0.0.1", 9000)
+    q, how = steer(nic, flow)
+    assert how == "rss" and q == toeplitz_hash(flow.rss_input()) % 128 % 4
+    nic["rules"] = [
+        {"location": 5, "dst_ip": "10.0.0.1", "dst_port": 9000, "queue": 1, "src_ip": None,
+         "src_port": None, "family": socket.AF_INET},
+        {"location": 2, "dst_ip": "10.0.0.1", "dst_port": 9000, "queue": 3, "src_ip": "10.0.0.2",
+         "src_port": 5555, "family": socket.AF_INET},
+        {"location": 0, "dst_ip": "10.0.0.1", "dst_port": 9000, "queue": 2, "src_ip": "10.0.0.9",
+         "src_port": None, "family": socket.AF_INET},
+    ]
+    assert steer(nic, flow) == (3, "rule@2")
+    nic["rules"] = nic["rules"][:1]
+    assert steer(nic, flow) == (1, "rule@5")
+
+
+# ---------------------------------------------------------------------------
+# state: binding ids and owners
+# ---------------------------------------------------------------------------
+def test_binding_ids_are_cyclic_and_wrap() -> None:
+    reg: dict[str, Any] = {"next": 1, "live": {}}
+    assert [st.alloc_binding_id(reg) for _ in range(3)] == [1, 2, 3]
+    reg["live"] = {"1": {}, "3": {}}
+    assert st.alloc_binding_id(reg) == 4
+    reg["next"] = 0xFFFFFFFF
+    reg["live"] = {"1": {}}
+    assert st.alloc_binding_id(reg) == 0xFFFFFFFF
+    assert st.alloc_binding_id(reg) == 2  # wrapped past the live id 1
+
+
+def test_dead_owner_is_not_alive() -> None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = st.process_start_time(p.pid)
+    assert start is not None and st.owner_alive(p.pid, start)
+    p.wait()
+    assert not st.owner_alive(p.pid, start)
+    assert st.owner_alive(*st.self_owner())
+    assert not st.owner_alive(os.getpid() + 10**7, 1)
+
+
+def test_nic_state_round_trip_and_reset_on_new_ifindex(tmp_path: Any) -> None:
+    d = str(tmp_path)
+    nic = st.load_nic("lo", directory=d)
+    assert nic["rings"]["tcp_data_split"] == "unknown" and len(nic["rss"]["indir"]) == st.RSS_TABLE_SIZE
+    nic["rings"]["hds_thresh"] = 0
+    with st.locked(d):
+        st.save_nic(nic, d)
+    assert st.load_nic("lo", directory=d)["rings"]["hds_thresh"] == 0
+    nic["ifindex"] = 999999  # a re-created interface starts from defaults
+    with st.locked(d):
+        st.save_nic(nic, d)
+    assert st.load_nic("lo", directory=d)["rings"]["hds_thresh"] == st.DEFAULT_HDS_THRESH
+
+
+def test_queue_count_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVMEMTCP_EMU_QUEUES", "8")
+    assert st.default_rx_queues() == 8
+    monkeypatch.setenv("DEVMEMTCP_EMU_QUEUES", "0")
+    with pytest.raises(Exception, match="DEVMEMTCP_EMU_QUEUES"):
+        st.default_rx_queues()
