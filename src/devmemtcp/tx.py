@@ -39,6 +39,7 @@ __all__ = ["UIO_MAXIOV", "SendError", "Sender", "SenderStats"]
 
 UIO_MAXIOV = 1024  # include/uapi/linux/uio.h: more iovecs per sendmsg is EMSGSIZE
 _SEQ_MASK = 0xFFFFFFFF
+_PAGE_SHIFT = abi.PAGE_SIZE.bit_length() - 1
 
 _HINTS = {
     errno.EINVAL: "check the socket has SO_ZEROCOPY, the call MSG_ZEROCOPY, and the binding id is a live "
@@ -188,29 +189,28 @@ class Sender:
     def _account(self, iov: np.ndarray, ret: int) -> None:
         """Record one sendmsg of ``ret`` bytes over ``iov``: its sequence
         number, the dma-buf span it reads, and the counters."""
-        lens = iov[:, 1]
-        cum = np.cumsum(lens)
-        k = int(np.searchsorted(cum, ret, side="left")) + 1  # iovecs touched
-        k = min(k, iov.shape[0])
-        offs = iov[:k, 0]
-        sent_lens = lens[:k].copy()
-        sent_lens[-1] = np.uint64(ret) - (cum[k - 2] if k > 1 else np.uint64(0))
-        ends = offs + sent_lens
-        lo, hi = int(offs.min()), int(ends.max())
+        a = iov.view(np.int64)  # offsets and lengths fit in 63 bits (EFAULT otherwise)
+        offs = a[:, 0]
+        lens = a[:, 1]
+        k = a.shape[0]
+        total = int(lens.sum())
+        if ret < total:  # partial: only the iovecs (and the part of the last) that went out
+            cum = np.cumsum(lens)
+            k = min(int(cum.searchsorted(ret, side="left")) + 1, k)
+            offs = offs[:k]
+            lens = lens[:k].copy()
+            lens[-1] = ret - (int(cum[k - 2]) if k > 1 else 0)
+        ends = offs + lens
         seq = self._next_seq
         self._next_seq = (seq + 1) & _SEQ_MASK
-        self._outstanding.append((seq, lo, hi))
+        self._outstanding.append((seq, int(offs.min()), int(ends.max())))
         st = self.stats
         st.bytes += ret
         st.sendmsg_calls += 1
         st.iovecs += k
-        page = np.uint64(abi.PAGE_SIZE)
-        nz = sent_lens > 0
-        if nz.all():
-            st.frags += int(((ends - np.uint64(1)) // page - offs // page + np.uint64(1)).sum())
-        elif nz.any():
-            o, e = offs[nz], ends[nz]
-            st.frags += int(((e - np.uint64(1)) // page - o // page + np.uint64(1)).sum())
+        # net_iovs read: PAGE_SIZE pages each iovec touches (empty iovecs touch none)
+        pages = ((ends + (abi.PAGE_SIZE - 1)) >> _PAGE_SHIFT) - (offs >> _PAGE_SHIFT)
+        st.frags += int((pages * (lens != 0)).sum())
 
     @staticmethod
     def _advance(iov: np.ndarray, ret: int) -> np.ndarray:
@@ -235,26 +235,35 @@ class Sender:
         """Read every pending error-queue message (non-blocking) and retire
         the sendmsg calls they complete; return how many were retired.
 
-        Raises ControlBufferError on MSG_CTRUNC, DevmemError when the error
-        queue carries a socket error instead of a completion."""
+        Raises ControlBufferError on MSG_CTRUNC."""
         retired = 0
+        while True:
+            n = self._poll_one()
+            if n < 0:
+                return retired
+            retired += n
+
+    def _poll_one(self) -> int:
+        """Read one error-queue message: the sendmsg calls it retired, or -1
+        when the queue is empty."""
         while True:
             try:
                 clen, mflags = self.backend.recv_errqueue(self.sock, self._errctl_mv)
+                break
             except BlockingIOError:
-                return retired
+                return -1
             except InterruptedError:
                 continue
-            self.stats.errqueue_reads += 1
-            if mflags & abi.MSG_CTRUNC:
-                raise ControlBufferError(
-                    "error-queue message truncated (MSG_CTRUNC)",
-                    "this is a bug: the completion control buffer is 4096 bytes",
-                )
-            for lo, hi in parse_zerocopy_completions(self._errctl, clen):
-                retired += self._retire(lo, hi)
-            if clen == 0:
-                return retired
+        self.stats.errqueue_reads += 1
+        if mflags & abi.MSG_CTRUNC:
+            raise ControlBufferError(
+                "error-queue message truncated (MSG_CTRUNC)",
+                "this is a bug: the completion control buffer is 4096 bytes",
+            )
+        retired = 0
+        for lo, hi in parse_zerocopy_completions(self._errctl, clen):
+            retired += self._retire(lo, hi)
+        return retired
 
     def _retire(self, lo: int, hi: int) -> int:
         out = self._outstanding
@@ -291,8 +300,10 @@ class Sender:
         ``[offset, offset + length)``, so they may be overwritten or resent.
 
         Raises DevmemError after ``timeout`` (default ``completion_timeout``)."""
-        self.poll_completions()
-        if not self._busy(offset, length):
+        while self._busy(offset, length):
+            if self._poll_one() < 0:
+                break
+        else:
             return
         self.stats.waits += 1
         self._wait_until(lambda: not self._busy(offset, length), timeout,
@@ -320,8 +331,10 @@ class Sender:
                 )
             self._wait_once(min(step, left))
             step = min(step * 2, 0.002)  # backends without an error-queue wakeup poll
-            self.poll_completions()
-            if done():
+            while not done():
+                if self._poll_one() < 0:
+                    break
+            else:
                 return
 
     # -- lifetime ------------------------------------------------------------
