@@ -177,7 +177,7 @@ def parse_rx_control(
             "enlarge the control buffer: it needs 40 bytes per fragment "
             "(CMSG_SPACE(sizeof(struct dmabuf_cmsg)))",
         )
-    raw = _as_u8(control)
+    raw = control if type(control) is np.ndarray and control.dtype == np.uint8 else _as_u8(control)
     if controllen < 0 or controllen > raw.shape[0]:
         raise ControlBufferError(
             f"controllen {controllen} exceeds the control buffer ({raw.shape[0]} bytes)",
@@ -193,9 +193,8 @@ def parse_rx_control(
 
 
 def _parse_dense(raw: np.ndarray) -> FragBatch | None:
-    """Fast path: every record is a 40-byte devmem cmsg. None if not."""
-    if raw.ctypes.data % 8:
-        raw = np.frombuffer(raw.tobytes(), np.uint8)
+    """Fast path: every record is a 40-byte devmem cmsg. None if not.
+    (An unaligned buffer gives an unaligned view: numpy handles it.)"""
     words = raw.view(np.uint64).reshape(-1, _WORDS)
     if not (words[:, 0] == _REC_LEN).all():
         return None
@@ -322,8 +321,7 @@ def encode_rx_control(
     k_total = min(room, n + nlin)
     k = k_total - nlin  # dmabuf records written
     region = raw[: k_total * _REC]
-    aligned = region.ctypes.data % 8 == 0
-    words = region.view(np.uint64).reshape(-1, _WORDS) if aligned else np.empty((k_total, _WORDS), np.uint64)
+    words = region.view(np.uint64).reshape(-1, _WORDS)  # unaligned views work too
     words[:, 0] = _REC_LEN
     if nlin:
         words[0, 1] = _KEY_LINEAR
@@ -339,8 +337,6 @@ def encode_rx_control(
         )
         ids = np.asarray(dmabuf_id, dtype=np.uint64)
         body[:, 4] = ids if ids.ndim == 0 else ids[:k]
-    if not aligned:
-        region[:] = words.reshape(-1).view(np.uint8)
     return k_total * _REC
 
 
@@ -470,6 +466,7 @@ def chunk_sorted_tokens(
     t: np.ndarray,
     max_tokens: int = abi.MAX_DONTNEED_TOKENS,
     max_frags: int = abi.MAX_DONTNEED_FRAGS,
+    full_only: bool = False,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Plan SO_DEVMEM_DONTNEED calls for ascending, distinct tokens ``t``.
 
@@ -478,6 +475,8 @@ def chunk_sorted_tokens(
     and ``max_tokens`` ranges, full in one of them except the last), computed
     in index space: a chunk is ``t[a:b]``, and a run of consecutive tokens is
     recognised from ``t[b-1] - t[a] == b - a - 1`` without building ranges.
+    With ``full_only`` a last chunk that is full in neither dimension is not
+    planned (the Receiver keeps those tokens for its next call).
     Returns ``(chunks, ends)``: the ``DMABUF_TOKEN_DTYPE`` arrays and, for
     each, the index in ``t`` where it ends (so ``t[ends[i]:]`` is what is
     left after the first ``i + 1`` calls).
@@ -485,37 +484,43 @@ def chunk_sorted_tokens(
     n = t.shape[0]
     chunks: list[np.ndarray] = []
     ends: list[int] = []
-    if n == 0:
-        return chunks, ends
     brk: np.ndarray | None = None  # break positions i: t[i + 1] != t[i] + 1
     a = 0
     while a < n:
         b = min(a + max_frags, n)
-        if int(t[b - 1]) - int(t[a]) == b - a - 1:  # one contiguous run
-            out = np.empty((1, 2), np.uint32)
-            out[0, 0] = t[a]
-            out[0, 1] = b - a
-        else:
-            if brk is None:
-                brk = np.flatnonzero((t[1:] - t[:-1]) != 1)
-            lo = int(brk.searchsorted(a))
-            hi = int(brk.searchsorted(b - 1))  # breaks i with a <= i < b - 1
-            if hi - lo + 1 > max_tokens:
-                hi = lo + max_tokens - 1
-                b = int(brk[hi]) + 1
-            cut = brk[lo:hi] + 1
-            m = cut.shape[0] + 1
-            idx = np.empty(m + 1, np.int64)
-            idx[0] = a
-            idx[1:m] = cut
-            idx[m] = b
-            out = np.empty((m, 2), np.uint32)
-            out[:, 0] = t[idx[:-1]]
-            out[:, 1] = idx[1:] - idx[:-1]
+        first = int(t[a])
+        if int(t[b - 1]) - first == b - a - 1:  # one contiguous run
+            if full_only and b - a < max_frags and max_tokens > 1:
+                break
+            chunks.append(np.frombuffer(bytearray(_PACK_RANGE(first, b - a)), abi.DMABUF_TOKEN_DTYPE))
+            ends.append(b)
+            a = b
+            continue
+        if brk is None:
+            brk = np.flatnonzero((t[1:] - t[:-1]) != 1)
+        lo = int(brk.searchsorted(a))
+        hi = int(brk.searchsorted(b - 1))  # breaks i with a <= i < b - 1
+        if hi - lo + 1 > max_tokens:
+            hi = lo + max_tokens - 1
+            b = int(brk[hi]) + 1
+        elif full_only and b - a < max_frags and hi - lo + 1 < max_tokens:
+            break
+        cut = brk[lo:hi] + 1
+        m = cut.shape[0] + 1
+        idx = np.empty(m + 1, np.int64)
+        idx[0] = a
+        idx[1:m] = cut
+        idx[m] = b
+        out = np.empty((m, 2), np.uint32)
+        out[:, 0] = t[idx[:-1]]
+        out[:, 1] = idx[1:] - idx[:-1]
         chunks.append(out.view(abi.DMABUF_TOKEN_DTYPE).reshape(-1))
         ends.append(b)
         a = b
     return chunks, ends
+
+
+_PACK_RANGE = struct.Struct("<II").pack
 
 
 # ---------------------------------------------------------------------------

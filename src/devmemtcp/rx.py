@@ -316,11 +316,7 @@ class Receiver:
         (the same chunks as ``dontneed_chunks(coalesce_tokens(...))``)."""
         # the queue is a few sorted runs: a stable (merge) sort is near-linear
         toks = dedupe_sorted(np.sort(self._pending[: self._npending], kind="stable"))
-        chunks, ends = chunk_sorted_tokens(toks)
-        if not everything and chunks:
-            start = ends[-2] if len(ends) > 1 else 0
-            if ends[-1] - start < abi.MAX_DONTNEED_FRAGS and chunks[-1].shape[0] < abi.MAX_DONTNEED_TOKENS:
-                chunks.pop()
+        chunks, ends = chunk_sorted_tokens(toks, full_only=not everything)
         sent = 0
         st = self.stats
         dontneed = self.backend.dontneed

@@ -336,3 +336,20 @@ def test_fused_chunk_plan_equals_coalesce_then_chunk(toks: list[int], max_tokens
     for c, a, b in zip(chunks, starts, ends, strict=True):
         assert _expand(c).tolist() == t[a:b].astype(np.int64).tolist()
     assert (ends[-1] if ends else 0) == t.shape[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 3000), max_size=3000), st.integers(1, 130), st.integers(1, 1500))
+def test_full_only_plan_drops_just_a_partial_last_chunk(toks: list[int], max_tokens: int,
+                                                       max_frags: int) -> None:
+    t = cmsg_mod.dedupe_sorted(np.sort(np.array(toks, np.uint32)))
+    full, fends = cmsg_mod.chunk_sorted_tokens(t, max_tokens, max_frags)
+    part, pends = cmsg_mod.chunk_sorted_tokens(t, max_tokens, max_frags, full_only=True)
+    assert [c.tolist() for c in part] == [c.tolist() for c in full[: len(part)]]
+    assert pends == fends[: len(pends)]
+    assert len(full) - len(part) in (0, 1)
+    if len(part) < len(full):
+        last = full[-1]
+        assert int(last["token_count"].sum()) < max_frags and last.shape[0] < max_tokens
+    for c in part:
+        assert int(c["token_count"].sum()) == max_frags or c.shape[0] == max_tokens
