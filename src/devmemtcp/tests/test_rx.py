@@ -328,8 +328,9 @@ def test_kernel_dontneed_on_a_real_tcp_socket() -> None:
 # End to end over the emulated devmem NIC and real loopback TCP
 # ---------------------------------------------------------------------------
 def _emulated(tmp_path: object) -> object:
-    emulated = pytest.importorskip("devmemtcp.backend.emulated", reason="EmulatedBackend not available")
-    return emulated.EmulatedBackend(directory=str(tmp_path))
+    from devmemtcp.backend.emulated import EmulatedBackend
+
+    return EmulatedBackend(directory=str(tmp_path))
 
 
 @contextlib.contextmanager

@@ -240,10 +240,10 @@ def test_emulated_send_pattern_to_a_plain_receiver(tmp_path: object) -> None:
     region only after its completion; a plain socket reads exactly the pattern."""
     import threading
 
+    from devmemtcp.backend.emulated import EmulatedBackend
     from devmemtcp.pattern import PatternChecker
 
-    emulated = pytest.importorskip("devmemtcp.backend.emulated", reason="EmulatedBackend not available")
-    be = emulated.EmulatedBackend(directory=str(tmp_path))
+    be = EmulatedBackend(directory=str(tmp_path))
     total, region, chunk = 8 << 20, 64 << 10, 16 << 10
     with be, MemfdBuffer(256 << 10) as buf, socket.socket() as srv:
         PatternChecker(7).fill(buf.host_view()[: (256 << 10) - (256 << 10) % 7], 0)
