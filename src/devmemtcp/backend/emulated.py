@@ -579,16 +579,14 @@ class EmulatedBackend:
             raise _err(errno.EINVAL, f"optlen {optlen}")
         if s is None or s.tokens.outstanding == 0:
             return 0
-        rng = raw.view(abi.DMABUF_TOKEN_DTYPE)
-        if rng.shape[0] == 1:
-            start, count = int(rng["token_start"][0]), min(int(rng["token_count"][0]), abi.MAX_DONTNEED_FRAGS)
-            if count == 0:
-                return 0
+        if optlen == isz:
+            start, count = struct.unpack_from("<II", raw)
+            count = min(count, abi.MAX_DONTNEED_FRAGS)
             if start + count - 1 <= U32_MAX:
-                pages, bids, queues = s.tokens.erase(np.arange(start, start + count, dtype=np.int64),
-                                                     ordered=True)
+                pages, bids, queues = s.tokens.erase_range(start, count)
                 _return_pages(pages, bids, queues, self._pools)
                 return int(pages.shape[0])
+        rng = raw.view(abi.DMABUF_TOKEN_DTYPE)
         starts = rng["token_start"].astype(np.int64)
         counts = rng["token_count"].astype(np.int64)
         # ++num_frags > MAX_DONTNEED_FRAGS stops the walk: the first 1024 (range, j) pairs

@@ -72,6 +72,7 @@ class RxPool:
     nfree: int = field(init=False)
     cond: threading.Condition = field(init=False, default_factory=threading.Condition)
     stats: dict[int, QueueStats] = field(init=False, default_factory=dict)
+    waiters: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         # net_devmem_bind_dmabuf pushes niov 0..n-1 in order
@@ -100,14 +101,18 @@ class RxPool:
         with self.cond:
             if self.nfree == 0:
                 st.alloc_empty += 1
-                while self.nfree == 0:
-                    if deadline is None:
-                        self.cond.wait()
-                    else:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return self.free[:0].copy()
-                        self.cond.wait(left)
+                self.waiters += 1
+                try:
+                    while self.nfree == 0:
+                        if deadline is None:
+                            self.cond.wait()
+                        else:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                return self.free[:0].copy()
+                            self.cond.wait(left)
+                finally:
+                    self.waiters -= 1
             n = min(k, self.nfree)
             top = self.nfree
             self.nfree = top - n
@@ -126,7 +131,8 @@ class RxPool:
             top = self.nfree
             self.free[top : top + n] = idx
             self.nfree = top + n
-            self.cond.notify_all()
+            if self.waiters:
+                self.cond.notify_all()
         if queue is not None:
             st = self.queue_stats(queue)
             st.alloc_fast -= n
@@ -147,7 +153,8 @@ class RxPool:
                 )
             self.free[top : top + n] = idx
             self.nfree = top + n
-            self.cond.notify_all()
+            if self.waiters:
+                self.cond.notify_all()
         if queues is not None:
             q0 = int(queues[0])
             if int(queues[-1]) == q0 and bool((queues == q0).all()):

@@ -80,6 +80,20 @@ class TokenTable:
         returns the tokens (uint32, shape ``(n,)``), lowest free first."""
         k = int(pages.shape[0])
         with self.lock:
+            if self.hw - abi.FIRST_TOKEN == self.outstanding:
+                # no free token below the high-water mark: a contiguous block
+                first = self.hw
+                top = first + k
+                if top - 1 > abi.TOKEN_LIMIT:
+                    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + ": token space exhausted")
+                self._grow(top)
+                self.page[first:top] = pages
+                self.binding[first:top] = binding_id
+                self.queue[first:top] = queue
+                self.hw = top
+                self.outstanding += k
+                self.lowest_free = top
+                return np.arange(first, top, dtype=np.uint32)
             toks = self._lowest_free(k)
             top = int(toks[-1]) + 1
             if top > self.hw:
@@ -92,6 +106,39 @@ class TokenTable:
             # the k lowest free tokens were taken: none is free below the last one
             self.lowest_free = top
         return toks.astype(np.uint32)
+
+    def erase_range(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Erase tokens ``start .. start+count-1`` (one dmabuf_token range;
+        free or out-of-range ones are skipped). Same result as :meth:`erase`."""
+        with self.lock:
+            lo = max(start, abi.FIRST_TOKEN)
+            hi = min(start + count, self.hw)
+            if hi <= lo:
+                return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
+            pg = self.page[lo:hi]
+            live = pg >= 0
+            if live.all():
+                pages = pg.copy()
+                bids = self.binding[lo:hi].copy()
+                queues = self.queue[lo:hi].copy()
+                pg[:] = -1
+                n = hi - lo
+            else:
+                idx = np.flatnonzero(live) + lo
+                n = int(idx.shape[0])
+                if n == 0:
+                    return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
+                pages = self.page[idx].copy()
+                bids = self.binding[idx].copy()
+                queues = self.queue[idx].copy()
+                self.page[idx] = -1
+                lo = int(idx[0])
+            self.outstanding -= n
+            self.lowest_free = min(self.lowest_free, lo)
+            if self.outstanding == 0:
+                self.hw = abi.FIRST_TOKEN
+                self.lowest_free = abi.FIRST_TOKEN
+        return pages, bids, queues
 
     def erase(self, tokens: np.ndarray, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Erase ``tokens`` (int64 array, in order; unknown and repeated ones are

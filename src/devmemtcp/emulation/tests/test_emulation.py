@@ -48,6 +48,7 @@ ops = hst.lists(
     hst.one_of(
         hst.tuples(hst.just("alloc"), hst.integers(1, 40)),
         hst.tuples(hst.just("erase"), hst.lists(hst.integers(0, 120), max_size=30)),
+        hst.tuples(hst.just("range"), hst.tuples(hst.integers(0, 120), hst.integers(0, 60))),
     ),
     max_size=40,
 )
@@ -66,6 +67,11 @@ def test_token_numbering_matches_xarray(seq: list[tuple[str, Any]]) -> None:
             got = tt.alloc(np.array(pages, np.int64), 7, 3)
             assert got.dtype == np.uint32
             assert got.tolist() == ref.alloc(pages)
+        elif op == "range":
+            start, count = arg
+            pages_out, bids, queues = tt.erase_range(start, count)
+            want = ref.erase(list(range(start, start + count)))
+            assert sorted(pages_out.tolist()) == sorted(want)
         else:
             pages_out, bids, queues = tt.erase(np.array(arg, np.int64))
             assert sorted(pages_out.tolist()) == sorted(ref.erase(list(dict.fromkeys(arg))))
