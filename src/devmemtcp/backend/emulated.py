@@ -580,7 +580,7 @@ class EmulatedBackend:
         if s is None or s.tokens.outstanding == 0:
             return 0
         if optlen == isz:
-            start, count = struct.unpack_from("<II", raw)
+            start, count = struct.unpack("<II", raw.tobytes())
             count = min(count, abi.MAX_DONTNEED_FRAGS)
             if start + count - 1 <= U32_MAX:
                 pages, bids, queues = s.tokens.erase_range(start, count)
