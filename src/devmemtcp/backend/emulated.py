@@ -75,6 +75,7 @@ _SO_RCVTIMEO = getattr(socket, "SO_RCVTIMEO", 20)
 _RECV_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_WAITALL
 _SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | 0x8000  # MSG_MORE
 U32_MAX = 0xFFFFFFFF
+UIO_MAXIOV = 1024  # include/uapi/linux/uio.h: more iovecs per sendmsg is EMSGSIZE
 
 
 def _err(code: int, what: str | None = None) -> OSError:
@@ -162,7 +163,9 @@ class _TxState:
     pending: deque[tuple[int, int]] = field(default_factory=deque)  # (seq, cumulative end byte)
     done_lo: int | None = None  # completed, not yet reported range
     done_hi: int = 0
-    routes: dict[int, int] = field(default_factory=dict)  # binding id -> checked ifindex
+    routes: dict[int, tuple[int, int]] = field(default_factory=dict)  # binding id -> (ifindex, netns)
+    ctl: bytes = b""  # last control buffer parsed, and its binding id
+    ctl_id: int = 0
 
 
 @dataclass
@@ -682,13 +685,12 @@ class EmulatedBackend:
                     f"binding {bid} belongs to another process: the emulated NIC cannot read its dma-buf",
                     "bind-tx in the process that sends")
             raise _err(errno.EINVAL, f"binding {bid} is not a TX binding")
-        ifx = s.tx.routes.get(bid)
-        if ifx is None:
-            ifx = ingress_ifindex(sock)
-            s.tx.routes[bid] = ifx
-        if ifx != b.ifindex or st.netns_id() != b.netns:
-            raise _err(errno.ENODEV, f"route to the peer leaves through ifindex {ifx}, binding {bid} is on "
-                                     f"{b.ifname} (ifindex {b.ifindex})")
+        route = s.tx.routes.get(bid)
+        if route is None:
+            route = s.tx.routes[bid] = (ingress_ifindex(sock), st.netns_id())
+        if route != (b.ifindex, b.netns):
+            raise _err(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, binding {bid} is "
+                                     f"on {b.ifname} (ifindex {b.ifindex})")
         return b
 
     def sendmsg(self, sock: socket.socket, iov: np.ndarray, control: bytes, flags: int) -> int:
@@ -707,14 +709,21 @@ class EmulatedBackend:
         if sock.fileno() < 0:
             raise _err(errno.EBADF)
         arr = np.ascontiguousarray(iov, dtype=np.uint64).reshape(-1, 2)
+        if arr.shape[0] > UIO_MAXIOV:
+            raise _err(errno.EMSGSIZE, f"{arr.shape[0]} iovecs (at most {UIO_MAXIOV})")
         size = int(arr[:, 1].sum()) if arr.shape[0] else 0
         s = self._state(sock)
         sockc_err: OSError | None = None
         bid = 0
-        try:
-            bid = cmsg.parse_tx_cmsg(control) if control else 0
-        except OSError as exc:
-            sockc_err = exc
+        tx = s.tx
+        if control and control == tx.ctl:
+            bid = tx.ctl_id
+        else:
+            try:
+                bid = cmsg.parse_tx_cmsg(control) if control else 0
+                tx.ctl, tx.ctl_id = bytes(control), bid
+            except OSError as exc:
+                sockc_err = exc
         zc = bool(flags & abi.MSG_ZEROCOPY) and bool(
             sock.getsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY))
         binding: EmulatedBinding | None = None
@@ -743,7 +752,6 @@ class EmulatedBackend:
         if not parts:
             raise _err(errno.EFAULT, f"dma-buf offset past the end of binding {bid} ({bsize} bytes)")
         n = sock.sendmsg(parts, [], flags & _SEND_PASS_FLAGS)
-        tx = s.tx
         seq = tx.zckey
         tx.zckey = (seq + 1) & U32_MAX
         tx.sent += n
@@ -798,6 +806,29 @@ class EmulatedBackend:
         n = min(len(data), cap)
         control[:n] = data[:n]
         return n, mflags
+
+    def wait_errqueue(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a zerocopy completion of ``sock``
+        can be read with :meth:`recv_errqueue`; True if one can. (The real
+        socket's error queue stays empty, so poll(2) cannot tell: the
+        acknowledged byte count is re-read with backoff from 20 us to 1 ms.)"""
+        s = self._socks.get(sock)
+        if s is None:
+            return False
+        tx = s.tx
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = 20e-6
+        while True:
+            if sock.fileno() < 0:
+                return False
+            self._complete(sock, tx)
+            if tx.done_lo is not None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or not tx.pending:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 1e-3)
 
     def pending_completions(self, sock: socket.socket) -> int:
         """sendmsg calls on ``sock`` not yet reported as completed."""

@@ -634,3 +634,19 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
         last = rest[-1][1]
         assert last == emu._socks[cli].tx.zckey - 1
         assert not done or done[-1][1] + 1 == rest[0][0]
+
+
+def test_tx_too_many_iovecs_and_wait_errqueue(emu: EmulatedBackend, txbuf: MemfdBuffer) -> None:
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
+        cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
+        ctl = cmsg.build_tx_cmsg(tb.id)
+        # copy_msghdr_from_user: more than UIO_MAXIOV iovecs is EMSGSIZE
+        assert os_err(tx_call, emu, cli, [(0, 1)] * 1025, ctl) == errno.EMSGSIZE
+        assert tx_call(emu, cli, [(0, 1)] * 1024, ctl) == 1024
+        assert not emu.wait_errqueue(conn, 0.01)  # nothing sent on that socket
+        got = 0
+        while got < 1024:
+            got += len(conn.recv(4096))
+        assert emu.wait_errqueue(cli, 5.0)
+        assert errqueue(emu, cli, 0) == [(0, 0)]
