@@ -221,23 +221,26 @@ class EmulatedBackend:
 
     ``directory``: state directory (default :func:`devmemtcp.emulation.state.state_dir`);
     ``queues``: RX queue count of NICs that have no state yet (default 4);
-    ``recheck_s``: how often a socket's steering is re-read from the NIC state.
-    Thread-safe. Use as a context manager (or call :meth:`close`) to unbind
-    this backend's bindings and return every socket's tokens."""
+    ``recheck_s``: how often a socket's steering is re-read from the NIC state;
+    ``stats_interval_s``: how often receiving writes the per-queue counters to
+    the NIC state file (None: only when a binding closes). Thread-safe. Use as
+    a context manager (or call :meth:`close`) to unbind this backend's bindings
+    and return every socket's tokens."""
 
     name: str = "emulated"
 
     def __init__(self, directory: str | None = None, queues: int | None = None,
-                 recheck_s: float = 0.1) -> None:
+                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
         self._directory = directory
         self._queues = queues
         self.recheck_s = recheck_s
+        self.stats_interval_s = stats_interval_s
         self._lock = threading.Lock()
         self._bindings: dict[int, EmulatedBinding] = {}
         self._rx_by_queue: dict[tuple[int, str, int], EmulatedBinding] = {}
         self._pools: dict[int, RxPool] = {}  # outlive their binding while frags are held
         self._socks: weakref.WeakKeyDictionary[socket.socket, _SockState] = weakref.WeakKeyDictionary()
-        self._stats_flushed = 0.0
+        self._stats_flushed = time.monotonic()
 
     # -- lifetime ------------------------------------------------------------
     def close(self) -> None:
@@ -510,6 +513,11 @@ class EmulatedBackend:
         qs = pool.queue_stats(s.queue)
         qs.rx_packets += used
         qs.rx_bytes += total
+        if self.stats_interval_s is not None:
+            now = time.monotonic()
+            if now - self._stats_flushed >= self.stats_interval_s:
+                self._stats_flushed = now
+                self.flush_stats()
         return total, clen, 0
 
     @staticmethod

@@ -69,6 +69,17 @@ class EmulatedNicControl:
             st.save_nic(s, d)
             return result
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per-queue counters the receiving processes last wrote (``{queue:
+        {"alloc-fast", "alloc-slow", "alloc-empty", "recycle-released-refcnt",
+        "rx-packets", "rx-bytes"}}``, queue as a string key; see
+        :class:`devmemtcp.emulation.pool.QueueStats`)."""
+        return dict(self.state().get("stats") or {})
+
+    def bound_queues(self) -> dict[int, int]:
+        """``{rx queue: binding id}`` of the live bindings on this NIC (any process)."""
+        return self._bound()
+
     # -- NicControl ----------------------------------------------------------
     def driver(self) -> str:
         return "devmemtcp-emulated"

@@ -650,3 +650,20 @@ def test_tx_too_many_iovecs_and_wait_errqueue(emu: EmulatedBackend, txbuf: Memfd
             got += len(conn.recv(4096))
         assert emu.wait_errqueue(cli, 5.0)
         assert errqueue(emu, cli, 0) == [(0, 0)]
+
+
+def test_stats_reach_the_nic_state_file(tmp_path: Any) -> None:
+    emu = EmulatedBackend(directory=str(tmp_path), stats_interval_s=0.0)
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, MemfdBuffer(16 * PS) as small, emu.bind_rx(LO, small, [1]) as b:
+        steer_to(emu, conn, 1)
+        cli.sendall(b"q" * 5000)
+        cli.shutdown(socket.SHUT_WR)
+        recv_all(emu, conn, 5000, small)
+        other = EmulatedBackend(directory=str(tmp_path)).nic("lo")  # another reader
+        assert other.bound_queues() == {1: b.id}
+        qs = other.stats()["1"]
+        assert qs["rx-bytes"] == 5000 and qs["rx-packets"] == 2 and qs["alloc-fast"] >= 2
+    assert EmulatedBackend(directory=str(tmp_path)).nic("lo").bound_queues() == {}
+    emu.close()
