@@ -52,7 +52,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-DEFAULT_JOURNAL_DIR = Path(os.environ.get("DEVMEMTCP_JOURNAL_DIR", "/run/devmemtcp"))
+DEFAULT_JOURNAL_DIR = Path("/run/devmemtcp")
+JOURNAL_DIR_ENV = "DEVMEMTCP_JOURNAL_DIR"
+
+
+def default_journal_dir() -> Path:
+    """``$DEVMEMTCP_JOURNAL_DIR`` if set (read at each call), else /run/devmemtcp."""
+    return Path(os.environ.get(JOURNAL_DIR_ENV) or DEFAULT_JOURNAL_DIR)
 JOURNAL_VERSION = 1
 STEPS: tuple[str, ...] = ("channels", "rings", "rss", "rule", "bind")
 DEFAULT_STEPS: tuple[str, ...] = ("rings", "rss", "rule", "bind")
@@ -165,11 +171,11 @@ class Journal:
     is removed once every entry is undone.
     """
 
-    def __init__(self, ifname: str, journal_dir: Path | str = DEFAULT_JOURNAL_DIR) -> None:
+    def __init__(self, ifname: str, journal_dir: Path | str | None = None) -> None:
         if not ifname or "/" in ifname or ifname.startswith("."):
             raise DevmemError(f"bad interface name {ifname!r}", "give the interface name, e.g. eth0")
         self.ifname = ifname
-        self.dir = Path(journal_dir)
+        self.dir = Path(journal_dir) if journal_dir is not None else default_journal_dir()
         self.path = self.dir / journal_name(ifname)
         self.meta: dict[str, Any] = {}
         self.entries: list[dict[str, Any]] = []
@@ -356,7 +362,8 @@ class NicSetup:
             RSS keeps queues ``0..start-1`` for other traffic.
         flow: a :class:`Flow` or ``(dst_ip, dst_port[, src_ip[, src_port]])``;
             needed for the ``rule`` step.
-        journal_dir: where the undo journal lives (default /run/devmemtcp).
+        journal_dir: where the undo journal lives (default $DEVMEMTCP_JOURNAL_DIR, else
+            /run/devmemtcp).
         dmabuf: bound to the queues in the ``bind`` step (``self.binding``).
         channels: RX channel count to set in the ``channels`` step (None: leave).
         steps: which steps to run, in the fixed order of :data:`STEPS`;
@@ -377,7 +384,7 @@ class NicSetup:
 
     def __init__(self, backend: Backend, ifname: str, *, queues: tuple[int, int],
                  flow: Flow | tuple[Any, ...] | None = None,
-                 journal_dir: Path | str = DEFAULT_JOURNAL_DIR, dmabuf: DmaBuf | None = None,
+                 journal_dir: Path | str | None = None, dmabuf: DmaBuf | None = None,
                  channels: int | None = None, steps: tuple[str, ...] | list[str] | None = None,
                  handle_signals: bool = True,
                  on_step: Callable[[str, str], None] | None = None) -> None:
@@ -643,10 +650,10 @@ def backend_by_name(name: str) -> Backend:
     raise DevmemError(f"unknown backend {name!r} in the journal", "use kernel or emulated")
 
 
-def journals(journal_dir: Path | str = DEFAULT_JOURNAL_DIR, ifname: str | None = None) -> list[Path]:
+def journals(journal_dir: Path | str | None = None, ifname: str | None = None) -> list[Path]:
     """The undo journals in ``journal_dir`` (of ``ifname`` only, in any
     namespace, when given), sorted by name."""
-    d = Path(journal_dir)
+    d = Path(journal_dir) if journal_dir is not None else default_journal_dir()
     if not d.is_dir():
         return []
     found = [p for p in d.glob("*.json") if not p.name.startswith(".")]
@@ -655,7 +662,7 @@ def journals(journal_dir: Path | str = DEFAULT_JOURNAL_DIR, ifname: str | None =
     return sorted(found)
 
 
-def restore(ifname: str, *, journal_dir: Path | str = DEFAULT_JOURNAL_DIR, backend: Backend | None = None,
+def restore(ifname: str, *, journal_dir: Path | str | None = None, backend: Backend | None = None,
             force: bool = False) -> UndoResult:
     """Replay ``ifname``'s undo journal (``devmemtcp restore``).
 
@@ -723,5 +730,17 @@ def call_in_netns(netns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -
     return box["value"]
 
 
-__all__ = ["DEFAULT_JOURNAL_DIR", "STEPS", "Flow", "Journal", "NicSetup", "UndoResult", "backend_by_name",
-           "call_in_netns", "journals", "restore", "undo_journal"]
+__all__ = [
+    "DEFAULT_JOURNAL_DIR",
+    "STEPS",
+    "Flow",
+    "Journal",
+    "NicSetup",
+    "UndoResult",
+    "backend_by_name",
+    "call_in_netns",
+    "default_journal_dir",
+    "journals",
+    "restore",
+    "undo_journal",
+]

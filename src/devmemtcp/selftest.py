@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from devmemtcp.errors import DevmemError, NetlinkError
-from devmemtcp.nic import DEFAULT_JOURNAL_DIR, Journal, NicSetup, call_in_netns, netns_id, undo_journal
+from devmemtcp.nic import Journal, NicSetup, call_in_netns, default_journal_dir, netns_id, undo_journal
 
 VALIDATE = 7  # ncdevmem's --validate period used by the stream cases
 HDS_SIZES: tuple[int, ...] = tuple(sorted(
@@ -168,7 +168,7 @@ class Selftest:
 
     def __init__(self, ifname: str, *, backend: Any = "auto", peer_netns: str | None = None,
                  memory: str | None = None, nbytes: int = 4 << 20, dmabuf_size: int = 16 << 20,
-                 journal_dir: Path | str = DEFAULT_JOURNAL_DIR,
+                 journal_dir: Path | str | None = None,
                  on_case: Callable[[CaseResult], None] | None = None) -> None:
         self.ifname = ifname
         self.backend_choice = backend
@@ -176,7 +176,7 @@ class Selftest:
         self.memory_choice = memory
         self.nbytes = nbytes
         self.dmabuf_size = dmabuf_size
-        self.journal_dir = Path(journal_dir)
+        self.journal_dir = Path(journal_dir) if journal_dir is not None else default_journal_dir()
         self.on_case = on_case
         self._rx_result: Any = None
 

@@ -22,7 +22,16 @@ from typing import Any
 from devmemtcp.cli import common
 from devmemtcp.cli.setup import add_common
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import Journal, call_in_netns, journal_name, journals, netns_id, netns_name, restore
+from devmemtcp.nic import (
+    Journal,
+    call_in_netns,
+    default_journal_dir,
+    journal_name,
+    journals,
+    netns_id,
+    netns_name,
+    restore,
+)
 
 EXAMPLES = """\
 examples:
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         common.print_json({"restored": ok, "interfaces": reports})
     elif not reports:
         what = f"for {args.ifname} " if args.ifname else ""
-        common.note(f"nothing to restore: no journals {what}in {args.journal_dir}")
+        common.note(f"nothing to restore: no journals {what}in {args.journal_dir or default_journal_dir()}")
     else:
         for r in reports:
             rows: dict[str, Any] = {}

@@ -48,8 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", action="append", metavar="NAME",
                         choices=[name for name, _d, _m in Selftest.CASES],
                         help="run only this case (repeatable; nic-restored always runs)")
-    parser.add_argument("--journal-dir", type=Path, default=DEFAULT_JOURNAL_DIR, metavar="DIR",
-                        help=f"undo journal directory (default {DEFAULT_JOURNAL_DIR})")
+    parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
+                        help="undo journal directory "
+                        f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 

@@ -34,8 +34,9 @@ examples:
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Options shared by setup and restore: --journal-dir, --netns, --json."""
-    parser.add_argument("--journal-dir", type=Path, default=DEFAULT_JOURNAL_DIR, metavar="DIR",
-                        help=f"where undo journals live (default {DEFAULT_JOURNAL_DIR})")
+    parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
+                        help="where undo journals live "
+                        f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
     parser.add_argument("--netns", metavar="NAME",
                         help="act inside network namespace NAME (as `ip netns exec NAME` would)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -97,6 +98,6 @@ def run(args: argparse.Namespace) -> int:
     if report["journal"]:
         print(f"undo with: devmemtcp restore {args.ifname}"
               + (f" --netns {args.netns}" if args.netns else "")
-              + (f" --journal-dir {args.journal_dir}" if args.journal_dir != DEFAULT_JOURNAL_DIR else ""),
+              + (f" --journal-dir {args.journal_dir}" if args.journal_dir else ""),
               file=sys.stderr)
     return 0
