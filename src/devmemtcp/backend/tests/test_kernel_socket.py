@@ -223,3 +223,30 @@ def test_sendmsg_rejects_bad_iov_shape(tcp_pair: tuple[socket.socket, socket.soc
     client, _ = tcp_pair
     with pytest.raises(ValueError, match="shape"):
         kb.sendmsg(client, np.zeros(3, dtype=np.uint64), b"", 0)
+
+
+def test_receiver_over_kernel_backend_counts_ordinary_data_as_flow_steering_errors(
+        tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """The Receiver's preallocated (mmap-backed) buffers through the libc path: a flow
+    that landed on an ordinary queue arrives as readable bytes, no devmem frags."""
+    from devmemtcp.memory import open_dmabuf
+    from devmemtcp.rx import Receiver
+
+    client, server = tcp_pair
+    payload = bytes(range(251)) * 1000
+
+    class FakeBinding:  # the socket is ordinary: no bind-rx is possible on lo
+        id, ifindex, kind, queues = 1, 1, "rx", (1,)
+
+    sender = threading.Thread(target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR)))
+    with open_dmabuf("host", 1 << 20) as buf:
+        binding = FakeBinding()
+        binding.dmabuf = buf  # type: ignore[attr-defined]
+        sender.start()
+        with Receiver(kb, server, binding) as rx:
+            while rx.recv() is not None:
+                pass
+        sender.join()
+    stats = rx.stats.as_dict()
+    assert (stats["bytes"], stats["flow_steering_errors"], stats["frags"]) == (len(payload), len(payload), 0)
+    assert stats["tokens_released"] == 0
