@@ -20,10 +20,17 @@ import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from transfer_helpers import plain_send, reference_pattern, wait_listening
+from transfer_helpers import plain_send, reference_pattern, wait_listening, wait_nic_free
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLI = [sys.executable, "-m", "devmemtcp.cli.main"]
+
+
+@pytest.fixture(autouse=True)
+def _nic_not_held_by_another_run() -> None:
+    """Other test runs on this machine may hold lo / veth0's set-up for a while: wait for them."""
+    for name in ("lo", "veth0"):
+        wait_nic_free(name)
 
 
 def _in_ns(ns: str, argv: list[str]) -> list[str]:

@@ -21,9 +21,16 @@ from devmemtcp import transfer
 from devmemtcp.errors import DevmemError, ValidationError
 
 sys.path.insert(0, os.path.dirname(__file__))
-from transfer_helpers import PlainReceiver, plain_send, reference_pattern
+from transfer_helpers import PlainReceiver, plain_send, reference_pattern, wait_nic_free
 
 pytestmark = pytest.mark.root  # the emulated NIC keeps its state under /run
+
+
+@pytest.fixture(autouse=True)
+def _nic_not_held_by_another_run() -> None:
+    """Other test runs on this machine may hold lo's set-up for a while: wait for them."""
+    for name in ("lo",):
+        wait_nic_free(name)
 
 
 def test_result_json_has_the_documented_fields() -> None:

@@ -115,3 +115,33 @@ def wait_listening(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[in
             return int(m.group(1)), "".join(lines)
     raise AssertionError(f"receiver never said it was listening; stderr so far: {''.join(lines)!r}; "
                          f"rc={proc.poll()}")
+
+
+def wait_nic_free(ifname: str = "lo", timeout: float = 120, journal_dir: str = "/run/devmemtcp") -> None:
+    """Wait while another live process holds ``ifname``'s NIC set-up.
+
+    One devmem flow per interface can be set up at a time (one undo journal
+    per interface). When several people run test suites on one machine, a
+    test of ours would otherwise fail on their live set-up of lo; a journal
+    whose owner is dead is left alone (NicSetup reports it, as it should).
+    """
+    import json
+    import os
+
+    path = os.path.join(journal_dir, f"{ifname}.json")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                pid = json.load(f).get("pid")
+        except (OSError, ValueError):
+            return
+        if not isinstance(pid, int) or pid == os.getpid():
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(0.2)
