@@ -11,9 +11,10 @@ and the flow stalls until tokens come back.
 
 Order: the kernel pops up to 64 indices from the top of the stack and hands
 them out lowest-address first; :meth:`RxPool.alloc` takes the top ``k``
-entries and hands them out in stack order from the deepest, which gives the
-same ascending runs for a fresh binding (pages 0, 1, 2, ... are pushed in
-order) and lets the emulated NIC fill contiguous runs with one ``recv_into``.
+entries and hands them out in ascending address order, which gives the same
+runs for a fresh binding (pages 0, 1, 2, ... are pushed in order) and lets
+the emulated NIC fill contiguous runs with one ``recv_into`` (net_iovs given
+back in one batch come out as one run again).
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class RxPool:
             n = min(k, self.nfree)
             top = self.nfree
             self.nfree = top - n
-            out = self.free[top - n : top].copy()
+            # lowest address first, as the kernel hands out a bulk refill
+            out = np.sort(self.free[top - n : top])
         st.alloc_fast += n
         st.alloc_slow += -(-n // PP_ALLOC_CACHE_REFILL)
         return out
