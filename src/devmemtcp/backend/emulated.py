@@ -282,7 +282,9 @@ class EmulatedBackend:
         ``queues``: queue ids, or ``(id, type)`` pairs to send another queue
         type. Checks, in netdev_nl_bind_rx_doit's order (errno, extack):
         no queues (EINVAL, missing attribute "queues"); unknown ifindex
-        (ENODEV); a queue type other than rx or an id >= the RX queue count
+        (ENODEV); a driver without the queue management API (EOPNOTSUPP, see
+        ``EmulatedNicControl.set_capabilities``); a queue type other than rx
+        or an id >= the RX queue count
         (EINVAL, bad attribute; netdev_nl_read_rxq_bitmap, 6.18+: the later
         ERANGE "rx queue index out of range" of __net_mp_open_rxq is then
         unreachable); the dma-buf: bad fd (EBADF), "dmabuf size N not
@@ -303,6 +305,10 @@ class EmulatedBackend:
             raise NetlinkError(errno.ENODEV, op, bad_attr="ifindex",
                                hint="pass the ifindex of an interface in this network namespace") from None
         nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+        if not nic.get("caps", {}).get("queue_mgmt", True):
+            # netdev_need_ops_lock() false: a driver without the queue management API
+            raise NetlinkError(errno.EOPNOTSUPP, op, bad_attr="ifindex",
+                               hint=f"{ifname}'s driver cannot restart queues with a memory provider")
         nrx = int(nic["channels"]["combined"])
         wanted: set[int] = set()
         for q in queues:
@@ -356,8 +362,9 @@ class EmulatedBackend:
 
     def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> EmulatedBinding:
         """bind-tx ``dmabuf`` to the emulated NIC on ``ifindex`` (netmem TX
-        mode DMA). Errors: unknown ifindex (ENODEV), then the dma-buf checks
-        of :meth:`bind_rx` (EBADF, EINVAL, E2BIG)."""
+        mode DMA). Errors (netdev_nl_bind_tx_doit): unknown ifindex (ENODEV);
+        netmem TX mode "none" (EOPNOTSUPP "Driver does not support netmem
+        TX"); then the dma-buf checks of :meth:`bind_rx` (EBADF, EINVAL, E2BIG)."""
         op = "bind-tx"
         ns = st.netns_id()
         try:
@@ -365,6 +372,10 @@ class EmulatedBackend:
         except OSError:
             raise NetlinkError(errno.ENODEV, op, bad_attr="ifindex",
                                hint="pass the ifindex of an interface in this network namespace") from None
+        nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+        if nic.get("caps", {}).get("netmem_tx", "dma") == "none":
+            raise NetlinkError(errno.EOPNOTSUPP, op, "Driver does not support netmem TX",
+                               hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")
         self._check_dmabuf(op, dmabuf)
         pid, start = st.self_owner()
         with st.locked(self._directory) as d:

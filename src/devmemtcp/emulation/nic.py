@@ -76,6 +76,23 @@ class EmulatedNicControl:
         :class:`devmemtcp.emulation.pool.QueueStats`)."""
         return dict(self.state().get("stats") or {})
 
+    def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None) -> None:
+        """Emulation knob (no ethtool equivalent): make the emulated driver lack
+        the queue management API (bind-rx then fails with EOPNOTSUPP, as on a
+        NIC without ``queue_mgmt_ops``) or set its netmem TX mode ("dma", or
+        "none": bind-tx fails with "Driver does not support netmem TX")."""
+        if netmem_tx is not None and netmem_tx not in ("dma", "none"):
+            raise ValueError(f"netmem_tx must be 'dma' or 'none', not {netmem_tx!r}")
+
+        def apply(s: dict[str, Any], bound: dict[int, int]) -> None:
+            caps = s.setdefault("caps", {"queue_mgmt": True, "netmem_tx": "dma"})
+            if queue_mgmt is not None:
+                caps["queue_mgmt"] = bool(queue_mgmt)
+            if netmem_tx is not None:
+                caps["netmem_tx"] = netmem_tx
+
+        self._update(apply)
+
     def bound_queues(self) -> dict[int, int]:
         """``{rx queue: binding id}`` of the live bindings on this NIC (any process)."""
         return self._bound()

@@ -233,6 +233,8 @@ def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None) -
         "rss": {"indir": [i % n for i in range(RSS_TABLE_SIZE)], "configured": False},
         "rules": [],
         "stats": {},
+        # driver capabilities: the queue management API (bind-rx) and netmem TX mode (bind-tx)
+        "caps": {"queue_mgmt": True, "netmem_tx": "dma"},
     }
 
 

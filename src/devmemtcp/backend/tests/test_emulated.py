@@ -667,3 +667,16 @@ def test_stats_reach_the_nic_state_file(tmp_path: Any) -> None:
         assert qs["rx-bytes"] == 5000 and qs["rx-packets"] == 2 and qs["alloc-fast"] >= 2
     assert EmulatedBackend(directory=str(tmp_path)).nic("lo").bound_queues() == {}
     emu.close()
+
+
+def test_drivers_without_queue_api_or_netmem_tx(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    ready(emu)
+    nic = emu.nic("lo")
+    nic.set_capabilities(queue_mgmt=False, netmem_tx="none")
+    e = nl_err(emu.bind_rx, LO, buf, [0])
+    assert (e.errno, e.bad_attr) == (errno.EOPNOTSUPP, "ifindex")
+    e = nl_err(emu.bind_tx, LO, buf)
+    assert (e.errno, e.extack) == (errno.EOPNOTSUPP, "Driver does not support netmem TX")
+    nic.set_capabilities(queue_mgmt=True, netmem_tx="dma")
+    with emu.bind_rx(LO, buf, [0]), emu.bind_tx(LO, buf):
+        pass
