@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import json
 import os
@@ -37,7 +38,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -242,6 +244,61 @@ class UndoResult:
         return not self.failed
 
 
+# Steps whose setting every flow on the NIC depends on; a flow's own steps are
+# "rule" and "bind". Shared settings stay while any live NicSetup uses them.
+SHARED_STEPS = frozenset({"channels", "rings", "rss"})
+_LIVE: set[str] = set()  # ids of this process's NicSetups that are set up
+
+
+def _proc_start(pid: int) -> int | None:
+    """Start time of ``pid`` (/proc/PID/stat field 22), to tell a reused pid apart."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def owner_alive(owner: dict[str, Any] | None) -> bool:
+    """Whether the NicSetup ``owner`` (``{pid, start, id}``) is still set up."""
+    if not owner:
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return False
+    start = owner.get("start")
+    if start is not None and _proc_start(pid) not in (None, start):
+        return False  # the pid was reused
+    if pid == os.getpid() and owner.get("id") is not None:
+        return owner["id"] in _LIVE
+    return True
+
+
+def entry_owner(entry: dict[str, Any], journal: Journal) -> dict[str, Any]:
+    """The owner of a journal entry (journals without owners: the writing process)."""
+    owner = entry.get("owner")
+    return owner if isinstance(owner, dict) else {"pid": journal.meta.get("pid")}
+
+
+def live_members(journal: Journal) -> list[dict[str, Any]]:
+    """The journal's members (NicSetups relying on it) still alive; prunes the others."""
+    members = [m for m in journal.meta.get("members", []) if owner_alive(m)]
+    journal.meta["members"] = members
+    return members
+
+
+@contextlib.contextmanager
+def journal_lock(journal: Journal) -> Iterator[None]:
+    """Exclusive ``flock`` on ``DIR/.NAME.lock``: one process at a time reads and
+    changes an interface's journal (and the settings it records)."""
+    journal.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(journal.dir / f".{journal.path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _undo_entry(nic: NicControl, entry: dict[str, Any], binding: Binding | None) -> str:
     """Undo one journal entry; returns what was done. Raises on failure."""
     step = entry["step"]
@@ -304,26 +361,28 @@ def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, DevmemError) else f"{type(exc).__name__}: {exc}"
 
 
-def undo_journal(journal: Journal, nic: NicControl, binding: Binding | None = None) -> UndoResult:
-    """Undo ``journal``'s entries in reverse order, saving after each one.
+def undo_journal(journal: Journal, nic: NicControl, binding: Binding | None = None,
+                 select: Callable[[dict[str, Any]], bool] | None = None) -> UndoResult:
+    """Undo ``journal``'s entries (those ``select`` picks, default all) in reverse
+    order, saving after each one.
 
     An entry whose undo fails stays in the journal (so ``devmemtcp restore``
-    can retry) and the others are still undone. The file is removed when
-    nothing is left."""
+    can retry) and the others are still undone. The file is removed when no
+    entry and no live member is left."""
     result = UndoResult()
-    remaining = list(journal.entries)
-    failed: list[dict[str, Any]] = []
-    while remaining:
-        entry = remaining.pop()
+    for entry in reversed(list(journal.entries)):
+        if select is not None and not select(entry):
+            continue
         try:
             result.done.append((entry["step"], _undo_entry(nic, entry, binding)))
+            journal.entries = [e for e in journal.entries if e is not entry]
         except Exception as exc:
             result.failed.append((entry["step"], _describe(exc)))
-            failed.insert(0, entry)
-        journal.entries = remaining + failed
         if journal.entries:
             journal.save()
-    if not journal.entries:
+    if journal.entries or live_members(journal):
+        journal.save()
+    else:
         journal.remove()
     return result
 
@@ -418,6 +477,9 @@ class NicSetup:
         self._nic: NicControl | None = None
         self._old_handlers: dict[int, Any] = {}
         self._applied = False
+        self.id = uuid.uuid4().hex
+        self.owner = {"pid": os.getpid(), "start": _proc_start(os.getpid()), "id": self.id}
+        self.joined: list[int] = []  # pids of the live setups this one joined
 
     # -- helpers -------------------------------------------------------------
     @property
@@ -431,6 +493,7 @@ class NicSetup:
             self.on_step(stage, step)
 
     def _record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        entry["owner"] = self.owner
         self.journal.append(entry)
         self._hook("journaled", entry["step"])
         return entry
@@ -448,35 +511,71 @@ class NicSetup:
 
     # -- apply ---------------------------------------------------------------
     def apply(self) -> NicSetup:
-        """Run the steps; on any failure (or a signal) undo what was done and re-raise."""
+        """Run the steps; on any failure (or a signal) undo what was done and re-raise.
+
+        A NIC already set up by another live NicSetup (another flow) is joined:
+        the shared settings (channels, header split, RSS) are kept as they are,
+        or DevmemError is raised when this flow would need them different; only
+        the flow's own rule and binding are added. Shared settings are undone
+        by the last of them to leave."""
         if self._applied:
             return self
+        self._install_signals()
+        try:
+            with journal_lock(self.journal):
+                self._join_or_start()
+                _LIVE.add(self.id)
+                try:
+                    for step in self.steps:
+                        getattr(self, f"_step_{step}")()
+                except BaseException as exc:
+                    try:
+                        self._undo_locked()
+                    except DevmemError as undo_exc:
+                        exc.add_note(f"undo after the failure: {undo_exc}")
+                    raise
+        except BaseException:
+            self._restore_signals()
+            raise
+        self._applied = True
+        return self
+
+    def _join_or_start(self) -> None:
+        """(under the lock) Adopt a live setup's journal, or start a new one."""
         if self.journal.exists():
             other = Journal.load(self.journal.path)
-            pid = other.meta.get("pid")
-            alive = _pid_alive(pid) if isinstance(pid, int) else False
-            who = f"a running devmemtcp (pid {pid})" if alive else "an earlier run (or devmemtcp setup)"
-            raise DevmemError(
-                f"{self.ifname} is already configured by {who}: undo journal {self.journal.path}",
-                f"run 'devmemtcp restore {self.ifname}' first, or use --no-nic-config to keep that setup"
-                if not alive else f"stop pid {pid} (it restores the NIC on exit) or use --no-nic-config")
+            live = live_members(other)
+            dead = [e for e in other.entries if not owner_alive(entry_owner(e, other))]
+            if other.meta.get("kept") or dead:
+                pid = other.meta.get("pid")
+                raise DevmemError(
+                    f"{self.ifname} is already configured by an earlier run (or devmemtcp setup, pid {pid}): "
+                    f"undo journal {self.journal.path}",
+                    f"run 'devmemtcp restore {self.ifname}' first, or use --no-nic-config to keep that setup")
+            if live:
+                other.meta["members"] = [*live, self.owner]
+                self.journal = other
+                self.joined = sorted({int(m["pid"]) for m in live})
+                self.journal.save()
+                return
+        self.journal.entries = []
         self.journal.meta = {
             "pid": os.getpid(), "created": time.time(), "backend": self.backend.name,
             "netns": netns_id(), "ifindex": getattr(self.nic, "ifindex", None),
             "queues": list(self.queues), "flow": asdict(self.flow) if self.flow else None,
+            "members": [self.owner],
         }
-        self._install_signals()
-        try:
-            for step in self.steps:
-                getattr(self, f"_step_{step}")()
-        except BaseException as exc:
-            try:
-                self.undo()
-            except DevmemError as undo_exc:
-                exc.add_note(f"undo after the failure: {undo_exc}")
-            raise
-        self._applied = True
-        return self
+        self.journal.save()
+
+    def _others(self) -> list[dict[str, Any]]:
+        return [m for m in live_members(self.journal) if m.get("id") != self.id]
+
+    def _conflict(self, what: str) -> DevmemError:
+        pids = sorted({int(m["pid"]) for m in self._others()})
+        return DevmemError(
+            f"{self.ifname} is set up for another devmem flow (pid {', '.join(map(str, pids))}) with "
+            f"a different {what}",
+            "use the same --queues (and channel count) as that flow, or stop it first")
 
     def _step_channels(self) -> None:
         assert self.channels is not None
@@ -485,6 +584,8 @@ class NicSetup:
         if getattr(ch, field_name) == self.channels:
             self.report.append({"step": "channels", "changed": False, field_name: self.channels})
             return
+        if self._others():
+            raise self._conflict("channel count")
         self._record({"step": "channels", "before": {"rx": ch.rx, "tx": ch.tx, "combined": ch.combined}})
         self.nic.set_channels(**{field_name: self.channels})
         self._hook("applied", "channels")
@@ -529,6 +630,8 @@ class NicSetup:
         if table == want:
             self.report.append({"step": "rss", "changed": False, "queues": start})
             return
+        if self._others():
+            raise self._conflict("RSS spread (devmem queues)")
         nq = self.nic.rx_queue_count()
         default = table == [i % nq for i in range(len(table))]
         self._record({"step": "rss", "before": table, "default": default})
@@ -569,31 +672,25 @@ class NicSetup:
 
     # -- undo / keep ---------------------------------------------------------
     def undo(self) -> UndoResult:
-        """Undo everything in reverse order (signals are held off meanwhile).
-        Raises DevmemError listing what could not be undone (those entries stay
-        in the journal for ``devmemtcp restore``)."""
+        """Undo this setup in reverse order (signals are held off meanwhile): its
+        rule and binding, and the shared settings it changed unless another live
+        setup still uses them (those are handed over to it). Raises DevmemError
+        listing what could not be undone (those entries stay in the journal for
+        ``devmemtcp restore``)."""
         pending: list[int] = []
 
         def hold(signum: int, frame: FrameType | None) -> None:
             del frame
             pending.append(signum)
 
-        held = {}
-        if self._old_handlers:
-            for sig in self._old_handlers:
-                held[sig] = signal.signal(sig, hold)
+        for sig in self._old_handlers:
+            signal.signal(sig, hold)
         try:
-            result = undo_journal(self.journal, self.nic, self.binding) if self.journal.entries \
-                else UndoResult()
-            if self.binding is not None and not any(s == "bind" for s, _ in result.done):
-                self.binding.close()
-            self.binding = None
+            with journal_lock(self.journal):
+                result = self._undo_locked()
         finally:
-            self._applied = False
             self._restore_signals()
         if result.failed:
-            self.journal.meta["abandoned"] = True  # the owner gave up: restore may replay it now
-            self.journal.save()
             raise DevmemError(
                 f"could not undo everything on {self.ifname}: "
                 + "; ".join(f"{s}: {d}" for s, d in result.failed),
@@ -602,23 +699,55 @@ class NicSetup:
             _raise_signal(pending[0], None)
         return result
 
+    def _undo_locked(self) -> UndoResult:
+        """(under the lock) Undo this setup's entries, reloading the journal first
+        (other setups may have changed it)."""
+        try:
+            if self.journal.exists():
+                self.journal = Journal.load(self.journal.path)
+            others = self._others()
+            mine = [e for e in self.journal.entries if entry_owner(e, self.journal).get("id") == self.id]
+            for e in mine:
+                if e["step"] in SHARED_STEPS and others:
+                    e["owner"] = others[0]  # still needed by another flow: hand it over
+            self.journal.meta["members"] = [m for m in self.journal.meta.get("members", [])
+                                            if m.get("id") != self.id]
+            result = undo_journal(self.journal, self.nic, self.binding,
+                                  select=lambda e: entry_owner(e, self.journal).get("id") == self.id)
+            if self.binding is not None and not any(s == "bind" for s, _ in result.done):
+                self.binding.close()
+            self.binding = None
+        finally:
+            self._applied = False
+            _LIVE.discard(self.id)
+        return result
+
     def keep(self) -> Path | None:
         """Leave the NIC configured (for ``devmemtcp setup``): the journal stays on
         disk, marked as kept, for a later ``devmemtcp restore``. Returns its path
         (None when nothing was changed)."""
         self._restore_signals()
         self._applied = False
-        if not self.journal.entries:
-            return None
-        self.journal.meta["kept"] = True
-        self.journal.save()
+        _LIVE.discard(self.id)
+        with journal_lock(self.journal):
+            if self.journal.exists():
+                self.journal = Journal.load(self.journal.path)
+            self.journal.meta["members"] = [m for m in live_members(self.journal) if m.get("id") != self.id]
+            if not self.journal.entries:
+                if self.journal.meta["members"]:
+                    self.journal.save()
+                else:
+                    self.journal.remove()
+                return None
+            self.journal.meta["kept"] = True
+            self.journal.save()
         return self.journal.path
 
     def __enter__(self) -> NicSetup:
         return self.apply()
 
     def __exit__(self, *exc: object) -> None:
-        if self._applied or self.journal.entries or self.binding is not None:
+        if self._applied or self.binding is not None:
             self.undo()
 
 
@@ -666,26 +795,40 @@ def restore(ifname: str, *, journal_dir: Path | str | None = None, backend: Back
             force: bool = False) -> UndoResult:
     """Replay ``ifname``'s undo journal (``devmemtcp restore``).
 
-    Refuses (DevmemError) when the process that wrote it is still running
-    (it restores on exit) unless ``force``, or when the journal belongs to
-    another network namespace. Returns the UndoResult; entries that failed
-    stay in the journal. No journal: an empty result."""
+    Undoes what setups that are gone (crashed, killed, or ``devmemtcp setup``)
+    left: their rules, and the shared settings unless a live setup still uses
+    them (they are handed over to it). Refuses (DevmemError) when every entry
+    belongs to a live setup (it restores on exit) unless ``force``, and when
+    the journal belongs to another network namespace. Returns the UndoResult;
+    entries that failed stay in the journal. No journal: an empty result."""
     j = Journal(ifname, journal_dir)
     if not j.exists():
         return UndoResult()
-    j = Journal.load(j.path)
-    pid = j.meta.get("pid")
-    owned = not (j.meta.get("kept") or j.meta.get("abandoned"))
-    if not force and owned and isinstance(pid, int) and _pid_alive(pid):
-        raise DevmemError(f"{ifname} is being used by a running devmemtcp (pid {pid})",
-                          f"stop it (kill {pid}: it restores the NIC itself) or pass --force")
-    ns = j.meta.get("netns")
-    if ns is not None and ns != netns_id():
-        raise DevmemError(
-            f"the journal for {ifname} was written in another network namespace (net:[{ns}])",
-            f"run restore inside that namespace: ip netns exec NS devmemtcp restore {ifname}")
-    be = backend or backend_by_name(str(j.meta.get("backend", "kernel")))
-    return undo_journal(j, be.nic(ifname))
+    with journal_lock(j):
+        if not j.exists():
+            return UndoResult()
+        j = Journal.load(j.path)
+        ns = j.meta.get("netns")
+        if ns is not None and ns != netns_id():
+            raise DevmemError(
+                f"the journal for {ifname} was written in another network namespace (net:[{ns}])",
+                f"run restore inside that namespace: ip netns exec NS devmemtcp restore {ifname}")
+        live = [] if force else live_members(j)
+
+        def gone(e: dict[str, Any]) -> bool:
+            return force or not owner_alive(entry_owner(e, j))
+
+        if j.entries and not any(gone(e) for e in j.entries):
+            pids: list[Any] = sorted({int(m["pid"]) for m in live}) or [j.meta.get("pid")]
+            raise DevmemError(f"{ifname} is being used by a running devmemtcp (pid {pids[0]})",
+                              f"stop it (kill {pids[0]}: it restores the NIC itself) or pass --force")
+        for e in j.entries:
+            if gone(e) and e["step"] in SHARED_STEPS and live:
+                e["owner"] = live[0]
+        if force:
+            j.meta["members"] = []
+        be = backend or backend_by_name(str(j.meta.get("backend", "kernel")))
+        return undo_journal(j, be.nic(ifname), select=gone)
 
 
 # ---------------------------------------------------------------------------

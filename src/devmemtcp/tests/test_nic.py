@@ -254,13 +254,58 @@ def test_unconfirmed_rule_insert_is_found_and_deleted(emu: Any, jdir: Path) -> N
     assert result.ok and nic.list_rules() == []
 
 
-def test_second_setup_is_refused_while_a_journal_exists(emu: Any, jdir: Path) -> None:
+def test_two_flows_share_the_nic_and_the_last_one_out_restores_it(emu: Any, jdir: Path) -> None:
+    nic = emu.nic(LO)
+    before = nic.state()
+    a = NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5201), journal_dir=jdir).apply()
+    b = NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5202), journal_dir=jdir).apply()
+    assert b.joined == [os.getpid()]
+    assert [r["step"] for r in b.report if r["changed"]] == ["rule"]  # header split and RSS shared
+    assert sorted(r.dst_port for r in nic.list_rules()) == [5201, 5202]
+    with pytest.raises(DevmemError, match="running devmemtcp"):
+        restore(LO, journal_dir=jdir)  # both owners are alive: they restore themselves
+    a.undo()
+    assert [r.dst_port for r in nic.list_rules()] == [5202]
+    assert nic.get_rings().tcp_data_split == "enabled" and nic.get_rss_indir() != before["rss"]["indir"]
+    b.undo()
+    assert nic.state() == before
+    assert not Journal(LO, jdir).exists()
+
+
+def test_a_flow_needing_other_shared_settings_is_refused(emu: Any, jdir: Path) -> None:
+    nic = emu.nic(LO)
+    before = nic.state()
     with NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5201), journal_dir=jdir):
-        with pytest.raises(DevmemError, match="already configured by a running devmemtcp") as exc:
-            NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5201), journal_dir=jdir).apply()
-        assert "stop pid" in (exc.value.hint or "")
-        with pytest.raises(DevmemError, match="running devmemtcp"):
-            restore(LO, journal_dir=jdir)  # the owner (this process) restores it itself
+        during = nic.state()
+        with pytest.raises(DevmemError, match="different RSS spread") as exc:
+            NicSetup(emu, LO, queues=(2, 1), flow=("127.0.0.1", 5202), journal_dir=jdir).apply()
+        assert "same --queues" in (exc.value.hint or "")
+        assert nic.state() == during  # the refused flow changed nothing
+    assert nic.state() == before and not Journal(LO, jdir).exists()
+
+
+def test_restore_after_a_member_is_killed_keeps_what_the_live_one_uses(emu: Any, jdir: Path) -> None:
+    nic = emu.nic(LO)
+    before = nic.state()
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_SCRIPT, str(jdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5202), journal_dir=jdir) as b:
+            assert b.joined == [proc.pid]
+            proc.kill()
+            proc.wait()
+            result = restore(LO, journal_dir=jdir)
+            assert [s for s, _ in result.done] == ["rule"]  # the dead flow's rule only
+            assert [r.dst_port for r in nic.list_rules()] == [5202]
+            rings = nic.get_rings()
+            assert (rings.tcp_data_split, rings.hds_thresh) == ("enabled", 0)  # still in use by b
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert nic.state() == before
+    assert not Journal(LO, jdir).exists()
 
 
 def test_keep_leaves_the_nic_configured(emu: Any, jdir: Path) -> None:
