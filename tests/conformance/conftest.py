@@ -39,6 +39,20 @@ def sock_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]
     be.close()
 
 
+@pytest.fixture(params=["emulated", pytest.param("kernel", marks=pytest.mark.root)])
+def plain_nic_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+    """A backend whose ``lo`` is an ordinary NIC: no queue management API, no
+    netmem TX. The real kernel's lo is exactly that; the emulated NIC is told
+    so with ``set_capabilities``."""
+    if request.param == "kernel":
+        yield _kernel()
+        return
+    be = EmulatedBackend(directory=str(tmp_path))
+    be.nic("lo").set_capabilities(queue_mgmt=False, netmem_tx="none")
+    yield be
+    be.close()
+
+
 @dataclass
 class NicCase:
     """A backend plus the interface, a dma-buf factory and the RX queue count."""

@@ -130,6 +130,41 @@ def test_tx_offsets_without_devmem_cmsg_are_efault(sock_backend: Any, tcp: Any, 
 
 
 # ---------------------------------------------------------------------------
+# bind-rx / bind-tx refusals any kernel gives on lo (net/core/netdev-genl.c)
+# ---------------------------------------------------------------------------
+LO = socket.if_nametoindex("lo")
+
+
+def test_bind_rx_without_queue_api_is_eopnotsupp(plain_nic_backend: Any) -> None:
+    from devmemtcp.memory.memfd import MemfdBuffer
+
+    with MemfdBuffer(4 * PS) as buf:
+        e = nl_errno(plain_nic_backend.bind_rx, LO, buf, [0])
+    assert (e.errno, e.extack, e.bad_attr) == (errno.EOPNOTSUPP, None, "ifindex")
+
+
+def test_bind_tx_without_netmem_tx_is_eopnotsupp(plain_nic_backend: Any) -> None:
+    from devmemtcp.memory.memfd import MemfdBuffer
+
+    with MemfdBuffer(4 * PS) as buf:
+        e = nl_errno(plain_nic_backend.bind_tx, LO, buf)
+    assert (e.errno, e.extack) == (errno.EOPNOTSUPP, "Driver does not support netmem TX")
+
+
+def test_bind_missing_queues_and_unknown_ifindex(plain_nic_backend: Any) -> None:
+    from devmemtcp.memory.memfd import MemfdBuffer
+
+    bad = max(i for i, _ in socket.if_nameindex()) + 1000
+    with MemfdBuffer(4 * PS) as buf:
+        e = nl_errno(plain_nic_backend.bind_rx, LO, buf, [])
+        assert (e.errno, e.bad_attr) == (errno.EINVAL, "queues (missing)")
+        e = nl_errno(plain_nic_backend.bind_rx, bad, buf, [0])
+        assert (e.errno, e.bad_attr) == (errno.ENODEV, None)
+        e = nl_errno(plain_nic_backend.bind_tx, bad, buf)
+        assert (e.errno, e.bad_attr) == (errno.ENODEV, None)
+
+
+# ---------------------------------------------------------------------------
 # bind-rx / bind-tx (needs a devmem NIC for the kernel variant)
 # ---------------------------------------------------------------------------
 def nl_errno(fn: Any, *args: Any) -> NetlinkError:

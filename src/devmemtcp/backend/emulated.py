@@ -296,13 +296,13 @@ class EmulatedBackend:
         binding, but its id stays consumed, as in the kernel."""
         op = "bind-rx"
         if not queues:
-            raise NetlinkError(errno.EINVAL, op, bad_attr="queues",
+            raise NetlinkError(errno.EINVAL, op, bad_attr="queues (missing)",
                                hint="name at least one RX queue to bind")
         ns = st.netns_id()
         try:
             ifname = socket.if_indextoname(int(ifindex))
         except OSError:
-            raise NetlinkError(errno.ENODEV, op, bad_attr="ifindex",
+            raise NetlinkError(errno.ENODEV, op,
                                hint="pass the ifindex of an interface in this network namespace") from None
         nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
         if not nic.get("caps", {}).get("queue_mgmt", True):
@@ -370,7 +370,7 @@ class EmulatedBackend:
         try:
             ifname = socket.if_indextoname(int(ifindex))
         except OSError:
-            raise NetlinkError(errno.ENODEV, op, bad_attr="ifindex",
+            raise NetlinkError(errno.ENODEV, op,
                                hint="pass the ifindex of an interface in this network namespace") from None
         nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
         if nic.get("caps", {}).get("netmem_tx", "dma") == "none":

@@ -118,7 +118,7 @@ def nl_err(fn: Any, *args: Any) -> NetlinkError:
 
 def test_bind_rx_needs_queues(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
     e = nl_err(emu.bind_rx, LO, buf, [])
-    assert e.errno == errno.EINVAL and e.op == "bind-rx" and e.bad_attr == "queues"
+    assert e.errno == errno.EINVAL and e.op == "bind-rx" and e.bad_attr == "queues (missing)"
 
 
 def test_bind_rx_unknown_ifindex_is_enodev(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
