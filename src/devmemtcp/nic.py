@@ -23,6 +23,15 @@ installed while set up), or by ``devmemtcp restore IFNAME`` after a crash or
 wanted value is not journaled, and a rule is deleted only if the rule found
 at its location is the one this tool inserted.
 
+Several flows may share a NIC: a NicSetup started while another live one
+holds the journal joins it (same devmem queues and channel count, else it is
+refused), adds its own rule, and leaves the shared settings (channels, header
+split, RSS) to the last one out. Each journal entry names its owner (pid,
+process start time, setup id); the journal is read and changed under an
+exclusive ``flock``; ``restore`` undoes only what setups that are gone left.
+``JOURNAL_DIR`` is ``$DEVMEMTCP_JOURNAL_DIR`` or /run/devmemtcp; inside a
+namespace ``ip netns`` names, the file is ``IFNAME@NETNS.json``.
+
 Both backends work: the NIC is reached through ``backend.nic(ifname)``.
 """
 
