@@ -680,3 +680,22 @@ def test_drivers_without_queue_api_or_netmem_tx(emu: EmulatedBackend, buf: Memfd
     nic.set_capabilities(queue_mgmt=True, netmem_tx="dma")
     with emu.bind_rx(LO, buf, [0]), emu.bind_tx(LO, buf):
         pass
+
+
+@pytest.mark.parametrize("n,total,shift", [(1, 1, 0), (1, PS, 0), (5, 4 * PS + 7, 0), (300, 300 * PS, 0),
+                                           (3, 2 * PS + 1, 4)])
+def test_encode_frags_matches_the_codec(n: int, total: int, shift: int) -> None:
+    from devmemtcp.backend.emulated import encode_frags
+
+    pages = np.sort(np.random.default_rng(n).choice(1 << 20, n, replace=False)).astype(np.int64)
+    tok = np.arange(7, 7 + n, dtype=np.uint32)
+    a = bytearray(40 * n + 16)
+    b = bytearray(40 * n + 16)
+    # shift != 0: a misaligned control buffer takes the codec's own path
+    la = encode_frags(memoryview(a)[shift:], pages, total, tok, 9)
+    sizes = np.full(n, PS, np.uint32)
+    sizes[-1] = total - (n - 1) * PS
+    lb = cmsg.encode_rx_control(memoryview(b)[shift:], pages.astype(np.uint64) * PS, sizes, tok, 9)
+    assert (la, bytes(a)) == (lb, bytes(b))
+    fb = cmsg.parse_rx_control(bytes(a)[shift:], la)
+    assert fb.nbytes == total and fb.token.tolist() == tok.tolist()
