@@ -250,3 +250,31 @@ def test_receiver_over_kernel_backend_counts_ordinary_data_as_flow_steering_erro
     stats = rx.stats.as_dict()
     assert (stats["bytes"], stats["flow_steering_errors"], stats["frags"]) == (len(payload), len(payload), 0)
     assert stats["tokens_released"] == 0
+
+
+@pytest.mark.root
+def test_binds_delegate_to_netlink_and_carry_the_kernels_refusal() -> None:
+    from devmemtcp.errors import NetlinkError
+    from devmemtcp.memory import open_dmabuf
+
+    lo = socket.if_nametoindex("lo")
+    with open_dmabuf("host", 1 << 20) as buf:
+        with pytest.raises(NetlinkError) as rx:
+            kb.bind_rx(lo, buf, [0])
+        assert (rx.value.errno, rx.value.op) == (errno.EOPNOTSUPP, "bind-rx")
+        with pytest.raises(NetlinkError) as tx:
+            kb.bind_tx(lo, buf)
+        assert (tx.value.errno, tx.value.extack) == (errno.EOPNOTSUPP, "Driver does not support netmem TX")
+        with pytest.raises(NetlinkError) as empty:
+            kb.bind_rx(lo, buf, [])
+        assert empty.value.errno == errno.EINVAL
+
+
+def test_kernel_nic_control_of_an_unknown_interface() -> None:
+    from devmemtcp.errors import DevmemError
+
+    with pytest.raises(DevmemError, match="no network interface named 'nosuch0'"):
+        kb.nic("nosuch0")
+    nic = kb.nic("lo")
+    assert (nic.ifname, nic.ifindex, nic.driver()) == ("lo", 1, "")
+    assert nic.rx_queue_count() == 1
