@@ -421,3 +421,26 @@ def test_restore_without_journal_is_a_no_op(jdir: Path) -> None:
     start = time.monotonic()
     assert restore("eth9", journal_dir=jdir).ok
     assert time.monotonic() - start < 5
+
+
+CONCURRENT_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from devmemtcp.backend.emulated import EmulatedBackend
+    from devmemtcp.nic import NicSetup
+    port = int(sys.argv[2])
+    with NicSetup(EmulatedBackend(), "lo", queues=(3, 1), flow=("127.0.0.1", port), journal_dir=sys.argv[1]):
+        time.sleep(0.3)
+    print("done", flush=True)
+""")
+
+
+def test_concurrent_setups_of_one_nic_leave_it_as_it_was(emu: Any, jdir: Path) -> None:
+    nic = emu.nic(LO)
+    before = nic.state()
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_SCRIPT, str(jdir), str(6000 + i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [o[1] for o in outs]
+    assert all(o[0].strip() == "done" for o in outs)
+    assert nic.state() == before
+    assert not Journal(LO, jdir).exists()
