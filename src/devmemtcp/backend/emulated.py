@@ -65,7 +65,7 @@ from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.pool import RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
-from devmemtcp.emulation.tokens import TokenTable
+from devmemtcp.emulation.tokens import TokenTable, dontneed_walk
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.memory.base import DmaBuf
 
@@ -644,18 +644,9 @@ class EmulatedBackend:
                 pages, bids, queues = s.tokens.erase_range(start, count)
                 _return_pages(pages, bids, queues, self._pools)
                 return int(pages.shape[0])
-        rng = raw.view(abi.DMABUF_TOKEN_DTYPE)
-        starts = rng["token_start"].astype(np.int64)
-        counts = rng["token_count"].astype(np.int64)
-        # ++num_frags > MAX_DONTNEED_FRAGS stops the walk: the first 1024 (range, j) pairs
-        before = np.cumsum(counts) - counts
-        take = np.minimum(counts, np.clip(abi.MAX_DONTNEED_FRAGS - before, 0, None))
-        ntot = int(take.sum())
-        if ntot == 0:
+        toks = dontneed_walk(raw.view(abi.DMABUF_TOKEN_DTYPE))
+        if toks.shape[0] == 0:
             return 0
-        rep = np.repeat(np.arange(take.shape[0]), take)
-        j = np.arange(ntot) - np.repeat(np.cumsum(take) - take, take)
-        toks = (starts[rep] + j) & U32_MAX
         pages, bids, queues = s.tokens.erase(toks)
         _return_pages(pages, bids, queues, self._pools)
         return int(pages.shape[0])

@@ -185,3 +185,22 @@ class TokenTable:
 _EMPTY_I64 = np.empty(0, np.int64)
 _EMPTY_U32 = np.empty(0, np.uint32)
 _EMPTY_I32 = np.empty(0, np.int32)
+
+
+def dontneed_walk(ranges: np.ndarray) -> np.ndarray:
+    """The tokens ``sock_devmem_dontneed`` (net/core/sock.c) tries to erase,
+    in its order: for each ``dmabuf_token`` range, ``token_start + j`` for
+    ``j < token_count`` (u32 arithmetic), stopping once ``++num_frags`` exceeds
+    MAX_DONTNEED_FRAGS (1024), whether or not the tokens exist.
+
+    ``ranges``: a ``DMABUF_TOKEN_DTYPE`` array; returns int64 tokens, at most
+    1024 of them, without a Python loop over ranges or tokens."""
+    counts = ranges["token_count"].astype(np.int64)
+    before = np.cumsum(counts) - counts
+    take = np.minimum(counts, np.clip(abi.MAX_DONTNEED_FRAGS - before, 0, None))
+    ntot = int(take.sum())
+    if ntot == 0:
+        return _EMPTY_I64
+    rep = np.repeat(np.arange(take.shape[0]), take)
+    j = np.arange(ntot) - np.repeat(np.cumsum(take) - take, take)
+    return (ranges["token_start"].astype(np.int64)[rep] + j) & 0xFFFFFFFF

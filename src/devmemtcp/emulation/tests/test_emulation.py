@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
+from devmemtcp import abi
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.pool import RxPool
 from devmemtcp.emulation.steering import Flow, steer, toeplitz_hash
-from devmemtcp.emulation.tokens import TokenTable
+from devmemtcp.emulation.tokens import TokenTable, dontneed_walk
 
 
 # ---------------------------------------------------------------------------
@@ -81,6 +82,28 @@ def test_token_numbering_matches_xarray(seq: list[tuple[str, Any]]) -> None:
     assert sorted(pages_out.tolist()) == sorted(ref.used.values())
     assert tt.outstanding == 0
     assert tt.alloc(np.array([1], np.int64), 7, 3).tolist() == [1]
+
+
+def kernel_walk(ranges: list[tuple[int, int]]) -> list[int]:
+    """sock_devmem_dontneed's loop, literally."""
+    out = []
+    num_frags = 0
+    for start, count in ranges:
+        for j in range(count):
+            num_frags += 1
+            if num_frags > abi.MAX_DONTNEED_FRAGS:
+                return out
+            out.append((start + j) & 0xFFFFFFFF)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(hst.lists(hst.tuples(hst.integers(0, 0xFFFFFFFF), hst.one_of(hst.integers(0, 40),
+                                                                    hst.integers(0, 0xFFFFFFFF))),
+                 max_size=abi.MAX_DONTNEED_TOKENS))
+def test_dontneed_walk_matches_the_kernel_loop(ranges: list[tuple[int, int]]) -> None:
+    arr = np.array(ranges, dtype=abi.DMABUF_TOKEN_DTYPE) if ranges else np.empty(0, abi.DMABUF_TOKEN_DTYPE)
+    assert dontneed_walk(arr).tolist() == kernel_walk(ranges)
 
 
 # ---------------------------------------------------------------------------
