@@ -5,11 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Each test session gets its own emulated-NIC state directory, inherited by
+    # the CLI subprocesses it starts: concurrent sessions on one machine would
+    # otherwise share (and fight over) the emulated NICs on lo.
+    if not os.environ.get("DEVMEMTCP_EMU_DIR"):
+        path = tempfile.mkdtemp(prefix="devmemtcp-emu-")
+        os.environ["DEVMEMTCP_EMU_DIR"] = path
+        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
 
 
 def _can_netns() -> str | None:
@@ -34,6 +45,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 "(devmemtcp doctor IFNAME tells whether it qualifies)"))
         if "gpu" in item.keywords and not os.path.exists("/dev/nvidia0"):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (/dev/nvidia0 absent)"))
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dirs(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give each test its own undo-journal and emulated-NIC state directories.
+
+    The variables reach the CLI subprocesses a test starts, so test runs (and
+    any devmemtcp run by a person on the same machine) never see each other's
+    NIC set-ups through /run/devmemtcp.
+    """
+    base = tmp_path_factory.mktemp("devmemtcp-run")
+    monkeypatch.setenv("DEVMEMTCP_JOURNAL_DIR", str(base / "journal"))
+    monkeypatch.setenv("DEVMEMTCP_EMU_DIR", str(base / "emu"))
 
 
 def _ip(*args: str) -> None:

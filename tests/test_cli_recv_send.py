@@ -215,16 +215,21 @@ def test_recv_without_steering_counts_flow_steering_errors() -> None:
     assert res["flow_steering_errors"] == n and res["frags"] == 0
 
 
+def _lo_journal() -> str:
+    """lo's undo journal in this test's private journal directory (conftest)."""
+    return os.path.join(os.environ["DEVMEMTCP_JOURNAL_DIR"], "lo.json")
+
+
 def test_sigint_while_waiting_restores_the_nic() -> None:
     import signal
 
     proc = _recv("--validate", "7")
     port, _early = wait_listening(proc)
-    assert os.path.exists("/run/devmemtcp/lo.json")  # the undo journal while set up
+    assert os.path.exists(_lo_journal())  # the undo journal while set up
     proc.send_signal(signal.SIGINT)
     rc, _out, err = _finish(proc, timeout=60)
     assert rc == 130, err
-    assert not os.path.exists("/run/devmemtcp/lo.json")
+    assert not os.path.exists(_lo_journal())
     # and the next receiver sets up and binds the same queue again
     proc = _recv("--validate", "7", "--json")
     port, _early = wait_listening(proc)
@@ -245,7 +250,7 @@ def test_sigterm_mid_transfer_restores_the_nic() -> None:
     proc.send_signal(signal.SIGTERM)
     rc, _out, err = _finish(proc, timeout=60)
     assert rc != 0 and "Traceback" not in err, err
-    assert not os.path.exists("/run/devmemtcp/lo.json")
+    assert not os.path.exists(_lo_journal())
     t.join(30)
 
 
@@ -272,7 +277,7 @@ def test_kernel_backend_on_lo_fails_with_the_kernels_reason() -> None:
                           "--timeout", "5"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
     assert "hint:" in res.stderr and "Traceback" not in res.stderr
-    assert not os.path.exists("/run/devmemtcp/lo.json")
+    assert not os.path.exists(_lo_journal())
 
 
 @pytest.mark.skipif(not shutil.which("nc"), reason="needs OpenBSD netcat (apt-get install netcat-openbsd)")
@@ -344,7 +349,7 @@ def test_sigint_during_demo_restores_the_nic() -> None:
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert not os.path.exists("/run/devmemtcp/lo.json")
+    assert not os.path.exists(_lo_journal())
 
 
 @pytest.mark.skipif(os.path.exists("/dev/udmabuf"), reason="checks the error when /dev/udmabuf is absent")
@@ -353,7 +358,7 @@ def test_memory_udmabuf_without_the_module_says_modprobe() -> None:
                           "--timeout", "2"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert "modprobe udmabuf" in res.stderr and "Traceback" not in res.stderr
-    assert not os.path.exists("/run/devmemtcp/lo.json")
+    assert not os.path.exists(_lo_journal())
 
 
 def test_validation_failure_json_names_offset_expected_received() -> None:

@@ -117,7 +117,7 @@ def wait_listening(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[in
                          f"rc={proc.poll()}")
 
 
-def wait_nic_free(ifname: str = "lo", timeout: float = 120, journal_dir: str = "/run/devmemtcp") -> None:
+def wait_nic_free(ifname: str = "lo", timeout: float = 120, journal_dir: str | None = None) -> None:
     """Wait while another live process holds ``ifname``'s NIC set-up.
 
     One devmem flow per interface can be set up at a time (one undo journal
@@ -128,6 +128,7 @@ def wait_nic_free(ifname: str = "lo", timeout: float = 120, journal_dir: str = "
     import json
     import os
 
+    journal_dir = journal_dir or os.environ.get("DEVMEMTCP_JOURNAL_DIR", "/run/devmemtcp")
     path = os.path.join(journal_dir, f"{ifname}.json")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
