@@ -133,7 +133,8 @@ class MemfdBuffer:
         if maxsz == 0:
             return dst
         if int(sizes.min()) == ps and not (offs & (ps - 1)).any():
-            dst.reshape(n, ps)[:] = view.reshape(-1, ps)[offs // ps]
+            # np.take with out=: no n*page_size temporary
+            np.take(view.reshape(-1, ps), offs // ps, axis=0, out=dst.reshape(n, ps))
             return dst
         # windows[i] = view[i : i + maxsz]; fragments too close to the end for
         # a full window are copied one by one (at most a few of them).
@@ -142,7 +143,7 @@ class MemfdBuffer:
         tail = offs >= nwin
         starts = np.cumsum(sizes) - sizes
         if int(sizes.min()) == maxsz and not tail.any():
-            dst.reshape(n, maxsz)[:] = windows[offs]
+            np.take(windows, offs, axis=0, out=dst.reshape(n, maxsz))
             return dst
         body = ~tail
         if body.any():
