@@ -5,22 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Each test session gets its own emulated-NIC state directory, inherited by
-    # the CLI subprocesses it starts: concurrent sessions on one machine would
-    # otherwise share (and fight over) the emulated NICs on lo.
-    if not os.environ.get("DEVMEMTCP_EMU_DIR"):
-        path = tempfile.mkdtemp(prefix="devmemtcp-emu-")
-        os.environ["DEVMEMTCP_EMU_DIR"] = path
-        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
 
 
 def _can_netns() -> str | None:
