@@ -211,7 +211,6 @@ class _SockState:
     queue: int = -1
     how: str = ""
     checked: float = -1e9
-    rcvtimeo: float | None = None
     tcp: bool = False
     fionread: array.array[int] = field(default_factory=lambda: array.array("i", [0]))
     tx: _TxState = field(default_factory=_TxState)
@@ -489,11 +488,10 @@ class EmulatedBackend:
             return time.monotonic(), False
         if timeout is not None:
             return time.monotonic() + timeout, True
-        if s.rcvtimeo is None:
-            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_RCVTIMEO, 16)
-            sec, usec = struct.unpack("qq", raw)
-            s.rcvtimeo = sec + usec / 1e6
-        return (time.monotonic() + s.rcvtimeo if s.rcvtimeo > 0 else None), False
+        # only a stalled flow gets here: read SO_RCVTIMEO now (struct timeval)
+        sec, usec = struct.unpack("qq", sock.getsockopt(socket.SOL_SOCKET, _SO_RCVTIMEO, 16))
+        rcvtimeo = sec + usec / 1e6
+        return (time.monotonic() + rcvtimeo if rcvtimeo > 0 else None), False
 
     def _wait_data(self, sock: socket.socket, flags: int) -> int:
         """Block like recvmsg until data or EOF is there; 0 at EOF, else 1."""

@@ -10,6 +10,7 @@ import errno
 import gc
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -417,8 +418,15 @@ def test_pool_exhaustion_stalls_and_recovers(emu: EmulatedBackend) -> None:
         assert time.monotonic() - t0 >= 0.19
         with pytest.raises(BlockingIOError):
             emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM | abi.MSG_DONTWAIT)
+        # a blocking socket with SO_RCVTIMEO: EAGAIN once that time has passed
+        conn.settimeout(None)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("qq", 0, 100_000))
+        t0 = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM)
+        assert time.monotonic() - t0 >= 0.09
         qs = emu.stats()["bindings"][0]["queue_stats"][2]
-        assert qs["alloc-empty"] >= 2
+        assert qs["alloc-empty"] >= 3
         assert emu.stats()["bindings"][0]["inflight"] == 4
 
         # a release from another thread wakes the stalled receiver
