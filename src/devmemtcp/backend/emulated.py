@@ -537,7 +537,17 @@ class EmulatedBackend:
         fionread = s.fionread
         fcntl.ioctl(sock.fileno(), termios.FIONREAD, fionread, True)
         avail = fionread[0]
-        want_pages = min(room, -(-(min(avail, nbuf) if avail > 0 else nbuf) // PAGE_SIZE))
+        if avail == 0:
+            # nothing queued: wait like recvmsg (timeout, SO_RCVTIMEO, MSG_DONTWAIT)
+            # before taking any net_iov, so a waiting socket holds no buffers
+            try:
+                if self._wait_data(sock, flags) == 0:
+                    return 0, 0, 0
+            except TimeoutError:
+                raise TimeoutError(errno.EAGAIN, "timed out") from None
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, fionread, True)
+            avail = max(1, fionread[0])
+        want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
         pages = pool.alloc(want_pages, s.queue, time.monotonic())
         if pages.shape[0] == 0:
             deadline, py_timeout = self._deadline(sock, s, flags)
