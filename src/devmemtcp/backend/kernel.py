@@ -313,9 +313,18 @@ class KernelNicControl:
     def _eth() -> Any:
         return _netlink("ethtool")
 
+    def _netlink_else_ioctl(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ethtool netlink ``op``; on EOPNOTSUPP (an op the kernel or driver
+        lacks over netlink) the SIOCETHTOOL ioctl of the same name."""
+        try:
+            return getattr(self._eth(), op)(self.ifname, *args, **kwargs)
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        return getattr(_netlink("ntuple"), op)(self.ifname, *args, **kwargs)
+
     def driver(self) -> str:
-        ntuple = _netlink("ntuple")
-        return ntuple.driver_name(self.ifname)
+        return str(_netlink("ntuple").driver_name(self.ifname))
 
     def rx_queue_count(self) -> int:
         """RX queues: rx + combined channels, else the ``rx-*`` queues in sysfs."""
@@ -326,7 +335,7 @@ class KernelNicControl:
         counts = [c for c in (ch.rx, ch.combined) if c]
         if counts:
             return int(sum(counts))
-        return len([q for q in os.listdir(f"/sys/class/net/{self.ifname}/queues") if q.startswith("rx-")])
+        return int(self._eth().rx_queue_count(self.ifname))
 
     def get_rings(self) -> Rings:
         return self._eth().get_rings(self.ifname)
@@ -335,39 +344,14 @@ class KernelNicControl:
         self._eth().set_rings(self.ifname, tcp_data_split=tcp_data_split, hds_thresh=hds_thresh)
 
     def get_channels(self) -> Channels:
-        try:
-            return self._eth().get_channels(self.ifname)
-        except (ImportError, AttributeError):
-            pass
-        except NetlinkError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
-        ntuple = _netlink("ntuple")
-        return ntuple.get_channels(self.ifname)
+        return self._netlink_else_ioctl("get_channels")
 
     def set_channels(self, *, rx: int | None = None, tx: int | None = None,
                      combined: int | None = None) -> None:
-        try:
-            self._eth().set_channels(self.ifname, rx=rx, tx=tx, combined=combined)
-            return
-        except (ImportError, AttributeError):
-            pass
-        except NetlinkError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
-        ntuple = _netlink("ntuple")
-        ntuple.set_channels(self.ifname, rx=rx, tx=tx, combined=combined)
+        self._netlink_else_ioctl("set_channels", rx=rx, tx=tx, combined=combined)
 
     def get_rss_indir(self) -> list[int]:
-        try:
-            return list(self._eth().get_rss_indir(self.ifname))
-        except (ImportError, AttributeError):
-            pass
-        except NetlinkError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
-        ntuple = _netlink("ntuple")
-        return ntuple.get_rss_indir(self.ifname)
+        return list(self._netlink_else_ioctl("get_rss_indir"))
 
     def set_rss_indir(self, table: list[int]) -> None:
         """Write the RSS table; ``[]`` resets it to the driver default (ETHTOOL_SRXFHINDIR
@@ -375,16 +359,7 @@ class KernelNicControl:
         if not table:
             _netlink("ntuple").set_rss_indir(self.ifname, [])
             return
-        try:
-            self._eth().set_rss_indir(self.ifname, table)
-            return
-        except (ImportError, AttributeError):
-            pass
-        except NetlinkError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
-        ntuple = _netlink("ntuple")
-        ntuple.set_rss_indir(self.ifname, table)
+        self._netlink_else_ioctl("set_rss_indir", table)
 
     def list_rules(self) -> list[NtupleRule]:
         ntuple = _netlink("ntuple")
