@@ -46,11 +46,8 @@ from devmemtcp.errors import DevmemError
 DEFAULT_BYTES = 1 << 30
 DEFAULT_VALIDATE = 7
 DEFAULT_REPEAT = 3
-#: dma-buf of the emulated runs. 8 MiB (2048 net_iovs) keeps the emulated NIC's
-#: copies in the CPU caches like the raw baseline's fixed 1 MiB buffer; with
-#: ncdevmem's 62.5 MiB every received byte lands on a cold cache line
-#: (--dmabuf-size 62.5M shows that cost).
-DEFAULT_DMABUF_SIZE = 8 << 20
+#: dma-buf of the emulated runs: ncdevmem's 16000 pages (62.5 MiB), as devmemtcp recv/send.
+DEFAULT_DMABUF_SIZE = 16000 * abi.PAGE_SIZE
 SEND_CHUNK = 1 << 20
 HOST = "127.0.0.1"
 SAMPLE_EVERY_S = 0.02

@@ -81,8 +81,7 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="R",
                    help=f"runs of each kind, medians reported (default {DEFAULT_REPEAT})")
     p.add_argument("--dmabuf-size", type=parse_size, default=DEFAULT_DMABUF_SIZE, metavar="N",
-                   help="dma-buf of the emulated runs (default 8M: cache-resident like the raw run's "
-                   "1 MiB buffer; 62.5M is ncdevmem's size)")
+                   help="dma-buf of the emulated runs (default 62.5M, ncdevmem's 16000 pages)")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
