@@ -71,6 +71,16 @@ def path_of(name: str) -> str:
 
 
 @contextmanager
+def maybe_enter(name: str | None) -> Iterator[str | None]:
+    """:func:`enter` ``name``, or stay in the current namespace when ``None``."""
+    if name is None:
+        yield None
+    else:
+        with enter(name) as path:
+            yield path
+
+
+@contextmanager
 def enter(name: str) -> Iterator[str]:
     """Run the body inside network namespace ``name``; yields its path.
 

@@ -309,6 +309,17 @@ class EmulatedBackend:
             raise NetlinkError(errno.E2BIG, op, "dmabuf contains too many net_iovs",
                                hint="use a dma-buf below 16 TiB")
 
+    def _nic_of(self, op: str, ifindex: int) -> tuple[int, str, dict[str, Any]]:
+        """(netns id, ifname, NIC state) of ``ifindex``; ENODEV as the kernel's
+        netdev_get_by_index when no interface has it in this namespace."""
+        ns = st.netns_id()
+        try:
+            ifname = socket.if_indextoname(int(ifindex))
+        except OSError:
+            raise NetlinkError(errno.ENODEV, op,
+                               hint="pass the ifindex of an interface in this network namespace") from None
+        return ns, ifname, st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+
     def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[Any]) -> EmulatedBinding:
         """bind-rx ``dmabuf`` to RX ``queues`` of the emulated NIC on ``ifindex``.
 
@@ -331,13 +342,7 @@ class EmulatedBackend:
         if not queues:
             raise NetlinkError(errno.EINVAL, op, bad_attr="queues (missing)",
                                hint="name at least one RX queue to bind")
-        ns = st.netns_id()
-        try:
-            ifname = socket.if_indextoname(int(ifindex))
-        except OSError:
-            raise NetlinkError(errno.ENODEV, op,
-                               hint="pass the ifindex of an interface in this network namespace") from None
-        nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+        ns, ifname, nic = self._nic_of(op, ifindex)
         if not nic.get("caps", {}).get("queue_mgmt", True):
             # netdev_need_ops_lock() false: a driver without the queue management API
             raise NetlinkError(errno.EOPNOTSUPP, op, bad_attr="ifindex",
@@ -399,13 +404,7 @@ class EmulatedBackend:
         netmem TX mode "none" (EOPNOTSUPP "Driver does not support netmem
         TX"); then the dma-buf checks of :meth:`bind_rx` (EBADF, EINVAL, E2BIG)."""
         op = "bind-tx"
-        ns = st.netns_id()
-        try:
-            ifname = socket.if_indextoname(int(ifindex))
-        except OSError:
-            raise NetlinkError(errno.ENODEV, op,
-                               hint="pass the ifindex of an interface in this network namespace") from None
-        nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
+        ns, ifname, nic = self._nic_of(op, ifindex)
         if nic.get("caps", {}).get("netmem_tx", "dma") == "none":
             raise NetlinkError(errno.EOPNOTSUPP, op, "Driver does not support netmem TX",
                                hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")

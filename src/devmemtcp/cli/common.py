@@ -18,7 +18,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from devmemtcp.errors import DevmemError
+from devmemtcp.errors import DevmemError, ValidationError
 
 _UNITS: dict[str, int] = {
     "": 1,
@@ -212,3 +212,15 @@ class ProgressLine:
 def fail(message: str, hint: str | None = None) -> DevmemError:
     """Build a DevmemError (for ``raise fail(...)`` in command modules)."""
     return DevmemError(message, hint)
+
+
+def report_validation_failure(command: str, exc: ValidationError, *, as_json: bool) -> int:
+    """Print a pattern mismatch (offset, expected and received bytes) and its
+    hint; with ``as_json`` also the JSON object scripts read. Returns exit status 1."""
+    print(f"devmemtcp {command}: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    if as_json:
+        print_json({"validated": False, "error": exc.message, "offset": exc.offset,
+                    "expected": exc.expected, "received": exc.received})
+    return 1

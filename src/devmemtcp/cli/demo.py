@@ -12,7 +12,6 @@ Exit status: 0 validated, 1 validation mismatch, 2 setup error.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from devmemtcp.cli import common
 from devmemtcp.cli.recv import table_rows
@@ -43,13 +42,7 @@ def run(args: argparse.Namespace) -> int:
                         on_backend=on_backend, on_progress=progress)
     except ValidationError as exc:
         progress.close()
-        print(f"devmemtcp demo: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        if args.json:
-            common.print_json({"validated": False, "error": exc.message, "offset": exc.offset,
-                               "expected": exc.expected, "received": exc.received})
-        return 1
+        return common.report_validation_failure("demo", exc, as_json=args.json)
     progress.close()
     if args.json:
         common.print_json(demo)

@@ -11,10 +11,8 @@ namespace, no permission).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -51,17 +49,8 @@ def render(report: DoctorReport, console: Console) -> None:
             console.print(f"why: {c.detail}", markup=False)
 
 
-@contextlib.contextmanager
-def _maybe_netns(name: str | None) -> Iterator[None]:
-    if name is None:
-        yield
-    else:
-        with netns.enter(name):
-            yield
-
-
 def run(args: argparse.Namespace) -> int:
-    with _maybe_netns(args.netns):
+    with netns.maybe_enter(args.netns):
         report = diagnose(args.ifname or default_ifname())
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)

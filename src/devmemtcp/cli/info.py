@@ -19,7 +19,6 @@ taken from its sysfs ``queues/`` directory (the same real_num_*_queues).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import errno as _errno
 import fcntl
@@ -27,7 +26,6 @@ import json
 import socket
 import struct
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -177,17 +175,8 @@ def render(info: dict[str, Any], console: Console) -> None:
             console.print(pp)
 
 
-@contextlib.contextmanager
-def _maybe_netns(name: str | None) -> Iterator[None]:
-    if name is None:
-        yield
-    else:
-        with netns.enter(name):
-            yield
-
-
 def run(args: argparse.Namespace) -> int:
-    with _maybe_netns(args.netns):
+    with netns.maybe_enter(args.netns):
         info = collect(args.ifnames)
     if args.json:
         json.dump(info, sys.stdout, indent=2)

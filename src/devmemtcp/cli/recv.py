@@ -83,13 +83,7 @@ def run(args: argparse.Namespace) -> int:
             on_ready=on_ready, on_backend=on_backend, on_progress=progress)
     except ValidationError as exc:
         progress.close()
-        print(f"devmemtcp recv: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        if args.json:
-            common.print_json({"validated": False, "error": exc.message, "offset": exc.offset,
-                               "expected": exc.expected, "received": exc.received})
-        return 1
+        return common.report_validation_failure("recv", exc, as_json=args.json)
     except TimeoutError as exc:
         progress.close()
         print(f"devmemtcp recv: error: {exc}", file=sys.stderr)
