@@ -342,7 +342,7 @@ def test_sigint_during_demo_restores_the_nic() -> None:
     proc = subprocess.Popen([*CLI, "demo", "--bytes", "64G"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not os.path.exists("/run/devmemtcp/lo.json") and time.monotonic() < deadline:
+    while not os.path.exists(_lo_journal()) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
