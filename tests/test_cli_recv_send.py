@@ -165,10 +165,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_recv_no_nic_config_uses_a_setup_made_by_devmemtcp_setup() -> None:
+def _recv_on_a_setup_nic(nbytes: int, *setup_args: str) -> tuple[int, str, str]:
+    """`devmemtcp setup` lo (queue 3, emulated) with ``setup_args``, then `recv
+    --no-nic-config --validate 7 --json` of ``nbytes`` from a plain sender, then
+    `devmemtcp restore lo` (checked). Returns the receiver's (rc, stdout, stderr)."""
     port = _free_port()
     setup = subprocess.run([*CLI, "setup", "lo", "--listen", "127.0.0.1", "--port", str(port),
-                            "--queues", "3:1", "--backend", "emulated"],
+                            "--queues", "3:1", "--backend", "emulated", *setup_args],
                            capture_output=True, text=True, timeout=60)
     assert setup.returncode == 0, setup.stderr
     try:
@@ -177,15 +180,20 @@ def test_recv_no_nic_config_uses_a_setup_made_by_devmemtcp_setup() -> None:
                                  "--validate", "7", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_listening(proc)
-        plain_send("127.0.0.1", port, 7, 16 << 20)
-        rc, out, err = _finish(proc)
-        assert rc == 0, err
-        res = json.loads(out)
-        assert res["validated"] is True and res["flow_steering_errors"] == 0
-        assert res["frags"] >= (16 << 20) // 4096
+        plain_send("127.0.0.1", port, 7, nbytes)
+        result = _finish(proc)
     finally:
         restore = subprocess.run([*CLI, "restore", "lo"], capture_output=True, text=True, timeout=60)
     assert restore.returncode == 0, restore.stderr
+    return result
+
+
+def test_recv_no_nic_config_uses_a_setup_made_by_devmemtcp_setup() -> None:
+    rc, out, err = _recv_on_a_setup_nic(16 << 20)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["validated"] is True and res["flow_steering_errors"] == 0
+    assert res["frags"] >= (16 << 20) // 4096
 
 
 def test_recv_without_steering_counts_flow_steering_errors() -> None:
@@ -193,22 +201,7 @@ def test_recv_without_steering_counts_flow_steering_errors() -> None:
     keeps the flow off devmem queue 3, so it arrives as readable data: still
     validated, but every byte is counted as a flow-steering error."""
     n = 4 << 20
-    port = _free_port()
-    setup = subprocess.run([*CLI, "setup", "lo", "--listen", "127.0.0.1", "--port", str(port),
-                            "--queues", "3:1", "--backend", "emulated", "--skip", "rule"],
-                           capture_output=True, text=True, timeout=60)
-    assert setup.returncode == 0, setup.stderr
-    try:
-        proc = subprocess.Popen([*CLI, "recv", "--listen", "127.0.0.1", "--port", str(port), "--timeout",
-                                 "60", "--queues", "3:1", "--no-nic-config", "--backend", "emulated",
-                                 "--validate", "7", "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_listening(proc)
-        plain_send("127.0.0.1", port, 7, n)
-        rc, out, err = _finish(proc)
-    finally:
-        restore = subprocess.run([*CLI, "restore", "lo"], capture_output=True, text=True, timeout=60)
-    assert restore.returncode == 0, restore.stderr
+    rc, out, err = _recv_on_a_setup_nic(n, "--skip", "rule")
     assert rc == 0, err
     res = json.loads(out)
     assert res["validated"] is True and res["bytes"] == n
@@ -326,8 +319,8 @@ def test_send_with_the_kernel_backend_reports_the_kernels_refusal() -> None:
     # unblock the plain receiver (the sender never connected)
     import socket
 
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", peer.port), timeout=2):
-        pass
+    with contextlib.suppress(OSError):
+        socket.create_connection(("127.0.0.1", peer.port), timeout=2).close()
     peer.join()
     assert res.returncode == 2, res.stderr
     # errno 95: Python's errno.errorcode names it ENOTSUP, the kernel EOPNOTSUPP

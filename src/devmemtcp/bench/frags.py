@@ -323,6 +323,20 @@ def _stat(stats: Any, *names: str) -> int:
                       "the Receiver's statistics changed: update devmemtcp.bench.frags")
 
 
+def _run_result(st: Any, t0: float, c0: float, batches: int,
+                samples: list[tuple[float, int]]) -> _PyRun:
+    """Stop the clocks started at ``t0`` (wall) / ``c0`` (CPU) and read the Receiver's stats."""
+    t1 = time.perf_counter()
+    c1 = time.process_time()
+    return _PyRun(
+        frags=_stat(st, "frags"), bytes=_stat(st, "bytes"), seconds=t1 - t0, cpu_seconds=c1 - c0,
+        release_syscalls=_stat(st, "release_syscalls"),
+        # given back = what the kernel freed + what it did not know (0 freed without a devmem NIC)
+        tokens_released=_stat(st, "tokens_released") + int(getattr(st, "release_shortfall", 0)),
+        batches=batches, samples=samples, kernel_freed=_stat(st, "tokens_released"),
+    )
+
+
 def _drive(backend: Any, sock: socket.socket, binding: _BenchBinding) -> _PyRun:
     """Run one Receiver over ``backend`` until EOF, releasing every batch, timed."""
     from devmemtcp.rx import Receiver
@@ -339,17 +353,8 @@ def _drive(backend: Any, sock: socket.socket, binding: _BenchBinding) -> _PyRun:
                 break
             release(batch)
             batches += 1
-        t1 = time.perf_counter()
-        c1 = time.process_time()
-        st = rx.stats
-        return _PyRun(
-            frags=_stat(st, "frags"), bytes=_stat(st, "bytes"), seconds=t1 - t0, cpu_seconds=c1 - c0,
-            release_syscalls=_stat(st, "release_syscalls"),
-            # given back = what the kernel freed + what it did not know (0 freed without a devmem NIC)
-            tokens_released=_stat(st, "tokens_released") + int(getattr(st, "release_shortfall", 0)),
-            batches=batches, samples=[(t - t0, f) for t, f in getattr(backend, "samples", [])],
-            kernel_freed=_stat(st, "tokens_released"),
-        )
+        return _run_result(rx.stats, t0, c0, batches,
+                           [(t - t0, f) for t, f in getattr(backend, "samples", [])])
 
 
 def _drive_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, sock: socket.socket,
@@ -378,15 +383,7 @@ def _drive_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, 
             if i % SAMPLE_EVERY_BATCHES == 0:
                 samples.append((time.perf_counter() - t0, delivered))
         rx.close()
-        t1 = time.perf_counter()
-        c1 = time.process_time()
-        st = rx.stats
-        return _PyRun(
-            frags=_stat(st, "frags"), bytes=_stat(st, "bytes"), seconds=t1 - t0, cpu_seconds=c1 - c0,
-            release_syscalls=_stat(st, "release_syscalls"),
-            tokens_released=_stat(st, "tokens_released") + int(getattr(st, "release_shortfall", 0)),
-            batches=i, samples=samples, kernel_freed=_stat(st, "tokens_released"),
-        )
+        return _run_result(rx.stats, t0, c0, i, samples)
 
 
 def profile_pipeline(records: list[tuple[bytes, int]], frags: int, backend: Any, sock: socket.socket,

@@ -157,8 +157,9 @@ def test_bind_rx_queue_already_bound_is_eexist(emu: EmulatedBackend, buf: MemfdB
         # queue 0 was not left bound by the failed request
         with emu.bind_rx(LO, other, [0]) as b0:
             assert b0.queues == (0,)
-    with emu.bind_rx(LO, buf, [3]):  # closing unbinds
-        pass
+    with emu.bind_rx(LO, buf, [3]) as b3:
+        assert b3.queues == (3,)
+    assert emu.nic("lo").bound_queues() == {}  # closing unbinds
 
 
 def test_bind_dmabuf_checks(emu: EmulatedBackend) -> None:
@@ -627,12 +628,12 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
                 break
         time.sleep(0.05)
         c = bytearray(128)
-        done: list[tuple[int, int]] = []
+        done: list[tuple[int, int]]
         try:
             clen, _ = emu.recv_errqueue(cli, memoryview(c))
             done = cmsg.parse_zerocopy_completions(c, clen)
         except BlockingIOError:
-            pass
+            done = []  # nothing acked yet
         assert emu.pending_completions(cli) >= 1  # the last sendmsg is not acked yet
         got = 0
         conn.setblocking(True)
@@ -686,8 +687,8 @@ def test_drivers_without_queue_api_or_netmem_tx(emu: EmulatedBackend, buf: Memfd
     e = nl_err(emu.bind_tx, LO, buf)
     assert (e.errno, e.extack) == (errno.EOPNOTSUPP, "Driver does not support netmem TX")
     nic.set_capabilities(queue_mgmt=True, netmem_tx="dma")
-    with emu.bind_rx(LO, buf, [0]), emu.bind_tx(LO, buf):
-        pass
+    with emu.bind_rx(LO, buf, [0]) as rb, emu.bind_tx(LO, buf) as tb:
+        assert (rb.kind, tb.kind) == ("rx", "tx") and rb.id != tb.id
 
 
 @pytest.mark.parametrize("n,total,shift", [(1, 1, 0), (1, PS, 0), (5, 4 * PS + 7, 0), (300, 300 * PS, 0),
