@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from devmemtcp import transfer
 from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.validate import FragValidator
 
 sys.path.insert(0, os.path.dirname(__file__))
 from transfer_helpers import PlainReceiver, plain_send, reference_pattern, wait_nic_free
@@ -184,11 +185,11 @@ def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
             dmabuf_id=np.ones(3, dtype=np.uint32), linear_bytes=100,
             linear_sizes=np.array([100], dtype=np.uint32), linear_at=np.array([0], dtype=np.int64),
             linear=stream[:100].copy())
-        v = transfer._FragValidator(period, buf)
+        v = FragValidator(period, buf)
         v.check_batch(batch)
         # a corrupted byte in frag C is reported at its stream offset
         view[3 * 4096 + 10] ^= 0xFF
-        v2 = transfer._FragValidator(period, buf)
+        v2 = FragValidator(period, buf)
         with pytest.raises(ValidationError) as info:
             v2.check_batch(batch)
         assert info.value.offset == 8292 + 10
@@ -225,7 +226,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
                           size=np.array(sizes, dtype=np.uint32),
                           token=np.arange(1, nfrags + 1, dtype=np.uint32),
                           dmabuf_id=np.ones(nfrags, dtype=np.uint32))
-        v = transfer._FragValidator(period, buf)
+        v = FragValidator(period, buf)
         v.checker.check(np.frombuffer(reference_pattern(period, 0, start), dtype=np.uint8))
         v.check_batch(batch)
         bad = data.draw(st.integers(0, sum(sizes) - 1), label="bad")
@@ -234,7 +235,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
             if pos <= bad < pos + n:
                 view[p * 4096 + bad - pos] ^= 0x80
             pos += n
-        v2 = transfer._FragValidator(period, buf)
+        v2 = FragValidator(period, buf)
         v2.checker.check(np.frombuffer(reference_pattern(period, 0, start), dtype=np.uint8))
         with pytest.raises(ValidationError) as info:
             v2.check_batch(batch)

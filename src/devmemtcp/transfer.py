@@ -33,6 +33,7 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.validate import FragValidator
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding
@@ -44,9 +45,6 @@ DEFAULT_DMABUF_SIZE = 16000 * abi.PAGE_SIZE
 DEFAULT_CHUNK = 64 * 1024
 #: Pattern period the sender fills with when no ``validate`` is asked for.
 DEFAULT_FILL_PERIOD = 256
-#: A batch whose frags form more contiguous runs than this is gathered once
-#: into a scratch buffer and checked there, instead of run by run.
-_MAX_RUNS_DIRECT = 32
 
 
 @dataclass
@@ -285,92 +283,6 @@ def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------
-# Validation of received data, straight from the dma-buf
-# ---------------------------------------------------------------------------
-class _FragValidator:
-    """Checks a stream's bytes against ncdevmem's pattern, in stream order.
-
-    Frags are read from the dma-buf's host view at their offsets: contiguous
-    runs of frags (found with numpy, no per-frag Python) are checked in place;
-    a batch scattered over many pages is gathered with one ``np.take`` into a
-    scratch buffer (allocated once, no per-batch temporaries) and checked there.
-    """
-
-    def __init__(self, period: int, dmabuf: DmaBuf) -> None:
-        from devmemtcp.pattern import PatternChecker
-
-        self.checker = PatternChecker(period)
-        self.dmabuf = dmabuf
-        self.view = dmabuf.host_view()
-        whole = self.view.size - self.view.size % abi.PAGE_SIZE
-        self.pages = self.view[:whole].reshape(-1, abi.PAGE_SIZE)
-        self.scratch = np.empty(0, dtype=np.uint8)
-
-    def check_bytes(self, data: np.ndarray | memoryview | bytes) -> None:
-        arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
-        if arr.size:
-            self.checker.check(arr)
-
-    def check_batch(self, batch: Any) -> None:
-        """Check one FragBatch in stream order: readable data (a flow on an
-        ordinary queue), then devmem frags interleaved with the linear pieces
-        at the positions ``linear_at`` gives (tcp_recvmsg_dmabuf copies an
-        skb's linear part before its frags)."""
-        readable = batch.readable
-        if len(readable):
-            self.check_bytes(readable)
-        sizes_lin = batch.linear_sizes
-        if not len(sizes_lin):
-            self.check_frags(batch.offset, batch.size)
-            return
-        linear = batch.linear
-        done_frags = 0
-        lin_pos = 0
-        for at, piece in zip(batch.linear_at.tolist(), sizes_lin.tolist(), strict=True):
-            if at > done_frags:
-                self.check_frags(batch.offset[done_frags:at], batch.size[done_frags:at])
-                done_frags = at
-            self.check_bytes(linear[lin_pos:lin_pos + piece])
-            lin_pos += piece
-        if done_frags < len(batch):
-            self.check_frags(batch.offset[done_frags:], batch.size[done_frags:])
-
-    def check_frags(self, offsets: np.ndarray, sizes: np.ndarray) -> None:
-        """Check frags (dma-buf ``offsets``, ``sizes``; stream order) in place.
-
-        Few contiguous runs: each run is checked where it lies. Many runs of
-        whole pages (the usual case): one ``np.take`` of the pages into a
-        scratch buffer, then one check. Otherwise the runs are copied into
-        the scratch buffer one by one."""
-        n = int(offsets.size)
-        if n == 0:
-            return
-        offs = offsets.astype(np.int64, copy=False)
-        lens = sizes.astype(np.int64, copy=False)
-        ends = offs + lens
-        breaks = np.flatnonzero(offs[1:] != ends[:-1]) + 1
-        first = np.concatenate(([0], breaks))
-        last = np.concatenate((breaks, [n])) - 1
-        if breaks.size < _MAX_RUNS_DIRECT:
-            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
-                self.checker.check(self.view[a:b])
-            return
-        total = int(lens.sum())
-        if self.scratch.size < total:
-            self.scratch = np.empty(max(total, 2 * self.scratch.size), dtype=np.uint8)
-        page = abi.PAGE_SIZE
-        if bool((lens == page).all()) and not bool((offs % page).any()):
-            rows = self.scratch[:total].reshape(n, page)
-            np.take(self.pages, offs // page, axis=0, out=rows, mode="clip")
-        else:
-            pos = 0
-            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
-                self.scratch[pos:pos + b - a] = self.view[a:b]
-                pos += b - a
-        self.checker.check(self.scratch[:total])
-
-
-# ---------------------------------------------------------------------------
 # Receive
 # ---------------------------------------------------------------------------
 def _listen_socket(listen: str, port: int) -> socket.socket:
@@ -475,7 +387,7 @@ def receive_stream(
             else address_of_interface(ifname, _family(listen))
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
         result.binding_id = binding.id
-        validator = _FragValidator(validate, dmabuf) if validate else None
+        validator = FragValidator(validate, dmabuf) if validate else None
         if on_ready:
             on_ready(port)
         lsock.settimeout(accept_timeout)
@@ -507,7 +419,7 @@ def receive_stream(
     return result
 
 
-def _receive_loop(rx: Any, validator: _FragValidator | None,
+def _receive_loop(rx: Any, validator: FragValidator | None,
                   on_progress: Callable[[int], None] | None) -> None:
     total = 0
     while True:

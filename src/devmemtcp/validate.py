@@ -1,0 +1,107 @@
+"""Validation of received data against ncdevmem's pattern, straight from the dma-buf.
+
+:class:`FragValidator` checks a stream's frags where the NIC put them (the
+dma-buf's host view at the cmsg offsets), in stream order, with no Python
+loop per fragment; :class:`~devmemtcp.pattern.PatternChecker` does the byte
+comparison.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from devmemtcp import abi
+
+if TYPE_CHECKING:
+    from devmemtcp.memory.base import DmaBuf
+
+__all__ = ["FragValidator"]
+
+#: A batch whose frags form more contiguous runs than this is gathered once
+#: into a scratch buffer and checked there, instead of run by run.
+_MAX_RUNS_DIRECT = 32
+
+
+class FragValidator:
+    """Checks a stream's bytes against ncdevmem's pattern, in stream order.
+
+    Frags are read from the dma-buf's host view at their offsets: contiguous
+    runs of frags (found with numpy, no per-frag Python) are checked in place;
+    a batch scattered over many pages is gathered with one ``np.take`` into a
+    scratch buffer (allocated once, no per-batch temporaries) and checked there.
+    """
+
+    def __init__(self, period: int, dmabuf: DmaBuf) -> None:
+        from devmemtcp.pattern import PatternChecker
+
+        self.checker = PatternChecker(period)
+        self.dmabuf = dmabuf
+        self.view = dmabuf.host_view()
+        whole = self.view.size - self.view.size % abi.PAGE_SIZE
+        self.pages = self.view[:whole].reshape(-1, abi.PAGE_SIZE)
+        self.scratch = np.empty(0, dtype=np.uint8)
+
+    def check_bytes(self, data: np.ndarray | memoryview | bytes) -> None:
+        arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+        if arr.size:
+            self.checker.check(arr)
+
+    def check_batch(self, batch: Any) -> None:
+        """Check one FragBatch in stream order: readable data (a flow on an
+        ordinary queue), then devmem frags interleaved with the linear pieces
+        at the positions ``linear_at`` gives (tcp_recvmsg_dmabuf copies an
+        skb's linear part before its frags)."""
+        readable = batch.readable
+        if len(readable):
+            self.check_bytes(readable)
+        sizes_lin = batch.linear_sizes
+        if not len(sizes_lin):
+            self.check_frags(batch.offset, batch.size)
+            return
+        linear = batch.linear
+        done_frags = 0
+        lin_pos = 0
+        for at, piece in zip(batch.linear_at.tolist(), sizes_lin.tolist(), strict=True):
+            if at > done_frags:
+                self.check_frags(batch.offset[done_frags:at], batch.size[done_frags:at])
+                done_frags = at
+            self.check_bytes(linear[lin_pos:lin_pos + piece])
+            lin_pos += piece
+        if done_frags < len(batch):
+            self.check_frags(batch.offset[done_frags:], batch.size[done_frags:])
+
+    def check_frags(self, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        """Check frags (dma-buf ``offsets``, ``sizes``; stream order) in place.
+
+        Few contiguous runs: each run is checked where it lies. Many runs of
+        whole pages (the usual case): one ``np.take`` of the pages into a
+        scratch buffer, then one check. Otherwise the runs are copied into
+        the scratch buffer one by one."""
+        n = int(offsets.size)
+        if n == 0:
+            return
+        offs = offsets.astype(np.int64, copy=False)
+        lens = sizes.astype(np.int64, copy=False)
+        ends = offs + lens
+        breaks = np.flatnonzero(offs[1:] != ends[:-1]) + 1
+        first = np.concatenate(([0], breaks))
+        last = np.concatenate((breaks, [n])) - 1
+        if breaks.size < _MAX_RUNS_DIRECT:
+            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
+                self.checker.check(self.view[a:b])
+            return
+        total = int(lens.sum())
+        if self.scratch.size < total:
+            self.scratch = np.empty(max(total, 2 * self.scratch.size), dtype=np.uint8)
+        page = abi.PAGE_SIZE
+        if bool((lens == page).all()) and not bool((offs % page).any()):
+            rows = self.scratch[:total].reshape(n, page)
+            np.take(self.pages, offs // page, axis=0, out=rows, mode="clip")
+        else:
+            pos = 0
+            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
+                self.scratch[pos:pos + b - a] = self.view[a:b]
+                pos += b - a
+        self.checker.check(self.scratch[:total])
