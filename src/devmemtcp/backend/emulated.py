@@ -580,7 +580,7 @@ class EmulatedBackend:
         """recv_into the dma-buf at ``pages``, one call per contiguous run;
         returns bytes received (0 at EOF). Gives every page back on error."""
         n = int(pages.shape[0])
-        # pages come sorted and distinct from RxPool.alloc: a span of n-1 is one run
+        # pages come ascending and distinct from RxPool.alloc: a span of n-1 is one run
         if int(pages[-1]) - int(pages[0]) == n - 1:
             runs = [(int(pages[0]), n)]
         else:

@@ -1,20 +1,20 @@
 """Page pools of the emulated NIC: PAGE_SIZE net_iovs drawn from a binding.
 
-An RX binding cuts its dma-buf into ``size // PAGE_SIZE`` net_iovs and keeps
-their indices on a free list (``binding->freelist`` in net/core/devmem.c, a
-LIFO stack: ``net_iov_free_pop`` takes from the top, ``net_iov_free_push``
-puts back on top). Each bound RX queue has a page pool that refills from that
-free list (``mp_dmabuf_devmem_alloc_netmems``, bulk of PP_ALLOC_CACHE_REFILL =
-64). Buffers the application holds (tokens not yet given back) are buffers the
-NIC cannot use: when the free list is empty the pool counts ``alloc-empty``
-and the flow stalls until tokens come back.
+An RX binding cuts its dma-buf into ``size // PAGE_SIZE`` net_iovs. The NIC
+takes free ones first fit, lowest index first, as the genpool allocator of
+net/core/devmem.c does on the kernels this emulation follows (6.12-6.18:
+``net_devmem_alloc_dmabuf`` -> ``gen_pool_alloc_owner`` on the binding's
+chunk pool with the default ``gen_pool_first_fit``; later kernels pop a LIFO
+free list instead). Each bound RX queue has a page pool that refills from
+the binding (``mp_dmabuf_devmem_alloc_netmems``, bulk of
+PP_ALLOC_CACHE_REFILL = 64). Buffers the application holds (tokens not yet
+given back) are buffers the NIC cannot use: when none is free the pool
+counts ``alloc-empty`` and the flow stalls until tokens come back.
 
-Order: the kernel pops up to 64 indices from the top of the stack and hands
-them out lowest-address first; :meth:`RxPool.alloc` takes the top ``k``
-entries and hands them out in ascending address order, which gives the same
-runs for a fresh binding (pages 0, 1, 2, ... are pushed in order) and lets
-the emulated NIC fill contiguous runs with one ``recv_into`` (net_iovs given
-back in one batch come out as one run again).
+First fit keeps the net_iovs in use packed at the low end of the dma-buf, so
+a receive usually lands in one contiguous run (one ``recv_into`` for the
+emulated NIC) and touches few distinct pages. The page pool's own recycle
+ring is not modelled: a net_iov given back is free for the next receive.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from devmemtcp import abi
 
 PP_ALLOC_CACHE_REFILL = 64  # include/net/page_pool/types.h
+_SCAN_CHUNK = 4096  # free-map entries scanned per numpy call when allocating
 
 
 @dataclass
@@ -61,10 +62,11 @@ class QueueStats:
 
 @dataclass
 class RxPool:
-    """The free list of one RX binding and the page pools of its queues.
+    """The free net_iovs of one RX binding and the page pools of its queues.
 
-    ``pages`` net_iovs of ``page_size`` bytes; thread-safe (one condition
-    variable: waiters sleep until net_iovs come back, never spin)."""
+    ``pages`` net_iovs of ``page_size`` bytes; ``free[i]`` is True while
+    net_iov ``i`` is free. Thread-safe (one condition variable: waiters sleep
+    until net_iovs come back, never spin)."""
 
     binding_id: int
     pages: int
@@ -76,9 +78,9 @@ class RxPool:
     waiters: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        # net_devmem_bind_dmabuf pushes niov 0..n-1 in order
-        self.free = np.arange(self.pages, dtype=np.int64)
+        self.free = np.ones(self.pages, dtype=np.bool_)
         self.nfree = self.pages
+        self._first_free = 0  # no free net_iov below this index
 
     def queue_stats(self, queue: int) -> QueueStats:
         st = self.stats.get(queue)
@@ -94,7 +96,8 @@ class RxPool:
     def alloc(self, k: int, queue: int, deadline: float | None) -> np.ndarray:
         """Take up to ``k`` (>= 1) net_iov indices for RX ``queue``.
 
-        Returns an int64 array of 1..k indices. When the free list is empty,
+        Returns an int64 array of 1..k indices, the lowest free first (first
+        fit: ascending, usually one contiguous run). When none is free, it
         counts alloc-empty and waits until net_iovs come back or
         ``deadline`` (``time.monotonic()`` value; None = forever) passes, then
         returns an empty array."""
@@ -110,29 +113,52 @@ class RxPool:
                         else:
                             left = deadline - time.monotonic()
                             if left <= 0:
-                                return self.free[:0].copy()
+                                return np.empty(0, dtype=np.int64)
                             self.cond.wait(left)
                 finally:
                     self.waiters -= 1
             n = min(k, self.nfree)
-            top = self.nfree
-            self.nfree = top - n
-            # lowest address first, as the kernel hands out a bulk refill
-            out = np.sort(self.free[top - n : top])
+            out = self._take_first_fit(n)
         st.alloc_fast += n
         st.alloc_slow += -(-n // PP_ALLOC_CACHE_REFILL)
         return out
 
+    def _take_first_fit(self, n: int) -> np.ndarray:
+        """The ``n`` lowest free indices, marked used (caller holds the lock and
+        checked ``n <= nfree``)."""
+        lo = self._first_free
+        found: list[np.ndarray] = []
+        got = 0
+        while got < n:
+            hi = min(self.pages, lo + max(_SCAN_CHUNK, 4 * n))
+            idx = np.flatnonzero(self.free[lo:hi])
+            if idx.shape[0]:
+                idx = idx[: n - got]
+                idx += lo
+                found.append(idx)
+                got += int(idx.shape[0])
+            lo = hi
+        out = found[0] if len(found) == 1 else np.concatenate(found)
+        self.free[out] = False
+        self.nfree -= n
+        self._first_free = int(out[-1]) + 1
+        return out
+
+    def _put(self, idx: np.ndarray) -> None:
+        """Mark ``idx`` free (caller holds the lock)."""
+        self.free[idx] = True
+        self.nfree += int(idx.shape[0])
+        low = int(idx.min())
+        if low < self._first_free:
+            self._first_free = low
+
     def give_back(self, idx: np.ndarray, queue: int | None = None) -> None:
-        """Return unused net_iovs (taken by :meth:`alloc`, never delivered) to the
-        top of the free list, in the order they were taken."""
+        """Return unused net_iovs (taken by :meth:`alloc`, never delivered)."""
         n = int(idx.shape[0])
         if n == 0:
             return
         with self.cond:
-            top = self.nfree
-            self.free[top : top + n] = idx
-            self.nfree = top + n
+            self._put(idx)
             if self.waiters:
                 self.cond.notify_all()
         if queue is not None:
@@ -141,20 +167,16 @@ class RxPool:
 
     def release(self, idx: np.ndarray, queues: np.ndarray | None = None) -> None:
         """net_iovs the application gave back (SO_DEVMEM_DONTNEED, socket close):
-        pushed on the free list (``net_iov_free_push``), waking stalled flows.
+        free again (``gen_pool_free``), waking stalled flows.
         ``queues`` (same shape) names the RX queue each one was delivered on,
         for the per-queue recycle counters."""
         n = int(idx.shape[0])
         if n == 0:
             return
         with self.cond:
-            top = self.nfree
-            if top + n > self.pages:
-                raise RuntimeError(
-                    f"binding {self.binding_id}: free list overflow ({top} + {n} > {self.pages})"
-                )
-            self.free[top : top + n] = idx
-            self.nfree = top + n
+            if self.free[idx].any():
+                raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
+            self._put(idx)
             if self.waiters:
                 self.cond.notify_all()
         if queues is not None:

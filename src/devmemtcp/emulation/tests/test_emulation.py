@@ -109,17 +109,43 @@ def test_dontneed_walk_matches_the_kernel_loop(ranges: list[tuple[int, int]]) ->
 # ---------------------------------------------------------------------------
 # page pool
 # ---------------------------------------------------------------------------
-def test_pool_hands_out_ascending_runs_and_reuses_lifo() -> None:
+def test_pool_hands_out_lowest_free_first() -> None:
     pool = RxPool(1, 8)
     a = pool.alloc(3, 0, None)
-    assert a.tolist() == [5, 6, 7]
+    assert a.tolist() == [0, 1, 2]
     b = pool.alloc(10, 0, None)
-    assert b.tolist() == [0, 1, 2, 3, 4]
+    assert b.tolist() == [3, 4, 5, 6, 7]
     assert pool.inflight == 8
-    pool.release(a, np.zeros(3, np.int32))
-    assert pool.alloc(2, 0, None).tolist() == [6, 7]  # the most recently freed first
+    pool.release(np.array([6, 1, 2]), np.zeros(3, np.int32))
+    assert pool.alloc(2, 0, None).tolist() == [1, 2]  # first fit, as gen_pool_first_fit
+    pool.give_back(np.array([1]), 0)
+    assert pool.alloc(5, 0, None).tolist() == [1, 6]
     qs = pool.queue_stats(0)
-    assert (qs.alloc_fast, qs.recycle_released) == (10, 3)
+    assert (qs.alloc_fast, qs.recycle_released, pool.nfree) == (11, 3, 0)
+    pool.release(np.array([6]), np.zeros(1, np.int32))
+    with pytest.raises(RuntimeError, match="given back twice"):
+        pool.release(np.array([6]), np.zeros(1, np.int32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(hst.lists(hst.tuples(hst.booleans(), hst.integers(1, 40)), max_size=60))
+def test_pool_first_fit_matches_a_sorted_free_set(ops: list[tuple[bool, int]]) -> None:
+    pool = RxPool(1, 64)
+    free = set(range(64))
+    held: list[int] = []
+    for take, k in ops:
+        if take:
+            if not free:
+                continue
+            got = pool.alloc(k, 0, None).tolist()
+            assert got == sorted(free)[:k]
+            free -= set(got)
+            held += got
+        elif held:
+            back, held = held[: k], held[k:]
+            pool.release(np.array(back, dtype=np.int64), np.zeros(len(back), np.int32))
+            free |= set(back)
+        assert pool.nfree == len(free)
 
 
 def test_pool_empty_waits_until_deadline() -> None:
