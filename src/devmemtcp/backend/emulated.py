@@ -65,7 +65,7 @@ from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.pool import RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
-from devmemtcp.emulation.tokens import TokenTable, dontneed_walk
+from devmemtcp.emulation.tokens import TokenTable
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.memory.base import DmaBuf
 
@@ -644,18 +644,9 @@ class EmulatedBackend:
             raise _err(errno.EINVAL, f"optlen {optlen}")
         if s is None or s.tokens.outstanding == 0:
             return 0
-        if optlen == isz:
-            start, count = struct.unpack("<II", raw.tobytes())
-            count = min(count, abi.MAX_DONTNEED_FRAGS)
-            if start + count - 1 <= U32_MAX:
-                pages, bids, queues = s.tokens.erase_range(start, count)
-                _return_pages(pages, bids, queues, self._pools)
-                return int(pages.shape[0])
-        toks = dontneed_walk(raw.view(abi.DMABUF_TOKEN_DTYPE))
-        if toks.shape[0] == 0:
-            return 0
-        pages, bids, queues = s.tokens.erase(toks)
-        _return_pages(pages, bids, queues, self._pools)
+        pages, bids, queues = s.tokens.dontneed(raw.view(abi.DMABUF_TOKEN_DTYPE))
+        if pages.shape[0]:
+            _return_pages(pages, bids, queues, self._pools)
         return int(pages.shape[0])
 
     def release_socket(self, sock: socket.socket) -> int:

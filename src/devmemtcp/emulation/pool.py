@@ -127,6 +127,13 @@ class RxPool:
         """The ``n`` lowest free indices, marked used (caller holds the lock and
         checked ``n <= nfree``)."""
         lo = self._first_free
+        top = lo + n
+        if top <= self.pages and bool(self.free[lo:top].all()):
+            # the n lowest free net_iovs are one run (the usual case)
+            self.free[lo:top] = False
+            self.nfree -= n
+            self._first_free = top
+            return np.arange(lo, top, dtype=np.int64)
         found: list[np.ndarray] = []
         got = 0
         while got < n:

@@ -25,6 +25,9 @@ import numpy as np
 from devmemtcp import abi
 
 _SCAN_CHUNK = 4096
+#: SO_DEVMEM_DONTNEED calls with at most this many ranges are erased range by range
+_FEW_RANGES = 8
+_U32_MAX = 0xFFFFFFFF
 
 
 class TokenTable:
@@ -94,6 +97,19 @@ class TokenTable:
                 self.outstanding += k
                 self.lowest_free = top
                 return np.arange(first, top, dtype=np.uint32)
+            lo = self.lowest_free
+            top = lo + k
+            if top - 1 <= abi.TOKEN_LIMIT:
+                self._grow(top)
+            if top - 1 <= abi.TOKEN_LIMIT and bool((self.page[lo:top] < 0).all()):
+                # the k lowest free tokens are one run (the usual case: whole ranges come back)
+                self.page[lo:top] = pages
+                self.binding[lo:top] = binding_id
+                self.queue[lo:top] = queue
+                self.hw = max(self.hw, top)
+                self.outstanding += k
+                self.lowest_free = top
+                return np.arange(lo, top, dtype=np.uint32)
             toks = self._lowest_free(k)
             top = int(toks[-1]) + 1
             if top > self.hw:
@@ -169,6 +185,41 @@ class TokenTable:
                 self.hw = abi.FIRST_TOKEN
                 self.lowest_free = abi.FIRST_TOKEN
         return pages, bids, queues
+
+    def dontneed(self, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Erase what ``sock_devmem_dontneed`` (net/core/sock.c) erases for
+        ``ranges`` (a ``DMABUF_TOKEN_DTYPE`` array, 1..128 entries): the tokens
+        of :func:`dontneed_walk`, unknown ones skipped. Returns the erased
+        entries' ``(pages, binding ids, queues)``. A few ranges within the
+        1024-frag limit (the coalesced case) are erased slice by slice, without
+        expanding them into tokens."""
+        if int(ranges.shape[0]) <= _FEW_RANGES:
+            plan: list[tuple[int, int]] = []
+            wraps = False
+            left = abi.MAX_DONTNEED_FRAGS
+            for start, count in ranges.tolist():
+                take = min(count, left)
+                if take == 0:
+                    continue
+                if start + take - 1 > _U32_MAX:  # the token numbers wrap: walk them
+                    wraps = True
+                    break
+                plan.append((start, take))
+                left -= take
+                if left == 0:
+                    break
+            if not wraps:
+                if len(plan) == 1:
+                    return self.erase_range(*plan[0])
+                if not plan:
+                    return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
+                got = [self.erase_range(a, c) for a, c in plan]
+                pages, bids, queues = (np.concatenate(col) for col in zip(*got, strict=True))
+                return pages, bids, queues
+        toks = dontneed_walk(ranges)
+        if toks.shape[0] == 0:
+            return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
+        return self.erase(toks)
 
     def erase_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Erase every outstanding token (socket destroyed)."""

@@ -84,6 +84,28 @@ def test_token_numbering_matches_xarray(seq: list[tuple[str, Any]]) -> None:
     assert tt.alloc(np.array([1], np.int64), 7, 3).tolist() == [1]
 
 
+@settings(max_examples=300, deadline=None)
+@given(hst.integers(0, 300), hst.lists(hst.integers(1, 299), max_size=80),
+       hst.lists(hst.tuples(hst.one_of(hst.integers(0, 320), hst.just(0xFFFFFFFF - 3)),
+                            hst.one_of(hst.integers(0, 40), hst.integers(900, 1100))),
+                 min_size=1, max_size=abi.MAX_DONTNEED_TOKENS))
+def test_token_dontneed_erases_what_the_kernel_loop_erases(
+        n: int, holes: list[int], ranges: list[tuple[int, int]]) -> None:
+    tt = TokenTable(capacity=8)
+    ref = XaModel()
+    pages = list(range(1000, 1000 + n))
+    tt.alloc(np.array(pages, np.int64), 5, 2)
+    ref.alloc(pages)
+    tt.erase(np.array(holes, np.int64))
+    ref.erase(list(dict.fromkeys(holes)))
+    arr = np.array(ranges, dtype=abi.DMABUF_TOKEN_DTYPE)
+    got, bids, queues = tt.dontneed(arr)
+    want = ref.erase(list(dict.fromkeys(kernel_walk(ranges))))
+    assert sorted(got.tolist()) == sorted(want)
+    assert (bids == 5).all() and (queues == 2).all()
+    assert tt.outstanding == len(ref.used)
+
+
 def kernel_walk(ranges: list[tuple[int, int]]) -> list[int]:
     """sock_devmem_dontneed's loop, literally."""
     out = []
