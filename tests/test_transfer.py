@@ -107,6 +107,28 @@ def test_receive_plain_sender_validated() -> None:
     assert r.flow_steering_errors == 0
     assert r.release_syscalls is not None and r.release_syscalls > 0
     assert r.ifname == "lo" and r.queues
+    assert r.rcvlowat == transfer.auto_rcvlowat(4 << 20) == 256 << 10
+
+
+def test_auto_rcvlowat_is_a_sixteenth_of_the_dmabuf_capped_at_4m() -> None:
+    assert transfer.auto_rcvlowat(16000 * 4096) == 1000 * 4096
+    assert transfer.auto_rcvlowat(1 << 30) == 4 << 20
+    assert transfer.auto_rcvlowat(16 << 20) == 1 << 20
+    assert transfer.auto_rcvlowat(17 * 4096) == 4096
+    assert transfer.auto_rcvlowat(15 * 4096) == 0
+
+
+def test_receive_with_rcvlowat_off_and_a_short_stream() -> None:
+    # 1000 bytes and EOF: under any SO_RCVLOWAT the receiver still ends at EOF
+    for low in (0, 1 << 20):
+        t, box, _ = _recv_in_thread(validate=7, size=4 << 20, rcvlowat=low)
+        plain_send("127.0.0.1", int(box["port"]), 7, 1000)  # type: ignore[call-overload]
+        t.join(60)
+        assert "error" not in box, box.get("error")
+        r = box["result"]
+        assert isinstance(r, transfer.TransferResult)
+        assert r.bytes == 1000 and r.validated is True
+        assert r.rcvlowat == (None if low == 0 else low)
 
 
 def test_receive_reports_the_corrupted_offset() -> None:

@@ -45,6 +45,22 @@ DEFAULT_DMABUF_SIZE = 16000 * abi.PAGE_SIZE
 DEFAULT_CHUNK = 64 * 1024
 #: Pattern period the sender fills with when no ``validate`` is asked for.
 DEFAULT_FILL_PERIOD = 256
+#: Upper bound of the receiver's automatic SO_RCVLOWAT (bytes), see :func:`auto_rcvlowat`.
+MAX_AUTO_RCVLOWAT = 4 << 20
+
+
+def auto_rcvlowat(dmabuf_size: int) -> int:
+    """The SO_RCVLOWAT :func:`receive_stream` uses by default: ``min(4 MiB,
+    dmabuf_size / 16)`` in whole pages, 0 (leave the socket's default of 1)
+    for a dma-buf under 16 pages.
+
+    Every recvmsg costs the same fixed work whatever it carries (cmsg parse,
+    token bookkeeping); waking the receiver only once a few MiB are queued
+    (tcp_recvmsg returns once ``min(SO_RCVLOWAT, len)`` bytes are there, or at
+    EOF or timeout) amortises it. Sixteen times that stays free in the dma-buf,
+    so the NIC never stalls for want of buffers while the receiver waits."""
+    low = min(MAX_AUTO_RCVLOWAT, dmabuf_size // 16)
+    return low - low % abi.PAGE_SIZE
 
 
 @dataclass
@@ -60,6 +76,7 @@ class TransferResult:
     ``None`` on TX). ``flow_steering_errors``: readable bytes that should have
     been devmem (the flow landed on an ordinary queue). ``validated``:
     ``True``/``False`` when a pattern was checked, ``None`` when not asked.
+    ``rcvlowat``: the SO_RCVLOWAT the receiver ran with (bytes; None: not set).
     """
 
     role: str
@@ -78,6 +95,7 @@ class TransferResult:
     binding_id: int | None = None
     peer: str = ""
     completions: int | None = None
+    rcvlowat: int | None = None
     error: str | None = None
 
     @property
@@ -335,6 +353,7 @@ def receive_stream(
     backend: str | Backend = "auto",
     nic_config: bool = True,
     accept_timeout: float | None = None,
+    rcvlowat: int | None = None,
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -353,6 +372,10 @@ def receive_stream(
         nic_config: False skips NicSetup (the NIC was set up by
             ``devmemtcp setup``); the dma-buf is still bound.
         accept_timeout: seconds to wait for the connection (None: forever).
+        rcvlowat: SO_RCVLOWAT of the connection in bytes (None:
+            :func:`auto_rcvlowat` of the dma-buf size; 0: leave the default).
+            A bulk stream receives in fewer, larger batches; a sender that
+            stops short of it without closing is seen only after its timeout.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
         on_progress(bytes): called after each batch.
@@ -366,6 +389,8 @@ def receive_stream(
     from devmemtcp.rx import Receiver
 
     _family(listen)  # a clear error for a non-numeric address, before anything is set up
+    if rcvlowat is not None and rcvlowat < 0:
+        raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
     ifname = ifname or interface_of_address(listen)
     _ifindex(ifname)
     be, reason = select_backend(backend, ifname, direction="rx")
@@ -398,6 +423,10 @@ def receive_stream(
         stack.enter_context(conn)
         conn.settimeout(None)
         lsock.close()
+        low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
+        if low > 1:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+            result.rcvlowat = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
         result.peer = f"{peer[0]}:{peer[1]}"
         t0 = time.perf_counter()
         rx = stack.enter_context(Receiver(be, conn, binding))

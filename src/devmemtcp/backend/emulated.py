@@ -40,6 +40,9 @@ Timeouts follow CPython's socket timeout (``TimeoutError`` carrying EAGAIN,
 like :class:`~devmemtcp.backend.kernel.KernelBackend`); on a blocking socket
 with SO_RCVTIMEO a stalled flow gives BlockingIOError(EAGAIN) after that
 time; a non-blocking call (timeout 0 or MSG_DONTWAIT) gives BlockingIOError.
+A blocking receive honours the socket's SO_RCVLOWAT as tcp_recvmsg does: it
+returns once that many bytes (at most the iov length) are queued, at EOF, or
+with what is there when the timeout expires.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import array
 import errno
 import fcntl
 import os
+import select
 import socket
 import struct
 import termios
@@ -492,6 +496,22 @@ class EmulatedBackend:
         rcvtimeo = sec + usec / 1e6
         return (time.monotonic() + rcvtimeo if rcvtimeo > 0 else None), False
 
+    def _wait_lowat(self, sock: socket.socket, s: _SockState, flags: int, target: int, avail: int) -> int:
+        """Wait until ``target`` bytes are queued, EOF or the receive timeout
+        (tcp_poll reports readable exactly then: ``tcp_stream_is_readable``
+        with the socket's SO_RCVLOWAT); returns the bytes queued, at least
+        ``avail``. Like tcp_recvmsg, a timeout returns what is there."""
+        deadline, _ = self._deadline(sock, s, flags)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        while True:
+            wait_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = poller.poll(wait_ms)
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, s.fionread, True)
+            avail = max(avail, s.fionread[0])
+            if ready or avail >= target or wait_ms == 0:
+                return avail
+
     def _wait_data(self, sock: socket.socket, flags: int) -> int:
         """Block like recvmsg until data or EOF is there; 0 at EOF, else 1."""
         return len(sock.recv(1, socket.MSG_PEEK | (flags & abi.MSG_DONTWAIT)))
@@ -546,6 +566,11 @@ class EmulatedBackend:
                 raise TimeoutError(errno.EAGAIN, "timed out") from None
             fcntl.ioctl(sock.fileno(), termios.FIONREAD, fionread, True)
             avail = max(1, fionread[0])
+        if avail < nbuf and not flags & abi.MSG_DONTWAIT:
+            # SO_RCVLOWAT: tcp_recvmsg returns once min(sk_rcvlowat, len) bytes are there
+            target = min(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT), nbuf)
+            if avail < target:
+                avail = self._wait_lowat(sock, s, flags, target, avail)
         want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
         pages = pool.alloc(want_pages, s.queue, time.monotonic())
         if pages.shape[0] == 0:
@@ -591,12 +616,22 @@ class EmulatedBackend:
         total = 0
         left = nbuf
         first_flags = flags & _RECV_PASS_FLAGS
+        # Bytes are queued (the caller saw FIONREAD > 0). A socket with a Python
+        # timeout is O_NONBLOCK, and CPython polls it before recv_into: that poll
+        # honours SO_RCVLOWAT and could wait for bytes the caller does not want,
+        # so such a socket is read with readv(2), which does not poll.
+        timeout = sock.gettimeout()
+        direct = timeout is not None and timeout > 0 and not flags & abi.MSG_WAITALL
+        fd = sock.fileno()
         for i, (p0, cnt) in enumerate(runs):
             want = min(cnt * PAGE_SIZE, left)
             off = p0 * PAGE_SIZE
             try:
-                fl = first_flags if i == 0 else abi.MSG_DONTWAIT
-                got = sock.recv_into(view[off : off + want], want, fl)
+                if direct:
+                    got = os.readv(fd, [view[off : off + want]])
+                else:
+                    fl = first_flags if i == 0 else abi.MSG_DONTWAIT
+                    got = sock.recv_into(view[off : off + want], want, fl)
             except (BlockingIOError, InterruptedError):
                 if i == 0:
                     pool.give_back(pages, queue)

@@ -45,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not change the NIC (use a set-up made by `devmemtcp setup`); still binds")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="give up if no connection arrives within SECONDS (default: wait forever)")
+    parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
+                        help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
+                             "carries more frags (default min(4M, --size/16); 0 leaves the socket's 1)")
     common.add_backend_args(parser)
 
 
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         result = receive_stream(
             args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
             memory=args.memory, size=args.size, backend=args.backend,
-            nic_config=not args.no_nic_config, accept_timeout=args.timeout,
+            nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
             on_ready=on_ready, on_backend=on_backend, on_progress=progress)
     except ValidationError as exc:
         progress.close()

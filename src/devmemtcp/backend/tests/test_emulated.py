@@ -316,6 +316,37 @@ def test_devmem_stream_lands_in_dmabuf(emu: EmulatedBackend, buf: MemfdBuffer) -
         assert emu.outstanding(conn) == 0
 
 
+def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    """tcp_recvmsg's target is min(SO_RCVLOWAT, len): a blocking receive waits
+    for that many bytes, returns early at EOF, and with what is there on timeout."""
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    ctl = bytearray(40 * 64)
+    ibuf = memoryview(bytearray(64 * PS))
+    with srv, cli, conn, emu.bind_rx(LO, buf, [3]):
+        steer_to(emu, conn, 3)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 3 * PS)
+        cli.sendall(b"a" * PS)
+        later = threading.Timer(0.3, lambda: cli.sendall(b"b" * (2 * PS)))
+        later.start()
+        t0 = time.monotonic()
+        n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        later.join()
+        assert time.monotonic() - t0 >= 0.25 and n == 3 * PS
+        assert emu.dontneed(conn, cmsg.coalesce_tokens(cmsg.parse_rx_control(ctl, clen, 0).token)) == 3
+        # timeout: the bytes that are there
+        cli.sendall(b"c" * PS)
+        conn.settimeout(0.2)
+        n, _, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        assert n == PS
+        # EOF ends the wait
+        conn.settimeout(None)
+        cli.sendall(b"d" * 100)
+        cli.shutdown(socket.SHUT_WR)
+        assert emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)[0] == 100
+        assert emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)[:2] == (0, 0)
+
+
 def test_unsteered_flow_is_readable(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
     ready(emu)
     nic = emu.nic("lo")
