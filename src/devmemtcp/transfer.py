@@ -590,14 +590,17 @@ def send_stream(
     return result
 
 
+def send_region_size(usable: int, chunk: int = DEFAULT_CHUNK, max_iov: int = 64) -> int:
+    """Bytes :func:`send_stream` hands to one sendmsg: ``max_iov`` iovecs of
+    ``chunk`` bytes, but small enough that the dma-buf's ``usable`` bytes hold
+    at least four such regions (so sending never waits on the newest one)."""
+    region = min(chunk * max_iov, max(usable // 4, chunk))
+    return max(region - region % chunk, chunk)
+
+
 def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
                on_progress: Callable[[int], None] | None) -> int:
-    # one sendmsg per region: max_iov iovecs of `chunk` bytes, and at least
-    # four regions in the dma-buf so sending never waits on the newest one
-    max_iov = int(getattr(tx, "max_iov", 64))
-    region = min(chunk * max_iov, max(usable // 4, chunk))
-    region = max(region - region % chunk, chunk)
-    regions = _regions(usable, region)
+    regions = _regions(usable, send_region_size(usable, chunk, int(getattr(tx, "max_iov", 64))))
     sent = 0
     i = 0
     while sent < nbytes:
