@@ -40,9 +40,10 @@ Timeouts follow CPython's socket timeout (``TimeoutError`` carrying EAGAIN,
 like :class:`~devmemtcp.backend.kernel.KernelBackend`); on a blocking socket
 with SO_RCVTIMEO a stalled flow gives BlockingIOError(EAGAIN) after that
 time; a non-blocking call (timeout 0 or MSG_DONTWAIT) gives BlockingIOError.
-A blocking receive honours the socket's SO_RCVLOWAT as tcp_recvmsg does: it
-returns once that many bytes (at most the iov length) are queued, at EOF, or
-with what is there when the timeout expires.
+SO_RCVLOWAT: on a blocking socket the real socket's own recv does the waiting
+(tcp_recvmsg_locked and tcp_data_ready, the devmem path's code); with a
+Python timeout, the wait is a poll (tcp_poll honours the low-water mark) and
+the receive returns what is there when the timeout expires.
 """
 
 from __future__ import annotations
@@ -570,7 +571,11 @@ class EmulatedBackend:
             # SO_RCVLOWAT: tcp_recvmsg returns once min(sk_rcvlowat, len) bytes are there
             target = min(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT), nbuf)
             if avail < target:
-                avail = self._wait_lowat(sock, s, flags, target, avail)
+                if sock.gettimeout() is None:
+                    # the real socket has the same SO_RCVLOWAT: its recv_into waits for it
+                    avail = target
+                else:
+                    avail = self._wait_lowat(sock, s, flags, target, avail)
         want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
         pages = pool.alloc(want_pages, s.queue, time.monotonic())
         if pages.shape[0] == 0:

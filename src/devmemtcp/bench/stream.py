@@ -1,23 +1,33 @@
 """``devmemtcp bench stream``: loopback throughput, raw Python TCP against the emulated devmem path.
 
 All runs of one comparison face the same far end, a separate process
-(:mod:`devmemtcp.bench.peer`), so they differ only in the code measured:
+(:mod:`devmemtcp.bench.peer`), so they differ only in the code measured.
+Each raw baseline does the same transfer as the devmem path with plain socket
+calls (same socket options, same bytes offered per call, same buffer
+footprint), so a ratio isolates what the devmem machinery costs:
 
 - receive: the peer sends ``nbytes`` of ncdevmem's pattern with plain
   ``socket.send``; this process receives it (1) raw, ``recv_into`` one fixed
-  1 MiB buffer, and (2) with :func:`devmemtcp.transfer.receive_stream` on the
-  emulated devmem NIC over ``lo`` (NIC setup, bind-rx, the Receiver, token
-  release), once without and once with ``--validate`` (pattern checked in
-  the dma-buf at the fragment offsets).
+  buffer as long as the Receiver's iov (1600 pages) with the same SO_RCVLOWAT
+  :func:`devmemtcp.transfer.receive_stream` sets, and (2) with
+  ``receive_stream`` on the emulated devmem NIC over ``lo`` (NIC setup,
+  bind-rx, the Receiver, token release), once without and once with
+  ``--validate`` (pattern checked in the dma-buf at the fragment offsets).
 - send: the peer drains the connection into a fixed buffer; this process
-  sends (1) raw, ``socket.send`` from a fixed buffer, and (2) with
-  :func:`devmemtcp.transfer.send_stream` on the emulated NIC (bind-tx, the
-  Sender's dma-buf offset iovecs and zerocopy completions). Send throughput
-  is what the peer measures (first byte to EOF) for both.
+  sends (1) raw, ``socket.send`` from a fixed buffer the size of the dma-buf
+  (the pattern, sent round and round) in calls of the size ``send_stream``
+  gives one sendmsg, and (2) with :func:`devmemtcp.transfer.send_stream` on
+  the emulated NIC (bind-tx, the Sender's dma-buf offset iovecs and zerocopy
+  completions). Send throughput is what the peer measures (first byte to
+  EOF) for both.
+- plain: for reference, a raw run of each direction with a hot 1 MiB buffer
+  and default socket options (``*_plain_gbps``; not a target).
 
 Runs are interleaved (raw, emulated, raw, ...) ``repeat`` times and the
 median of each kind is reported, because loopback on a shared 2-core machine
-is noisy. Throughput: Gbit/s = bytes * 8 / seconds / 1e9.
+is noisy. With ``pin`` (default, on two or more CPUs) this process runs on
+one CPU and the peer on another for every run, raw and devmem alike, as
+iperf3 -A does. Throughput: Gbit/s = bytes * 8 / seconds / 1e9.
 
 Memory: the peak resident set (``VmHWM`` of /proc/self/status, reset before
 each run by writing 5 to /proc/self/clear_refs) of this process during each
@@ -49,6 +59,8 @@ DEFAULT_REPEAT = 3
 #: dma-buf of the emulated runs: ncdevmem's 16000 pages (62.5 MiB), as devmemtcp recv/send.
 DEFAULT_DMABUF_SIZE = 16000 * abi.PAGE_SIZE
 SEND_CHUNK = 1 << 20
+#: buffer of the plain raw runs (bytes): hot in cache, default socket options
+PLAIN_BUF = 1 << 20
 HOST = "127.0.0.1"
 SAMPLE_EVERY_S = 0.02
 
@@ -136,13 +148,43 @@ class _Sampler:
 # ---------------------------------------------------------------------------
 # Peer processes
 # ---------------------------------------------------------------------------
+#: CPU the peer processes run on while :func:`pinned` is active (None: anywhere).
+_peer_cpu: int | None = None
+
+
+@contextlib.contextmanager
+def pinned(enabled: bool = True) -> Iterator[tuple[int, int] | None]:
+    """Run this process on one CPU and the peers it starts on another (the
+    two highest CPUs this process may use); yields ``(self_cpu, peer_cpu)``,
+    or None when ``enabled`` is False or fewer than two CPUs are allowed.
+    The affinity is restored on exit."""
+    global _peer_cpu
+    allowed = sorted(os.sched_getaffinity(0))
+    if not enabled or len(allowed) < 2:
+        yield None
+        return
+    mine, peer = allowed[-1], allowed[-2]
+    os.sched_setaffinity(0, {mine})
+    _peer_cpu = peer
+    try:
+        yield mine, peer
+    finally:
+        _peer_cpu = None
+        os.sched_setaffinity(0, set(allowed))
+
+
+def _popen(args: list[str]) -> subprocess.Popen[str]:
+    cpu = _peer_cpu
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu})))
+
+
 def _peer_cmd(*args: object) -> list[str]:
     return [sys.executable, "-m", peer_mod.__name__, *map(str, args)]
 
 
 def _start_sender(port: int, nbytes: int, period: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(_peer_cmd("send", HOST, port, nbytes, period, SEND_CHUNK),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _popen(_peer_cmd("send", HOST, port, nbytes, period, SEND_CHUNK))
 
 
 def _finish(proc: subprocess.Popen[str], what: str, timeout: float = 120.0) -> dict[str, Any]:
@@ -161,8 +203,7 @@ def _finish(proc: subprocess.Popen[str], what: str, timeout: float = 120.0) -> d
 
 @contextlib.contextmanager
 def _sink(count: int) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    proc = subprocess.Popen(_peer_cmd("sink", HOST, count), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _popen(_peer_cmd("sink", HOST, count))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -190,9 +231,18 @@ def _sink_result(proc: subprocess.Popen[str], timeout: float = 120.0) -> dict[st
 # ---------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------
-def raw_recv(nbytes: int, period: int) -> Run:
-    """Receive ``nbytes`` from a peer sender with plain ``recv_into`` a 1 MiB buffer."""
-    buf = memoryview(bytearray(peer_mod.RECV_BUF))
+def recv_call_bytes() -> int:
+    """Bytes the Receiver offers each recvmsg (its iov: one page per cmsg of its control buffer)."""
+    from devmemtcp.rx import DEFAULT_CONTROL_SIZE
+
+    return DEFAULT_CONTROL_SIZE // abi.DMABUF_CMSG_SPACE * abi.PAGE_SIZE
+
+
+def raw_recv(nbytes: int, period: int, bufsize: int = PLAIN_BUF, rcvlowat: int = 0,
+             kind: str = "raw_recv") -> Run:
+    """Receive ``nbytes`` from a peer sender with plain ``recv_into`` one fixed
+    buffer of ``bufsize`` bytes, SO_RCVLOWAT ``rcvlowat`` (0: the default)."""
+    buf = memoryview(bytearray(bufsize))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
         lsock.bind((HOST, 0))
         lsock.listen(1)
@@ -201,6 +251,8 @@ def raw_recv(nbytes: int, period: int) -> Run:
             lsock.settimeout(60)
             conn, _ = lsock.accept()
             conn.settimeout(None)
+            if rcvlowat > 1:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, rcvlowat)
             with conn:
                 sampler = _Sampler()
                 total = 0
@@ -219,7 +271,7 @@ def raw_recv(nbytes: int, period: int) -> Run:
     samples = sampler.samples
     if not samples or samples[-1][1] != total:
         samples.append([seconds, total])
-    return Run("raw_recv", total, seconds, samples=samples)
+    return Run(kind, total, seconds, samples=samples, extra={"buffer_bytes": bufsize, "rcvlowat": rcvlowat})
 
 
 def emulated_recv(nbytes: int, period: int, validate: int | None, kind: str,
@@ -269,20 +321,25 @@ def emulated_recv(nbytes: int, period: int, validate: int | None, kind: str,
         samples.append([res.seconds, res.bytes])
     return Run(kind, res.bytes, res.seconds, rss_peak=rss, samples=samples,
                extra={"frags": res.frags, "release_syscalls": res.release_syscalls,
-                      "tokens_released": res.tokens_released, "validated": res.validated})
+                      "tokens_released": res.tokens_released, "validated": res.validated,
+                      "rcvlowat": res.rcvlowat})
 
 
-def raw_send(nbytes: int, period: int, port: int, sink: subprocess.Popen[str]) -> Run:
-    """Send ``nbytes`` of the pattern with ``socket.send`` from a fixed buffer to the sink peer."""
-    buf = memoryview(peer_mod.pattern_buffer(period, SEND_CHUNK).data)
+def raw_send(nbytes: int, period: int, port: int, sink: subprocess.Popen[str], footprint: int = PLAIN_BUF,
+             per_call: int | None = None, kind: str = "raw_send") -> Run:
+    """Send ``nbytes`` of the pattern with ``socket.send`` to the sink peer, from
+    one fixed buffer of about ``footprint`` bytes (whole pattern periods, sent
+    round and round), at most ``per_call`` bytes per call (None: the buffer)."""
+    buf = memoryview(peer_mod.pattern_buffer(period, footprint).data)
     n = len(buf)
+    step = per_call or n
     with socket.create_connection((HOST, port)) as s:
         t0 = time.perf_counter()
         sent = 0
         pos = 0
         send = s.send
         while sent < nbytes:
-            k = send(buf[pos:min(n, pos + nbytes - sent)])
+            k = send(buf[pos:min(n, pos + step, pos + nbytes - sent)])
             sent += k
             pos = (pos + k) % n
         s.shutdown(socket.SHUT_WR)
@@ -290,8 +347,8 @@ def raw_send(nbytes: int, period: int, port: int, sink: subprocess.Popen[str]) -
     got = _sink_result(sink)
     if got["bytes"] != nbytes:
         raise DevmemError(f"the sink got {got['bytes']} of {nbytes} bytes", "the loopback connection broke")
-    return Run("raw_send", got["bytes"], got["seconds"], samples=got["samples"],
-               extra={"sender_seconds": round(local, 6)})
+    return Run(kind, got["bytes"], got["seconds"], samples=got["samples"],
+               extra={"sender_seconds": round(local, 6), "buffer_bytes": n, "bytes_per_call": min(step, n)})
 
 
 def emulated_send(nbytes: int, period: int, port: int, sink: subprocess.Popen[str],
@@ -318,6 +375,7 @@ def run_stream(
     *,
     repeat: int = DEFAULT_REPEAT,
     dmabuf_size: int | None = None,
+    pin: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the receive and send comparisons; return the JSON object.
@@ -325,19 +383,24 @@ def run_stream(
     Args:
         nbytes: bytes per run. validate: pattern period N for the validated
             receive (and the pattern every sender sends). repeat: runs of
-            each kind (medians reported).
+            each kind (medians reported). dmabuf_size: bytes of the emulated
+            runs' dma-buf. pin: this process on one CPU, the peers on another.
 
-    Keys: bytes, validate, repeat, raw_recv_gbps, emulated_recv_gbps,
+    Keys: bytes, validate, repeat, dmabuf_bytes, pinned ([self, peer] CPUs or
+    None), baseline (what the raw runs did), raw_recv_gbps, emulated_recv_gbps,
     recv_ratio, emulated_recv_validated_gbps, validate_cost (1 - validated /
     unvalidated emulated Gbit/s), raw_send_gbps, emulated_send_gbps,
-    send_ratio, rss_bytes_peak (unvalidated full runs), rss_bytes_peak_validated,
-    rss_bytes_peak_quarter (an unvalidated run of nbytes/4 after the full ones),
-    rss_growth_bytes (full minus quarter run), targets, runs (every run with
-    its samples, the first a warm-up), machine.
+    send_ratio, raw_recv_plain_gbps / raw_send_plain_gbps and
+    recv_ratio_vs_plain / send_ratio_vs_plain (a hot 1 MiB buffer, default
+    socket options), rss_bytes_peak (unvalidated full runs),
+    rss_bytes_peak_validated, rss_bytes_peak_quarter (an unvalidated run of
+    nbytes/4 after the full ones), rss_growth_bytes (full minus quarter run),
+    targets, runs (every run with its samples, the first a warm-up), machine.
 
     Raises DevmemError for bad arguments or a failed transfer.
     """
     from devmemtcp.bench.frags import machine_info
+    from devmemtcp.transfer import auto_rcvlowat, send_region_size
 
     if nbytes <= 0:
         raise DevmemError(f"--bytes {nbytes} must be positive", "use e.g. --bytes 1G")
@@ -352,23 +415,35 @@ def run_stream(
     say = progress or (lambda _msg: None)
     machine = machine_info()
     runs: list[Run] = []
+    # the raw baselines' transfer shape: what the devmem path does per call
+    recv_buf, lowat = recv_call_bytes(), auto_rcvlowat(dmabuf)
+    usable = dmabuf - dmabuf % validate
+    per_send = send_region_size(usable)
+    baseline = {"recv": {"buffer_bytes": recv_buf, "rcvlowat": lowat},
+                "send": {"buffer_bytes": usable, "bytes_per_call": per_send},
+                "plain": {"buffer_bytes": PLAIN_BUF, "rcvlowat": 0}}
 
     quarter = max(nbytes // 4, 1 << 20)
-    say(f"warm-up: emulated receive of {quarter} bytes")
-    runs.append(emulated_recv(quarter, validate, None, "emulated_recv_warmup", dmabuf))
-    for i in range(repeat):
-        say(f"receive round {i + 1}/{repeat}")
-        runs.append(raw_recv(nbytes, validate))
-        runs.append(emulated_recv(nbytes, validate, None, "emulated_recv", dmabuf))
-        runs.append(emulated_recv(nbytes, validate, validate, "emulated_recv_validated", dmabuf))
-    say(f"memory: emulated receive of {quarter} bytes")
-    small = emulated_recv(quarter, validate, None, "emulated_recv_quarter", dmabuf)
-    runs.append(small)
-    with _sink(2 * repeat) as (port, sink):
+    with pinned(pin) as cpus:
+        if cpus:
+            say(f"pinned: this process on CPU {cpus[0]}, the peer on CPU {cpus[1]}")
+        say(f"warm-up: emulated receive of {quarter} bytes")
+        runs.append(emulated_recv(quarter, validate, None, "emulated_recv_warmup", dmabuf))
         for i in range(repeat):
-            say(f"send round {i + 1}/{repeat}")
-            runs.append(raw_send(nbytes, validate, port, sink))
-            runs.append(emulated_send(nbytes, validate, port, sink, dmabuf))
+            say(f"receive round {i + 1}/{repeat}")
+            runs.append(raw_recv(nbytes, validate, recv_buf, lowat))
+            runs.append(emulated_recv(nbytes, validate, None, "emulated_recv", dmabuf))
+            runs.append(emulated_recv(nbytes, validate, validate, "emulated_recv_validated", dmabuf))
+            runs.append(raw_recv(nbytes, validate, PLAIN_BUF, 0, kind="raw_recv_plain"))
+        say(f"memory: emulated receive of {quarter} bytes")
+        small = emulated_recv(quarter, validate, None, "emulated_recv_quarter", dmabuf)
+        runs.append(small)
+        with _sink(3 * repeat) as (port, sink):
+            for i in range(repeat):
+                say(f"send round {i + 1}/{repeat}")
+                runs.append(raw_send(nbytes, validate, port, sink, usable, per_send))
+                runs.append(emulated_send(nbytes, validate, port, sink, dmabuf))
+                runs.append(raw_send(nbytes, validate, port, sink, PLAIN_BUF, kind="raw_send_plain"))
 
     def of(kind: str) -> list[Run]:
         return [r for r in runs if r.kind == kind]
@@ -376,6 +451,7 @@ def run_stream(
     raw_r, emu_r, emu_v = _median(of("raw_recv")), _median(of("emulated_recv")), _median(
         of("emulated_recv_validated"))
     raw_s, emu_s = _median(of("raw_send")), _median(of("emulated_send"))
+    plain_r, plain_s = _median(of("raw_recv_plain")), _median(of("raw_send_plain"))
     full_rss = [r.rss_peak for r in of("emulated_recv") if r.rss_peak]
     val_rss = [r.rss_peak for r in of("emulated_recv_validated") if r.rss_peak]
     rss_peak = max(full_rss) if full_rss else None
@@ -384,6 +460,8 @@ def run_stream(
         "validate": validate,
         "repeat": repeat,
         "dmabuf_bytes": dmabuf,
+        "pinned": list(cpus) if cpus else None,
+        "baseline": baseline,
         "raw_recv_gbps": round(raw_r, 4),
         "emulated_recv_gbps": round(emu_r, 4),
         "recv_ratio": round(emu_r / raw_r, 4) if raw_r else None,
@@ -392,6 +470,10 @@ def run_stream(
         "raw_send_gbps": round(raw_s, 4),
         "emulated_send_gbps": round(emu_s, 4),
         "send_ratio": round(emu_s / raw_s, 4) if raw_s else None,
+        "raw_recv_plain_gbps": round(plain_r, 4),
+        "recv_ratio_vs_plain": round(emu_r / plain_r, 4) if plain_r else None,
+        "raw_send_plain_gbps": round(plain_s, 4),
+        "send_ratio_vs_plain": round(emu_s / plain_s, 4) if plain_s else None,
         "rss_bytes_peak": rss_peak,
         "rss_bytes_peak_validated": max(val_rss) if val_rss else None,
         "rss_bytes_peak_quarter": small.rss_peak,

@@ -82,6 +82,9 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                    help=f"runs of each kind, medians reported (default {DEFAULT_REPEAT})")
     p.add_argument("--dmabuf-size", type=parse_size, default=DEFAULT_DMABUF_SIZE, metavar="N",
                    help="dma-buf of the emulated runs (default 62.5M, ncdevmem's 16000 pages)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin this process and the peer to two different CPUs (pinning, as "
+                        "iperf3 -A, applies to raw and devmem runs alike and cuts the run-to-run noise)")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         from devmemtcp.bench.stream import run_stream
 
         result = run_stream(args.bytes, args.validate, repeat=args.repeat, dmabuf_size=args.dmabuf_size,
+                            pin=not args.no_pin,
                             progress=progress)
         _emit(args, result, lambda c: print_stream(c, result))
         return _status(args, result.get("targets", {}))
@@ -119,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     frags_kw = None if args.skip_frags else {"frags": args.frags, "per_call": args.per_call,
                                              "c_baselines": not args.no_c, "profile": args.profile}
     stream_kw = None if args.skip_stream else {"nbytes": args.bytes, "validate": args.validate,
-                                               "repeat": args.repeat, "dmabuf_size": args.dmabuf_size}
+                                               "repeat": args.repeat, "dmabuf_size": args.dmabuf_size,
+                                               "pin": not args.no_pin}
     result = run_report(args.out, frags_kwargs=frags_kw, stream_kwargs=stream_kw, progress=progress)
 
     def show(c: Console) -> None:
@@ -221,18 +226,30 @@ def print_stream(console: Console, r: dict[str, Any]) -> None:
     t.add_column("run")
     t.add_column("Gbit/s", justify="right")
     t.add_column("vs raw", justify="right")
-    t.add_row("receive, raw Python recv_into", _n(r["raw_recv_gbps"], ".2f"), "1.00")
+    mib = 1 << 20
+    br, bs = r["baseline"]["recv"], r["baseline"]["send"]
+    t.add_row(f"receive, raw Python recv_into ({br['buffer_bytes'] / mib:.2f} MiB, "
+              f"SO_RCVLOWAT {br['rcvlowat']:,})", _n(r["raw_recv_gbps"], ".2f"), "1.00")
     t.add_row("receive, emulated devmem (Receiver)", _n(r["emulated_recv_gbps"], ".2f"),
               _n(r["recv_ratio"], ".2f"))
     raw = r["raw_recv_gbps"]
     val = r["emulated_recv_validated_gbps"]
     t.add_row(f"receive, emulated devmem + --validate {r['validate']}", _n(val, ".2f"),
               _n(val / raw, ".2f") if raw else "-")
-    t.add_row("send, raw Python send", _n(r["raw_send_gbps"], ".2f"), "1.00")
+    t.add_row("[dim]receive, raw Python recv_into (1 MiB, default options)[/dim]",
+              _n(r["raw_recv_plain_gbps"], ".2f"), _n(r["raw_recv_plain_gbps"] / raw, ".2f") if raw else "-")
+    t.add_row(f"send, raw Python send ({bs['buffer_bytes'] / mib:.1f} MiB buffer, "
+              f"{bs['bytes_per_call'] / mib:g} MiB per call)", _n(r["raw_send_gbps"], ".2f"), "1.00")
     t.add_row("send, emulated devmem (Sender)", _n(r["emulated_send_gbps"], ".2f"),
               _n(r["send_ratio"], ".2f"))
+    raw_s = r["raw_send_gbps"]
+    t.add_row("[dim]send, raw Python send (1 MiB hot buffer)[/dim]", _n(r["raw_send_plain_gbps"], ".2f"),
+              _n(r["raw_send_plain_gbps"] / raw_s, ".2f") if raw_s else "-")
     console.print(t)
-    mib = 1 << 20
+    console.print(f"the devmem path against the plain runs: receive {_n(r['recv_ratio_vs_plain'], '.2f')}, "
+                  f"send {_n(r['send_ratio_vs_plain'], '.2f')}"
+                  + (f"; pinned: this process on CPU {r['pinned'][0]}, the peer on CPU {r['pinned'][1]}"
+                     if r.get("pinned") else "; not pinned"))
     peak = r.get("rss_bytes_peak")
     quarter = r.get("rss_bytes_peak_quarter")
     growth = r.get("rss_growth_bytes")

@@ -317,8 +317,10 @@ def test_devmem_stream_lands_in_dmabuf(emu: EmulatedBackend, buf: MemfdBuffer) -
 
 
 def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
-    """tcp_recvmsg's target is min(SO_RCVLOWAT, len): a blocking receive waits
-    for that many bytes, returns early at EOF, and with what is there on timeout."""
+    """SO_RCVLOWAT as tcp_recvmsg applies it: a blocking receive sleeps until
+    that many unread bytes are queued (tcp_data_ready wakes it no sooner), a
+    receive with a timeout returns what is there when it expires, EOF ends
+    the wait."""
     ready(emu)
     srv, cli, conn = tcp_pair()
     ctl = bytearray(40 * 64)
@@ -326,8 +328,9 @@ def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) 
     with srv, cli, conn, emu.bind_rx(LO, buf, [3]):
         steer_to(emu, conn, 3)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 3 * PS)
-        cli.sendall(b"a" * PS)
+        first = threading.Timer(0.1, lambda: cli.sendall(b"a" * PS))
         later = threading.Timer(0.3, lambda: cli.sendall(b"b" * (2 * PS)))
+        first.start()
         later.start()
         t0 = time.monotonic()
         n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
@@ -337,8 +340,9 @@ def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) 
         # timeout: the bytes that are there
         cli.sendall(b"c" * PS)
         conn.settimeout(0.2)
+        t0 = time.monotonic()
         n, _, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
-        assert n == PS
+        assert n == PS and time.monotonic() - t0 >= 0.15
         # EOF ends the wait
         conn.settimeout(None)
         cli.sendall(b"d" * 100)

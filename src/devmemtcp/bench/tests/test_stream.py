@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import pytest
@@ -18,7 +19,8 @@ NBYTES = 8 << 20
 KEYS = {"bytes", "validate", "repeat", "raw_recv_gbps", "emulated_recv_gbps", "recv_ratio",
         "emulated_recv_validated_gbps", "validate_cost", "raw_send_gbps", "emulated_send_gbps",
         "send_ratio", "rss_bytes_peak", "rss_bytes_peak_validated", "rss_bytes_peak_quarter",
-        "rss_growth_bytes", "targets", "runs", "machine", "dmabuf_bytes"}
+        "rss_growth_bytes", "targets", "runs", "machine", "dmabuf_bytes", "pinned", "baseline",
+        "raw_recv_plain_gbps", "raw_send_plain_gbps", "recv_ratio_vs_plain", "send_ratio_vs_plain"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_schema(result: dict) -> None:
 def test_every_run_moved_every_byte(result: dict) -> None:
     kinds = [r["kind"] for r in result["runs"]]
     assert kinds == ["emulated_recv_warmup", "raw_recv", "emulated_recv", "emulated_recv_validated",
-                     "emulated_recv_quarter", "raw_send", "emulated_send"]
+                     "raw_recv_plain", "emulated_recv_quarter", "raw_send", "emulated_send", "raw_send_plain"]
     for run in result["runs"]:
         want = NBYTES // 4 if run["kind"] in ("emulated_recv_warmup", "emulated_recv_quarter") else NBYTES
         assert run["bytes"] == want
@@ -62,6 +64,9 @@ def test_ratios_follow_from_the_runs(result: dict) -> None:
     assert r["emulated_recv_gbps"] == pytest.approx(median("emulated_recv"), abs=1e-3)
     assert r["recv_ratio"] == pytest.approx(r["emulated_recv_gbps"] / r["raw_recv_gbps"], rel=1e-2)
     assert r["send_ratio"] == pytest.approx(r["emulated_send_gbps"] / r["raw_send_gbps"], rel=1e-2)
+    assert r["raw_recv_plain_gbps"] == pytest.approx(median("raw_recv_plain"), abs=1e-3)
+    assert r["send_ratio_vs_plain"] == pytest.approx(
+        r["emulated_send_gbps"] / r["raw_send_plain_gbps"], rel=1e-2)
     assert r["validate_cost"] == pytest.approx(
         1 - r["emulated_recv_validated_gbps"] / r["emulated_recv_gbps"], abs=1e-3)
     for name, t in r["targets"].items():
@@ -73,6 +78,33 @@ def test_ratios_follow_from_the_runs(result: dict) -> None:
             assert t["met"] == (value <= 0.25 if name == "validate_cost" else value >= 0.85)
     if r["rss_bytes_peak"] is not None:
         assert r["rss_growth_bytes"] == r["rss_bytes_peak"] - r["rss_bytes_peak_quarter"]
+
+
+def test_raw_baselines_do_the_devmem_paths_transfer_shape(result: dict) -> None:
+    from devmemtcp.transfer import auto_rcvlowat, send_region_size
+
+    by_kind = {r["kind"]: r for r in result["runs"]}
+    raw_r, emu_r = by_kind["raw_recv"], by_kind["emulated_recv"]
+    assert raw_r["rcvlowat"] == emu_r["rcvlowat"] == auto_rcvlowat(stream.DEFAULT_DMABUF_SIZE) > 0
+    assert raw_r["buffer_bytes"] == stream.recv_call_bytes() == 1600 * 4096
+    usable = stream.DEFAULT_DMABUF_SIZE - stream.DEFAULT_DMABUF_SIZE % 7
+    raw_s = by_kind["raw_send"]
+    assert raw_s["buffer_bytes"] == usable
+    assert raw_s["bytes_per_call"] == send_region_size(usable)
+    assert by_kind["raw_recv_plain"]["rcvlowat"] == 0
+    assert result["baseline"]["recv"]["rcvlowat"] == raw_r["rcvlowat"]
+
+
+def test_pinning_restores_the_affinity() -> None:
+    before = os.sched_getaffinity(0)
+    with stream.pinned(True) as cpus:
+        if len(before) >= 2:
+            assert cpus is not None and os.sched_getaffinity(0) == {cpus[0]} and cpus[1] in before
+        else:
+            assert cpus is None
+    assert os.sched_getaffinity(0) == before
+    with stream.pinned(False) as cpus:
+        assert cpus is None and os.sched_getaffinity(0) == before
 
 
 def test_peak_rss_is_read_from_procfs() -> None:
