@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from devmemtcp import abi, cmsg
 from devmemtcp.backend.base import NtupleRule
@@ -597,6 +599,52 @@ def test_tx_offsets_past_the_end(emu: EmulatedBackend, txbuf: MemfdBuffer) -> No
         while len(got) < len(want):
             got += conn.recv(100)
         assert got == want
+
+
+def _expected_tx_bytes(data: bytes, pairs: list[tuple[int, int]]) -> bytes | None:
+    """What tcp_sendmsg sends for ``pairs`` over a dma-buf holding ``data``
+    (None: EFAULT before any byte; nothing asked: nothing sent)."""
+    if not any(ln for _, ln in pairs):
+        return b""
+    out = b""
+    for off, ln in pairs:
+        if ln == 0:
+            continue
+        if off >= len(data):
+            break
+        out += data[off:off + ln]
+        if off + ln > len(data):
+            break
+    return out or None
+
+
+@settings(max_examples=60, deadline=None)
+@given(hst.lists(hst.tuples(hst.integers(0, 16 * PS + 100), hst.integers(0, 3 * PS)),
+                 min_size=1, max_size=12), hst.booleans())
+def test_tx_sends_exactly_the_iovec_bytes(pairs: list[tuple[int, int]], chain: bool) -> None:
+    if chain:  # contiguous iovecs (the Sender's usual shape), from the first offset
+        pos, chained = pairs[0][0], []
+        for _, ln in pairs:
+            chained.append((pos, ln))
+            pos += ln
+        pairs = chained
+    with EmulatedBackend() as emu, MemfdBuffer(16 * PS) as txbuf:
+        data = pattern(16 * PS, seed=3)
+        txbuf.copy_in(0, data)
+        srv, cli, conn = tcp_pair()
+        with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
+            cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
+            want = _expected_tx_bytes(data, pairs)
+            if want is None:
+                assert os_err(tx_call, emu, cli, pairs, cmsg.build_tx_cmsg(tb.id)) == errno.EFAULT
+                return
+            assert tx_call(emu, cli, pairs, cmsg.build_tx_cmsg(tb.id)) == len(want)
+            assert want or not any(ln for _, ln in pairs)
+            cli.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := conn.recv(1 << 16):
+                got += chunk
+            assert got == want
 
 
 def errqueue(emu: EmulatedBackend, sock: socket.socket, timeout: float = 5.0) -> list[tuple[int, int]]:
