@@ -69,6 +69,20 @@ def test_first_mismatch_names_offset_expected_received(n: int, length: int, data
     assert f"offset {bad}" in str(ei.value)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 300), st.integers(1, 20000), st.integers(1, 299))
+def test_a_periodic_stream_in_the_wrong_phase_fails(n: int, length: int, shift: int) -> None:
+    # every byte equals the one a period before it: only the head compare can catch this
+    period = PatternChecker(n).period
+    if shift % period == 0:
+        shift += 1
+    wrong = pattern_bytes(n, shift, length)
+    with pytest.raises(ValidationError) as ei:
+        PatternChecker(n).check(wrong)
+    first_bad = int(np.flatnonzero(wrong != pattern_bytes(n, 0, length))[0])
+    assert ei.value.offset == first_bad < period
+
+
 def test_large_and_bytes_input_and_unaligned() -> None:
     n = 7
     big = pattern_bytes(n, 3, 5 * (1 << 20) + 123)
