@@ -46,8 +46,10 @@ __all__ = [
     "encode_rx_control",
     "encode_zerocopy_completion",
     "parse_rx_control",
+    "parse_rx_uniform",
     "parse_tx_cmsg",
     "parse_zerocopy_completions",
+    "plan_dontneed",
     "rx_cmsgs_written",
     "rx_control_space",
 ]
@@ -95,6 +97,9 @@ class FragBatch:
     * ``token`` (uint32): the handle to give back with SO_DEVMEM_DONTNEED;
     * ``dmabuf_id`` (uint32): the binding id the fragment belongs to.
 
+    From :func:`parse_rx_control` the four arrays are strided views of one
+    private copy of the control buffer's records (not C-contiguous; use
+    ``np.ascontiguousarray`` where a flat buffer is needed).
     ``linear_bytes`` is the sum of the SCM_DEVMEM_LINEAR ``frag_size`` values:
     bytes the kernel copied into the iov instead. ``linear_sizes`` (uint32)
     lists each linear piece and ``linear_at`` (int64) the number of dmabuf
@@ -162,8 +167,9 @@ def parse_rx_control(
     ``control`` holds at least ``controllen`` bytes (the ``msg_controllen``
     recvmsg returned) in the kernel's layout. When every cmsg is a 40-byte
     devmem record (always the case for what ``tcp_recvmsg_dmabuf`` writes) the
-    buffer is parsed as one strided numpy view with no Python loop; otherwise
-    the cmsgs are walked by ``cmsg_len`` (``__CMSG_NXTHDR`` rules).
+    buffer is copied once and parsed as strided numpy views of the copy with
+    no Python loop; otherwise the cmsgs are walked by ``cmsg_len``
+    (``__CMSG_NXTHDR`` rules).
 
     Raises :class:`ControlBufferError` when ``msg_flags`` has MSG_CTRUNC (the
     control buffer was too small), when a cmsg is malformed (``cmsg_len``
@@ -171,50 +177,84 @@ def parse_rx_control(
     cmsg), or when a cmsg has a level/type other than SOL_SOCKET
     SCM_DEVMEM_DMABUF / SCM_DEVMEM_LINEAR; the error names the byte offset.
     """
+    return parse_rx_uniform(control, controllen, msg_flags)[0]
+
+
+def parse_rx_uniform(
+    control: bytes | bytearray | memoryview | np.ndarray, controllen: int, msg_flags: int = 0
+) -> tuple[FragBatch, int]:
+    """:func:`parse_rx_control`, also telling whether every fragment has the
+    same ``dmabuf_id``: returns ``(batch, dmabuf_id)`` where ``dmabuf_id`` is
+    that id when the buffer is the common one (only SCM_DEVMEM_DMABUF cmsgs,
+    all of one binding) and ``-1`` otherwise (linear cmsgs, several
+    bindings, no fragment), in which case ``batch.dmabuf_id`` says which.
+
+    The Receiver uses it to check the binding with one comparison per batch
+    instead of one per fragment. Same errors as :func:`parse_rx_control`.
+    """
     if msg_flags & abi.MSG_CTRUNC:
         raise ControlBufferError(
             f"control data truncated (MSG_CTRUNC set, controllen {controllen})",
             "enlarge the control buffer: it needs 40 bytes per fragment "
             "(CMSG_SPACE(sizeof(struct dmabuf_cmsg)))",
         )
-    raw = control if type(control) is np.ndarray and control.dtype == np.uint8 else _as_u8(control)
+    raw = control if type(control) is np.ndarray and control.dtype == _U8 else _as_u8(control)
     if controllen < 0 or controllen > raw.shape[0]:
         raise ControlBufferError(
             f"controllen {controllen} exceeds the control buffer ({raw.shape[0]} bytes)",
             "pass the msg_controllen recvmsg returned and the buffer it wrote into",
         )
     if controllen == 0:
-        return FragBatch.empty()
+        return FragBatch.empty(), -1
     if controllen % _REC == 0:
-        batch = _parse_dense(raw[:controllen])
-        if batch is not None:
-            return batch
-    return _parse_walk(raw[:controllen])
+        parsed = _parse_dense(raw, controllen)
+        if parsed is not None:
+            return parsed
+    return _parse_walk(raw[:controllen]), -1
 
 
-def _parse_dense(raw: np.ndarray) -> FragBatch | None:
+_U8 = np.dtype(np.uint8)
+_U32 = np.dtype(np.uint32)
+_U64 = np.dtype(np.uint64)
+_BOOL = np.dtype(bool)
+# the two fixed header words of an SCM_DEVMEM_DMABUF record (cmsg_len; level | type << 32), as a
+# column: compared with the transposed (2, n) header view in one ufunc call
+_DMABUF_HDR = np.array([[_REC_LEN], [_KEY_DMABUF]], dtype=np.uint64)
+
+
+def _parse_dense(raw: np.ndarray, controllen: int) -> tuple[FragBatch, int] | None:
     """Fast path: every record is a 40-byte devmem cmsg. None if not.
-    (An unaligned buffer gives an unaligned view: numpy handles it.)"""
-    words = raw.view(np.uint64).reshape(-1, _WORDS)
+
+    The records are copied once (one memcpy; the copy is aligned whatever
+    ``raw`` was) and the batch's arrays are views of the copy. The common
+    buffer (every record SCM_DEVMEM_DMABUF, one dma-buf id) costs five numpy
+    calls besides the copy: the header words of all records checked in one
+    comparison, the ids in another."""
+    n = controllen // _REC
+    rec = raw[:controllen].copy()
+    words = rec.view(_U64).reshape(n, _WORDS)
+    ok = np.empty((2, n), _BOOL)
+    np.equal(words[:, :2].T, _DMABUF_HDR, out=ok)
+    if np.count_nonzero(ok) == 2 * n:  # all SCM_DEVMEM_DMABUF, cmsg_len 40
+        batch = _records_to_batch(words)
+        ids = batch.dmabuf_id
+        first = int(ids[0])
+        np.equal(ids, first, out=ok[0])
+        return batch, (first if np.count_nonzero(ok[0]) == n else -1)
     if not (words[:, 0] == _REC_LEN).all():
         return None
     keys = words[:, 1]
-    if (keys == _KEY_DMABUF).all():
-        return _records_to_batch(words)
     is_linear = keys == _KEY_LINEAR
-    if not ((keys == _KEY_DMABUF) | is_linear).all():
+    if not (ok[1] | is_linear).all():  # ok[1]: keys == _KEY_DMABUF
         return None
-    return _split_linear(words, is_linear)
+    return _split_linear(words, is_linear), -1
 
 
 def _records_to_batch(words: np.ndarray) -> FragBatch:
-    w32 = words.view(np.uint32)  # (n, 10): offset is words[:, 2]; size, token, id are u32 columns 6, 7, 8
-    return FragBatch(
-        offset=words[:, 2].copy(),
-        size=w32[:, 6].copy(),
-        token=w32[:, 7].copy(),
-        dmabuf_id=w32[:, 8].copy(),
-    )
+    """The batch of ``words`` (``(n, 5)`` uint64, records the caller owns: a
+    copy): views of it, no further copy."""
+    w32 = words.view(_U32)  # (n, 10): offset is words[:, 2]; size, token, id are u32 columns 6, 7, 8
+    return FragBatch(words[:, 2], w32[:, 6], w32[:, 7], w32[:, 8])
 
 
 def _split_linear(words: np.ndarray, is_linear: np.ndarray) -> FragBatch:
@@ -467,6 +507,7 @@ def chunk_sorted_tokens(
     max_tokens: int = abi.MAX_DONTNEED_TOKENS,
     max_frags: int = abi.MAX_DONTNEED_FRAGS,
     full_only: bool = False,
+    breaks: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Plan SO_DEVMEM_DONTNEED calls for ascending, distinct tokens ``t``.
 
@@ -479,12 +520,13 @@ def chunk_sorted_tokens(
     planned (the Receiver keeps those tokens for its next call).
     Returns ``(chunks, ends)``: the ``DMABUF_TOKEN_DTYPE`` arrays and, for
     each, the index in ``t`` where it ends (so ``t[ends[i]:]`` is what is
-    left after the first ``i + 1`` calls).
+    left after the first ``i + 1`` calls). ``breaks``, if given, must be
+    ``np.flatnonzero(np.diff(t) != 1)`` (a caller that has it saves a pass).
     """
     n = t.shape[0]
     chunks: list[np.ndarray] = []
     ends: list[int] = []
-    brk: np.ndarray | None = None  # break positions i: t[i + 1] != t[i] + 1
+    brk = breaks  # break positions i: t[i + 1] != t[i] + 1 (computed when first needed)
     a = 0
     while a < n:
         b = min(a + max_frags, n)
@@ -521,6 +563,85 @@ def chunk_sorted_tokens(
 
 
 _PACK_RANGE = struct.Struct("<II").pack
+_TOKEN_DTYPE = abi.DMABUF_TOKEN_DTYPE
+#: at most this many runs of consecutive tokens are planned in plain Python (a
+#: loop per run, never per token); more go through the vectorised plan
+_FEW_RUNS = 32
+
+
+def plan_dontneed(
+    t: np.ndarray,
+    full_only: bool = False,
+    max_tokens: int = abi.MAX_DONTNEED_TOKENS,
+    max_frags: int = abi.MAX_DONTNEED_FRAGS,
+) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """Plan SO_DEVMEM_DONTNEED calls for ascending tokens ``t`` (uint32,
+    duplicates allowed): the Receiver's whole plan in as few numpy calls as
+    possible.
+
+    Returns ``(toks, chunks, ends)``: ``toks`` is ``t`` without duplicates
+    (``t`` itself when it has none), and ``(chunks, ends)`` is exactly
+    ``chunk_sorted_tokens(toks, max_tokens, max_frags, full_only)``.
+    Duplicates and run breaks are found in one pass (a subtraction); when the
+    tokens form at most ``_FEW_RUNS`` runs of consecutive values (the steady
+    state of a flow: the kernel hands out the lowest free ids) the chunks are
+    cut from the runs in Python, one step per run, otherwise by the
+    vectorised :func:`chunk_sorted_tokens`.
+    """
+    n = t.shape[0]
+    if n < 2:
+        return t, *chunk_sorted_tokens(t, max_tokens, max_frags, full_only)
+    d = t[1:] - t[:-1]  # sorted: no wraparound; 0 marks a duplicate, > 1 a gap
+    if np.count_nonzero(d) != n - 1:
+        t = dedupe_sorted(t)
+        return t, *chunk_sorted_tokens(t, max_tokens, max_frags, full_only)
+    first = int(t[0])
+    if int(t[n - 1]) - first == n - 1:  # distinct and spanning n values: one run
+        return t, *_plan_runs([first], [n], full_only, max_tokens, max_frags)
+    brk = np.flatnonzero(d != 1)
+    if brk.shape[0] >= _FEW_RUNS:
+        return t, *chunk_sorted_tokens(t, max_tokens, max_frags, full_only, breaks=brk)
+    cut = brk + 1
+    bounds = cut.tolist()
+    starts = [first, *t[cut].tolist()]
+    counts = [b - a for a, b in zip([0, *bounds], [*bounds, n], strict=True)]
+    return t, *_plan_runs(starts, counts, full_only, max_tokens, max_frags)
+
+
+def _plan_runs(
+    starts: list[int], counts: list[int], full_only: bool, max_tokens: int, max_frags: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`chunk_sorted_tokens` for tokens given as ascending, disjoint,
+    non-adjacent runs ``starts[i] .. starts[i] + counts[i] - 1``: the same
+    greedy chunks (a chunk closes at ``max_frags`` frags, cutting a run, or at
+    ``max_tokens`` ranges), in a loop over runs and chunks."""
+    chunks: list[np.ndarray] = []
+    ends: list[int] = []
+    flat: list[int] = []  # the open chunk, token_start/token_count pairs
+    room = max_frags
+    done = 0  # tokens planned in closed chunks
+    for s, c in zip(starts, counts, strict=True):
+        while c:
+            take = c if c < room else room
+            flat += (s, take)
+            s += take
+            c -= take
+            room -= take
+            if room == 0 or len(flat) == 2 * max_tokens:
+                done += max_frags - room
+                chunks.append(np.frombuffer(bytearray(
+                    _PACK_RANGE(*flat) if len(flat) == 2 else struct.pack(f"<{len(flat)}I", *flat)
+                ), _TOKEN_DTYPE))
+                ends.append(done)
+                flat = []
+                room = max_frags
+    if flat and not full_only:
+        done += max_frags - room
+        chunks.append(np.frombuffer(bytearray(
+            _PACK_RANGE(*flat) if len(flat) == 2 else struct.pack(f"<{len(flat)}I", *flat)
+        ), _TOKEN_DTYPE))
+        ends.append(done)
+    return chunks, ends
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.cmsg import FragBatch, chunk_sorted_tokens, dedupe_sorted, parse_rx_control
+from devmemtcp.cmsg import FragBatch, parse_rx_uniform, plan_dontneed
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
@@ -200,34 +200,37 @@ class Receiver:
         readable data: counted in ``stats.flow_steering_errors`` and exposed
         as ``batch.readable`` (a view of the iov buffer).
         """
-        batch = parse_rx_control(control, controllen, msg_flags)
+        batch, dmabuf_id = parse_rx_uniform(control, controllen, msg_flags)
         st = self.stats
         st.bytes += nbytes
-        n = len(batch)
-        if n == 0 and batch.linear_bytes == 0:
+        n = batch.token.shape[0]
+        lin = batch.linear_bytes
+        if n == 0 and lin == 0:
             if nbytes:
                 st.flow_steering_errors += nbytes
                 batch.readable = self._iobuf_np[:nbytes]
             return batch
         st.batches += 1
         st.frags += n
-        lin = batch.linear_bytes
         if lin:
             st.linear_bytes += lin
             batch.linear = self._iobuf_np[:lin]
         st.devmem_bytes += nbytes - lin
         if n:
-            self._serial += 1
-            batch.serial = self._serial
-            self._live[self._serial] = batch.token
+            self._serial = serial = self._serial + 1
+            batch.serial = serial
+            self._live[serial] = batch.token
             self._nheld += n
-            if self.check_dmabuf_id and (batch.dmabuf_id != self.binding_id).any():
-                bad = int(batch.dmabuf_id[batch.dmabuf_id != self.binding_id][0])
-                raise DevmemError(
-                    f"received fragments of dma-buf binding {bad}, this receiver's binding is "
-                    f"{self.binding_id}: flow steering error",
-                    "steer the flow to the queues bound to this dma-buf (ntuple rule: devmemtcp setup)",
-                )
+            # parse_rx_uniform gave the id when all fragments share it: one comparison per batch
+            if dmabuf_id != self.binding_id and self.check_dmabuf_id:
+                ids = batch.dmabuf_id
+                if dmabuf_id >= 0 or (ids != self.binding_id).any():
+                    bad = dmabuf_id if dmabuf_id >= 0 else int(ids[ids != self.binding_id][0])
+                    raise DevmemError(
+                        f"received fragments of dma-buf binding {bad}, this receiver's binding is "
+                        f"{self.binding_id}: flow steering error",
+                        "steer the flow to the queues bound to this dma-buf (ntuple rule: devmemtcp setup)",
+                    )
         return batch
 
     # -- giving buffers back -------------------------------------------------
@@ -312,29 +315,33 @@ class Receiver:
 
         ``everything=False`` keeps the last chunk queued unless it is full
         (1024 frags or 128 ranges), so steady state stays at one call per
-        1024 fragments. The plan is :func:`devmemtcp.cmsg.chunk_sorted_tokens`
+        1024 fragments. The plan is :func:`devmemtcp.cmsg.plan_dontneed`
         (the same chunks as ``dontneed_chunks(coalesce_tokens(...))``)."""
-        # the queue is a few sorted runs: a stable (merge) sort is near-linear
-        toks = dedupe_sorted(np.sort(self._pending[: self._npending], kind="stable"))
-        chunks, ends = chunk_sorted_tokens(toks, full_only=not everything)
+        n = self._npending
+        pending = self._pending
+        toks = pending[:n]
+        # the queue is a few sorted runs: a stable (merge) sort is near-linear; in place, no copy
+        toks.sort(kind="stable")
+        toks, chunks, ends = plan_dontneed(toks, not everything)
         sent = 0
         st = self.stats
         dontneed = self.backend.dontneed
         sock = self.sock
         try:
-            for chunk, end in zip(chunks, ends, strict=False):
-                asked = end - sent
+            for chunk, end in zip(chunks, ends, strict=True):
                 freed = int(dontneed(sock, chunk))
                 st.release_syscalls += 1
                 st.tokens_released += freed
-                if freed < asked:
-                    st.release_shortfall += asked - freed
+                if freed < end - sent:
+                    st.release_shortfall += end - sent - freed
                 sent = end
         finally:
             # toks is sorted and the chunks cover it in order: the unsent tail stays queued
-            rest = toks[sent:]
-            self._pending[: rest.shape[0]] = rest
-            self._npending = rest.shape[0]
+            # (toks is the queue itself unless duplicates were dropped; numpy copies overlaps safely)
+            rest = toks.shape[0] - sent
+            if sent or rest != n:
+                pending[:rest] = toks[sent:]
+            self._npending = rest
 
     # -- lifetime ------------------------------------------------------------
     @property

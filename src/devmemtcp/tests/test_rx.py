@@ -15,14 +15,17 @@ import contextlib
 import errno
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp.cmsg import ControlBufferError, FragBatch, encode_rx_control
+from devmemtcp.cmsg import ControlBufferError, FragBatch, encode_rx_control, rx_control_space
 from devmemtcp.errors import DevmemError
 from devmemtcp.memory import MemfdBuffer
 from devmemtcp.rx import Receiver
@@ -415,3 +418,132 @@ def test_emulated_unsteered_flow_counts_flow_steering_errors(tmp_path: object) -
                         data += b.readable.tobytes()
                     assert data == b"plain tcp"
                     assert rx.stats.flow_steering_errors == 9 and rx.stats.frags == 0
+
+
+# -- the fast flush against the general one ---------------------------------------------------
+class RecordingBackend:
+    """Records every SO_DEVMEM_DONTNEED; frees every frag it is asked for (up to 1024)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[int, int]]] = []
+
+    def dontneed(self, sock: socket.socket, tokens: np.ndarray) -> int:
+        assert tokens.dtype == abi.DMABUF_TOKEN_DTYPE and 1 <= tokens.shape[0] <= abi.MAX_DONTNEED_TOKENS
+        self.calls.append(tokens.tolist())
+        return min(int(tokens["token_count"].sum()), abi.MAX_DONTNEED_FRAGS)
+
+
+class GeneralPathReceiver(Receiver):
+    """The Receiver with the general flush: sort a copy, dedupe, chunk_sorted_tokens."""
+
+    def _flush(self, everything: bool) -> None:
+        from devmemtcp.cmsg import chunk_sorted_tokens, dedupe_sorted
+
+        toks = dedupe_sorted(np.sort(self._pending[: self._npending], kind="stable"))
+        chunks, ends = chunk_sorted_tokens(toks, full_only=not everything)
+        sent = 0
+        st = self.stats
+        try:
+            for chunk, end in zip(chunks, ends, strict=True):
+                freed = int(self.backend.dontneed(self.sock, chunk))
+                st.release_syscalls += 1
+                st.tokens_released += freed
+                if freed < end - sent:
+                    st.release_shortfall += end - sent - freed
+                sent = end
+        finally:
+            rest = toks[sent:]
+            self._pending[: rest.shape[0]] = rest
+            self._npending = rest.shape[0]
+
+
+@st.composite
+def receiver_scripts(draw: st.DrawFn) -> list[tuple[str, object]]:
+    """recv (tokens as a few runs, at times out of order or repeated), release of
+    a held batch (whole, twice, or part of its tokens), flush."""
+    ops: list[tuple[str, object]] = []
+    nbatches = 0
+    next_tok = 1
+    for _ in range(draw(st.integers(1, 25))):
+        kind = draw(st.sampled_from(["recv", "recv", "release", "release", "part", "flush"]))
+        if kind == "recv" and nbatches and draw(st.integers(0, 4)) == 0:
+            # the same token numbers again while the first ones may still be held or queued
+            prev = [arg for op, arg in ops if op == "recv"]
+            ops.append(("recv", draw(st.sampled_from(prev))))
+            nbatches += 1
+        elif kind == "recv":
+            parts = []
+            for _r in range(draw(st.integers(1, 4))):
+                count = draw(st.integers(1, 1500))
+                start = draw(st.integers(1, next_tok + 2000))
+                parts.append(np.arange(start, start + count, dtype=np.uint32))
+                next_tok = max(next_tok, start + count)
+            toks = np.concatenate(parts)
+            if draw(st.booleans()):
+                toks = toks[np.argsort(draw(st.permutations(range(toks.shape[0]))) if toks.shape[0] < 50
+                                       else np.arange(toks.shape[0])[::-1])]
+            ops.append(("recv", toks))
+            nbatches += 1
+        elif nbatches:
+            ops.append((kind, draw(st.integers(0, nbatches - 1))))
+        else:
+            ops.append(("flush", None))
+    return ops
+
+
+def _control(tokens: np.ndarray) -> np.ndarray:
+    ctl = np.zeros(rx_control_space(tokens.shape[0]), np.uint8)
+    n = tokens.shape[0]
+    encode_rx_control(ctl, np.arange(n, dtype=np.uint64) * 4096, np.full(n, 4096, np.uint32), tokens, 7)
+    return ctl
+
+
+@settings(max_examples=150, deadline=None)
+@given(receiver_scripts(), st.sampled_from([None, 100, 700, 1024]), st.sampled_from([None, 3000]))
+def test_fast_flush_issues_the_calls_of_the_general_flush(
+        script: list[tuple[str, object]], threshold: int | None, max_held: int | None) -> None:
+    backends = [RecordingBackend(), RecordingBackend()]
+    with socket.socket() as s, MemfdBuffer(1 << 20) as dmabuf:
+        rxs = [cls(be, s, FakeBinding(7, dmabuf), release_threshold=threshold, max_held=max_held)  # type: ignore[arg-type]
+               for cls, be in zip((Receiver, GeneralPathReceiver), backends, strict=True)]
+        batches: list[list[FragBatch]] = [[], []]
+        for op, arg in script:
+            for rx, mine in zip(rxs, batches, strict=True):
+                if op == "recv":
+                    assert isinstance(arg, np.ndarray)
+                    mine.append(rx.process_control(_control(arg), rx_control_space(arg.shape[0]), 0,
+                                                   arg.shape[0] * 4096))
+                elif op == "release":
+                    assert isinstance(arg, int)
+                    rx.release(mine[arg])
+                elif op == "part":
+                    assert isinstance(arg, int)
+                    rx.release(mine[arg].token[::3].copy())
+                else:
+                    rx.flush()
+            assert rxs[0].pending == rxs[1].pending and rxs[0].held == rxs[1].held
+            assert backends[0].calls == backends[1].calls
+        for rx in rxs:
+            rx.close()
+    assert backends[0].calls == backends[1].calls
+    assert rxs[0].stats == rxs[1].stats
+    # a token number is given back at most as often as it was delivered, and close gave back all
+    delivered = Counter(t for op, arg in script if op == "recv" for t in np.asarray(arg).tolist())
+    given_back = Counter(t for call in backends[0].calls for start, count in call
+                         for t in range(start, start + count))
+    assert given_back.keys() == delivered.keys()
+    assert all(given_back[t] <= delivered[t] for t in given_back)
+
+
+def test_duplicate_tokens_in_the_queue_are_given_back_once(sock: socket.socket) -> None:
+    backend = RecordingBackend()
+    with MemfdBuffer(64 << 20) as dmabuf, Receiver(backend, sock, FakeBinding(7, dmabuf)) as rx:  # type: ignore[arg-type]
+        assert rx.release_threshold == 1024
+        toks = np.arange(1, 601, dtype=np.uint32)
+        for _ in range(2):  # 1200 queued, 600 distinct: below a full call, nothing sent
+            rx.release(rx.process_control(_control(toks), rx_control_space(600), 0, 600 * 4096))
+        assert backend.calls == [] and rx.pending == 600
+        rx.flush()
+        assert backend.calls == [[(1, 600)]] and rx.pending == 0

@@ -71,6 +71,23 @@ def test_dontneed_128_ranges_accepted_129_einval(tcp_pair: tuple[socket.socket, 
     assert exc.value.errno == errno.EINVAL
 
 
+def test_dontneed_takes_any_layout_of_the_ranges(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    # the fast path sends the ranges' bytes: strided, read-only and plain (n, 2) uint32 arrays
+    # reach the kernel as the same struct dmabuf_token array (129 ranges: EINVAL either way)
+    _, server = tcp_pair
+    every_other = tokens(*[(i + 1, 1) for i in range(2 * abi.MAX_DONTNEED_TOKENS)])[::2]
+    assert not every_other.flags.c_contiguous
+    assert kb.dontneed(server, every_other) == 0
+    frozen = tokens((1, 3), (9, 1))
+    frozen.flags.writeable = False
+    assert kb.dontneed(server, frozen) == 0
+    plain = np.array([[1, 3], [9, 1]], np.uint32).view(abi.DMABUF_TOKEN_DTYPE).reshape(-1)
+    assert kb.dontneed(server, plain) == 0
+    with pytest.raises(OSError) as exc:
+        kb.dontneed(server, tokens(*[(i + 1, 1) for i in range(2 * abi.MAX_DONTNEED_TOKENS + 2)])[::2])
+    assert exc.value.errno == errno.EINVAL
+
+
 def test_dontneed_empty_array_einval(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     _, server = tcp_pair
     with pytest.raises(OSError) as exc:

@@ -1,0 +1,183 @@
+"""The codec's fast paths against its general paths and an independent reference.
+
+* :func:`devmemtcp.cmsg.parse_rx_uniform` / :func:`parse_rx_control` (one copy
+  and views, the uniform-id check) against a field-by-field ``struct`` parser
+  of the same bytes, on random buffers: dmabuf and linear records, several
+  dma-buf ids, corrupted headers, odd lengths.
+* :func:`devmemtcp.cmsg.plan_dontneed` (one subtraction, runs planned in
+  Python) against ``chunk_sorted_tokens(dedupe_sorted(t))``, on random sorted
+  tokens made of few runs (the Python path) and of many (the vectorised path),
+  with duplicates.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devmemtcp import abi
+from devmemtcp import cmsg as cmsg_mod
+from devmemtcp.cmsg import ControlBufferError, parse_rx_control, parse_rx_uniform, plan_dontneed
+
+DMABUF, LINEAR = abi.SCM_DEVMEM_DMABUF, abi.SCM_DEVMEM_LINEAR
+
+
+def record(ctype: int, off: int, size: int, token: int, dmabuf_id: int, flags: int = 0,
+           clen: int = 40, level: int = abi.SOL_SOCKET) -> bytes:
+    return struct.pack("<QiiQIIII", clen, level, ctype, off, size, token, dmabuf_id, flags)
+
+
+def reference_parse(ctl: bytes) -> tuple[dict[str, list[int]], int] | None:
+    """What the kernel's bytes mean, record by record; None where the codec must
+    refuse the buffer (ControlBufferError)."""
+    if len(ctl) % 40:
+        return None
+    out: dict[str, list[int]] = {"offset": [], "size": [], "token": [], "dmabuf_id": [],
+                                 "linear_sizes": [], "linear_at": []}
+    kinds = []
+    for pos in range(0, len(ctl), 40):
+        clen, level, ctype, off, size, token, did, _flags = struct.unpack_from("<QiiQIIII", ctl, pos)
+        if clen != 40 or level != abi.SOL_SOCKET or ctype not in (DMABUF, LINEAR):
+            return None
+        kinds.append(ctype)
+        if ctype == LINEAR:
+            out["linear_sizes"].append(size)
+            out["linear_at"].append(len(out["token"]))
+        else:
+            out["offset"].append(off)
+            out["size"].append(size)
+            out["token"].append(token)
+            out["dmabuf_id"].append(did)
+    ids = set(out["dmabuf_id"])
+    uniform = ids.pop() if kinds and all(k == DMABUF for k in kinds) and len(ids) == 1 else -1
+    return out, uniform
+
+
+@st.composite
+def control_buffers(draw: st.DrawFn) -> bytes:
+    n = draw(st.integers(0, 60))
+    ids = draw(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=3))
+    recs = []
+    for _ in range(n):
+        kind = draw(st.sampled_from([DMABUF] * 8 + [LINEAR]))
+        recs.append(record(kind, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**32 - 1)),
+                           draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(ids)),
+                           flags=draw(st.sampled_from([0, 0, 0, 1]))))
+    ctl = bytearray(b"".join(recs))
+    corrupt = draw(st.sampled_from(["none"] * 6 + ["byte", "clen", "level", "type", "trim"]))
+    if n and corrupt != "none":
+        i = draw(st.integers(0, n - 1)) * 40
+        if corrupt == "byte":  # any byte of any header word
+            j = i + draw(st.integers(0, 15))
+            ctl[j] ^= draw(st.integers(1, 255))
+        elif corrupt == "clen":
+            struct.pack_into("<Q", ctl, i, draw(st.sampled_from([0, 16, 39, 41, 48, 2**32 + 40])))
+        elif corrupt == "level":
+            struct.pack_into("<i", ctl, i + 8, draw(st.sampled_from([0, 6, 41, -1])))
+        elif corrupt == "type":
+            struct.pack_into("<i", ctl, i + 12, draw(st.sampled_from([0, 77, 80, 2**31 - 1])))
+        else:
+            del ctl[-draw(st.integers(1, 39)):]
+    return bytes(ctl)
+
+
+@settings(max_examples=400, deadline=None)
+@given(control_buffers(), st.integers(0, 7))
+def test_parse_matches_a_field_by_field_reference(ctl: bytes, shift: int) -> None:
+    # shifted copies: the codec must not depend on the buffer's alignment
+    backing = bytearray(shift + len(ctl) + 8)
+    backing[shift:shift + len(ctl)] = ctl
+    raw = np.frombuffer(backing, np.uint8)[shift:shift + len(ctl)]
+    ref = reference_parse(ctl)
+    if ref is None:
+        with pytest.raises(ControlBufferError):
+            parse_rx_uniform(raw, len(ctl))
+        with pytest.raises(ControlBufferError):
+            parse_rx_control(ctl, len(ctl))
+        return
+    want, uniform = ref
+    batch, did = parse_rx_uniform(raw, len(ctl))
+    assert did == uniform
+    for name in ("offset", "size", "token", "dmabuf_id", "linear_sizes", "linear_at"):
+        assert getattr(batch, name).tolist() == want[name], name
+    assert batch.offset.dtype == np.uint64 and batch.linear_at.dtype == np.int64
+    assert all(getattr(batch, f).dtype == np.uint32 for f in ("size", "token", "dmabuf_id", "linear_sizes"))
+    assert batch.linear_bytes == sum(want["linear_sizes"])
+    assert len(batch) == len(want["token"])
+    # the batch owns its records: the control buffer is reused by the next recvmsg
+    backing[:] = b"\xff" * len(backing)
+    assert batch.token.tolist() == want["token"] and batch.offset.tolist() == want["offset"]
+    # the public parser agrees, from bytes too
+    again = parse_rx_control(ctl, len(ctl))
+    assert again.token.tolist() == want["token"] and again.dmabuf_id.tolist() == want["dmabuf_id"]
+
+
+def test_uniform_id_of_the_common_buffer() -> None:
+    ctl = b"".join(record(DMABUF, 4096 * i, 4096, i + 1, 9) for i in range(1600))
+    batch, did = parse_rx_uniform(np.frombuffer(ctl, np.uint8), len(ctl))
+    assert did == 9 and len(batch) == 1600 and batch.token[-1] == 1600
+    mixed = ctl[:-40] + record(DMABUF, 0, 4096, 1601, 10)
+    batch, did = parse_rx_uniform(mixed, len(mixed))
+    assert did == -1 and batch.dmabuf_id[-1] == 10 and batch.dmabuf_id[0] == 9
+    with_linear = record(LINEAR, 0, 66, 0, 0) + ctl[:80]
+    batch, did = parse_rx_uniform(with_linear, len(with_linear))
+    assert did == -1 and batch.linear_bytes == 66 and batch.dmabuf_id.tolist() == [9, 9]
+    assert parse_rx_uniform(b"", 0)[1] == -1
+
+
+# ---------------------------------------------------------------------------
+# plan_dontneed
+# ---------------------------------------------------------------------------
+@st.composite
+def sorted_tokens(draw: st.DrawFn) -> np.ndarray:
+    """Ascending uint32 tokens: a few runs (sometimes many), sometimes duplicated."""
+    if draw(st.booleans()):
+        runs = draw(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 2500)), max_size=6))
+    else:
+        runs = draw(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 20)), max_size=80))
+    pos = draw(st.integers(0, 2**31 - 200_000))
+    parts = []
+    for gap, count in runs:
+        pos += gap
+        parts.append(np.arange(pos, pos + count, dtype=np.uint32))
+        pos += count
+    t = np.concatenate(parts) if parts else np.empty(0, np.uint32)
+    dups = draw(st.sampled_from([0, 0, 0, 1, 5]))
+    if dups and t.shape[0]:
+        idx = np.array(draw(st.lists(st.integers(0, t.shape[0] - 1), min_size=dups, max_size=dups)))
+        t = np.sort(np.concatenate([t, t[idx]]), kind="stable")
+    return t
+
+
+@settings(max_examples=500, deadline=None)
+@given(sorted_tokens(), st.integers(1, 130), st.integers(1, 1500), st.booleans())
+def test_plan_dontneed_equals_dedupe_then_chunk(t: np.ndarray, max_tokens: int, max_frags: int,
+                                                full_only: bool) -> None:
+    original = t.copy()
+    toks, chunks, ends = plan_dontneed(t, full_only, max_tokens, max_frags)
+    want_t = cmsg_mod.dedupe_sorted(original)
+    want_chunks, want_ends = cmsg_mod.chunk_sorted_tokens(want_t, max_tokens, max_frags, full_only)
+    assert toks.tolist() == want_t.tolist()
+    assert [c.tolist() for c in chunks] == [w.tolist() for w in want_chunks]
+    assert ends == want_ends
+    for c in chunks:
+        assert c.dtype == abi.DMABUF_TOKEN_DTYPE and c.flags.c_contiguous and c.flags.writeable
+    assert t.tolist() == original.tolist()  # the input is not modified
+
+
+@pytest.mark.parametrize("full_only", [False, True])
+def test_plan_dontneed_steady_state_shapes(full_only: bool) -> None:
+    # what the Receiver sees: the sorted queue, one run or a few
+    one = np.arange(1, 2177, dtype=np.uint32)
+    _, chunks, ends = plan_dontneed(one, full_only)
+    tail = [] if full_only else [[(2049, 128)]]
+    assert [c.tolist() for c in chunks] == [[(1, 1024)], [(1025, 1024)], *tail]
+    assert ends == [1024, 2048] + ([] if full_only else [2176])
+    two = np.concatenate([np.arange(1, 1001, dtype=np.uint32), np.arange(2001, 3001, dtype=np.uint32)])
+    _, chunks, ends = plan_dontneed(two, full_only)
+    assert chunks[0].tolist() == [(1, 1000), (2001, 24)] and ends[0] == 1024
+    assert len(chunks) == (1 if full_only else 2)
