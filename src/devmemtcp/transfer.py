@@ -601,15 +601,18 @@ def send_region_size(usable: int, chunk: int = DEFAULT_CHUNK, max_iov: int = 64)
 def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
                on_progress: Callable[[int], None] | None) -> int:
     regions = _regions(usable, send_region_size(usable, chunk, int(getattr(tx, "max_iov", 64))))
+    iovs: dict[tuple[int, int], np.ndarray] = {}  # each lap sends the same regions: build their iovecs once
     sent = 0
     i = 0
     while sent < nbytes:
         off, length = regions[i % len(regions)]
         length = min(length, nbytes - sent)
         tx.wait_region_free(off, length)
-        starts = np.arange(off, off + length, chunk, dtype=np.uint64)
-        lens = np.minimum(np.uint64(chunk), np.uint64(off + length) - starts)
-        iov = np.stack((starts, lens), axis=1)
+        iov = iovs.get((off, length))
+        if iov is None:
+            starts = np.arange(off, off + length, chunk, dtype=np.uint64)
+            lens = np.minimum(np.uint64(chunk), np.uint64(off + length) - starts)
+            iov = iovs[off, length] = np.stack((starts, lens), axis=1)
         tx.send(iov)
         sent += length
         i += 1

@@ -154,6 +154,8 @@ class Sender:
         iov = np.ascontiguousarray(offsets_lengths, dtype=np.uint64).reshape(-1, 2)
         if iov.shape[0] == 0:
             return 0
+        if iov.shape[0] <= self.max_iov:
+            return self._send_all(iov)
         total = 0
         for start in range(0, iov.shape[0], self.max_iov):
             total += self._send_all(iov[start: start + self.max_iov])
@@ -193,6 +195,20 @@ class Sender:
         offs = a[:, 0]
         lens = a[:, 1]
         k = a.shape[0]
+        st = self.stats
+        if k > 1 and not bool(((offs | lens) & (abi.PAGE_SIZE - 1)).any()):
+            # whole pages (send_stream's chunks): each byte's page is read once
+            total = int(lens.sum())
+            if ret == total and bool((offs[1:] == offs[:-1] + lens[:-1]).all()):
+                seq = self._next_seq
+                self._next_seq = (seq + 1) & _SEQ_MASK
+                lo = int(offs[0])
+                self._outstanding.append((seq, lo, lo + total))
+                st.bytes += ret
+                st.sendmsg_calls += 1
+                st.iovecs += k
+                st.frags += total >> _PAGE_SHIFT
+                return
         total = int(lens.sum())
         if ret < total:  # partial: only the iovecs (and the part of the last) that went out
             cum = np.cumsum(lens)
@@ -203,8 +219,8 @@ class Sender:
         ends = offs + lens
         seq = self._next_seq
         self._next_seq = (seq + 1) & _SEQ_MASK
-        self._outstanding.append((seq, int(offs.min()), int(ends.max())))
-        st = self.stats
+        used = lens != 0  # an empty iovec reads nothing: it does not widen the region
+        self._outstanding.append((seq, int(offs[used].min()), int(ends[used].max())))
         st.bytes += ret
         st.sendmsg_calls += 1
         st.iovecs += k

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from devmemtcp import abi
 from devmemtcp.cmsg import encode_zerocopy_completion, parse_tx_cmsg
@@ -128,6 +130,47 @@ def test_sets_so_zerocopy_and_sends_the_iovecs_in_order(env: Env) -> None:
     assert len(model.calls) == 1 and model.calls[0].shape == (3, 2)
     # frags: 100 B in page 2; 5000 B over pages 0-1; 10 B across pages 0/1
     assert tx.stats.frags == 1 + 2 + 2 and tx.stats.iovecs == 3 and tx.stats.sendmsg_calls == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(hst.lists(hst.tuples(hst.integers(0, 15), hst.integers(0, 4)), min_size=1, max_size=10),
+       hst.booleans(), hst.one_of(hst.none(), hst.integers(1, 9 * 4096)))
+def test_accounting_of_pages_and_regions(pairs: list[tuple[int, int]], chain: bool,
+                                         budget: int | None) -> None:
+    """Page-aligned iovecs (chained or not, whole or partly sent): frags count
+    the pages each iovec touches, and the first sendmsg's outstanding region
+    spans the iovecs it (partly) sent."""
+    ps = abi.PAGE_SIZE
+    if chain:
+        pos, chained = pairs[0][0], []
+        for _, n in pairs:
+            chained.append((min(pos, 15), n))
+            pos = min(pos, 15) + n
+        pairs = chained
+    ivs = [(p * ps, n * ps) for p, n in pairs if p * ps + n * ps <= 16 * ps]
+    total = sum(n for _, n in ivs)
+    if not total:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, MemfdBuffer(16 * ps) as buf:
+        model = TxModel(buf, max_per_call=budget, auto_complete=False)
+        tx = Sender(model, s, FakeBinding(3, buf))  # type: ignore[arg-type]
+        tx._send_all(iov(*ivs))
+        ret = min(total, budget) if budget is not None else total
+        # the iovecs of the first call up to the one holding its last byte, that one cut short
+        cut, done = [], 0
+        for off, n in ivs:
+            take = min(n, ret - done)
+            if take:
+                cut.append((off, take))
+            done += take
+            if done >= ret:
+                break
+        first = tx._outstanding[0]
+        assert (first[1], first[2]) == (min(o for o, _ in cut), max(o + n for o, n in cut))
+        assert tx.stats.frags >= sum(-(-(o + n) // ps) - o // ps for o, n in ivs if n)
+        if budget is None:
+            assert tx.stats.frags == sum(-(-(o + n) // ps) - o // ps for o, n in ivs if n)
+        assert tx.stats.bytes == total
 
 
 def test_max_iov_splits_calls(env: tuple[socket.socket, MemfdBuffer, TxModel]) -> None:
