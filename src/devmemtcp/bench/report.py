@@ -62,6 +62,7 @@ def rate_series(samples: list[list[float]], scale: float) -> tuple[np.ndarray, n
 _COLOURS = {
     "raw_recv": "tab:blue", "emulated_recv": "tab:orange", "emulated_recv_validated": "tab:red",
     "emulated_recv_quarter": "tab:gray", "raw_send": "tab:blue", "emulated_send": "tab:orange",
+    "raw_recv_plain": "tab:cyan", "raw_send_plain": "tab:cyan",
 }
 
 
@@ -81,8 +82,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             seen: set[str] = set()
             for run in stream["runs"]:
                 kind = run["kind"]
-                if not kind.endswith(direction) and not kind.endswith(direction + "_validated") \
-                        and not (direction == "recv" and kind == "emulated_recv_quarter"):
+                if f"_{direction}" not in kind or kind.endswith("_warmup"):
                     continue
                 t, g = rate_series(run["samples"], 8 / 1e9)
                 label = kind.replace("_", " ") if kind not in seen else None
