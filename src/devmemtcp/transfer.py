@@ -107,7 +107,7 @@ class TransferResult:
         """The documented JSON object: backend, bytes, seconds, gbps, frags,
         linear_bytes, tokens_released, release_syscalls, flow_steering_errors,
         validated, then the context fields (role, backend_reason, ifname,
-        queues, binding_id, peer, completions, error)."""
+        queues, binding_id, peer, completions, rcvlowat, error)."""
         d = asdict(self)
         ordered: dict[str, Any] = {
             "backend": d["backend"],
@@ -117,7 +117,7 @@ class TransferResult:
         }
         for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
                     "flow_steering_errors", "validated", "role", "backend_reason", "ifname",
-                    "queues", "binding_id", "peer", "completions", "error"):
+                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error"):
             ordered[key] = d[key]
         return ordered
 

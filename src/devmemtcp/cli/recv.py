@@ -57,7 +57,11 @@ def table_rows(d: dict[str, Any]) -> dict[str, Any]:
     rows = dict(d)
     if rows.get("error") is None:
         rows.pop("error", None)
-    rows.pop("completions" if rows.get("role") == "recv" else "queues", None)
+    if rows.get("role") == "recv":
+        rows.pop("completions", None)
+    else:
+        rows.pop("queues", None)
+        rows.pop("rcvlowat", None)
     return rows
 
 
