@@ -374,8 +374,10 @@ def receive_stream(
         accept_timeout: seconds to wait for the connection (None: forever).
         rcvlowat: SO_RCVLOWAT of the connection in bytes (None:
             :func:`auto_rcvlowat` of the dma-buf size; 0: leave the default).
-            A bulk stream receives in fewer, larger batches; a sender that
-            stops short of it without closing is seen only after its timeout.
+            A bulk stream receives in fewer, larger batches; bytes short of
+            it wait until more arrive or the sender closes (tcp_data_ready
+            wakes the reader only then), so keep it 0 for a sender that
+            pauses mid-stream and expects to be seen.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
         on_progress(bytes): called after each batch.
