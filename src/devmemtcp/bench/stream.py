@@ -55,7 +55,7 @@ from devmemtcp.errors import DevmemError
 
 DEFAULT_BYTES = 1 << 30
 DEFAULT_VALIDATE = 7
-DEFAULT_REPEAT = 3
+DEFAULT_REPEAT = 5
 #: dma-buf of the emulated runs: ncdevmem's 16000 pages (62.5 MiB), as devmemtcp recv/send.
 DEFAULT_DMABUF_SIZE = 16000 * abi.PAGE_SIZE
 SEND_CHUNK = 1 << 20
