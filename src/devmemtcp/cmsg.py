@@ -43,15 +43,19 @@ __all__ = [
     "coalesce_tokens",
     "dedupe_sorted",
     "dontneed_chunks",
+    "drop_tokens",
     "encode_rx_control",
     "encode_zerocopy_completion",
+    "merge_runs",
     "parse_rx_control",
     "parse_rx_uniform",
     "parse_tx_cmsg",
     "parse_zerocopy_completions",
     "plan_dontneed",
+    "plan_runs",
     "rx_cmsgs_written",
     "rx_control_space",
+    "token_runs",
 ]
 
 _HDR = abi.CMSGHDR_DTYPE.itemsize  # 16
@@ -564,6 +568,7 @@ def chunk_sorted_tokens(
 
 _PACK_RANGE = struct.Struct("<II").pack
 _TOKEN_DTYPE = abi.DMABUF_TOKEN_DTYPE
+_ONE_U32 = np.uint32(1)
 #: at most this many runs of consecutive tokens are planned in plain Python (a
 #: loop per run, never per token); more go through the vectorised plan
 _FEW_RUNS = 32
@@ -597,26 +602,42 @@ def plan_dontneed(
         return t, *chunk_sorted_tokens(t, max_tokens, max_frags, full_only)
     first = int(t[0])
     if int(t[n - 1]) - first == n - 1:  # distinct and spanning n values: one run
-        return t, *_plan_runs([first], [n], full_only, max_tokens, max_frags)
-    brk = np.flatnonzero(d != 1)
+        return t, *plan_runs([first], [n], full_only, max_tokens, max_frags)
+    brk = (d != _ONE_U32).nonzero()[0]
     if brk.shape[0] >= _FEW_RUNS:
         return t, *chunk_sorted_tokens(t, max_tokens, max_frags, full_only, breaks=brk)
     cut = brk + 1
     bounds = cut.tolist()
     starts = [first, *t[cut].tolist()]
     counts = [b - a for a, b in zip([0, *bounds], [*bounds, n], strict=True)]
-    return t, *_plan_runs(starts, counts, full_only, max_tokens, max_frags)
+    return t, *plan_runs(starts, counts, full_only, max_tokens, max_frags)
 
 
-def _plan_runs(
-    starts: list[int], counts: list[int], full_only: bool, max_tokens: int, max_frags: int
+def plan_runs(
+    starts: list[int],
+    counts: list[int],
+    full_only: bool = False,
+    max_tokens: int = abi.MAX_DONTNEED_TOKENS,
+    max_frags: int = abi.MAX_DONTNEED_FRAGS,
 ) -> tuple[list[np.ndarray], list[int]]:
     """:func:`chunk_sorted_tokens` for tokens given as ascending, disjoint,
     non-adjacent runs ``starts[i] .. starts[i] + counts[i] - 1``: the same
     greedy chunks (a chunk closes at ``max_frags`` frags, cutting a run, or at
-    ``max_tokens`` ranges), in a loop over runs and chunks."""
+    ``max_tokens`` ranges), in a loop over runs and chunks, never over tokens;
+    ``ends`` count the tokens planned up to the end of each chunk."""
     chunks: list[np.ndarray] = []
     ends: list[int] = []
+    if len(starts) == 1 and max_tokens > 1:  # one run: whole max_frags pieces of it, then the tail
+        s, c = starts[0], counts[0]
+        for done in range(max_frags, c + 1, max_frags):
+            chunks.append(np.frombuffer(bytearray(_PACK_RANGE(s + done - max_frags, max_frags)),
+                                        _TOKEN_DTYPE))
+            ends.append(done)
+        tail = c % max_frags
+        if tail and not full_only:
+            chunks.append(np.frombuffer(bytearray(_PACK_RANGE(s + c - tail, tail)), _TOKEN_DTYPE))
+            ends.append(c)
+        return chunks, ends
     flat: list[int] = []  # the open chunk, token_start/token_count pairs
     room = max_frags
     done = 0  # tokens planned in closed chunks
@@ -776,3 +797,74 @@ def parse_zerocopy_completions(
                 out.append((int(ee["ee_info"]), int(ee["ee_data"])))
         pos += abi.cmsg_align(clen)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Token runs: the Receiver's queue when it is a few runs of consecutive tokens
+# ---------------------------------------------------------------------------
+_U32_MAX = 0xFFFFFFFF
+
+
+def token_runs(t: np.ndarray, limit: int = _FEW_RUNS) -> list[int] | None:
+    """The runs of consecutive values in ``t`` (uint32, any order, any
+    strides), in the order they come: ``[start0, count0, start1, count1, ...]``,
+    or None when there are ``limit`` runs or more (or a run would wrap past
+    2**32 - 1). Three numpy calls (one subtraction finds every break) and a
+    step per run."""
+    n = t.shape[0]
+    if n < 2:
+        return [int(t[0]), 1] if n else []
+    brk = ((t[1:] - t[:-1]) != _ONE_U32).nonzero()[0].tolist()  # uint32: a step down breaks too
+    if len(brk) >= limit - 1:
+        return None
+    item = t.item
+    s = item(0)
+    out: list[int] = []
+    a = 0  # index where the open run starts
+    for i in brk:
+        out += (s, i + 1 - a)
+        if s + i - a > _U32_MAX:  # 0xFFFFFFFF then 0: consecutive only mod 2**32
+            return None
+        a = i + 1
+        s = item(a)
+    if s + n - 1 - a > _U32_MAX:
+        return None
+    out += (s, n - a)
+    return out
+
+
+def merge_runs(a: list[int], b: list[int], limit: int = _FEW_RUNS) -> list[int] | None:
+    """The union of two sets of token runs (flat ``[start, count, ...]`` lists
+    as :func:`token_runs` returns), as ascending, disjoint, non-adjacent runs;
+    None when that is ``limit`` runs or more. A token in both is kept once."""
+    runs = a + b
+    if len(runs) <= 2:
+        return runs
+    pairs = sorted(zip(runs[0::2], runs[1::2], strict=True))
+    out: list[int] = []
+    cur, end = pairs[0]
+    end += cur  # exclusive end of the open run
+    for s, c in pairs:
+        if s <= end:  # overlaps or touches the open run (the first pair: itself)
+            c += s
+            if c > end:
+                end = c
+        else:
+            out += (cur, end - cur)
+            cur = s
+            end = s + c
+    out += (cur, end - cur)
+    return out if len(out) < 2 * limit else None
+
+
+def drop_tokens(runs: list[int], k: int) -> list[int]:
+    """``runs`` (ascending ``[start, count, ...]``) without their first ``k``
+    tokens."""
+    i = 0
+    while k:
+        c = runs[i + 1]
+        if c > k:
+            return [runs[i] + k, c - k, *runs[i + 2:]]
+        k -= c
+        i += 2
+    return runs[i:]

@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.cmsg import FragBatch, parse_rx_uniform, plan_dontneed
+from devmemtcp.cmsg import (
+    FragBatch,
+    drop_tokens,
+    merge_runs,
+    parse_rx_uniform,
+    plan_dontneed,
+    plan_runs,
+    token_runs,
+)
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
@@ -158,6 +166,12 @@ class Receiver:
         self._live: dict[int, np.ndarray] = {}
         self._serial = 0
         self._nheld = 0
+        # the queue of released tokens: while it is a few runs of consecutive tokens (the steady
+        # state: the kernel hands out the lowest free ids) it is kept as runs, ``_runs`` (flat
+        # [start, count, ...], ascending, disjoint), and nothing is copied or sorted per token;
+        # otherwise (``_runs`` None) as an array, ``_pending[:_npending]``. ``_npending`` counts
+        # every token released, duplicates included, in both forms (they go at the next flush).
+        self._runs: list[int] | None = []
         self._pending = np.empty(4 * abi.MAX_DONTNEED_FRAGS, dtype=np.uint32)
         self._npending = 0
         self._closed = False
@@ -302,6 +316,16 @@ class Receiver:
             self._flush(everything=True)
 
     def _enqueue(self, tokens: np.ndarray) -> None:
+        runs = self._runs
+        if runs is not None:
+            new = token_runs(tokens)
+            if new is not None:
+                merged = merge_runs(runs, new)
+                if merged is not None:
+                    self._runs = merged
+                    self._npending += tokens.shape[0]
+                    return
+            self._runs_to_array()
         end = self._npending + tokens.shape[0]
         if end > self._pending.shape[0]:
             grown = np.empty(max(2 * self._pending.shape[0], end), dtype=np.uint32)
@@ -310,19 +334,45 @@ class Receiver:
         self._pending[self._npending: end] = tokens
         self._npending = end
 
+    def _runs_to_array(self) -> None:
+        """Switch the queue to its array form (too many runs to keep as runs).
+
+        The runs hold each queued token once; the ``_npending - len`` tokens
+        queued twice are written as repeats of the first token, so the array
+        holds the same set and the same count (what a flush depends on)."""
+        runs = self._runs
+        assert runs is not None
+        self._runs = None
+        n = self._npending
+        if n > self._pending.shape[0]:
+            self._pending = np.empty(max(2 * self._pending.shape[0], n), dtype=np.uint32)
+        pos = 0
+        for i in range(0, len(runs), 2):  # a loop per run (fewer than cmsg._FEW_RUNS)
+            s, c = runs[i], runs[i + 1]
+            self._pending[pos: pos + c] = np.arange(s, s + c, dtype=np.uint32)
+            pos += c
+        if pos < n:
+            self._pending[pos:n] = runs[0]
+
     def _flush(self, everything: bool) -> None:
         """Coalesce the queued tokens and issue SO_DEVMEM_DONTNEED calls.
 
         ``everything=False`` keeps the last chunk queued unless it is full
         (1024 frags or 128 ranges), so steady state stays at one call per
-        1024 fragments. The plan is :func:`devmemtcp.cmsg.plan_dontneed`
+        1024 fragments. The plan is :func:`devmemtcp.cmsg.plan_runs` for a
+        queue of runs, :func:`devmemtcp.cmsg.plan_dontneed` for an array
         (the same chunks as ``dontneed_chunks(coalesce_tokens(...))``)."""
-        n = self._npending
-        pending = self._pending
-        toks = pending[:n]
-        # the queue is a few sorted runs: a stable (merge) sort is near-linear; in place, no copy
-        toks.sort(kind="stable")
-        toks, chunks, ends = plan_dontneed(toks, not everything)
+        runs = self._runs
+        if runs is not None:
+            chunks, ends = plan_runs(runs[0::2], runs[1::2], not everything)
+            total = sum(runs[1::2])
+        else:
+            n = self._npending
+            toks = self._pending[:n]
+            # a few sorted runs: a stable (merge) sort is near-linear; in place, no copy
+            toks.sort(kind="stable")
+            toks, chunks, ends = plan_dontneed(toks, not everything)
+            total = toks.shape[0]
         sent = 0
         st = self.stats
         dontneed = self.backend.dontneed
@@ -336,12 +386,17 @@ class Receiver:
                     st.release_shortfall += end - sent - freed
                 sent = end
         finally:
-            # toks is sorted and the chunks cover it in order: the unsent tail stays queued
-            # (toks is the queue itself unless duplicates were dropped; numpy copies overlaps safely)
-            rest = toks.shape[0] - sent
-            if sent or rest != n:
-                pending[:rest] = toks[sent:]
-            self._npending = rest
+            # the chunks cover the sorted distinct tokens in order: the unsent tail stays queued
+            self._npending = total - sent
+            if runs is not None:
+                self._runs = drop_tokens(runs, sent)
+            else:
+                # toks is the queue itself unless duplicates were dropped; numpy copies overlaps safely
+                if sent or total != n:
+                    self._pending[: total - sent] = toks[sent:]
+                rest = token_runs(self._pending[: total - sent])  # few runs again: back to runs
+                if rest is not None:
+                    self._runs = merge_runs([], rest)
 
     # -- lifetime ------------------------------------------------------------
     @property
@@ -369,6 +424,7 @@ class Receiver:
                 self._flush(everything=True)
         finally:
             self._npending = 0
+            self._runs = []
             self._nheld = 0
             self._live.clear()
 

@@ -181,3 +181,69 @@ def test_plan_dontneed_steady_state_shapes(full_only: bool) -> None:
     _, chunks, ends = plan_dontneed(two, full_only)
     assert chunks[0].tolist() == [(1, 1000), (2001, 24)] and ends[0] == 1024
     assert len(chunks) == (1 if full_only else 2)
+
+
+# ---------------------------------------------------------------------------
+# token runs: the Receiver's queue of few runs
+# ---------------------------------------------------------------------------
+def _expand_runs(runs: list[int]) -> list[int]:
+    return [t for s, c in zip(runs[0::2], runs[1::2], strict=True) for t in range(s, s + c)]
+
+
+@st.composite
+def token_arrays(draw: st.DrawFn) -> np.ndarray:
+    """uint32 tokens as the kernel hands them out (a few ascending runs) or not
+    (shuffled, repeated, near 2**32), contiguous or strided."""
+    near = st.integers(0, 3000) | st.integers(2**32 - 3000, 2**32 - 1)
+    runs = draw(st.lists(st.tuples(near | st.integers(0, 2**32 - 1), st.integers(1, 300)), max_size=8))
+    parts = [np.arange(s, s + c, dtype=np.uint64).astype(np.uint32) for s, c in runs]  # may wrap
+    t = np.concatenate(parts) if parts else np.empty(0, np.uint32)
+    if t.shape[0] and draw(st.integers(0, 3)) == 0:
+        t = t[np.array(draw(st.permutations(range(t.shape[0]))))] if t.shape[0] < 40 else t[::-1]
+    if draw(st.booleans()):  # a strided view, like FragBatch.token
+        rec = np.zeros((t.shape[0], 10), np.uint32)
+        rec[:, 7] = t
+        t = rec[:, 7]
+    return t
+
+
+@settings(max_examples=400, deadline=None)
+@given(token_arrays(), token_arrays(), st.integers(2, 40))
+def test_token_runs_and_merge_are_the_set_of_tokens(x: np.ndarray, y: np.ndarray, limit: int) -> None:
+    rx, ry = cmsg_mod.token_runs(x, limit), cmsg_mod.token_runs(y, limit)
+    for t, r in ((x, rx), (y, ry)):
+        if r is None:
+            continue
+        assert len(r) < 2 * limit and all(c >= 1 for c in r[1::2])
+        assert _expand_runs(r) == t.tolist()  # the runs, in order, are the tokens as given
+    if rx is None or ry is None:
+        return
+    merged = cmsg_mod.merge_runs(rx, ry, limit)
+    want = sorted(set(x.tolist()) | set(y.tolist()))
+    if merged is None:
+        assert len(cmsg_mod.coalesce_tokens(np.array(want, np.uint32))) >= limit
+        return
+    assert _expand_runs(merged) == want
+    starts, counts = merged[0::2], merged[1::2]
+    assert all(s + c < s2 for s, c, s2 in zip(starts, counts, starts[1:], strict=False))  # gaps between
+    for k in {0, min(1, len(want)), len(want) // 2, len(want)}:
+        assert _expand_runs(cmsg_mod.drop_tokens(merged, k)) == want[k:]
+    # the plan of the runs is the plan of the sorted tokens
+    for full_only in (False, True):
+        chunks, ends = cmsg_mod.plan_runs(starts, counts, full_only, 128, 1024)
+        want_chunks, want_ends = cmsg_mod.chunk_sorted_tokens(np.array(want, np.uint32), full_only=full_only)
+        assert [c.tolist() for c in chunks] == [w.tolist() for w in want_chunks] and ends == want_ends
+
+
+def test_merge_runs_coalesces_touching_and_overlapping_runs() -> None:
+    merge = cmsg_mod.merge_runs
+    assert merge([1025, 576], [1, 1024, 1601, 448]) == [1, 2048]  # the steady state: one run again
+    assert merge([10, 5], [15, 5]) == [10, 10] and merge([15, 5], [10, 5]) == [10, 10]
+    assert merge([10, 5], [12, 10]) == [10, 12] and merge([10, 20], [12, 3]) == [10, 20]
+    assert merge([10, 5], [16, 5]) == [10, 5, 16, 5]
+    assert merge([], [7, 1, 3, 2]) == [3, 2, 7, 1] and merge([], []) == []
+    assert merge([1, 1, 3, 1, 5, 1], [7, 1], limit=4) is None
+    assert cmsg_mod.token_runs(np.array([5, 6, 7, 1, 2, 9], np.uint32)) == [5, 3, 1, 2, 9, 1]
+    assert cmsg_mod.token_runs(np.array([2**32 - 1, 0], np.uint32)) is None  # no wrap past 2**32 - 1
+    assert cmsg_mod.token_runs(np.arange(40, dtype=np.uint32)[::-1].copy(), limit=32) is None
+    assert cmsg_mod.drop_tokens([1, 4, 10, 2], 5) == [11, 1] and cmsg_mod.drop_tokens([1, 4], 4) == []

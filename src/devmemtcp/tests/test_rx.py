@@ -18,6 +18,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -436,7 +437,12 @@ class RecordingBackend:
 
 
 class GeneralPathReceiver(Receiver):
-    """The Receiver with the general flush: sort a copy, dedupe, chunk_sorted_tokens."""
+    """The Receiver with the general queue and flush: an array of tokens; sort a
+    copy, dedupe, chunk_sorted_tokens."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._runs = None  # the array form from the start, for good
 
     def _flush(self, everything: bool) -> None:
         from devmemtcp.cmsg import chunk_sorted_tokens, dedupe_sorted
