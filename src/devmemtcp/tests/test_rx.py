@@ -553,3 +553,21 @@ def test_duplicate_tokens_in_the_queue_are_given_back_once(sock: socket.socket) 
         assert backend.calls == [] and rx.pending == 600
         rx.flush()
         assert backend.calls == [[(1, 600)]] and rx.pending == 0
+
+
+def test_runs_queue_falls_back_to_an_array_with_the_same_count(sock: socket.socket) -> None:
+    # tokens released twice count twice until the flush drops them, in both forms of the queue
+    script = [np.arange(1, 301, dtype=np.uint32)] * 2 + [
+        np.arange(1000, 1100, 2, dtype=np.uint32),  # 50 runs: the queue becomes an array
+        np.arange(5000, 5060, dtype=np.uint32)]
+    backends = [RecordingBackend(), RecordingBackend()]
+    with MemfdBuffer(64 << 20) as dmabuf:
+        rxs = [cls(be, sock, FakeBinding(7, dmabuf), release_threshold=700)  # type: ignore[arg-type]
+               for cls, be in zip((Receiver, GeneralPathReceiver), backends, strict=True)]
+        for toks in script:
+            for rx in rxs:
+                rx.release(rx.process_control(_control(toks), rx_control_space(toks.shape[0]), 0, 0))
+            assert rxs[0].pending == rxs[1].pending
+        assert rxs[0]._runs is not None  # back to runs after the flush
+    assert backends[0].calls == backends[1].calls
+    assert sum(c for call in backends[0].calls for _s, c in call) == 410
