@@ -240,11 +240,13 @@ def _parse_dense(raw: np.ndarray, controllen: int) -> tuple[FragBatch, int] | No
     ok = np.empty((2, n), _BOOL)
     np.equal(words[:, :2].T, _DMABUF_HDR, out=ok)
     if np.count_nonzero(ok) == 2 * n:  # all SCM_DEVMEM_DMABUF, cmsg_len 40
-        batch = _records_to_batch(words)
-        ids = batch.dmabuf_id
-        first = int(ids[0])
-        np.equal(ids, first, out=ok[0])
-        return batch, (first if np.count_nonzero(ok[0]) == n else -1)
+        w32 = words.view(_U32)  # (n, 10): size, token, id are u32 columns 6, 7, 8
+        ids = w32[:, 8]
+        first = ids.item(0)
+        same = ok[0]
+        np.equal(ids, first, out=same)
+        return (FragBatch(words[:, 2], w32[:, 6], w32[:, 7], ids),
+                first if np.count_nonzero(same) == n else -1)
     if not (words[:, 0] == _REC_LEN).all():
         return None
     keys = words[:, 1]
