@@ -107,15 +107,14 @@ def test_receive_plain_sender_validated() -> None:
     assert r.flow_steering_errors == 0
     assert r.release_syscalls is not None and r.release_syscalls > 0
     assert r.ifname == "lo" and r.queues
-    assert r.rcvlowat == transfer.auto_rcvlowat(4 << 20) == 256 << 10
+    assert r.rcvlowat == transfer.auto_rcvlowat(4 << 20) == 512 << 10
 
 
-def test_auto_rcvlowat_is_a_sixteenth_of_the_dmabuf_capped_at_4m() -> None:
-    assert transfer.auto_rcvlowat(16000 * 4096) == 1000 * 4096
-    assert transfer.auto_rcvlowat(1 << 30) == 4 << 20
-    assert transfer.auto_rcvlowat(16 << 20) == 1 << 20
-    assert transfer.auto_rcvlowat(17 * 4096) == 4096
-    assert transfer.auto_rcvlowat(15 * 4096) == 0
+def test_auto_rcvlowat_is_an_eighth_of_the_dmabuf_capped_at_8m() -> None:
+    assert transfer.auto_rcvlowat(16000 * 4096) == 2000 * 4096
+    assert transfer.auto_rcvlowat(1 << 30) == 8 << 20
+    assert transfer.auto_rcvlowat(9 * 4096) == 4096
+    assert transfer.auto_rcvlowat(7 * 4096) == 0
 
 
 def test_receive_with_rcvlowat_off_and_a_short_stream() -> None:

@@ -46,20 +46,22 @@ DEFAULT_CHUNK = 64 * 1024
 #: Pattern period the sender fills with when no ``validate`` is asked for.
 DEFAULT_FILL_PERIOD = 256
 #: Upper bound of the receiver's automatic SO_RCVLOWAT (bytes), see :func:`auto_rcvlowat`.
-MAX_AUTO_RCVLOWAT = 4 << 20
+MAX_AUTO_RCVLOWAT = 8 << 20
 
 
 def auto_rcvlowat(dmabuf_size: int) -> int:
-    """The SO_RCVLOWAT :func:`receive_stream` uses by default: ``min(4 MiB,
-    dmabuf_size / 16)`` in whole pages, 0 (leave the socket's default of 1)
-    for a dma-buf under 16 pages.
+    """The SO_RCVLOWAT :func:`receive_stream` uses by default: ``min(8 MiB,
+    dmabuf_size / 8)`` in whole pages, 0 (leave the socket's default of 1)
+    for a dma-buf under 8 pages.
 
     Every recvmsg costs the same fixed work whatever it carries (cmsg parse,
-    token bookkeeping); waking the receiver only once a few MiB are queued
+    token bookkeeping); waking the receiver only once several MiB are queued
     (tcp_recvmsg returns once ``min(SO_RCVLOWAT, len)`` bytes are there, or at
-    EOF or timeout) amortises it. Sixteen times that stays free in the dma-buf,
-    so the NIC never stalls for want of buffers while the receiver waits."""
-    low = min(MAX_AUTO_RCVLOWAT, dmabuf_size // 16)
+    EOF or timeout) amortises it, so a default Receiver (6.25 MiB iov) on a
+    62.5 MiB dma-buf fills its whole iov each call. An eighth of the dma-buf
+    keeps the NIC supplied while the receiver waits: a Receiver holds at most
+    half of it, so four times the low-water mark stays free."""
+    low = min(MAX_AUTO_RCVLOWAT, dmabuf_size // 8)
     return low - low % abi.PAGE_SIZE
 
 

@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="give up if no connection arrives within SECONDS (default: wait forever)")
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
                         help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
-                             "carries more frags (default min(4M, --size/16); 0 leaves the socket's 1)")
+                             "carries more frags (default min(8M, --size/8); 0 leaves the socket's 1)")
     common.add_backend_args(parser)
 
 
