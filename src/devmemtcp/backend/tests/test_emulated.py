@@ -775,14 +775,14 @@ def test_drivers_without_queue_api_or_netmem_tx(emu: EmulatedBackend, buf: Memfd
 
 
 @pytest.mark.parametrize("n,total,shift", [(1, 1, 0), (1, PS, 0), (5, 4 * PS + 7, 0), (300, 300 * PS, 0),
-                                           (3, 2 * PS + 1, 4)])
+                                           (3000, 3000 * PS - 5, 0), (3, 2 * PS + 1, 4)])
 def test_encode_frags_matches_the_codec(n: int, total: int, shift: int) -> None:
     from devmemtcp.backend.emulated import encode_frags
 
     pages = np.sort(np.random.default_rng(n).choice(1 << 20, n, replace=False)).astype(np.int64)
     tok = np.arange(7, 7 + n, dtype=np.uint32)
-    a = bytearray(40 * n + 16)
-    b = bytearray(40 * n + 16)
+    a = bytearray(b"\xff" * (40 * n + 16))  # stale bytes everywhere: every field is written
+    b = bytearray(b"\xff" * (40 * n + 16))
     # shift != 0: a misaligned control buffer takes the codec's own path
     la = encode_frags(memoryview(a)[shift:], pages, total, tok, 9)
     sizes = np.full(n, PS, np.uint32)
