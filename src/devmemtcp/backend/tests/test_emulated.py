@@ -71,9 +71,12 @@ def ready(be: EmulatedBackend, ifname: str = "lo") -> None:
     be.nic(ifname).set_rings(tcp_data_split="enabled", hds_thresh=0)
 
 
-def tcp_pair(addr: str = "127.0.0.1") -> tuple[socket.socket, socket.socket, socket.socket]:
-    """(listener, client, accepted) over ``addr``."""
+def tcp_pair(addr: str = "127.0.0.1", rcvbuf: int = 0) -> tuple[socket.socket, socket.socket, socket.socket]:
+    """(listener, client, accepted) over ``addr``; ``rcvbuf``: SO_RCVBUF of the
+    accepted socket, set on the listener so the window scale fits it."""
     srv = socket.socket()
+    if rcvbuf:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     srv.bind((addr, 0))
     srv.listen()
     cli = socket.create_connection(srv.getsockname())
@@ -432,6 +435,8 @@ def hold_everything(emu: EmulatedBackend, conn: socket.socket, cli: socket.socke
         while queued(conn) < min(left, PS) and time.monotonic() < deadline:
             time.sleep(0.001)
         nbuf = min(left, queued(conn) // PS * PS)
+        # only whole pages are taken: the receive buffer must hold a page past any remainder
+        assert nbuf, f"no whole page queued within 10 s ({queued(conn)} bytes): use a larger rcvbuf"
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(nbuf)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         assert n == nbuf
         left -= n
@@ -519,7 +524,7 @@ def test_dontneed_limits(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
 
 def test_dontneed_stops_after_1024_frags(emu: EmulatedBackend) -> None:
     ready(emu)
-    srv, cli, conn = tcp_pair()
+    srv, cli, conn = tcp_pair(rcvbuf=8 << 20)
     with srv, cli, conn, MemfdBuffer(1100 * PS) as big, emu.bind_rx(LO, big, [2]):
         steer_to(emu, conn, 2)
         toks = hold_everything(emu, conn, cli, 1100)
