@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from devmemtcp import abi
 from devmemtcp.bench import peer as peer_mod
 from devmemtcp.errors import DevmemError
@@ -242,7 +244,9 @@ def raw_recv(nbytes: int, period: int, bufsize: int = PLAIN_BUF, rcvlowat: int =
              kind: str = "raw_recv") -> Run:
     """Receive ``nbytes`` from a peer sender with plain ``recv_into`` one fixed
     buffer of ``bufsize`` bytes, SO_RCVLOWAT ``rcvlowat`` (0: the default)."""
-    buf = memoryview(bytearray(bufsize))
+    raw = bytearray(bufsize)
+    np.frombuffer(raw, np.uint8).fill(1)  # fault its pages in now, as the dma-buf's are at allocation
+    buf = memoryview(raw)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
         lsock.bind((HOST, 0))
         lsock.listen(1)
