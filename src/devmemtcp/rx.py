@@ -7,8 +7,9 @@ an iov buffer and a control buffer allocated once, parsed by
 :func:`devmemtcp.cmsg.parse_rx_control` into a :class:`~devmemtcp.cmsg.FragBatch`.
 
 Tokens the application is done with go back through
-:meth:`Receiver.release`: they are queued, sorted, coalesced into
-``dmabuf_token`` ranges and handed to ``SO_DEVMEM_DONTNEED``
+:meth:`Receiver.release`: they are queued (as runs of consecutive tokens
+while there are few, the steady state, else as a sorted array), coalesced
+into ``dmabuf_token`` ranges and handed to ``SO_DEVMEM_DONTNEED``
 (``sock_devmem_dontneed`` in net/core/sock.c) in calls of exactly 1024 frags
 (or 128 ranges) where possible, the rest staying queued for the next call:
 at most one syscall per 1024 fragments in steady state. Because the NIC can
