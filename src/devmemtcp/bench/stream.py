@@ -47,13 +47,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.bench import peer as peer_mod
 from devmemtcp.errors import DevmemError
+
+if TYPE_CHECKING:
+    from devmemtcp.memory.base import DmaBuf
 
 DEFAULT_BYTES = 1 << 30
 DEFAULT_VALIDATE = 7
@@ -279,8 +282,10 @@ def raw_recv(nbytes: int, period: int, bufsize: int = PLAIN_BUF, rcvlowat: int =
 
 
 def emulated_recv(nbytes: int, period: int, validate: int | None, kind: str,
-                  dmabuf_size: int | None = None) -> Run:
-    """Receive ``nbytes`` from a peer sender through the emulated devmem NIC on lo.
+                  dmabuf_size: int | None = None, memory: DmaBuf | None = None) -> Run:
+    """Receive ``nbytes`` from a peer sender through the emulated devmem NIC on lo,
+    into ``memory`` (a dma-buf the caller keeps across runs, as an application
+    would) or a new host dma-buf of ``dmabuf_size`` bytes.
 
     If another running devmemtcp has lo configured (NicSetup's undo journal),
     waits up to ``BUSY_WAIT_S`` seconds for it before giving up."""
@@ -298,7 +303,8 @@ def emulated_recv(nbytes: int, period: int, validate: int | None, kind: str,
     while True:
         try:
             res = receive_stream(HOST, 0, backend="emulated", validate=validate, accept_timeout=60,
-                                 size=dmabuf_size or DEFAULT_DMABUF_SIZE, on_ready=on_ready,
+                                 memory=memory or "host", size=dmabuf_size or DEFAULT_DMABUF_SIZE,
+                                 on_ready=on_ready,
                                  on_progress=sampler)
             break
         except DevmemError as exc:
@@ -356,12 +362,13 @@ def raw_send(nbytes: int, period: int, port: int, sink: subprocess.Popen[str], f
 
 
 def emulated_send(nbytes: int, period: int, port: int, sink: subprocess.Popen[str],
-                  dmabuf_size: int | None = None) -> Run:
-    """Send ``nbytes`` of the pattern through the emulated devmem NIC (Sender) to the sink peer."""
+                  dmabuf_size: int | None = None, memory: DmaBuf | None = None) -> Run:
+    """Send ``nbytes`` of the pattern through the emulated devmem NIC (Sender) to
+    the sink peer, from ``memory`` (kept across runs) or a new host dma-buf."""
     from devmemtcp.transfer import send_stream
 
     res = send_stream(HOST, port, nbytes=nbytes, validate=period, backend="emulated",
-                      size=dmabuf_size or DEFAULT_DMABUF_SIZE)
+                      memory=memory or "host", size=dmabuf_size or DEFAULT_DMABUF_SIZE)
     got = _sink_result(sink)
     if got["bytes"] != nbytes:
         raise DevmemError(f"the sink got {got['bytes']} of {nbytes} bytes", "see devmemtcp send")
@@ -404,6 +411,7 @@ def run_stream(
     Raises DevmemError for bad arguments or a failed transfer.
     """
     from devmemtcp.bench.frags import machine_info
+    from devmemtcp.memory.memfd import MemfdBuffer
     from devmemtcp.transfer import auto_rcvlowat, send_region_size
 
     if nbytes <= 0:
@@ -428,25 +436,27 @@ def run_stream(
                 "plain": {"buffer_bytes": PLAIN_BUF, "rcvlowat": 0}}
 
     quarter = max(nbytes // 4, 1 << 20)
-    with pinned(pin) as cpus:
+    with pinned(pin) as cpus, MemfdBuffer(dmabuf) as rx_mem, MemfdBuffer(dmabuf) as tx_mem:
+        # one dma-buf per direction for every run, as an application keeps its device memory
+        # (the warm-up run touches the receive side's pages first, as the raw runs' buffers are)
         if cpus:
             say(f"pinned: this process on CPU {cpus[0]}, the peer on CPU {cpus[1]}")
         say(f"warm-up: emulated receive of {quarter} bytes")
-        runs.append(emulated_recv(quarter, validate, None, "emulated_recv_warmup", dmabuf))
+        runs.append(emulated_recv(quarter, validate, None, "emulated_recv_warmup", dmabuf, rx_mem))
         for i in range(repeat):
             say(f"receive round {i + 1}/{repeat}")
             runs.append(raw_recv(nbytes, validate, recv_buf, lowat))
-            runs.append(emulated_recv(nbytes, validate, None, "emulated_recv", dmabuf))
-            runs.append(emulated_recv(nbytes, validate, validate, "emulated_recv_validated", dmabuf))
+            runs.append(emulated_recv(nbytes, validate, None, "emulated_recv", dmabuf, rx_mem))
+            runs.append(emulated_recv(nbytes, validate, validate, "emulated_recv_validated", dmabuf, rx_mem))
             runs.append(raw_recv(nbytes, validate, PLAIN_BUF, 0, kind="raw_recv_plain"))
         say(f"memory: emulated receive of {quarter} bytes")
-        small = emulated_recv(quarter, validate, None, "emulated_recv_quarter", dmabuf)
+        small = emulated_recv(quarter, validate, None, "emulated_recv_quarter", dmabuf, rx_mem)
         runs.append(small)
         with _sink(3 * repeat) as (port, sink):
             for i in range(repeat):
                 say(f"send round {i + 1}/{repeat}")
                 runs.append(raw_send(nbytes, validate, port, sink, usable, per_send))
-                runs.append(emulated_send(nbytes, validate, port, sink, dmabuf))
+                runs.append(emulated_send(nbytes, validate, port, sink, dmabuf, tx_mem))
                 runs.append(raw_send(nbytes, validate, port, sink, PLAIN_BUF, kind="raw_send_plain"))
 
     def of(kind: str) -> list[Run]:

@@ -35,9 +35,10 @@ def check_size(size: int, page_size: int) -> None:
 
 
 class MemfdBuffer:
-    """A memfd of ``size`` bytes (``MFD_ALLOW_SEALING | MFD_CLOEXEC``), its pages
-    allocated up front (``posix_fallocate``) and mapped ``MAP_SHARED |
-    MAP_POPULATE`` read/write.
+    """A memfd of ``size`` bytes (``MFD_ALLOW_SEALING | MFD_CLOEXEC``), mapped
+    ``MAP_SHARED`` read/write. Pages are allocated when first touched: the
+    emulated NIC fills net_iovs lowest first, so a large dma-buf costs memory
+    only for the part a flow actually cycles through.
 
     ``fd`` is the memfd (for the emulated NIC it is the "dma-buf" handed to
     bind-rx/bind-tx). ``size`` must be a multiple of ``page_size`` (the net_iov
@@ -59,11 +60,7 @@ class MemfdBuffer:
         fd = os.memfd_create(name, abi.MFD_ALLOW_SEALING | abi.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
-            # the memory exists before anything is bound, as a device's would: allocated
-            # now (a clear error if shmem is short) and mapped in, not faulted in mid-transfer
-            os.posix_fallocate(fd, 0, size)
-            self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             os.close(fd)
             raise DevmemError(
