@@ -248,7 +248,8 @@ def raw_recv(nbytes: int, period: int, bufsize: int = PLAIN_BUF, rcvlowat: int =
     """Receive ``nbytes`` from a peer sender with plain ``recv_into`` one fixed
     buffer of ``bufsize`` bytes, SO_RCVLOWAT ``rcvlowat`` (0: the default)."""
     raw = bytearray(bufsize)
-    np.frombuffer(raw, np.uint8).fill(1)  # fault its pages in now, as the dma-buf's are at allocation
+    # fault its pages in before timing: the devmem runs reuse a dma-buf the warm-up touched
+    np.frombuffer(raw, np.uint8).fill(1)
     buf = memoryview(raw)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
         lsock.bind((HOST, 0))
