@@ -70,7 +70,7 @@ from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.pool import RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
-from devmemtcp.emulation.tokens import TokenTable
+from devmemtcp.emulation.tokens import PageRun, TokenTable, expand_runs
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.memory.base import DmaBuf
 
@@ -115,16 +115,32 @@ def _template(binding_id: int, n: int) -> np.ndarray:
     return t
 
 
-def encode_frags(control: memoryview, pages: np.ndarray, total: int, tokens: np.ndarray,
-                 binding_id: int) -> int:
-    """The SCM_DEVMEM_DMABUF cmsgs of ``total`` bytes received into ``pages``
-    (whole PAGE_SIZE frags, the last one partial), tokens ``tokens``; returns
-    the control length. The same bytes as :func:`devmemtcp.cmsg.encode_rx_control`
-    (which it falls back to for a misaligned buffer) with fewer numpy calls:
-    it runs once per recvmsg. A record is 5 little-endian u64 words: cmsg_len,
+#: k * PAGE_SIZE (u64) and k (u32) for k = 0, 1, 2, ...: a run of frag offsets or
+#: tokens is one numpy add of its first value to a prefix of these
+_offset_ramp = np.arange(4096, dtype=np.uint64) << _PAGE_SHIFT
+_token_ramp = np.arange(4096, dtype=np.uint32)
+
+
+def _ramps(n: int) -> tuple[np.ndarray, np.ndarray]:
+    global _offset_ramp, _token_ramp
+    if _token_ramp.shape[0] < n:
+        _token_ramp = np.arange(max(n, 2 * _token_ramp.shape[0]), dtype=np.uint32)
+        _offset_ramp = _token_ramp.astype(np.uint64) << _PAGE_SHIFT
+    return _offset_ramp, _token_ramp
+
+
+def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
+                 tokens: list[tuple[int, int]], binding_id: int) -> int:
+    """The SCM_DEVMEM_DMABUF cmsgs of ``total`` bytes received into the
+    net_iovs of ``pages`` (runs ``[(first, count), ...]`` in frag order; whole
+    PAGE_SIZE frags, the last one partial), tokens ``tokens`` (runs, in frag
+    order); returns the control length. The same bytes as
+    :func:`devmemtcp.cmsg.encode_rx_control` (which it falls back to for a
+    misaligned buffer) with a few numpy calls per run: it runs once per
+    recvmsg. A record is 5 little-endian u64 words: cmsg_len,
     level | type << 32, frag_offset, frag_size | frag_token << 32,
     dmabuf_id | flags << 32."""
-    n = int(pages.shape[0])
+    n = pages[0][1] if len(pages) == 1 else sum(c for _, c in pages)
     need = n * _REC
     if len(control) < need:
         raise _err(errno.EFAULT, "control buffer too small")
@@ -132,12 +148,27 @@ def encode_frags(control: memoryview, pages: np.ndarray, total: int, tokens: np.
     if not w.flags.aligned:  # (.ctypes.data costs more than the whole encode)
         sizes = np.full(n, PAGE_SIZE, dtype=np.uint32)
         sizes[-1] = total - (n - 1) * PAGE_SIZE
-        return cmsg.encode_rx_control(control, pages.astype(np.uint64) * PAGE_SIZE, sizes, tokens, binding_id)
+        return cmsg.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
+                                      expand_runs(tokens, np.uint32), binding_id)
     w = w.reshape(n, _REC_WORDS)
     w[:] = _template(binding_id, n)[:n]
-    np.left_shift(pages, _PAGE_SHIFT, out=w[:, 2], casting="unsafe")
-    w.view(np.uint32)[:, 7] = tokens
-    w[-1, 3] = (int(tokens[-1]) << 32) | (total - (n - 1) * PAGE_SIZE)
+    offsets, ramp = _ramps(n)
+    if len(pages) == 1:
+        np.add(offsets[:n], pages[0][0] << _PAGE_SHIFT, out=w[:, 2])
+    else:
+        i = 0
+        for first, c in pages:
+            np.add(offsets[:c], first << _PAGE_SHIFT, out=w[i : i + c, 2])
+            i += c
+    tok_col = w.view(np.uint32)[:, 7]
+    if len(tokens) == 1:
+        np.add(ramp[:n], tokens[0][0], out=tok_col)
+    else:
+        i = 0
+        for first, c in tokens:
+            np.add(ramp[:c], first, out=tok_col[i : i + c])
+            i += c
+    w[-1, 3] = (int(tok_col[-1]) << 32) | (total - (n - 1) * PAGE_SIZE)
     return need
 
 
@@ -240,24 +271,46 @@ class _SockState:
 
 
 def _release_tokens(tokens: TokenTable, pools: dict[int, RxPool]) -> None:
-    pages, bids, queues = tokens.erase_all()
-    _return_pages(pages, bids, queues, pools)
+    _return_pages(tokens.erase_all_runs(), pools)
 
 
-def _return_pages(pages: np.ndarray, bids: np.ndarray, queues: np.ndarray, pools: dict[int, RxPool]) -> None:
-    if pages.shape[0] == 0:
+def _return_pages(runs: list[PageRun], pools: dict[int, RxPool]) -> None:
+    """Give erased tokens' net_iovs back to their bindings' pools."""
+    if not runs:
         return
-    first = int(bids[0])
-    if (bids == first).all():
+    first = runs[0][2]
+    if all(r[2] == first for r in runs):
         pool = pools.get(first)
         if pool is not None:
-            pool.release(pages, queues)
+            pool.release_runs(runs)
         return
-    for bid in np.unique(bids):
-        sel = bids == bid
-        pool = pools.get(int(bid))
+    for bid in sorted({r[2] for r in runs}):
+        pool = pools.get(bid)
         if pool is not None:
-            pool.release(pages[sel], queues[sel])
+            pool.release_runs([r for r in runs if r[2] == bid])
+
+
+def _split_runs(runs: list[tuple[int, int]], used: int, pool: RxPool, queue: int) -> list[tuple[int, int]]:
+    """The first ``used`` net_iovs of ``runs``; the rest go back to ``pool``."""
+    if len(runs) == 1:
+        first, cnt = runs[0]
+        if cnt > used:
+            pool.give_back_runs([(first + used, cnt - used)], queue)
+            return [(first, used)]
+        return runs
+    got: list[tuple[int, int]] = []
+    rest: list[tuple[int, int]] = []
+    left = used
+    for first, cnt in runs:
+        take = min(cnt, left)
+        if take:
+            got.append((first, take))
+        if cnt > take:
+            rest.append((first + take, cnt - take))
+        left -= take
+    if rest:
+        pool.give_back_runs(rest, queue)
+    return got
 
 
 def _is_tcp(sock: socket.socket) -> bool:
@@ -595,22 +648,20 @@ class EmulatedBackend:
                 else:
                     avail = self._wait_lowat(sock, s, flags, target, avail)
         want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
-        pages = pool.alloc(want_pages, s.queue, time.monotonic())
-        if pages.shape[0] == 0:
+        runs = pool.alloc_runs(want_pages, s.queue, time.monotonic())
+        if not runs:
             deadline, py_timeout = self._deadline(sock, s, flags)
-            pages = pool.alloc(want_pages, s.queue, deadline)
-            if pages.shape[0] == 0:
+            runs = pool.alloc_runs(want_pages, s.queue, deadline)
+            if not runs:
                 if py_timeout:
                     raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
                 raise _err(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
-        total = self._fill(sock, b.view, pages, nbuf, flags, pool, s.queue)
+        total = self._fill(sock, b.view, runs, nbuf, flags, pool, s.queue)
         if total == 0:
             return 0, 0, 0
         used = -(-total // PAGE_SIZE)
-        got = pages[:used]
-        if used < pages.shape[0]:
-            pool.give_back(pages[used:], s.queue)
-        tokens = s.tokens.alloc(got, b.id, s.queue)
+        got = _split_runs(runs, used, pool, s.queue)
+        tokens = s.tokens.alloc_runs(got, b.id, s.queue)
         clen = encode_frags(control, got, total, tokens, b.id)
         qs = pool.queue_stats(s.queue)
         qs.rx_packets += used
@@ -623,19 +674,10 @@ class EmulatedBackend:
         return total, clen, 0
 
     @staticmethod
-    def _fill(sock: socket.socket, view: memoryview, pages: np.ndarray, nbuf: int, flags: int,
+    def _fill(sock: socket.socket, view: memoryview, runs: list[tuple[int, int]], nbuf: int, flags: int,
               pool: RxPool, queue: int) -> int:
-        """recv_into the dma-buf at ``pages``, one call per contiguous run;
-        returns bytes received (0 at EOF). Gives every page back on error."""
-        n = int(pages.shape[0])
-        # pages come ascending and distinct from RxPool.alloc: a span of n-1 is one run
-        if int(pages[-1]) - int(pages[0]) == n - 1:
-            runs = [(int(pages[0]), n)]
-        else:
-            cut = np.flatnonzero(np.diff(pages) != 1) + 1
-            starts = np.concatenate(([0], cut))
-            ends = np.concatenate((cut, [n]))
-            runs = [(int(pages[a]), int(e - a)) for a, e in zip(starts, ends, strict=True)]
+        """recv_into the dma-buf at the net_iov ``runs``, one call per run;
+        returns bytes received (0 at EOF). Gives every net_iov back on error."""
         total = 0
         left = nbuf
         first_flags = flags & _RECV_PASS_FLAGS
@@ -657,21 +699,21 @@ class EmulatedBackend:
                     got = sock.recv_into(view[off : off + want], want, fl)
             except (BlockingIOError, InterruptedError):
                 if i == 0:
-                    pool.give_back(pages, queue)
+                    pool.give_back_runs(runs, queue)
                     raise
                 break
             except TimeoutError:
-                pool.give_back(pages, queue)
+                pool.give_back_runs(runs, queue)
                 raise TimeoutError(errno.EAGAIN, "timed out") from None
             except BaseException:
-                pool.give_back(pages, queue)
+                pool.give_back_runs(runs, queue)
                 raise
             total += got
             left -= got
             if got < want or left == 0:
                 break
         if total == 0:
-            pool.give_back(pages, queue)
+            pool.give_back_runs(runs, queue)
         return total
 
     # -- SO_DEVMEM_DONTNEED ----------------------------------------------------
@@ -702,10 +744,9 @@ class EmulatedBackend:
             raise _err(errno.EINVAL, f"optlen {optlen}")
         if s is None or s.tokens.outstanding == 0:
             return 0
-        pages, bids, queues = s.tokens.dontneed(raw.view(abi.DMABUF_TOKEN_DTYPE))
-        if pages.shape[0]:
-            _return_pages(pages, bids, queues, self._pools)
-        return int(pages.shape[0])
+        runs = s.tokens.dontneed_runs(raw.view(abi.DMABUF_TOKEN_DTYPE))
+        _return_pages(runs, self._pools)
+        return sum(r[1] for r in runs)
 
     def release_socket(self, sock: socket.socket) -> int:
         """Give back every frag ``sock`` still holds (what the kernel does when

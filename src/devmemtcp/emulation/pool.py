@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devmemtcp import abi
+from devmemtcp.emulation.tokens import expand_runs, page_runs
 
 PP_ALLOC_CACHE_REFILL = 64  # include/net/page_pool/types.h
 _SCAN_CHUNK = 4096  # free-map entries scanned per numpy call when allocating
+_FEW_EDGES = 64  # free/held flips in a scanned window walked in Python
 
 
 @dataclass
@@ -94,13 +96,17 @@ class RxPool:
         return self.pages - self.nfree
 
     def alloc(self, k: int, queue: int, deadline: float | None) -> np.ndarray:
-        """Take up to ``k`` (>= 1) net_iov indices for RX ``queue``.
+        """:meth:`alloc_runs` as an int64 array of 0..k net_iov indices, ascending."""
+        return expand_runs(self.alloc_runs(k, queue, deadline))
 
-        Returns an int64 array of 1..k indices, the lowest free first (first
-        fit: ascending, usually one contiguous run). When none is free, it
-        counts alloc-empty and waits until net_iovs come back or
-        ``deadline`` (``time.monotonic()`` value; None = forever) passes, then
-        returns an empty array."""
+    def alloc_runs(self, k: int, queue: int, deadline: float | None) -> list[tuple[int, int]]:
+        """Take up to ``k`` (>= 1) net_iovs for RX ``queue``.
+
+        Returns runs ``[(first, count), ...]`` of 1..k net_iov indices in
+        all, the lowest free first (first fit: ascending, usually one run).
+        When none is free, it counts alloc-empty and waits until net_iovs
+        come back or ``deadline`` (``time.monotonic()`` value; None =
+        forever) passes, then returns ``[]``."""
         st = self.queue_stats(queue)
         with self.cond:
             if self.nfree == 0:
@@ -113,7 +119,7 @@ class RxPool:
                         else:
                             left = deadline - time.monotonic()
                             if left <= 0:
-                                return np.empty(0, dtype=np.int64)
+                                return []
                             self.cond.wait(left)
                 finally:
                     self.waiters -= 1
@@ -123,74 +129,119 @@ class RxPool:
         st.alloc_slow += -(-n // PP_ALLOC_CACHE_REFILL)
         return out
 
-    def _take_first_fit(self, n: int) -> np.ndarray:
-        """The ``n`` lowest free indices, marked used (caller holds the lock and
-        checked ``n <= nfree``)."""
+    def _take_first_fit(self, n: int) -> list[tuple[int, int]]:
+        """The ``n`` lowest free indices as runs, marked used (caller holds the
+        lock and checked ``n <= nfree``)."""
         lo = self._first_free
         top = lo + n
-        if top <= self.pages and bool(self.free[lo:top].all()):
+        free = self.free
+        if top <= self.pages and bool(free[lo:top].all()):
             # the n lowest free net_iovs are one run (the usual case)
-            self.free[lo:top] = False
+            free[lo:top] = False
             self.nfree -= n
             self._first_free = top
-            return np.arange(lo, top, dtype=np.int64)
-        found: list[np.ndarray] = []
+            return [(lo, n)]
+        runs: list[tuple[int, int]] = []
         got = 0
         while got < n:
             hi = min(self.pages, lo + max(_SCAN_CHUNK, 4 * n))
-            idx = np.flatnonzero(self.free[lo:hi])
-            if idx.shape[0]:
-                idx = idx[: n - got]
-                idx += lo
-                found.append(idx)
+            win = free[lo:hi]
+            edges = (win[1:] != win[:-1]).nonzero()[0]  # (cheaper than flatnonzero on numpy 2.4)
+            if edges.shape[0] > _FEW_EDGES:
+                # fragmented: the free indices themselves, then their runs
+                idx = win.nonzero()[0][: n - got] + lo
+                free[idx] = False
+                more = page_runs(idx)
                 got += int(idx.shape[0])
+            else:
+                # free runs of the window from where free/held flips (edge e: between e and e+1)
+                more = []
+                start = lo if win[0] else -1
+                for e in edges.tolist():
+                    if start >= 0:
+                        more.append((start, lo + e + 1 - start))
+                        start = -1
+                    else:
+                        start = lo + e + 1
+                if start >= 0:
+                    more.append((start, hi - start))
+                for i, (a, c) in enumerate(more):
+                    c = min(c, n - got)
+                    more[i] = (a, c)
+                    free[a : a + c] = False
+                    got += c
+                    if got == n:
+                        del more[i + 1 :]
+                        break
+            if runs and more and runs[-1][0] + runs[-1][1] == more[0][0]:
+                # a run that crosses the window boundary stays one run
+                more[0] = (runs[-1][0], runs[-1][1] + more[0][1])
+                runs.pop()
+            runs.extend(more)
             lo = hi
-        out = found[0] if len(found) == 1 else np.concatenate(found)
-        self.free[out] = False
         self.nfree -= n
-        self._first_free = int(out[-1]) + 1
-        return out
-
-    def _put(self, idx: np.ndarray) -> None:
-        """Mark ``idx`` free (caller holds the lock)."""
-        self.free[idx] = True
-        self.nfree += int(idx.shape[0])
-        low = int(idx.min())
-        if low < self._first_free:
-            self._first_free = low
+        a, c = runs[-1]
+        self._first_free = a + c
+        return runs
 
     def give_back(self, idx: np.ndarray, queue: int | None = None) -> None:
         """Return unused net_iovs (taken by :meth:`alloc`, never delivered)."""
-        n = int(idx.shape[0])
+        self.give_back_runs(page_runs(np.asarray(idx, dtype=np.int64)), queue)
+
+    def give_back_runs(self, runs: list[tuple[int, int]], queue: int | None = None) -> None:
+        """Return unused net_iovs, as runs ``[(first, count), ...]`` (taken by
+        :meth:`alloc_runs`, never delivered)."""
+        n = sum(c for _, c in runs)
         if n == 0:
             return
         with self.cond:
-            self._put(idx)
-            if self.waiters:
-                self.cond.notify_all()
+            for a, c in runs:
+                self.free[a : a + c] = True
+            self._freed(n, min(a for a, _ in runs))
         if queue is not None:
-            st = self.queue_stats(queue)
-            st.alloc_fast -= n
+            self.queue_stats(queue).alloc_fast -= n
 
     def release(self, idx: np.ndarray, queues: np.ndarray | None = None) -> None:
         """net_iovs the application gave back (SO_DEVMEM_DONTNEED, socket close):
-        free again (``gen_pool_free``), waking stalled flows.
-        ``queues`` (same shape) names the RX queue each one was delivered on,
-        for the per-queue recycle counters."""
-        n = int(idx.shape[0])
-        if n == 0:
+        free again (``gen_pool_free``), waking stalled flows. ``idx``: int
+        array; ``queues`` (same shape) names the RX queue each one was
+        delivered on, for the per-queue recycle counters. RuntimeError if one
+        is already free (nothing is changed then)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.shape[0] == 0:
             return
         with self.cond:
             if self.free[idx].any():
                 raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
-            self._put(idx)
-            if self.waiters:
-                self.cond.notify_all()
+            self.free[idx] = True
+            self._freed(int(idx.shape[0]), int(idx.min()))
         if queues is not None:
-            q0 = int(queues[0])
-            if int(queues[-1]) == q0 and bool((queues == q0).all()):
-                self.queue_stats(q0).recycle_released += n
-                return
-            counts = np.bincount(queues.astype(np.int64))
+            counts = np.bincount(np.asarray(queues, dtype=np.int64))
             for q in np.flatnonzero(counts):
                 self.queue_stats(int(q)).recycle_released += int(counts[q])
+
+    def release_runs(self, runs: list[tuple[int, int, int, int]]) -> None:
+        """:meth:`release` for ``(first, count, binding, queue)`` runs (the
+        binding field is not looked at: the caller sorted runs by binding)."""
+        free = self.free
+        with self.cond:
+            for a, c, _, _ in runs:
+                if free[a : a + c].any():
+                    raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
+            n = 0
+            for a, c, _, _ in runs:
+                free[a : a + c] = True
+                n += c
+            if n == 0:
+                return
+            self._freed(n, min(a for a, _, _, _ in runs))
+        for _, c, _, q in runs:
+            self.queue_stats(q).recycle_released += c
+
+    def _freed(self, n: int, low: int) -> None:
+        """Account ``n`` net_iovs marked free, the lowest ``low`` (caller holds the lock)."""
+        self.nfree += n
+        if low < self._first_free:
+            self._first_free = low
+        if self.waiters:
+            self.cond.notify_all()

@@ -8,14 +8,19 @@ the lowest free index, starting at 1, below 2**31. ``sock_devmem_dontneed``
 still held when the socket is destroyed are released then
 (``tcp_v4_destroy_sock`` -> ``tcp_release_user_frags``).
 
-:class:`TokenTable` keeps the same numbering with numpy arrays and no Python
-object per fragment: ``page[t]`` is the net_iov index token ``t`` refers to
-(-1: free), ``binding[t]`` its binding id and ``queue[t]`` the RX queue it was
-delivered on.
+:class:`TokenTable` keeps the same numbering as a sorted list of *segments*:
+a segment ``(token, count, page, binding, queue)`` says that tokens
+``token .. token+count-1`` refer to net_iovs ``page .. page+count-1`` of RX
+binding ``binding``, delivered on RX ``queue``. A receive lands in one or two
+runs of net_iovs and takes one or two runs of tokens, and the application
+gives tokens back in coalesced ranges, so a socket holds a handful of
+segments and each operation is a few list operations, whatever the number of
+fragments. Scattered releases split segments; the numbering stays exact.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import threading
@@ -24,220 +29,245 @@ import numpy as np
 
 from devmemtcp import abi
 
-_SCAN_CHUNK = 4096
-#: SO_DEVMEM_DONTNEED calls with at most this many ranges are erased range by range
-_FEW_RANGES = 8
-_U32_MAX = 0xFFFFFFFF
+_U32_END = 1 << 32  # token numbers are u32: a range's end wraps past this
+
+#: (token, count, page, binding id, queue)
+Segment = tuple[int, int, int, int, int]
+#: (page, count, binding id, queue): net_iovs going back to a binding
+PageRun = tuple[int, int, int, int]
+
+
+def page_runs(pages: np.ndarray) -> list[tuple[int, int]]:
+    """``pages`` (int array, shape ``(n,)``) as ``[(first, count), ...]`` runs
+    of consecutive (+1) net_iov indices, in order."""
+    n = int(pages.shape[0])
+    if n == 0:
+        return []
+    first = int(pages[0])
+    if int(pages[-1]) - first == n - 1 and (n < 3 or bool((np.diff(pages) == 1).all())):
+        return [(first, n)]
+    cut = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = np.concatenate(([0], cut))
+    counts = np.diff(np.concatenate((starts, [n])))
+    return list(zip(pages[starts].tolist(), counts.tolist(), strict=True))
+
+
+def expand_runs(runs: list[tuple[int, int]], dtype: type = np.int64) -> np.ndarray:
+    """The integers of ``[(first, count), ...]`` in order (shape ``(sum counts,)``)."""
+    if len(runs) == 1:
+        a, c = runs[0]
+        return np.arange(a, a + c, dtype=dtype)
+    if not runs:
+        return np.empty(0, dtype=dtype)
+    firsts = np.array([a for a, _ in runs], dtype=np.int64)
+    counts = np.array([c for _, c in runs], dtype=np.int64)
+    base = np.repeat(firsts - (np.cumsum(counts) - counts), counts)
+    return (base + np.arange(int(counts.sum()))).astype(dtype, copy=False)
+
+
+def unpack_page_runs(runs: list[PageRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pages int64, binding ids uint32, queues int32)``, one entry per net_iov."""
+    pages = expand_runs([(p, c) for p, c, _, _ in runs])
+    counts = [c for _, c, _, _ in runs]
+    bids = np.repeat(np.array([b for _, _, b, _ in runs], dtype=np.uint32), counts)
+    queues = np.repeat(np.array([q for _, _, _, q in runs], dtype=np.int32), counts)
+    return pages, bids, queues
 
 
 class TokenTable:
-    """Tokens of one socket. Thread-safe."""
+    """Tokens of one socket. Thread-safe.
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self.page = np.full(capacity, -1, dtype=np.int64)
-        self.binding = np.zeros(capacity, dtype=np.uint32)
-        self.queue = np.zeros(capacity, dtype=np.int32)
-        self.hw = abi.FIRST_TOKEN  # lowest token never handed out
-        self.lowest_free = abi.FIRST_TOKEN  # no free token below this one
+    ``outstanding``: tokens handed out and not erased. ``segments``: the
+    sorted, non-overlapping segments (see the module docstring)."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        # capacity is accepted for compatibility: segments need no preallocation
+        self._starts: list[int] = []
+        self._segs: list[Segment] = []
         self.outstanding = 0
         self.lock = threading.Lock()
 
-    def _grow(self, need: int) -> None:
-        cap = self.page.shape[0]
-        if need <= cap:
-            return
-        new = max(need, cap * 2)
-        for name, fill in (("page", -1), ("binding", 0), ("queue", 0)):
-            old = getattr(self, name)
-            arr = np.full(new, fill, dtype=old.dtype)
-            arr[:cap] = old
-            setattr(self, name, arr)
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segs)
 
-    def _lowest_free(self, k: int) -> np.ndarray:
-        """The ``k`` lowest free tokens (caller holds the lock)."""
-        holes = self.hw - abi.FIRST_TOKEN - self.outstanding
-        if holes <= 0:
-            first = self.hw
-            if first + k - 1 > abi.TOKEN_LIMIT:
-                raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + ": token space exhausted")
-            return np.arange(first, first + k, dtype=np.int64)
-        found: list[np.ndarray] = []
-        nfound = 0
-        lo = self.lowest_free
-        want = min(k, holes)
-        while nfound < want and lo < self.hw:
-            hi = min(self.hw, lo + max(_SCAN_CHUNK, 4 * k))
-            idx = np.flatnonzero(self.page[lo:hi] < 0) + lo
-            if idx.shape[0]:
-                take = idx[: want - nfound]
-                found.append(take)
-                nfound += int(take.shape[0])
-            lo = hi
-        rest = k - nfound
-        if rest:
-            found.append(np.arange(self.hw, self.hw + rest, dtype=np.int64))
-        return np.concatenate(found) if len(found) > 1 else found[0]
+    # -- allocation ------------------------------------------------------------
+    def _lowest_free(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` lowest free tokens as runs (caller holds the lock).
+        Raises OSError(ENOMEM) past xa_limit_31b, taking nothing."""
+        runs: list[tuple[int, int]] = []
+        need = k
+        cur = abi.FIRST_TOKEN
+        for tok, cnt, _, _, _ in self._segs:
+            if tok > cur:
+                take = min(tok - cur, need)
+                runs.append((cur, take))
+                need -= take
+                if need == 0:
+                    return runs
+            cur = tok + cnt
+        if cur + need - 1 > abi.TOKEN_LIMIT:
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + ": token space exhausted")
+        runs.append((cur, need))
+        return runs
+
+    def alloc_runs(self, pages: list[tuple[int, int]], binding_id: int, queue: int) -> list[tuple[int, int]]:
+        """Give each net_iov of ``pages`` (runs ``[(first, count), ...]`` in
+        frag order) a token, the lowest free first (xa_alloc per frag, in
+        order); returns the tokens as runs ``[(first, count), ...]``."""
+        k = sum(c for _, c in pages)
+        if k == 0:
+            return []
+        with self.lock:
+            toks = self._lowest_free(k)
+            # pair token runs with page runs, cutting at either's boundaries
+            ti = pi = 0
+            t0, tc = toks[0]
+            p0, pc = pages[0]
+            new: list[Segment] = []
+            while True:
+                c = min(tc, pc)
+                new.append((t0, c, p0, binding_id, queue))
+                t0 += c
+                tc -= c
+                p0 += c
+                pc -= c
+                if tc == 0:
+                    ti += 1
+                    if ti == len(toks):
+                        break
+                    t0, tc = toks[ti]
+                if pc == 0:
+                    pi += 1
+                    p0, pc = pages[pi]
+            for seg in new:
+                self._insert(seg)
+            self.outstanding += k
+        return toks
+
+    def _insert(self, seg: Segment) -> None:
+        """Insert a segment into a gap, merging it with neighbours it continues."""
+        tok, cnt, page, bid, q = seg
+        starts, segs = self._starts, self._segs
+        i = bisect.bisect_left(starts, tok)
+        if i:
+            pt, pc, pp, pb, pq = segs[i - 1]
+            if pt + pc == tok and pp + pc == page and pb == bid and pq == q:
+                i -= 1
+                tok, cnt, page = pt, pc + cnt, pp
+                del starts[i], segs[i]
+        if i < len(segs):
+            nt, nc, np_, nb, nq = segs[i]
+            if tok + cnt == nt and page + cnt == np_ and nb == bid and nq == q:
+                cnt += nc
+                del starts[i], segs[i]
+        starts.insert(i, tok)
+        segs.insert(i, (tok, cnt, page, bid, q))
 
     def alloc(self, pages: np.ndarray, binding_id: int, queue: int) -> np.ndarray:
         """Give each net_iov in ``pages`` (int64, shape ``(n,)``) a token;
         returns the tokens (uint32, shape ``(n,)``), lowest free first."""
-        k = int(pages.shape[0])
+        return expand_runs(self.alloc_runs(page_runs(pages), binding_id, queue), np.uint32)
+
+    # -- erasing ---------------------------------------------------------------
+    def _erase(self, a: int, e: int, out: list[PageRun]) -> int:
+        """Erase tokens ``a .. e-1`` (caller holds the lock); appends the net_iov
+        runs to ``out`` in token order and returns how many were erased."""
+        if e <= a:
+            return 0
+        starts, segs = self._starts, self._segs
+        i = bisect.bisect_right(starts, a) - 1
+        if i < 0 or starts[i] + segs[i][1] <= a:
+            i += 1
+        j = bisect.bisect_left(starts, e, i)
+        if i >= j:
+            return 0
+        erased = 0
+        for tok, cnt, page, bid, q in segs[i:j]:
+            lo = max(tok, a)
+            hi = min(tok + cnt, e)
+            out.append((page + lo - tok, hi - lo, bid, q))
+            erased += hi - lo
+        keep: list[Segment] = []
+        tok, cnt, page, bid, q = segs[i]
+        if tok < a:
+            keep.append((tok, a - tok, page, bid, q))
+        tok, cnt, page, bid, q = segs[j - 1]
+        if tok + cnt > e:
+            keep.append((e, tok + cnt - e, page + e - tok, bid, q))
+        segs[i:j] = keep
+        starts[i:j] = [s[0] for s in keep]
+        self.outstanding -= erased
+        return erased
+
+    def erase_range_runs(self, start: int, count: int) -> list[PageRun]:
+        """Erase tokens ``start .. start+count-1`` (unknown ones skipped);
+        returns their net_iovs as ``(page, count, binding, queue)`` runs."""
+        out: list[PageRun] = []
         with self.lock:
-            if self.hw - abi.FIRST_TOKEN == self.outstanding:
-                # no free token below the high-water mark: a contiguous block
-                first = self.hw
-                top = first + k
-                if top - 1 > abi.TOKEN_LIMIT:
-                    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + ": token space exhausted")
-                self._grow(top)
-                self.page[first:top] = pages
-                self.binding[first:top] = binding_id
-                self.queue[first:top] = queue
-                self.hw = top
-                self.outstanding += k
-                self.lowest_free = top
-                return np.arange(first, top, dtype=np.uint32)
-            lo = self.lowest_free
-            top = lo + k
-            if top - 1 <= abi.TOKEN_LIMIT:
-                self._grow(top)
-            if top - 1 <= abi.TOKEN_LIMIT and bool((self.page[lo:top] < 0).all()):
-                # the k lowest free tokens are one run (the usual case: whole ranges come back)
-                self.page[lo:top] = pages
-                self.binding[lo:top] = binding_id
-                self.queue[lo:top] = queue
-                self.hw = max(self.hw, top)
-                self.outstanding += k
-                self.lowest_free = top
-                return np.arange(lo, top, dtype=np.uint32)
-            toks = self._lowest_free(k)
-            top = int(toks[-1]) + 1
-            if top > self.hw:
-                self._grow(top)
-                self.hw = top
-            self.page[toks] = pages
-            self.binding[toks] = binding_id
-            self.queue[toks] = queue
-            self.outstanding += k
-            # the k lowest free tokens were taken: none is free below the last one
-            self.lowest_free = top
-        return toks.astype(np.uint32)
+            self._erase(start, start + count, out)
+        return out
 
     def erase_range(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Erase tokens ``start .. start+count-1`` (one dmabuf_token range;
-        free or out-of-range ones are skipped). Same result as :meth:`erase`."""
-        with self.lock:
-            lo = max(start, abi.FIRST_TOKEN)
-            hi = min(start + count, self.hw)
-            if hi <= lo:
-                return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-            pg = self.page[lo:hi]
-            live = pg >= 0
-            if live.all():
-                pages = pg.copy()
-                bids = self.binding[lo:hi].copy()
-                queues = self.queue[lo:hi].copy()
-                pg[:] = -1
-                n = hi - lo
-            else:
-                idx = np.flatnonzero(live) + lo
-                n = int(idx.shape[0])
-                if n == 0:
-                    return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-                pages = self.page[idx].copy()
-                bids = self.binding[idx].copy()
-                queues = self.queue[idx].copy()
-                self.page[idx] = -1
-                lo = int(idx[0])
-            self.outstanding -= n
-            self.lowest_free = min(self.lowest_free, lo)
-            if self.outstanding == 0:
-                self.hw = abi.FIRST_TOKEN
-                self.lowest_free = abi.FIRST_TOKEN
-        return pages, bids, queues
+        free or out-of-range ones are skipped). Returns the erased entries'
+        ``(pages int64, binding ids uint32, queues int32)``."""
+        return unpack_page_runs(self.erase_range_runs(start, count))
 
     def erase(self, tokens: np.ndarray, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Erase ``tokens`` (int64 array, in order; unknown and repeated ones are
-        skipped like ``__xa_erase`` finding nothing). ``ordered``: the caller
-        guarantees strictly increasing tokens (no duplicates). Returns the
-        erased entries' ``(pages, binding ids, queues)``."""
+        """Erase ``tokens`` (int array, in order; unknown and repeated ones are
+        skipped like ``__xa_erase`` finding nothing). ``ordered`` is accepted
+        for compatibility. Returns the erased entries' ``(pages, binding ids,
+        queues)``."""
+        out: list[PageRun] = []
+        t = np.asarray(tokens, dtype=np.int64).reshape(-1)
         with self.lock:
-            t = tokens[(tokens >= abi.FIRST_TOKEN) & (tokens < self.hw)]
-            if t.shape[0] == 0:
-                return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-            pg = self.page[t]
-            live = pg >= 0
-            if not live.all():
-                t = t[live]
-            if t.shape[0] > 1 and not ordered and not bool((t[1:] > t[:-1]).all()):
-                # (np.unique hashes in numpy 2.x: far slower than a sort on a few thousand ints)
-                t = np.sort(t)
-                t = t[np.concatenate(([True], t[1:] != t[:-1]))]
-            if t.shape[0] == 0:
-                return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-            pages = self.page[t].copy()
-            bids = self.binding[t].copy()
-            queues = self.queue[t].copy()
-            self.page[t] = -1
-            self.outstanding -= int(t.shape[0])
-            self.lowest_free = min(self.lowest_free, int(t[0]))
-            if self.outstanding == 0:
-                self.hw = abi.FIRST_TOKEN
-                self.lowest_free = abi.FIRST_TOKEN
-        return pages, bids, queues
+            for first, cnt in page_runs(t):
+                self._erase(first, first + cnt, out)
+        return unpack_page_runs(out)
 
-    def dontneed(self, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def dontneed_runs(self, ranges: list[tuple[int, int]] | np.ndarray) -> list[PageRun]:
         """Erase what ``sock_devmem_dontneed`` (net/core/sock.c) erases for
-        ``ranges`` (a ``DMABUF_TOKEN_DTYPE`` array, 1..128 entries): the tokens
-        of :func:`dontneed_walk`, unknown ones skipped. Returns the erased
-        entries' ``(pages, binding ids, queues)``. A few ranges within the
-        1024-frag limit (the coalesced case) are erased slice by slice, without
-        expanding them into tokens."""
-        if int(ranges.shape[0]) <= _FEW_RANGES:
-            plan: list[tuple[int, int]] = []
-            wraps = False
-            left = abi.MAX_DONTNEED_FRAGS
-            for start, count in ranges.tolist():
+        ``ranges`` (``(token_start, token_count)`` pairs or a
+        ``DMABUF_TOKEN_DTYPE`` array, up to 128): for each range in order
+        ``token_start + j`` (u32 arithmetic) for ``j < token_count``, stopping
+        once MAX_DONTNEED_FRAGS (1024) tokens were tried, known or not. Returns
+        the erased net_iovs as ``(page, count, binding, queue)`` runs."""
+        pairs = ranges.tolist() if isinstance(ranges, np.ndarray) else ranges
+        out: list[PageRun] = []
+        left = abi.MAX_DONTNEED_FRAGS
+        with self.lock:
+            for start, count in pairs:
                 take = min(count, left)
                 if take == 0:
                     continue
-                if start + take - 1 > _U32_MAX:  # the token numbers wrap: walk them
-                    wraps = True
-                    break
-                plan.append((start, take))
+                end = start + take
+                if end > _U32_END:  # token_start + j wraps in u32
+                    self._erase(start, _U32_END, out)
+                    self._erase(0, end - _U32_END, out)
+                else:
+                    self._erase(start, end, out)
                 left -= take
                 if left == 0:
                     break
-            if not wraps:
-                if len(plan) == 1:
-                    return self.erase_range(*plan[0])
-                if not plan:
-                    return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-                got = [self.erase_range(a, c) for a, c in plan]
-                pages, bids, queues = (np.concatenate(col) for col in zip(*got, strict=True))
-                return pages, bids, queues
-        toks = dontneed_walk(ranges)
-        if toks.shape[0] == 0:
-            return _EMPTY_I64, _EMPTY_U32, _EMPTY_I32
-        return self.erase(toks)
+        return out
+
+    def dontneed(self, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`dontneed_runs` as ``(pages, binding ids, queues)`` arrays."""
+        return unpack_page_runs(self.dontneed_runs(ranges))
+
+    def erase_all_runs(self) -> list[PageRun]:
+        """Erase every outstanding token (socket destroyed); their net_iov runs."""
+        with self.lock:
+            out = [(page, cnt, bid, q) for _, cnt, page, bid, q in self._segs]
+            self._segs.clear()
+            self._starts.clear()
+            self.outstanding = 0
+        return out
 
     def erase_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Erase every outstanding token (socket destroyed)."""
-        with self.lock:
-            live = np.flatnonzero(self.page[: self.hw] >= 0)
-            pages = self.page[live].copy()
-            bids = self.binding[live].copy()
-            queues = self.queue[live].copy()
-            self.page[live] = -1
-            self.outstanding = 0
-            self.hw = abi.FIRST_TOKEN
-            self.lowest_free = abi.FIRST_TOKEN
-        return pages, bids, queues
-
-
-_EMPTY_I64 = np.empty(0, np.int64)
-_EMPTY_U32 = np.empty(0, np.uint32)
-_EMPTY_I32 = np.empty(0, np.int32)
+        return unpack_page_runs(self.erase_all_runs())
 
 
 def dontneed_walk(ranges: np.ndarray) -> np.ndarray:
@@ -253,7 +283,7 @@ def dontneed_walk(ranges: np.ndarray) -> np.ndarray:
     take = np.minimum(counts, np.clip(abi.MAX_DONTNEED_FRAGS - before, 0, None))
     ntot = int(take.sum())
     if ntot == 0:
-        return _EMPTY_I64
+        return np.empty(0, np.int64)
     rep = np.repeat(np.arange(take.shape[0]), take)
     j = np.arange(ntot) - np.repeat(np.cumsum(take) - take, take)
     return (ranges["token_start"].astype(np.int64)[rep] + j) & 0xFFFFFFFF

@@ -783,13 +783,18 @@ def test_drivers_without_queue_api_or_netmem_tx(emu: EmulatedBackend, buf: Memfd
                                            (3000, 3000 * PS - 5, 0), (3, 2 * PS + 1, 4)])
 def test_encode_frags_matches_the_codec(n: int, total: int, shift: int) -> None:
     from devmemtcp.backend.emulated import encode_frags
+    from devmemtcp.emulation.tokens import page_runs
 
-    pages = np.sort(np.random.default_rng(n).choice(1 << 20, n, replace=False)).astype(np.int64)
-    tok = np.arange(7, 7 + n, dtype=np.uint32)
+    rng = np.random.default_rng(n)
+    # net_iovs in runs of random length, tokens in two runs (a hole in the token space)
+    pages = np.sort(rng.choice(1 << 20, n, replace=False)).astype(np.int64)
+    pages[: n // 2] = np.arange(n // 2) + 12345
+    half = n // 3
+    tok = np.concatenate((np.arange(7, 7 + half), np.arange(90000, 90000 + n - half))).astype(np.uint32)
     a = bytearray(b"\xff" * (40 * n + 16))  # stale bytes everywhere: every field is written
     b = bytearray(b"\xff" * (40 * n + 16))
     # shift != 0: a misaligned control buffer takes the codec's own path
-    la = encode_frags(memoryview(a)[shift:], pages, total, tok, 9)
+    la = encode_frags(memoryview(a)[shift:], page_runs(pages), total, page_runs(tok.astype(np.int64)), 9)
     sizes = np.full(n, PS, np.uint32)
     sizes[-1] = total - (n - 1) * PS
     lb = cmsg.encode_rx_control(memoryview(b)[shift:], pages.astype(np.uint64) * PS, sizes, tok, 9)

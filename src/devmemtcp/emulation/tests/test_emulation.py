@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 from devmemtcp import abi
@@ -78,10 +79,22 @@ def test_token_numbering_matches_xarray(seq: list[tuple[str, Any]]) -> None:
             assert sorted(pages_out.tolist()) == sorted(ref.erase(list(dict.fromkeys(arg))))
             assert (bids == 7).all() and (queues == 3).all()
         assert tt.outstanding == len(ref.used)
+        check_segments(tt, ref)
     pages_out, _, _ = tt.erase_all()
     assert sorted(pages_out.tolist()) == sorted(ref.used.values())
     assert tt.outstanding == 0
     assert tt.alloc(np.array([1], np.int64), 7, 3).tolist() == [1]
+
+
+def check_segments(tt: TokenTable, ref: XaModel) -> None:
+    """The segments map exactly the model's tokens to its net_iovs, sorted,
+    disjoint, and no two that continue each other are left unmerged."""
+    segs = tt.segments
+    mapping = {t + j: p + j for t, c, p, _, _ in segs for j in range(c)}
+    assert mapping == ref.used
+    for (t1, c1, p1, b1, q1), (t2, _, p2, b2, q2) in itertools.pairwise(segs):
+        assert t1 + c1 <= t2
+        assert not (t1 + c1 == t2 and p1 + c1 == p2 and (b1, q1) == (b2, q2))
 
 
 @settings(max_examples=300, deadline=None)
@@ -104,6 +117,7 @@ def test_token_dontneed_erases_what_the_kernel_loop_erases(
     assert sorted(got.tolist()) == sorted(want)
     assert (bids == 5).all() and (queues == 2).all()
     assert tt.outstanding == len(ref.used)
+    check_segments(tt, ref)
 
 
 def kernel_walk(ranges: list[tuple[int, int]]) -> list[int]:
@@ -149,25 +163,42 @@ def test_pool_hands_out_lowest_free_first() -> None:
         pool.release(np.array([6]), np.zeros(1, np.int32))
 
 
-@settings(max_examples=200, deadline=None)
-@given(hst.lists(hst.tuples(hst.booleans(), hst.integers(1, 40)), max_size=60))
-def test_pool_first_fit_matches_a_sorted_free_set(ops: list[tuple[bool, int]]) -> None:
+@pytest.mark.parametrize("few_edges", [64, 2])  # 2: fragmented windows take the index path
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=hst.lists(hst.tuples(hst.booleans(), hst.integers(1, 40), hst.booleans()), max_size=60))
+def test_pool_first_fit_matches_a_sorted_free_set(ops: list[tuple[bool, int, bool]], few_edges: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmemtcp.emulation import pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "_FEW_EDGES", few_edges)
+    monkeypatch.setattr(pool_mod, "_SCAN_CHUNK", 16)  # several scan windows per alloc
     pool = RxPool(1, 64)
     free = set(range(64))
     held: list[int] = []
-    for take, k in ops:
+    for take, k, as_runs in ops:
         if take:
             if not free:
                 continue
-            got = pool.alloc(k, 0, None).tolist()
+            if as_runs:
+                runs = pool.alloc_runs(k, 0, None)
+                got = [p for a, c in runs for p in range(a, a + c)]
+                # runs are maximal and ascending: no two touch
+                assert all(a + c < b for (a, c), (b, _) in itertools.pairwise(runs))
+            else:
+                got = pool.alloc(k, 0, None).tolist()
             assert got == sorted(free)[:k]
             free -= set(got)
             held += got
         elif held:
-            back, held = held[: k], held[k:]
-            pool.release(np.array(back, dtype=np.int64), np.zeros(len(back), np.int32))
+            # give back every other held net_iov first: scattered holes
+            back, held = held[::2][:k], [p for p in held if p not in set(held[::2][:k])]
+            if as_runs:
+                pool.release_runs([(p, 1, 1, 0) for p in back])
+            else:
+                pool.release(np.array(back, dtype=np.int64), np.zeros(len(back), np.int32))
             free |= set(back)
         assert pool.nfree == len(free)
+        assert pool.free.nonzero()[0].tolist() == sorted(free)
 
 
 def test_pool_empty_waits_until_deadline() -> None:
