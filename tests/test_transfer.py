@@ -216,6 +216,23 @@ def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
         assert info.value.offset == 8292 + 10
 
 
+def test_validator_refuses_frags_outside_the_dmabuf() -> None:
+    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.memory import open_dmabuf
+
+    with open_dmabuf("host", 2 * 4096) as buf:
+        buf.host_view()[:] = np.frombuffer(reference_pattern(7, 0, 2 * 4096), dtype=np.uint8)
+        v = FragValidator(7, buf)
+        batch = FragBatch(offset=np.array([0, 4096], dtype=np.uint64), size=np.full(2, 4096, dtype=np.uint32),
+                          token=np.array([1, 2], dtype=np.uint32), dmabuf_id=np.ones(2, dtype=np.uint32))
+        v.check_batch(batch)  # the whole dma-buf, one run
+        beyond = FragBatch(offset=np.array([4096, 8192], dtype=np.uint64),
+                           size=np.full(2, 4096, dtype=np.uint32), token=np.array([3, 4], dtype=np.uint32),
+                           dmabuf_id=np.ones(2, dtype=np.uint32))
+        with pytest.raises(DevmemError, match="outside the 8192-byte dma-buf"):
+            FragValidator(7, buf).check_batch(beyond)
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_validator_property_any_frag_layout(data: st.DataObject) -> None:

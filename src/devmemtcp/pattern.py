@@ -104,14 +104,21 @@ class PatternChecker:
         total = arr.shape[0]
         if total == 0:
             return
-        base = arr.ctypes.data
+        base = arr.__array_interface__["data"][0]  # (arr.ctypes.data costs ~10 us)
+        if not self.check_at(base, total):
+            self._locate_mismatch(arr, base, total)
+
+    def check_at(self, address: int, length: int) -> bool:
+        """Check the ``length`` bytes at ``address`` (memory the caller keeps
+        alive) as the next bytes of the stream: True and the offset advanced
+        if they match, False and nothing changed otherwise (then
+        :meth:`check` on the same bytes names the first bad one)."""
         p = self.period
-        head = min(total, p)
-        if _memcmp(base, self._tile_ptr + self.offset % p, head) == 0 and (
-                total <= p or _memcmp(base + p, base, total - p) == 0):
-            self.offset += total
-            return
-        self._locate_mismatch(arr, base, total)
+        if _memcmp(address, self._tile_ptr + self.offset % p, min(length, p)) == 0 and (
+                length <= p or _memcmp(address + p, address, length - p) == 0):
+            self.offset += length
+            return True
+        return False
 
     def _locate_mismatch(self, arr: np.ndarray, base: int, total: int) -> None:
         """Find the first byte of ``arr`` that differs from the pattern (block

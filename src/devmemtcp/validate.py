@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
+from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
     from devmemtcp.memory.base import DmaBuf
@@ -42,6 +43,15 @@ class FragValidator:
         whole = self.view.size - self.view.size % abi.PAGE_SIZE
         self.pages = self.view[:whole].reshape(-1, abi.PAGE_SIZE)
         self.scratch = np.empty(0, dtype=np.uint8)
+        self._base = self.view.__array_interface__["data"][0]  # the view keeps the mapping alive
+
+    def _check_run(self, a: int, b: int) -> None:
+        """Check dma-buf bytes ``a .. b-1`` in place (ValidationError at the first bad one)."""
+        if b > self.view.size or a < 0:
+            raise DevmemError(f"frag bytes {a}..{b} lie outside the {self.view.size}-byte dma-buf",
+                              "validate against the dma-buf bound to the queue that received them")
+        if not self.checker.check_at(self._base + a, b - a):
+            self.checker.check(self.view[a:b])
 
     def check_bytes(self, data: np.ndarray | memoryview | bytes) -> None:
         arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
@@ -82,6 +92,14 @@ class FragValidator:
         n = int(offsets.size)
         if n == 0:
             return
+        start = int(offsets[0])
+        if n == 1:
+            self.checker.check(self.view[start:start + int(sizes[0])])
+            return
+        if bool((offsets[1:] == offsets[:-1] + sizes[:-1]).all()):
+            # one contiguous run (the usual batch of a first-fit page pool)
+            self._check_run(start, int(offsets[-1]) + int(sizes[-1]))
+            return
         offs = offsets.astype(np.int64, copy=False)
         lens = sizes.astype(np.int64, copy=False)
         ends = offs + lens
@@ -90,7 +108,7 @@ class FragValidator:
         last = np.concatenate((breaks, [n])) - 1
         if breaks.size < _MAX_RUNS_DIRECT:
             for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
-                self.checker.check(self.view[a:b])
+                self._check_run(a, b)
             return
         total = int(lens.sum())
         if self.scratch.size < total:

@@ -111,3 +111,19 @@ def test_fill_for_senders() -> None:
     arr = np.empty(1000, np.uint8)
     c.fill(arr, 123456789)
     assert arr.tolist() == pattern_bytes(11, 123456789, 1000).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 300), st.integers(1, 5000), st.data())
+def test_check_at_advances_only_on_a_match(n: int, length: int, data: st.DataObject) -> None:
+    good = pattern_bytes(n, 0, length)
+    chk = PatternChecker(n)
+    assert chk.check_at(good.ctypes.data, length) and chk.offset == length
+    bad = good.copy()
+    i = data.draw(st.integers(0, length - 1))
+    bad[i] ^= 0x40
+    chk2 = PatternChecker(n)
+    assert not chk2.check_at(bad.ctypes.data, length) and chk2.offset == 0
+    with pytest.raises(ValidationError) as info:
+        chk2.check(bad)
+    assert info.value.offset == i
