@@ -231,6 +231,15 @@ def test_validator_refuses_frags_outside_the_dmabuf() -> None:
                            dmabuf_id=np.ones(2, dtype=np.uint32))
         with pytest.raises(DevmemError, match="outside the 8192-byte dma-buf"):
             FragValidator(7, buf).check_batch(beyond)
+        # scattered frags (many runs) are range-checked too
+        n = 40
+        offs = np.zeros(n, dtype=np.uint64)  # the same page over and over: every frag is a run
+        offs[-1] = 3 * 4096
+        scattered = FragBatch(offset=offs, size=np.full(n, 4096, dtype=np.uint32),
+                              token=np.arange(1, n + 1, dtype=np.uint32),
+                              dmabuf_id=np.ones(n, dtype=np.uint32))
+        with pytest.raises(DevmemError, match="outside the 8192-byte dma-buf"):
+            FragValidator(7, buf).check_batch(scattered)
 
 
 @settings(max_examples=60, deadline=None)

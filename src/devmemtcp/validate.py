@@ -92,24 +92,27 @@ class FragValidator:
         n = int(offsets.size)
         if n == 0:
             return
-        start = int(offsets[0])
         if n == 1:
-            self.checker.check(self.view[start:start + int(sizes[0])])
+            start = int(offsets[0])
+            self._check_run(start, start + int(sizes[0]))
             return
-        if bool((offsets[1:] == offsets[:-1] + sizes[:-1]).all()):
-            # one contiguous run (the usual batch of a first-fit page pool)
-            self._check_run(start, int(offsets[-1]) + int(sizes[-1]))
+        # frag i+1 continues frag i unless a break is here
+        brk = (offsets[1:] != offsets[:-1] + sizes[:-1]).nonzero()[0]
+        if brk.shape[0] < _MAX_RUNS_DIRECT:
+            # few runs (a first-fit page pool gives one or two): each checked where it lies
+            first = 0
+            for last in [*brk.tolist(), n - 1]:
+                self._check_run(int(offsets[first]), int(offsets[last]) + int(sizes[last]))
+                first = last + 1
             return
         offs = offsets.astype(np.int64, copy=False)
         lens = sizes.astype(np.int64, copy=False)
         ends = offs + lens
-        breaks = np.flatnonzero(offs[1:] != ends[:-1]) + 1
-        first = np.concatenate(([0], breaks))
-        last = np.concatenate((breaks, [n])) - 1
-        if breaks.size < _MAX_RUNS_DIRECT:
-            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
-                self._check_run(a, b)
-            return
+        first_i = np.concatenate(([0], brk + 1))
+        last_i = np.concatenate((brk, [n - 1]))
+        if int(ends.max()) > self.view.size:
+            bad = int(np.argmax(ends > self.view.size))
+            self._check_run(int(offs[bad]), int(ends[bad]))  # raises: outside the dma-buf
         total = int(lens.sum())
         if self.scratch.size < total:
             self.scratch = np.empty(max(total, 2 * self.scratch.size), dtype=np.uint8)
@@ -119,7 +122,7 @@ class FragValidator:
             np.take(self.pages, offs // page, axis=0, out=rows, mode="clip")
         else:
             pos = 0
-            for a, b in zip(offs[first].tolist(), ends[last].tolist(), strict=True):
+            for a, b in zip(offs[first_i].tolist(), ends[last_i].tolist(), strict=True):
                 self.scratch[pos:pos + b - a] = self.view[a:b]
                 pos += b - a
         self.checker.check(self.scratch[:total])
