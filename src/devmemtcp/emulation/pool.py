@@ -31,6 +31,7 @@ from devmemtcp.emulation.tokens import expand_runs, page_runs
 PP_ALLOC_CACHE_REFILL = 64  # include/net/page_pool/types.h
 _SCAN_CHUNK = 4096  # free-map entries scanned per numpy call when allocating
 _FEW_EDGES = 64  # free/held flips in a scanned window walked in Python
+_FEW_RUNS = 8  # runs given back with a numpy call each; more go as one index array
 
 
 @dataclass
@@ -223,6 +224,12 @@ class RxPool:
     def release_runs(self, runs: list[tuple[int, int, int, int]]) -> None:
         """:meth:`release` for ``(first, count, binding, queue)`` runs (the
         binding field is not looked at: the caller sorted runs by binding)."""
+        if len(runs) > _FEW_RUNS:
+            # scattered releases: one index array instead of a numpy call per run
+            counts = [c for _, c, _, _ in runs]
+            self.release(expand_runs([(a, c) for a, c, _, _ in runs]),
+                         np.repeat(np.array([q for _, _, _, q in runs], dtype=np.int64), counts))
+            return
         free = self.free
         with self.cond:
             for a, c, _, _ in runs:
