@@ -661,7 +661,11 @@ class EmulatedBackend:
             return 0, 0, 0
         used = -(-total // PAGE_SIZE)
         got = _split_runs(runs, used, pool, s.queue)
-        tokens = s.tokens.alloc_runs(got, b.id, s.queue)
+        try:
+            tokens = s.tokens.alloc_runs(got, b.id, s.queue)
+        except OSError:
+            pool.give_back_runs(got, s.queue)  # ENOMEM (2**31 tokens held): no net_iov stays taken
+            raise
         clen = encode_frags(control, got, total, tokens, b.id)
         qs = pool.queue_stats(s.queue)
         qs.rx_packets += used

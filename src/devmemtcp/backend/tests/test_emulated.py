@@ -413,6 +413,32 @@ def test_tokens_lowest_free_from_one(emu: EmulatedBackend, buf: MemfdBuffer) -> 
         assert int(one_page().token[0]) == 5
 
 
+def test_token_space_exhausted_is_enomem_and_takes_no_net_iov(emu: EmulatedBackend, buf: MemfdBuffer) -> None:
+    """xa_alloc past xa_limit_31b fails: recvmsg is ENOMEM and the net_iovs it
+    had taken go back to the pool (the token table holds 2**31 - 1 tokens as
+    one segment, so the test is cheap)."""
+    ready(emu)
+    srv, cli, conn = tcp_pair()
+    with srv, cli, conn, emu.bind_rx(LO, buf, [1]) as b:
+        steer_to(emu, conn, 1)
+        ctl = bytearray(40 * 4)
+        cli.sendall(b"a" * PS)
+        n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        assert (n, cmsg.parse_rx_control(ctl, clen).token.tolist()) == (PS, [1])
+        table = emu._socks[conn].tokens
+        # tokens 2 .. 2**31-1 held (net_iov numbers past the dma-buf: erased below, never given back)
+        table.alloc_runs([(1 << 40, abi.TOKEN_LIMIT - 1)], b.id, 1)
+        free_before = emu.stats()["bindings"][0]["free"]
+        cli.sendall(b"b" * PS)
+        with pytest.raises(OSError) as oe:
+            emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
+        assert oe.value.errno == errno.ENOMEM
+        assert emu.stats()["bindings"][0]["free"] == free_before
+        # forget the fake tokens, then the real one goes back as usual
+        table.erase_range_runs(2, abi.TOKEN_LIMIT - 1)
+        assert emu.dontneed(conn, np.array([(1, 1)], dtype=abi.DMABUF_TOKEN_DTYPE)) == 1
+
+
 def queued(sock: socket.socket) -> int:
     """Bytes waiting in ``sock``'s receive queue (FIONREAD)."""
     import fcntl
