@@ -738,17 +738,22 @@ class EmulatedBackend:
                 raise _err(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
             if s is not None:
                 s.tcp = True
-        if isinstance(tokens, np.ndarray):
-            raw = np.ascontiguousarray(tokens).view(np.uint8).reshape(-1)
+        if isinstance(tokens, np.ndarray) and tokens.dtype == abi.DMABUF_TOKEN_DTYPE and tokens.ndim == 1:
+            ranges = tokens  # the Receiver's chunks: no byte view needed
+            optlen = tokens.nbytes
         else:
-            raw = np.frombuffer(bytes(tokens), dtype=np.uint8)
-        optlen = int(raw.shape[0])
+            if isinstance(tokens, np.ndarray):
+                raw = np.ascontiguousarray(tokens).view(np.uint8).reshape(-1)
+            else:
+                raw = np.frombuffer(bytes(tokens), dtype=np.uint8)
+            optlen = int(raw.shape[0])
+            ranges = None
         isz = abi.DMABUF_TOKEN_DTYPE.itemsize
         if optlen < 4 or optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
             raise _err(errno.EINVAL, f"optlen {optlen}")
         if s is None or s.tokens.outstanding == 0:
             return 0
-        runs = s.tokens.dontneed_runs(raw.view(abi.DMABUF_TOKEN_DTYPE))
+        runs = s.tokens.dontneed_runs(raw.view(abi.DMABUF_TOKEN_DTYPE) if ranges is None else ranges)
         _return_pages(runs, self._pools)
         return sum(r[1] for r in runs)
 
