@@ -96,10 +96,6 @@ class RxPool:
         """net_iovs not on the free list (held by the application)."""
         return self.pages - self.nfree
 
-    def alloc(self, k: int, queue: int, deadline: float | None) -> np.ndarray:
-        """:meth:`alloc_runs` as an int64 array of 0..k net_iov indices, ascending."""
-        return expand_runs(self.alloc_runs(k, queue, deadline))
-
     def alloc_runs(self, k: int, queue: int, deadline: float | None) -> list[tuple[int, int]]:
         """Take up to ``k`` (>= 1) net_iovs for RX ``queue``.
 
@@ -184,10 +180,6 @@ class RxPool:
         a, c = runs[-1]
         self._first_free = a + c
         return runs
-
-    def give_back(self, idx: np.ndarray, queue: int | None = None) -> None:
-        """Return unused net_iovs (taken by :meth:`alloc`, never delivered)."""
-        self.give_back_runs(page_runs(np.asarray(idx, dtype=np.int64)), queue)
 
     def give_back_runs(self, runs: list[tuple[int, int]], queue: int | None = None) -> None:
         """Return unused net_iovs, as runs ``[(first, count), ...]`` (taken by

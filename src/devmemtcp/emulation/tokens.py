@@ -65,23 +65,13 @@ def expand_runs(runs: list[tuple[int, int]], dtype: type = np.int64) -> np.ndarr
     return (base + np.arange(int(counts.sum()))).astype(dtype, copy=False)
 
 
-def unpack_page_runs(runs: list[PageRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(pages int64, binding ids uint32, queues int32)``, one entry per net_iov."""
-    pages = expand_runs([(p, c) for p, c, _, _ in runs])
-    counts = [c for _, c, _, _ in runs]
-    bids = np.repeat(np.array([b for _, _, b, _ in runs], dtype=np.uint32), counts)
-    queues = np.repeat(np.array([q for _, _, _, q in runs], dtype=np.int32), counts)
-    return pages, bids, queues
-
-
 class TokenTable:
     """Tokens of one socket. Thread-safe.
 
     ``outstanding``: tokens handed out and not erased. ``segments``: the
     sorted, non-overlapping segments (see the module docstring)."""
 
-    def __init__(self, capacity: int = 0) -> None:
-        # capacity is accepted for compatibility: segments need no preallocation
+    def __init__(self) -> None:
         self._starts: list[int] = []
         self._segs: list[Segment] = []
         self.outstanding = 0
@@ -164,11 +154,6 @@ class TokenTable:
         starts.insert(i, tok)
         segs.insert(i, (tok, cnt, page, bid, q))
 
-    def alloc(self, pages: np.ndarray, binding_id: int, queue: int) -> np.ndarray:
-        """Give each net_iov in ``pages`` (int64, shape ``(n,)``) a token;
-        returns the tokens (uint32, shape ``(n,)``), lowest free first."""
-        return expand_runs(self.alloc_runs(page_runs(pages), binding_id, queue), np.uint32)
-
     # -- erasing ---------------------------------------------------------------
     def _erase(self, a: int, e: int, out: list[PageRun]) -> int:
         """Erase tokens ``a .. e-1`` (caller holds the lock); appends the net_iov
@@ -208,24 +193,6 @@ class TokenTable:
             self._erase(start, start + count, out)
         return out
 
-    def erase_range(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Erase tokens ``start .. start+count-1`` (one dmabuf_token range;
-        free or out-of-range ones are skipped). Returns the erased entries'
-        ``(pages int64, binding ids uint32, queues int32)``."""
-        return unpack_page_runs(self.erase_range_runs(start, count))
-
-    def erase(self, tokens: np.ndarray, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Erase ``tokens`` (int array, in order; unknown and repeated ones are
-        skipped like ``__xa_erase`` finding nothing). ``ordered`` is accepted
-        for compatibility. Returns the erased entries' ``(pages, binding ids,
-        queues)``."""
-        out: list[PageRun] = []
-        t = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        with self.lock:
-            for first, cnt in page_runs(t):
-                self._erase(first, first + cnt, out)
-        return unpack_page_runs(out)
-
     def dontneed_runs(self, ranges: list[tuple[int, int]] | np.ndarray) -> list[PageRun]:
         """Erase what ``sock_devmem_dontneed`` (net/core/sock.c) erases for
         ``ranges`` (``(token_start, token_count)`` pairs or a
@@ -252,10 +219,6 @@ class TokenTable:
                     break
         return out
 
-    def dontneed(self, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`dontneed_runs` as ``(pages, binding ids, queues)`` arrays."""
-        return unpack_page_runs(self.dontneed_runs(ranges))
-
     def erase_all_runs(self) -> list[PageRun]:
         """Erase every outstanding token (socket destroyed); their net_iov runs."""
         with self.lock:
@@ -264,11 +227,6 @@ class TokenTable:
             self._starts.clear()
             self.outstanding = 0
         return out
-
-    def erase_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Erase every outstanding token (socket destroyed)."""
-        return unpack_page_runs(self.erase_all_runs())
-
 
 def dontneed_walk(ranges: np.ndarray) -> np.ndarray:
     """The tokens ``sock_devmem_dontneed`` (net/core/sock.c) tries to erase,

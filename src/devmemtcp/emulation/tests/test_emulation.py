@@ -20,7 +20,7 @@ from devmemtcp import abi
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.pool import RxPool
 from devmemtcp.emulation.steering import Flow, steer, toeplitz_hash
-from devmemtcp.emulation.tokens import TokenTable, dontneed_walk
+from devmemtcp.emulation.tokens import TokenTable, dontneed_walk, expand_runs, page_runs
 
 
 # ---------------------------------------------------------------------------
@@ -56,34 +56,57 @@ ops = hst.lists(
 )
 
 
+def alloc_tokens(tt: TokenTable, pages: list[int], bid: int, queue: int) -> list[int]:
+    """Tokens for ``pages`` (frag order), through the run API."""
+    runs = tt.alloc_runs(page_runs(np.array(pages, np.int64)), bid, queue)
+    return [t + j for t, c in runs for j in range(c)]
+
+
+def net_iovs(runs: list[tuple[int, int, int, int]]) -> list[int]:
+    return [p + j for p, c, _, _ in runs for j in range(c)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(ops)
 def test_token_numbering_matches_xarray(seq: list[tuple[str, Any]]) -> None:
-    tt = TokenTable(capacity=4)
+    tt = TokenTable()
     ref = XaModel()
     page = 0
     for op, arg in seq:
         if op == "alloc":
             pages = list(range(page, page + arg))
             page += arg
-            got = tt.alloc(np.array(pages, np.int64), 7, 3)
-            assert got.dtype == np.uint32
-            assert got.tolist() == ref.alloc(pages)
+            assert alloc_tokens(tt, pages, 7, 3) == ref.alloc(pages)
         elif op == "range":
             start, count = arg
-            pages_out, bids, queues = tt.erase_range(start, count)
-            want = ref.erase(list(range(start, start + count)))
-            assert sorted(pages_out.tolist()) == sorted(want)
+            got = tt.erase_range_runs(start, count)
+            assert sorted(net_iovs(got)) == sorted(ref.erase(list(range(start, start + count))))
+            assert all(c > 0 for _, c, _, _ in got)
         else:
-            pages_out, bids, queues = tt.erase(np.array(arg, np.int64))
-            assert sorted(pages_out.tolist()) == sorted(ref.erase(list(dict.fromkeys(arg))))
-            assert (bids == 7).all() and (queues == 3).all()
+            got = [r for t in dict.fromkeys(arg) for r in tt.erase_range_runs(t, 1)]
+            assert sorted(net_iovs(got)) == sorted(ref.erase(list(dict.fromkeys(arg))))
+            assert all((b, q) == (7, 3) for _, _, b, q in got)
         assert tt.outstanding == len(ref.used)
         check_segments(tt, ref)
-    pages_out, _, _ = tt.erase_all()
-    assert sorted(pages_out.tolist()) == sorted(ref.used.values())
-    assert tt.outstanding == 0
-    assert tt.alloc(np.array([1], np.int64), 7, 3).tolist() == [1]
+    assert sorted(net_iovs(tt.erase_all_runs())) == sorted(ref.used.values())
+    assert tt.outstanding == 0 and tt.segments == []
+    assert alloc_tokens(tt, [1], 7, 3) == [1]
+
+
+def test_token_alloc_pairs_token_runs_with_net_iov_runs() -> None:
+    """Tokens 4..5 free between held ones: five frags in two net_iov runs take
+    tokens 4..5 and 8..10, and the segments are cut at both kinds of boundary."""
+    tt = TokenTable()
+    tt.alloc_runs([(100, 7)], 1, 0)
+    tt.erase_range_runs(4, 2)
+    assert tt.alloc_runs([(10, 2), (50, 3)], 1, 0) == [(4, 2), (8, 3)]
+    assert tt.segments == [(1, 3, 100, 1, 0), (4, 2, 10, 1, 0), (6, 2, 105, 1, 0), (8, 3, 50, 1, 0)]
+    # a run that continues the one before it (token and net_iov) merges into its segment
+    assert tt.alloc_runs([(53, 2)], 1, 0) == [(11, 2)]
+    assert tt.segments[-1] == (8, 5, 50, 1, 0)
+    # another queue does not merge
+    tt.alloc_runs([(55, 1)], 1, 2)
+    assert tt.segments[-1] == (13, 1, 55, 1, 2)
 
 
 def check_segments(tt: TokenTable, ref: XaModel) -> None:
@@ -104,18 +127,19 @@ def check_segments(tt: TokenTable, ref: XaModel) -> None:
                  min_size=1, max_size=abi.MAX_DONTNEED_TOKENS))
 def test_token_dontneed_erases_what_the_kernel_loop_erases(
         n: int, holes: list[int], ranges: list[tuple[int, int]]) -> None:
-    tt = TokenTable(capacity=8)
+    tt = TokenTable()
     ref = XaModel()
     pages = list(range(1000, 1000 + n))
-    tt.alloc(np.array(pages, np.int64), 5, 2)
+    alloc_tokens(tt, pages, 5, 2)
     ref.alloc(pages)
-    tt.erase(np.array(holes, np.int64))
+    for t in dict.fromkeys(holes):
+        tt.erase_range_runs(t, 1)
     ref.erase(list(dict.fromkeys(holes)))
     arr = np.array(ranges, dtype=abi.DMABUF_TOKEN_DTYPE)
-    got, bids, queues = tt.dontneed(arr)
+    got = tt.dontneed_runs(arr)
     want = ref.erase(list(dict.fromkeys(kernel_walk(ranges))))
-    assert sorted(got.tolist()) == sorted(want)
-    assert (bids == 5).all() and (queues == 2).all()
+    assert sorted(net_iovs(got)) == sorted(want)
+    assert all((b, q) == (5, 2) for _, _, b, q in got)
     assert tt.outstanding == len(ref.used)
     check_segments(tt, ref)
 
@@ -147,15 +171,13 @@ def test_dontneed_walk_matches_the_kernel_loop(ranges: list[tuple[int, int]]) ->
 # ---------------------------------------------------------------------------
 def test_pool_hands_out_lowest_free_first() -> None:
     pool = RxPool(1, 8)
-    a = pool.alloc(3, 0, None)
-    assert a.tolist() == [0, 1, 2]
-    b = pool.alloc(10, 0, None)
-    assert b.tolist() == [3, 4, 5, 6, 7]
+    assert pool.alloc_runs(3, 0, None) == [(0, 3)]
+    assert pool.alloc_runs(10, 0, None) == [(3, 5)]
     assert pool.inflight == 8
     pool.release(np.array([6, 1, 2]), np.zeros(3, np.int32))
-    assert pool.alloc(2, 0, None).tolist() == [1, 2]  # first fit, as gen_pool_first_fit
-    pool.give_back(np.array([1]), 0)
-    assert pool.alloc(5, 0, None).tolist() == [1, 6]
+    assert pool.alloc_runs(2, 0, None) == [(1, 2)]  # first fit, as gen_pool_first_fit
+    pool.give_back_runs([(1, 1)], 0)
+    assert pool.alloc_runs(5, 0, None) == [(1, 1), (6, 1)]
     qs = pool.queue_stats(0)
     assert (qs.alloc_fast, qs.recycle_released, pool.nfree) == (11, 3, 0)
     pool.release(np.array([6]), np.zeros(1, np.int32))
@@ -179,13 +201,10 @@ def test_pool_first_fit_matches_a_sorted_free_set(ops: list[tuple[bool, int, boo
         if take:
             if not free:
                 continue
-            if as_runs:
-                runs = pool.alloc_runs(k, 0, None)
-                got = [p for a, c in runs for p in range(a, a + c)]
-                # runs are maximal and ascending: no two touch
-                assert all(a + c < b for (a, c), (b, _) in itertools.pairwise(runs))
-            else:
-                got = pool.alloc(k, 0, None).tolist()
+            runs = pool.alloc_runs(k, 0, None)
+            got = expand_runs(runs).tolist()
+            # runs are maximal and ascending: no two touch
+            assert all(a + c < b for (a, c), (b, _) in itertools.pairwise(runs))
             assert got == sorted(free)[:k]
             free -= set(got)
             held += got
@@ -203,9 +222,9 @@ def test_pool_first_fit_matches_a_sorted_free_set(ops: list[tuple[bool, int, boo
 
 def test_pool_empty_waits_until_deadline() -> None:
     pool = RxPool(1, 1)
-    pool.alloc(1, 2, None)
+    pool.alloc_runs(1, 2, None)
     t0 = time.monotonic()
-    assert pool.alloc(1, 2, t0 + 0.05).shape == (0,)
+    assert pool.alloc_runs(1, 2, t0 + 0.05) == []
     assert time.monotonic() - t0 >= 0.05
     assert pool.queue_stats(2).alloc_empty == 1
 
