@@ -153,21 +153,15 @@ def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
     w = w.reshape(n, _REC_WORDS)
     w[:] = _template(binding_id, n)[:n]
     offsets, ramp = _ramps(n)
-    if len(pages) == 1:
-        np.add(offsets[:n], pages[0][0] << _PAGE_SHIFT, out=w[:, 2])
-    else:
-        i = 0
-        for first, c in pages:
-            np.add(offsets[:c], first << _PAGE_SHIFT, out=w[i : i + c, 2])
-            i += c
+    i = 0
+    for first, c in pages:
+        np.add(offsets[:c], first << _PAGE_SHIFT, out=w[i : i + c, 2])
+        i += c
     tok_col = w.view(np.uint32)[:, 7]
-    if len(tokens) == 1:
-        np.add(ramp[:n], tokens[0][0], out=tok_col)
-    else:
-        i = 0
-        for first, c in tokens:
-            np.add(ramp[:c], first, out=tok_col[i : i + c])
-            i += c
+    i = 0
+    for first, c in tokens:
+        np.add(ramp[:c], first, out=tok_col[i : i + c])
+        i += c
     w[-1, 3] = (int(tok_col[-1]) << 32) | (total - (n - 1) * PAGE_SIZE)
     return need
 
