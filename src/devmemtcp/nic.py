@@ -54,8 +54,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from devmemtcp.backend.base import NtupleRule
 from devmemtcp.errors import DevmemError
+from devmemtcp.types import NtupleRule
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding, NicControl

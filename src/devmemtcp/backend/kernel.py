@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.backend.base import Channels, NtupleRule, Rings
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.types import Channels, NtupleRule, Rings
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Binding

@@ -30,9 +30,9 @@ import os
 import socket
 from typing import Any
 
-from devmemtcp.backend.base import Channels, NtupleRule, Rings
 from devmemtcp.emulation import state as st
 from devmemtcp.errors import NetlinkError
+from devmemtcp.types import Channels, NtupleRule, Rings
 
 _SPLIT_VALUES = ("unknown", "disabled", "enabled")
 

@@ -34,9 +34,9 @@ from pyroute2.netlink import genlmsg
 from pyroute2.netlink.generic.ethtool import ethtool_rings_msg, ethtoolbitset, ethtoolheader
 
 from devmemtcp import abi
-from devmemtcp.backend.base import Channels, Rings
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.netlink.genl import GenlSocket
+from devmemtcp.types import Channels, Rings
 
 
 # --------------------------------------------------------------------------

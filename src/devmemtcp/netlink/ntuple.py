@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.backend.base import Channels, NtupleRule
 from devmemtcp.errors import NetlinkError
+from devmemtcp.types import Channels, NtupleRule
 
 LocationPolicy = Literal["any", "slot", "auto"]
 

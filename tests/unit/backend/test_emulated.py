@@ -24,10 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from devmemtcp import abi, cmsg
-from devmemtcp.backend.base import NtupleRule
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.errors import NetlinkError
 from devmemtcp.memory.memfd import MemfdBuffer
+from devmemtcp.types import NtupleRule
 
 PS = abi.PAGE_SIZE
 LO = socket.if_nametoindex("lo")

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp.backend.base import NtupleRule
 from devmemtcp.netlink import ntuple
+from devmemtcp.types import NtupleRule
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from devmemtcp.backend.base import NtupleRule
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.nic import Flow, Journal, NicSetup, call_in_netns, journals, restore, undo_journal
+from devmemtcp.types import NtupleRule
 
 LO = "lo"
 

@@ -12,9 +12,9 @@ import subprocess
 import pytest
 
 from devmemtcp import netns
-from devmemtcp.backend.base import Channels
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.netlink import ethtool
+from devmemtcp.types import Channels
 
 
 def _has(ifname: str) -> bool:

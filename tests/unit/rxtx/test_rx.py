@@ -339,7 +339,7 @@ def _emulated(tmp_path: object) -> object:
 
 @contextlib.contextmanager
 def _steered_pair(be: object) -> Iterator[tuple[socket.socket, socket.socket]]:
-    from devmemtcp.backend.base import NtupleRule
+    from devmemtcp.types import NtupleRule
 
     be.nic("lo").set_rings(tcp_data_split="enabled", hds_thresh=0)  # type: ignore[attr-defined]
     with socket.socket() as srv:

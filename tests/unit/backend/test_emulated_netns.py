@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from devmemtcp import abi, cmsg, netns
-from devmemtcp.backend.base import NtupleRule
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.memory.memfd import MemfdBuffer
+from devmemtcp.types import NtupleRule
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
