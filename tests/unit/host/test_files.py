@@ -56,7 +56,8 @@ def test_planted_symlink_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "state.json").symlink_to(target)
     with pytest.raises(DevmemError, match="symbolic link"):
         files.open_private(tmp_path / "state.json")
-    with pytest.raises(DevmemError, match="symbolic link"), files.lock_file(tmp_path / "state.json", timeout=0):
+    with pytest.raises(DevmemError, match="symbolic link"), \
+            files.lock_file(tmp_path / "state.json", timeout=0):
         pass
     assert target.read_text() == "keep"
 
