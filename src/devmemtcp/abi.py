@@ -108,6 +108,7 @@ CMSGHDR_DTYPE: Final = np.dtype(
     }
 )
 CMSG_ALIGN_TO: Final = 8  # sizeof(size_t) on 64-bit
+UIO_MAXIOV: Final = 1024  # include/uapi/linux/uio.h: more iovecs per sendmsg is EMSGSIZE
 
 # struct dmabuf_cmsg: payload of SCM_DEVMEM_DMABUF and SCM_DEVMEM_LINEAR on RX.
 DMABUF_CMSG_DTYPE: Final = np.dtype(
@@ -573,3 +574,8 @@ NETNS_RUN_DIR: Final = "/run/netns"  # iproute2's named namespaces (ip netns add
 # include/uapi/linux/sockios.h, include/uapi/linux/if.h
 SIOCGIFFLAGS: Final = 0x8913
 IFF_UP: Final = 0x1
+
+# ---------------------------------------------------------------------------
+# include/uapi/linux/capability.h
+# ---------------------------------------------------------------------------
+CAP_NET_ADMIN: Final = 12

@@ -425,7 +425,7 @@ def test_token_space_exhausted_is_enomem_and_takes_no_net_iov(emu: EmulatedBacke
         cli.sendall(b"a" * PS)
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         assert (n, cmsg.parse_rx_control(ctl, clen).token.tolist()) == (PS, [1])
-        table = emu._socks[conn].tokens
+        table = emu.rx.sockets[conn].tokens
         # tokens 2 .. 2**31-1 held (net_iov numbers past the dma-buf: erased below, never given back)
         table.alloc_runs([(1 << 40, abi.TOKEN_LIMIT - 1)], b.id, 1)
         free_before = emu.stats()["bindings"][0]["free"]
@@ -755,7 +755,7 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
             got += len(conn.recv(1 << 20))
         rest = errqueue(emu, cli)
         last = rest[-1][1]
-        assert last == emu._socks[cli].tx.zckey - 1
+        assert last == emu.tx.sockets[cli].zckey - 1
         assert not done or done[-1][1] + 1 == rest[0][0]
 
 

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp.backend.kernel import KernelBackend, libc_recvmsg, libc_setsockopt, tx_cmsg
+from devmemtcp.backend.kernel import KernelBackend, libc_recvmsg, libc_setsockopt
+from devmemtcp.cmsg import build_tx_cmsg
 
 kb = KernelBackend()
 
@@ -175,7 +176,7 @@ def test_recvmsg_numpy_buffers(tcp_pair: tuple[socket.socket, socket.socket]) ->
 # -- sendmsg ------------------------------------------------------------------
 
 def test_tx_cmsg_layout() -> None:
-    raw = tx_cmsg(7)
+    raw = build_tx_cmsg(7)
     assert len(raw) == abi.cmsg_space(4) == 24
     hdr = np.frombuffer(raw[:16], dtype=abi.CMSGHDR_DTYPE)[0]
     assert (int(hdr["cmsg_len"]), int(hdr["cmsg_level"]), int(hdr["cmsg_type"])) == (
@@ -191,14 +192,14 @@ def test_sendmsg_unknown_binding_id_einval(tcp_pair: tuple[socket.socket, socket
         client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
     iov = np.array([[0, 4096]], dtype=np.uint64)
     with pytest.raises(OSError) as exc:
-        kb.sendmsg(client, iov, tx_cmsg(424242), abi.MSG_ZEROCOPY)
+        kb.sendmsg(client, iov, build_tx_cmsg(424242), abi.MSG_ZEROCOPY)
     assert exc.value.errno == errno.EINVAL
 
 
 def test_sendmsg_bad_cmsg_len_einval(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client, _ = tcp_pair
     client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-    bad = (abi.cmsg_len(4) + 4).to_bytes(8, "little") + tx_cmsg(1)[8:] + b"\0" * 8
+    bad = (abi.cmsg_len(4) + 4).to_bytes(8, "little") + build_tx_cmsg(1)[8:] + b"\0" * 8
     with pytest.raises(OSError) as exc:
         kb.sendmsg(client, np.array([[0, 16]], dtype=np.uint64), bad, abi.MSG_ZEROCOPY)
     assert exc.value.errno == errno.EINVAL
@@ -209,7 +210,7 @@ def test_sendmsg_binding_id_zero_is_plain_zerocopy(tcp_pair: tuple[socket.socket
     client, _ = tcp_pair
     client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
     with pytest.raises(OSError) as exc:
-        kb.sendmsg(client, np.array([[0, 16]], dtype=np.uint64), tx_cmsg(0), abi.MSG_ZEROCOPY)
+        kb.sendmsg(client, np.array([[0, 16]], dtype=np.uint64), build_tx_cmsg(0), abi.MSG_ZEROCOPY)
     assert exc.value.errno == errno.EFAULT
 
 
