@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -235,6 +236,28 @@ def test_sendmsg_gathers_host_iovecs_and_zerocopy_completion(
     assert clen >= 32
     with pytest.raises(BlockingIOError):
         kb.recv_errqueue(client, memoryview(ctl))
+
+
+def test_wait_errqueue_polls_for_the_zerocopy_completion(
+        tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = tcp_pair
+    client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
+    t0 = time.monotonic()
+    assert kb.wait_errqueue(client, 0.05) is False  # nothing sent: the timeout runs out
+    assert time.monotonic() - t0 >= 0.04
+    a = np.frombuffer(b"ping", np.uint8)
+    iov = np.array([[a.ctypes.data, a.size]], dtype=np.uint64)
+    assert kb.sendmsg(client, iov, b"", abi.MSG_ZEROCOPY) == 4
+    assert recv_all(server, 4, 0)[0] == b"ping"
+    assert kb.wait_errqueue(client, 5.0) is True
+    clen, flags = kb.recv_errqueue(client, memoryview(bytearray(256)))
+    assert clen >= 32 and flags & abi.MSG_ERRQUEUE
+
+
+def test_kernel_backend_close_is_idempotent_and_keeps_bindings_to_their_owners() -> None:
+    with KernelBackend() as be:
+        be.close()
+    be.close()
 
 
 def test_sendmsg_rejects_bad_iov_shape(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
