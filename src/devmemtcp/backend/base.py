@@ -6,6 +6,10 @@ the software NIC (:class:`~devmemtcp.backend.emulated.EmulatedBackend`). Both
 speak kernel bytes: control buffers in the kernel's cmsg layout, errors as
 ``OSError`` with the kernel's errno, netlink failures as
 :class:`~devmemtcp.errors.NetlinkError` carrying the kernel's extack text.
+
+Both are checked against these protocols by mypy (``_conforms`` at the end of
+kernel.py and emulated.py); :func:`devmemtcp.backend.open_backend` makes one.
+Callers use only what is declared here, never probe with ``getattr``.
 """
 
 from __future__ import annotations
