@@ -62,8 +62,8 @@ from devmemtcp.errors import DevmemError
 
 PAGE_SIZE = abi.PAGE_SIZE
 _REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
-_SO_PROTOCOL = getattr(socket, "SO_PROTOCOL", 38)
-_SO_RCVTIMEO = getattr(socket, "SO_RCVTIMEO", 20)
+_SO_PROTOCOL = socket.SO_PROTOCOL
+_SO_RCVTIMEO = socket.SO_RCVTIMEO
 _RECV_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_WAITALL
 _KEY_DMABUF = np.uint64(abi.SOL_SOCKET | (abi.SCM_DEVMEM_DMABUF << 32))
 _REC_WORDS = _REC // 8

@@ -36,7 +36,7 @@ from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.steering import ingress_ifindex
 
 U32_MAX = 0xFFFFFFFF
-_SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | 0x8000  # MSG_MORE
+_SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | abi.MSG_MORE
 
 
 @dataclass
