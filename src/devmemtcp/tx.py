@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.cmsg import ControlBufferError, build_tx_cmsg, parse_zerocopy_completions
+from devmemtcp.codec import ControlBufferError, build_tx_cmsg, parse_zerocopy_completions
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:

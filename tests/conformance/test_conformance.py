@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi
+from devmemtcp import codec as cmsg
 from devmemtcp.errors import NetlinkError
 
 PS = abi.PAGE_SIZE

@@ -65,7 +65,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi
+from devmemtcp import codec as cmsg
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.pool import RxPool

@@ -23,11 +23,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi
+from devmemtcp import codec as cmsg
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.errors import NetlinkError
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.types import NtupleRule
+from unit.codec.oracles import coalesce_tokens, dontneed_chunks
 
 PS = abi.PAGE_SIZE
 LO = socket.if_nametoindex("lo")
@@ -106,7 +108,7 @@ def recv_all(be: EmulatedBackend, conn: socket.socket, nbytes: int, dmabuf: Memf
             out += dmabuf.gather(fb).tobytes()
             batches.append(fb)
             if release:
-                for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+                for ch in dontneed_chunks(coalesce_tokens(fb.token)):
                     be.dontneed(conn, ch)
         else:
             out += ibuf[:n]
@@ -341,7 +343,7 @@ def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) 
         n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         later.join()
         assert time.monotonic() - t0 >= 0.25 and n == 3 * PS
-        assert emu.dontneed(conn, cmsg.coalesce_tokens(cmsg.parse_rx_control(ctl, clen, 0).token)) == 3
+        assert emu.dontneed(conn, coalesce_tokens(cmsg.parse_rx_control(ctl, clen, 0).token)) == 3
         # timeout: the bytes that are there
         cli.sendall(b"c" * PS)
         conn.settimeout(0.2)

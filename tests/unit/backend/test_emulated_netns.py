@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg, netns
+from devmemtcp import abi, netns
+from devmemtcp import codec as cmsg
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.types import NtupleRule
+from unit.codec.oracles import coalesce_tokens, dontneed_chunks
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -73,7 +75,7 @@ def test_stream_over_veth_lands_in_dmabuf(netns_pair: Any, tmp_path: Any) -> Non
                         fb = cmsg.parse_rx_control(ctl, clen, fl)
                         assert (fb.dmabuf_id == b.id).all() and int(fb.size.sum()) == n
                         out += buf.gather(fb).tobytes()
-                        for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+                        for ch in dontneed_chunks(coalesce_tokens(fb.token)):
                             be.dontneed(conn, ch)
                     assert bytes(out) == data
                     assert be.outstanding(conn) == 0
