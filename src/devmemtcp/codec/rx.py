@@ -227,12 +227,17 @@ def parse_rx_batch(control: Control, controllen: int, msg_flags: int = 0, nbytes
     if controllen % _REC == 0:
         parsed = _parse_dense(raw, controllen)
     if parsed is None:
-        batch, words, pos = _parse_walk(raw[:controllen])
+        batch, _words, pos = _parse_walk(raw[:controllen])
         dmabuf_id = -1
+        dense = None
     else:
-        (batch, dmabuf_id), words, pos = parsed, None, None
-    runs = _check(batch, words, pos, raw, nbytes, dmabuf_size)
-    return batch, dmabuf_id, runs
+        batch, dmabuf_id, dense = parsed
+        pos = None
+    if dense is not None:
+        runs = _check_uniform(batch, dense, nbytes, dmabuf_size)
+        if runs is not None:
+            return batch, dmabuf_id, runs
+    return batch, dmabuf_id, _check(batch, pos, raw, nbytes, dmabuf_size)
 
 
 _U8 = np.dtype(np.uint8)
@@ -245,8 +250,10 @@ _DMABUF_HDR = np.array([[_REC_LEN], [_KEY_DMABUF]], dtype=np.uint64)
 _ONE_U32 = np.uint32(1)
 
 
-def _parse_dense(raw: np.ndarray, controllen: int) -> tuple[FragBatch, int] | None:
-    """Fast path: every record is a 40-byte devmem cmsg. None if not.
+def _parse_dense(raw: np.ndarray, controllen: int) -> tuple[FragBatch, int, np.ndarray | None] | None:
+    """Fast path: every record is a 40-byte devmem cmsg. None if not; else
+    the batch, the common dma-buf id (-1: none) and, when every record is an
+    SCM_DEVMEM_DMABUF one, the records as ``(n, 5)`` uint64 words.
 
     The records are copied once (one memcpy; the copy is aligned whatever
     ``raw`` was) and the batch's arrays are views of the copy. The common
@@ -265,14 +272,14 @@ def _parse_dense(raw: np.ndarray, controllen: int) -> tuple[FragBatch, int] | No
         same = ok[0]
         np.equal(ids, first, out=same)
         return (FragBatch(words[:, 2], w32[:, 6], w32[:, 7], ids),
-                first if np.count_nonzero(same) == n else -1)
+                first if np.count_nonzero(same) == n else -1, words)
     if not (words[:, 0] == _REC_LEN).all():
         return None
     keys = words[:, 1]
     is_linear = keys == _KEY_LINEAR
     if not (ok[1] | is_linear).all():  # ok[1]: keys == _KEY_DMABUF
         return None
-    return _split_linear(words, is_linear), -1
+    return _split_linear(words, is_linear), -1, None
 
 
 def _records_to_batch(words: np.ndarray) -> FragBatch:
@@ -347,20 +354,47 @@ def _parse_walk(raw: np.ndarray) -> tuple[FragBatch, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------
 # RX: the kernel's invariants, checked per batch
 # ---------------------------------------------------------------------------
-def _check(batch: FragBatch, words: np.ndarray | None, pos: np.ndarray | None, raw: np.ndarray,
+_TOKEN_STEP = np.uint64(1 << 32)  # word 3 of the next record: same frag_size, frag_token + 1
+
+
+def _check_uniform(batch: FragBatch, words: np.ndarray, nbytes: int | None,
+                   dmabuf_size: int | None) -> list[int] | None:
+    """The steady-state check in three numpy calls: every fragment the same
+    size and the tokens one run of consecutive values. Word 3 of a record is
+    ``frag_size | frag_token << 32``, so that holds iff word 3 grows by
+    exactly 2**32 from record to record (mod 2**64: a token wrapping past
+    2**32 - 1 is caught by the range test on the run). Returns the one run
+    ``[first, n]`` when the batch passes every check, ``None`` when the
+    general check must decide (it also finds the reason of a failure)."""
+    w3 = words[:, 3]
+    n = w3.shape[0]
+    if n > 1 and (w3[1:] - w3[:-1] != _TOKEN_STEP).any():
+        return None
+    w = w3.item(0)
+    size0 = w & 0xFFFFFFFF
+    first = w >> 32
+    if size0 == 0 or first == 0 or first + n - 1 > _TOKEN_MAX:
+        return None
+    if nbytes is not None and size0 * n != nbytes:
+        return None
+    if dmabuf_size is not None and int(batch.offset.max()) + size0 > dmabuf_size:
+        return None
+    return [first, n]
+
+
+def _check(batch: FragBatch, pos: np.ndarray | None, raw: np.ndarray,
            nbytes: int | None, dmabuf_size: int | None) -> list[int] | None:
     """Check ``batch`` against what tcp_recvmsg_dmabuf guarantees; return its
     token runs (``None``: 32 runs or more).
 
-    Steady state (tokens in a few runs, the kernel hands out the lowest free
-    ids): one subtraction and one comparison over the tokens find the runs,
-    and the runs (a step each) show the tokens in range and distinct; one
-    reduction over the sizes finds an empty fragment, one more checks the
-    sum against ``nbytes``, two the fragment ends against ``dmabuf_size``.
-    Only a batch that fails (or has many runs) takes a slower, exact pass
-    that names the first bad record. ``words``/``pos``: the records and their
-    byte offsets when the buffer was walked (``None``: dense, record ``i`` at
-    ``40 * i``)."""
+    Tokens in a few runs (the kernel hands out the lowest free ids): one
+    subtraction and one comparison over the tokens find the runs, and the
+    runs (a step each) show the tokens in range and distinct; one reduction
+    over the sizes finds an empty fragment, one more checks the sum against
+    ``nbytes``, two the fragment ends against ``dmabuf_size``. Only a batch
+    that fails (or has many runs) takes a slower, exact pass that names the
+    first bad record. ``pos``: the records' byte offsets when the buffer was
+    walked (``None``: dense, record ``i`` at ``40 * i``)."""
     t = batch.token
     n = t.shape[0]
     size = batch.size
@@ -372,8 +406,8 @@ def _check(batch: FragBatch, words: np.ndarray | None, pos: np.ndarray | None, r
             bad = _first_bad_token(t)
         elif int(size.min()) == 0:
             bad = (int(np.flatnonzero(size == 0)[0]), "fragment of 0 bytes (frag_size 0)")
-        elif dmabuf_size is not None:
-            end = batch.offset + size
+        elif dmabuf_size is not None and int(batch.offset.max()) + int(size.max()) > dmabuf_size:
+            end = batch.offset + size  # the exact test, only where the cheap bound fails
             if int(end.max()) > dmabuf_size:
                 j = int(np.flatnonzero(end > dmabuf_size)[0])
                 bad = (j, f"fragment [{int(batch.offset[j])}, {int(end[j])}) past the end of the "
@@ -382,9 +416,9 @@ def _check(batch: FragBatch, words: np.ndarray | None, pos: np.ndarray | None, r
     if bad is None and lin.shape[0] and int(lin.min()) == 0:
         j = int(np.flatnonzero(lin == 0)[0])
         rec_i = int(batch.linear_at[j]) + j
-        _raise(batch, words, pos, raw, rec_i, "SCM_DEVMEM_LINEAR piece of 0 bytes", linear=True)
+        _raise(batch, pos, raw, rec_i, "SCM_DEVMEM_LINEAR piece of 0 bytes")
     if bad is not None:
-        _raise(batch, words, pos, raw, _frag_record(batch, bad[0]), bad[1])
+        _raise(batch, pos, raw, _frag_record(batch, bad[0]), bad[1])
     if nbytes is not None and (n or lin.shape[0]):
         total = int(size.sum(dtype=np.uint64)) + batch.linear_bytes
         if total != nbytes:
@@ -465,8 +499,7 @@ def _frag_record(batch: FragBatch, j: int) -> int:
     return j + int(np.count_nonzero(at <= j))
 
 
-def _raise(batch: FragBatch, words: np.ndarray | None, pos: np.ndarray | None, raw: np.ndarray,
-           rec_i: int, reason: str, linear: bool = False) -> None:
+def _raise(batch: FragBatch, pos: np.ndarray | None, raw: np.ndarray, rec_i: int, reason: str) -> None:
     offset = int(pos[rec_i]) if pos is not None else rec_i * _REC
     record = raw[offset: offset + _REC].tobytes()
     raise FragRecordError(reason, offset, record, _givable(batch.token))
