@@ -175,7 +175,8 @@ def fuzz_planner(data: bytes) -> bool:
     if not starts or pos > 2**32:
         return False
     chunks, ends = plan_runs(starts, counts)
-    got = [(int(r["token_start"]) + j) % 2**32 for c in chunks for r in c for j in range(int(r["token_count"]))]
+    got = [(int(r["token_start"]) + j) % 2**32
+           for c in chunks for r in c for j in range(int(r["token_count"]))]
     want = [(s + j) % 2**32 for s, c in zip(starts, counts, strict=True) for j in range(c)]
     assert got == want and (not ends or ends[-1] == len(want))
     for c in chunks:
