@@ -354,6 +354,7 @@ def _parse_walk(raw: np.ndarray) -> tuple[FragBatch, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------
 # RX: the kernel's invariants, checked per batch
 # ---------------------------------------------------------------------------
+_MAX = np.maximum.reduce
 _TOKEN_STEP = np.uint64(1 << 32)  # word 3 of the next record: same frag_size, frag_token + 1
 
 
@@ -366,18 +367,17 @@ def _check_uniform(batch: FragBatch, words: np.ndarray, nbytes: int | None,
     2**32 - 1 is caught by the range test on the run). Returns the one run
     ``[first, n]`` when the batch passes every check, ``None`` when the
     general check must decide (it also finds the reason of a failure)."""
-    w3 = words[:, 3]
-    n = w3.shape[0]
-    if n > 1 and (w3[1:] - w3[:-1] != _TOKEN_STEP).any():
+    n = words.shape[0]
+    if n > 1 and np.count_nonzero(words[1:, 3] - words[:-1, 3] != _TOKEN_STEP):  # cheaper than any()
         return None
-    w = w3.item(0)
+    w = words.item(0, 3)
     size0 = w & 0xFFFFFFFF
     first = w >> 32
     if size0 == 0 or first == 0 or first + n - 1 > _TOKEN_MAX:
         return None
     if nbytes is not None and size0 * n != nbytes:
         return None
-    if dmabuf_size is not None and int(batch.offset.max()) + size0 > dmabuf_size:
+    if dmabuf_size is not None and int(_MAX(batch.offset)) + size0 > dmabuf_size:
         return None
     return [first, n]
 
@@ -437,7 +437,7 @@ def _runs_if_valid(t: np.ndarray) -> list[int] | None:
         return [first, 1] if 0 < first <= _TOKEN_MAX else None
     last = t.item(n - 1)
     ne = (t[1:] - t[:-1]) != _ONE_U32  # uint32: a step down is a huge step up, a break too
-    if last - first == n - 1 and first > 0 and last <= _TOKEN_MAX and not ne.any():
+    if last - first == n - 1 and first > 0 and last <= _TOKEN_MAX and not np.count_nonzero(ne):
         return [first, n]  # one run of n distinct tokens in range
     brk = ne.nonzero()[0]
     if brk.shape[0] >= _FEW_RUNS - 1:
