@@ -23,8 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from devmemtcp import abi
-from devmemtcp import codec as cmsg
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.errors import NetlinkError
 from devmemtcp.memory.memfd import MemfdBuffer
@@ -92,7 +91,7 @@ def steer_to(be: EmulatedBackend, conn: socket.socket, queue: int) -> NtupleRule
 
 
 def recv_all(be: EmulatedBackend, conn: socket.socket, nbytes: int, dmabuf: MemfdBuffer,
-             release: bool = True, iov: int = 1 << 16) -> tuple[bytes, list[cmsg.FragBatch]]:
+             release: bool = True, iov: int = 1 << 16) -> tuple[bytes, list[codec.FragBatch]]:
     """Receive ``nbytes`` through the backend, gathering devmem frags; returns
     (stream bytes, batches)."""
     ctl = bytearray(40 * 64)
@@ -103,7 +102,7 @@ def recv_all(be: EmulatedBackend, conn: socket.socket, nbytes: int, dmabuf: Memf
         n, clen, fl = be.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         if n == 0:
             break
-        fb = cmsg.parse_rx_control(ctl, clen, fl)
+        fb = codec.parse_rx_control(ctl, clen, fl)
         if len(fb):
             out += dmabuf.gather(fb).tobytes()
             batches.append(fb)
@@ -343,7 +342,7 @@ def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) 
         n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         later.join()
         assert time.monotonic() - t0 >= 0.25 and n == 3 * PS
-        assert emu.dontneed(conn, coalesce_tokens(cmsg.parse_rx_control(ctl, clen, 0).token)) == 3
+        assert emu.dontneed(conn, coalesce_tokens(codec.parse_rx_control(ctl, clen, 0).token)) == 3
         # timeout: the bytes that are there
         cli.sendall(b"c" * PS)
         conn.settimeout(0.2)
@@ -389,7 +388,7 @@ def test_devmem_without_flag_and_small_control_are_efault(emu: EmulatedBackend, 
         # the data is still there for a proper call
         ctl = bytearray(40)
         n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
-        fb = cmsg.parse_rx_control(ctl, clen)
+        fb = codec.parse_rx_control(ctl, clen)
         assert (n, clen, fb.token.tolist(), fb.size.tolist()) == (100, 40, [1], [100])
 
 
@@ -400,11 +399,11 @@ def test_tokens_lowest_free_from_one(emu: EmulatedBackend, buf: MemfdBuffer) -> 
         steer_to(emu, conn, 1)
         ctl = bytearray(40 * 4)
 
-        def one_page() -> cmsg.FragBatch:
+        def one_page() -> codec.FragBatch:
             cli.sendall(b"a" * PS)
             n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
             assert n == PS
-            return cmsg.parse_rx_control(ctl, clen)
+            return codec.parse_rx_control(ctl, clen)
 
         toks = [int(one_page().token[0]) for _ in range(4)]
         assert toks == [1, 2, 3, 4]
@@ -426,7 +425,7 @@ def test_token_space_exhausted_is_enomem_and_takes_no_net_iov(emu: EmulatedBacke
         ctl = bytearray(40 * 4)
         cli.sendall(b"a" * PS)
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
-        assert (n, cmsg.parse_rx_control(ctl, clen).token.tolist()) == (PS, [1])
+        assert (n, codec.parse_rx_control(ctl, clen).token.tolist()) == (PS, [1])
         table = emu._socks[conn].tokens
         # tokens 2 .. 2**31-1 held (net_iov numbers past the dma-buf: erased below, never given back)
         table.alloc_runs([(1 << 40, abi.TOKEN_LIMIT - 1)], b.id, 1)
@@ -468,7 +467,7 @@ def hold_everything(emu: EmulatedBackend, conn: socket.socket, cli: socket.socke
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(nbuf)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         assert n == nbuf
         left -= n
-        toks += cmsg.parse_rx_control(ctl, clen).token.tolist()
+        toks += codec.parse_rx_control(ctl, clen).token.tolist()
     t.join()
     return toks
 
@@ -505,7 +504,7 @@ def test_pool_exhaustion_stalls_and_recovers(emu: EmulatedBackend) -> None:
         threading.Timer(0.1, lambda: emu.dontneed(
             conn, np.array([(1, 1)], dtype=abi.DMABUF_TOKEN_DTYPE))).start()
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM)
-        fb = cmsg.parse_rx_control(ctl, clen)
+        fb = codec.parse_rx_control(ctl, clen)
         assert (n, fb.token.tolist(), fb.dmabuf_id.tolist()) == (4, [1], [b.id])
         assert small.copy_out(int(fb.offset[0]), 4).tobytes() == b"more"
 
@@ -597,14 +596,14 @@ def test_tx_needs_zerocopy_and_a_tx_binding(emu: EmulatedBackend, txbuf: MemfdBu
     ready(emu)
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb, emu.bind_rx(LO, buf, [0]) as rb:
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         # binding id without SO_ZEROCOPY, or without MSG_ZEROCOPY: EINVAL
         assert os_err(tx_call, emu, cli, [(0, 100)], ctl) == errno.EINVAL
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
         assert os_err(tx_call, emu, cli, [(0, 100)], ctl, 0) == errno.EINVAL
         # an RX binding's id, an unknown id: EINVAL
-        assert os_err(tx_call, emu, cli, [(0, 100)], cmsg.build_tx_cmsg(rb.id)) == errno.EINVAL
-        assert os_err(tx_call, emu, cli, [(0, 100)], cmsg.build_tx_cmsg(999)) == errno.EINVAL
+        assert os_err(tx_call, emu, cli, [(0, 100)], codec.build_tx_cmsg(rb.id)) == errno.EINVAL
+        assert os_err(tx_call, emu, cli, [(0, 100)], codec.build_tx_cmsg(999)) == errno.EINVAL
         # cmsg_len must be CMSG_LEN(4): EINVAL
         bad = bytearray(ctl)
         bad[0] = 24
@@ -619,7 +618,7 @@ def test_tx_offsets_past_the_end(emu: EmulatedBackend, txbuf: MemfdBuffer) -> No
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         size = txbuf.size
         assert os_err(tx_call, emu, cli, [(size, 10)], ctl) == errno.EFAULT
         assert os_err(tx_call, emu, cli, [(size + PS, 10)], ctl) == errno.EFAULT
@@ -669,9 +668,9 @@ def test_tx_sends_exactly_the_iovec_bytes(pairs: list[tuple[int, int]], chain: b
             cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
             want = _expected_tx_bytes(data, pairs)
             if want is None:
-                assert os_err(tx_call, emu, cli, pairs, cmsg.build_tx_cmsg(tb.id)) == errno.EFAULT
+                assert os_err(tx_call, emu, cli, pairs, codec.build_tx_cmsg(tb.id)) == errno.EFAULT
                 return
-            assert tx_call(emu, cli, pairs, cmsg.build_tx_cmsg(tb.id)) == len(want)
+            assert tx_call(emu, cli, pairs, codec.build_tx_cmsg(tb.id)) == len(want)
             assert want or not any(ln for _, ln in pairs)
             cli.shutdown(socket.SHUT_WR)
             got = b""
@@ -692,14 +691,14 @@ def errqueue(emu: EmulatedBackend, sock: socket.socket, timeout: float = 5.0) ->
             time.sleep(0.005)
             continue
         assert fl & abi.MSG_ERRQUEUE
-        return cmsg.parse_zerocopy_completions(c, clen)
+        return codec.parse_zerocopy_completions(c, clen)
 
 
 def test_tx_completions_ranges(emu: EmulatedBackend, txbuf: MemfdBuffer) -> None:
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         with pytest.raises(BlockingIOError):
             emu.recv_errqueue(cli, memoryview(bytearray(128)))
         pairs = [(i * PS, PS) for i in range(16)]
@@ -735,7 +734,7 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
         cli.setblocking(False)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         sent = 0
         for _ in range(64):  # fill the receiver's window
             try:
@@ -747,7 +746,7 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
         done: list[tuple[int, int]]
         try:
             clen, _ = emu.recv_errqueue(cli, memoryview(c))
-            done = cmsg.parse_zerocopy_completions(c, clen)
+            done = codec.parse_zerocopy_completions(c, clen)
         except BlockingIOError:
             done = []  # nothing acked yet
         assert emu.pending_completions(cli) >= 1  # the last sendmsg is not acked yet
@@ -765,7 +764,7 @@ def test_tx_too_many_iovecs_and_wait_errqueue(emu: EmulatedBackend, txbuf: Memfd
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         # copy_msghdr_from_user: more than UIO_MAXIOV iovecs is EMSGSIZE
         assert os_err(tx_call, emu, cli, [(0, 1)] * 1025, ctl) == errno.EMSGSIZE
         assert tx_call(emu, cli, [(0, 1)] * 1024, ctl) == 1024
@@ -825,7 +824,7 @@ def test_encode_frags_matches_the_codec(n: int, total: int, shift: int) -> None:
     la = encode_frags(memoryview(a)[shift:], page_runs(pages), total, page_runs(tok.astype(np.int64)), 9)
     sizes = np.full(n, PS, np.uint32)
     sizes[-1] = total - (n - 1) * PS
-    lb = cmsg.encode_rx_control(memoryview(b)[shift:], pages.astype(np.uint64) * PS, sizes, tok, 9)
+    lb = codec.encode_rx_control(memoryview(b)[shift:], pages.astype(np.uint64) * PS, sizes, tok, 9)
     assert (la, bytes(a)) == (lb, bytes(b))
-    fb = cmsg.parse_rx_control(bytes(a)[shift:], la)
+    fb = codec.parse_rx_control(bytes(a)[shift:], la)
     assert fb.nbytes == total and fb.token.tolist() == tok.tolist()
