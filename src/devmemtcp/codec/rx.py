@@ -360,26 +360,59 @@ _TOKEN_STEP = np.uint64(1 << 32)  # word 3 of the next record: same frag_size, f
 
 def _check_uniform(batch: FragBatch, words: np.ndarray, nbytes: int | None,
                    dmabuf_size: int | None) -> list[int] | None:
-    """The steady-state check in three numpy calls: every fragment the same
-    size and the tokens one run of consecutive values. Word 3 of a record is
-    ``frag_size | frag_token << 32``, so that holds iff word 3 grows by
-    exactly 2**32 from record to record (mod 2**64: a token wrapping past
-    2**32 - 1 is caught by the range test on the run). Returns the one run
-    ``[first, n]`` when the batch passes every check, ``None`` when the
-    general check must decide (it also finds the reason of a failure)."""
+    """The steady-state check, three numpy calls and a step per run: every
+    fragment the same size and the tokens fewer than 32 runs of consecutive
+    values. Word 3 of a record is ``frag_size | frag_token << 32``, so inside
+    a run it grows by exactly 2**32 from record to record (mod 2**64: a token
+    wrapping past 2**32 - 1 is caught by the range test on the runs); at each
+    break the sizes are compared one by one. Returns the runs when the batch
+    passes every check, ``None`` when the general check must decide (it also
+    finds the reason of a failure)."""
     n = words.shape[0]
-    if n > 1 and np.count_nonzero(words[1:, 3] - words[:-1, 3] != _TOKEN_STEP):  # cheaper than any()
+    col = words[:, 3]
+    w0 = col.item(0)
+    size0 = w0 & 0xFFFFFFFF
+    if size0 == 0:
         return None
-    w = words.item(0, 3)
-    size0 = w & 0xFFFFFFFF
-    first = w >> 32
-    if size0 == 0 or first == 0 or first + n - 1 > _TOKEN_MAX:
+    if n == 1:
+        runs = [w0 >> 32, 1]
+    else:
+        ne = col[1:] - col[:-1] != _TOKEN_STEP
+        k = np.count_nonzero(ne)  # cheaper than any()
+        if not k:
+            runs = [w0 >> 32, n]
+        elif k >= _FEW_RUNS - 1:
+            return None
+        else:
+            item = col.item
+            runs = []
+            a = 0
+            for i in ne.nonzero()[0].tolist():
+                if item(i + 1) & 0xFFFFFFFF != size0:
+                    return None
+                runs += (item(a) >> 32, i + 1 - a)
+                a = i + 1
+            runs += (item(a) >> 32, n - a)
+    if not _runs_valid(runs):
         return None
     if nbytes is not None and size0 * n != nbytes:
         return None
     if dmabuf_size is not None and int(_MAX(batch.offset)) + size0 > dmabuf_size:
         return None
-    return [first, n]
+    return runs
+
+
+def _runs_valid(runs: list[int]) -> bool:
+    """Runs ``[start, count, ...]`` of tokens the kernel can hand out at once:
+    every token in 1 .. 2**31 - 1 and no token in two runs."""
+    if len(runs) == 2:
+        return runs[0] > 0 and runs[0] + runs[1] - 1 <= _TOKEN_MAX
+    end = 0
+    for s, c in sorted(zip(runs[0::2], runs[1::2], strict=True)):
+        if s < end or s == 0 or s + c - 1 > _TOKEN_MAX:
+            return False
+        end = s + c
+    return True
 
 
 def _check(batch: FragBatch, pos: np.ndarray | None, raw: np.ndarray,
@@ -435,31 +468,21 @@ def _runs_if_valid(t: np.ndarray) -> list[int] | None:
     first = t.item(0)
     if n == 1:
         return [first, 1] if 0 < first <= _TOKEN_MAX else None
-    last = t.item(n - 1)
     ne = (t[1:] - t[:-1]) != _ONE_U32  # uint32: a step down is a huge step up, a break too
-    if last - first == n - 1 and first > 0 and last <= _TOKEN_MAX and not np.count_nonzero(ne):
-        return [first, n]  # one run of n distinct tokens in range
-    brk = ne.nonzero()[0]
-    if brk.shape[0] >= _FEW_RUNS - 1:
+    k = np.count_nonzero(ne)
+    if not k:
+        runs = [first, n]
+    elif k >= _FEW_RUNS - 1:
         return None
-    item = t.item
-    out: list[int] = []
-    a = 0
-    for i in [*brk.tolist(), n - 1]:
-        s = item(a)
-        c = i + 1 - a
-        if s == 0 or s + c - 1 > _TOKEN_MAX:  # also a +1 step that wrapped past 2**32 - 1
-            return None
-        out += (s, c)
-        a = i + 1
-    if len(out) > 2:  # distinct: the runs, sorted, must not overlap
-        pairs = sorted(zip(out[0::2], out[1::2], strict=True))
-        end = 0
-        for s, c in pairs:
-            if s < end:
-                return None
-            end = s + c
-    return out
+    else:
+        item = t.item
+        runs = []
+        a = 0
+        for i in ne.nonzero()[0].tolist():
+            runs += (item(a), i + 1 - a)
+            a = i + 1
+        runs += (item(a), n - a)
+    return runs if _runs_valid(runs) else None
 
 
 def _tokens_valid(t: np.ndarray) -> bool:
