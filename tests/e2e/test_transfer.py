@@ -190,7 +190,7 @@ def test_bad_inputs_say_what_to_do() -> None:
 def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
     """A batch with SCM_DEVMEM_LINEAR pieces between frags is checked in
     stream order (linear_at tells how many frags precede each piece)."""
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     period = 7
@@ -218,7 +218,7 @@ def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
 
 
 def test_validator_refuses_frags_outside_the_dmabuf() -> None:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     with open_dmabuf("host", 2 * 4096) as buf:
@@ -249,7 +249,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
     """Frags scattered over the dma-buf in any order (whole pages, partial
     pages, contiguous runs or not) validate when they hold the stream, and a
     single flipped byte is reported at its exact stream offset."""
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     period = data.draw(st.integers(2, 256), label="period")

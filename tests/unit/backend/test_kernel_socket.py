@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from devmemtcp import abi
 from devmemtcp.backend.kernel import KernelBackend, libc_recvmsg, libc_setsockopt
-from devmemtcp.cmsg import build_tx_cmsg
+from devmemtcp.codec import build_tx_cmsg
 
 kb = KernelBackend()
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp.cmsg import FragBatch
+from devmemtcp.codec import FragBatch
 from devmemtcp.errors import DevmemError
 from devmemtcp.memory import MemfdBuffer, UdmabufBuffer, open_dmabuf
 from devmemtcp.memory.base import DmaBuf
