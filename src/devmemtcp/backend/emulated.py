@@ -72,6 +72,7 @@ from devmemtcp.emulation.pool import RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
 from devmemtcp.emulation.tokens import PageRun, TokenTable, expand_runs
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns, procs
 from devmemtcp.memory.base import DmaBuf
 
 PAGE_SIZE = abi.PAGE_SIZE
@@ -382,7 +383,7 @@ class EmulatedBackend:
     def _nic_of(self, op: str, ifindex: int) -> tuple[int, str, dict[str, Any]]:
         """(netns id, ifname, NIC state) of ``ifindex``; ENODEV as the kernel's
         netdev_get_by_index when no interface has it in this namespace."""
-        ns = st.netns_id()
+        ns = netns.inode()
         try:
             ifname = socket.if_indextoname(int(ifindex))
         except OSError:
@@ -429,7 +430,7 @@ class EmulatedBackend:
                                    hint=f"{ifname} has RX queues 0..{nrx - 1}")
             wanted.add(qid)
         self._check_dmabuf(op, dmabuf)
-        pid, start = st.self_owner()
+        pid, start = procs.me()
         with st.locked(self._directory) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)
@@ -479,7 +480,7 @@ class EmulatedBackend:
             raise NetlinkError(errno.EOPNOTSUPP, op, "Driver does not support netmem TX",
                                hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")
         self._check_dmabuf(op, dmabuf)
-        pid, start = st.self_owner()
+        pid, start = procs.me()
         with st.locked(self._directory) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)
@@ -517,7 +518,7 @@ class EmulatedBackend:
             return
         if s.ifindex is None:
             s.ifindex = ingress_ifindex(sock)
-        ns = st.netns_id()
+        ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self._directory, ns=ns, queues=self._queues)
         q, how = steer(nic, flow_of(sock))
@@ -833,7 +834,7 @@ class EmulatedBackend:
             raise _err(errno.EINVAL, f"binding {bid} is not a TX binding")
         route = s.tx.routes.get(bid)
         if route is None:
-            route = s.tx.routes[bid] = (ingress_ifindex(sock), st.netns_id())
+            route = s.tx.routes[bid] = (ingress_ifindex(sock), netns.inode())
         if route != (b.ifindex, b.netns):
             raise _err(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, binding {bid} is "
                                      f"on {b.ifname} (ifindex {b.ifindex})")

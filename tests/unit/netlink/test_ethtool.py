@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from devmemtcp import netns
+from devmemtcp.host import netns
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.netlink import ethtool
 from devmemtcp.types import Channels

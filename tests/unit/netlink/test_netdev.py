@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from devmemtcp import abi, netns
+from devmemtcp import abi
+from devmemtcp.host import netns
 from devmemtcp.errors import NetlinkError
 from devmemtcp.netlink.netdev import KernelBinding, NetdevClient, bind_rx, bind_tx
 

@@ -1,0 +1,8 @@
+"""System plumbing, each piece written once: network namespaces
+(:mod:`~devmemtcp.host.netns`), interfaces, addresses and routes
+(:mod:`~devmemtcp.host.ifaces`), process liveness
+(:mod:`~devmemtcp.host.procs`).
+
+Imports only the ground floor (abi, errors, types), pyroute2 and the
+standard library.
+"""
