@@ -241,7 +241,8 @@ def entry_from_dict(data: Any, where: str = "entry") -> Entry:
     cls = ENTRY_TYPES.get(step) if isinstance(step, str) else None
     if cls is None:
         raise SchemaError(f"{where}.step",
-                          f"names an unknown step {step!r} (known: {', '.join(ENTRY_TYPES)})")
+                          f"names an unknown step {step!r} (known: {', '.join(ENTRY_TYPES)}; "
+                          "a newer devmemtcp may have written it)")
     return cls.from_dict(data, where)
 
 

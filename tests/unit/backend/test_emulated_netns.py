@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from devmemtcp import abi, cmsg
-from devmemtcp.host import netns
 from devmemtcp.backend.emulated import EmulatedBackend
+from devmemtcp.host import netns
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.types import NtupleRule
 

@@ -12,8 +12,8 @@ import socket
 import pytest
 
 from devmemtcp import doctor
-from devmemtcp.host import netns
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns
 
 NAMES = ["kernel-bind-rx", "kernel-bind-tx", "kernel-queue-create", "cap-net-admin", "queue-management-api",
          "netmem-tx", "header-split", "hds-thresh", "ntuple", "rss", "rx-queues", "udmabuf", "cuda-dmabuf"]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import os
 import socket
-import subprocess
-import sys
 import time
 from typing import Any
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from devmemtcp.host import netns
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 
 def _ns_inode() -> int:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from devmemtcp.errors import DevmemError
-from devmemtcp.setup import Journal, RssStep
 from devmemtcp.selftest import HDS_SIZES, Selftest
+from devmemtcp.setup import Journal, RssStep
 
 ALL_CASES = [name for name, _d, _m in Selftest.CASES]
 CLI = [sys.executable, "-m", "devmemtcp.cli.main", "selftest"]

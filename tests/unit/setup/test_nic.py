@@ -19,7 +19,17 @@ import pytest
 
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.host import netns
-from devmemtcp.setup import Flow, Journal, NicSetup, RingsStep, RssStep, RuleStep, journals, restore, undo_journal
+from devmemtcp.setup import (
+    Flow,
+    Journal,
+    NicSetup,
+    RingsStep,
+    RssStep,
+    RuleStep,
+    journals,
+    restore,
+    undo_journal,
+)
 from devmemtcp.types import NtupleRule
 
 LO = "lo"
