@@ -80,8 +80,8 @@ def lease(guest: str, phys: str, queue: int, netns: str | None = None) -> dict[s
     (``guest_queue`` is the new queue id on the guest). Raises DevmemError/NetlinkError."""
     from devmemtcp.netlink.netdev import NetdevClient
 
+    phys_ifindex = ifaces.ifindex(phys)  # a misspelt name first: it is the user's to fix
     check_queue_create()
-    phys_ifindex = ifaces.ifindex(phys)
     if netns is None:
         guest_ifindex = ifaces.ifindex(guest)
         with NetdevClient() as client:
