@@ -59,6 +59,7 @@ from devmemtcp.emulation.pool import PoolRegistry, RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
 from devmemtcp.emulation.tokens import TokenTable, expand_runs
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 PAGE_SIZE = abi.PAGE_SIZE
 _REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
@@ -238,7 +239,7 @@ class EmulatedRx:
             return
         if s.ifindex is None:
             s.ifindex = ingress_ifindex(sock)
-        ns = st.netns_id()
+        ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
         q, how = steer(nic, flow_of(sock))

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devmemtcp import abi, codec
-from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.steering import ingress_ifindex
+from devmemtcp.host import netns
 
 U32_MAX = 0xFFFFFFFF
 _SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | abi.MSG_MORE
@@ -80,7 +80,7 @@ class EmulatedTx:
         b = self.netdev.tx_binding(bid)
         route = s.routes.get(bid)
         if route is None:
-            route = s.routes[bid] = (ingress_ifindex(sock), st.netns_id())
+            route = s.routes[bid] = (ingress_ifindex(sock), netns.inode())
         if route != (b.ifindex, b.netns):
             raise oserror(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, "
                                         f"binding {bid} is on {b.ifname} (ifindex {b.ifindex})")
