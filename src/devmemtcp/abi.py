@@ -29,6 +29,9 @@ NETLINK_GET_STRICT_CHK: Final = 12
 
 SO_ZEROCOPY: Final = 60
 SO_BINDTODEVICE: Final = 25
+# u64 cookie of the socket's network namespace, unique for the boot (net/core/sock.c, 5.14+;
+# include/uapi/asm-generic/socket.h: same value on every architecture)
+SO_NETNS_COOKIE: Final = 71
 SO_RCVBUF: Final = 8
 
 # (SO_DEVMEM_LINEAR, SO_DEVMEM_DMABUF, SO_DEVMEM_DONTNEED) per architecture:

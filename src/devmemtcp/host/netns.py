@@ -17,12 +17,15 @@ mounted by a short-lived child process in a private mount namespace, as
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno as _errno
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -165,6 +168,83 @@ def inode() -> int:
         return os.stat("/proc/thread-self/ns/net").st_ino
     except OSError:
         return os.stat("/proc/self/ns/net").st_ino
+
+
+def cookie() -> int:
+    """The netns cookie of the calling thread's network namespace
+    (``getsockopt(SO_NETNS_COOKIE)`` of a socket made here; net/core/sock.c
+    ``sk_getsockopt``, ``sock_net(sk)->net_cookie``): a u64 unique for the
+    boot, never reused, unlike the inode a deleted namespace hands to a new
+    one. Journals and emulated NIC state name a namespace by it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        raw = s.getsockopt(socket.SOL_SOCKET, abi.SO_NETNS_COOKIE, 8)
+    return int.from_bytes(raw, "little" if sys.byteorder == "little" else "big")
+
+
+def _cookie_of_file(path: str) -> int | None:
+    """The cookie of the namespace behind ``path`` (an nsfs file), read in a
+    short-lived thread that setns()es into it; None when this process may not
+    enter it (setns needs CAP_SYS_ADMIN) or it vanished meanwhile."""
+    box: dict[str, int] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            _setns(fd, abi.CLONE_NEWNET)
+            box["cookie"] = cookie()
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=target, name="netns-cookie")
+    t.start()
+    t.join()  # the thread dies in that namespace; the caller's stays put
+    return box.get("cookie")
+
+
+def _ns_files() -> Iterator[str]:
+    """nsfs files that hold a network namespace open: ``ip netns`` names and processes'."""
+    base = Path(abi.NETNS_RUN_DIR)
+    if base.is_dir():
+        for entry in sorted(base.iterdir()):
+            yield str(entry)
+    with contextlib.suppress(OSError):
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                yield f"/proc/{pid}/ns/net"
+
+
+def exists(ns_cookie: int, ns_inode: int | None = None) -> bool | None:
+    """Whether the namespace with cookie ``ns_cookie`` still exists: True,
+    False, or None when that cannot be told (a namespace with its inode
+    exists that this process may not enter).
+
+    ``ns_inode`` (recorded beside the cookie) narrows the search: a namespace
+    lives while a process or a bind mount holds it, and a gone one's inode
+    either is free or names a new namespace with another cookie. Without it
+    every namespace found is entered (root only)."""
+    if ns_cookie == cookie():
+        return True
+    unsure = False
+    seen: set[int] = set()
+    for path in _ns_files():
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            continue
+        if ino in seen or (ns_inode is not None and ino != ns_inode):
+            continue
+        seen.add(ino)
+        c = _cookie_of_file(path)
+        if c == ns_cookie:
+            return True
+        if c is None:
+            unsure = True
+    return None if unsure else False
 
 
 def name_of(ns: int | None = None) -> str | None:
