@@ -45,7 +45,10 @@ class EmulatedBackend:
     ``queues``: RX queue count of NICs that have no state yet (default 4);
     ``recheck_s``: how often a socket's steering is re-read from the NIC state;
     ``stats_interval_s``: how often receiving writes the per-queue counters to
-    the NIC state file (None: only when a binding closes). Thread-safe. Use as
+    the NIC state file (None: only when a binding closes); ``lock_timeout``:
+    seconds to wait for the state lock, which another process may hold
+    (None: ``state.LOCK_TIMEOUT_S``; a LockTimeout names the holder's pid).
+    Thread-safe. Use as
     a context manager (or call :meth:`close`) to unbind this backend's bindings
     and return every socket's tokens.
 
@@ -55,8 +58,9 @@ class EmulatedBackend:
     name: str = "emulated"
 
     def __init__(self, directory: str | None = None, queues: int | None = None,
-                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
-        self.netdev = Netdev(directory, queues)
+                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0,
+                 lock_timeout: float | None = None) -> None:
+        self.netdev = Netdev(directory, queues, lock_timeout)
         self.rx = EmulatedRx(self.netdev, recheck_s, stats_interval_s)
         self.tx = EmulatedTx(self.netdev)
 

@@ -116,11 +116,14 @@ class Netdev:
     """One process's bindings on the emulated NIC (see the module docstring).
 
     ``directory``: state directory (default :func:`devmemtcp.emulation.state.state_dir`);
-    ``queues``: RX queue count of NICs that have no state yet. Thread-safe."""
+    ``queues``: RX queue count of NICs that have no state yet; ``lock_timeout``:
+    seconds to wait for the state lock (None: ``state.LOCK_TIMEOUT_S``). Thread-safe."""
 
-    def __init__(self, directory: str | None = None, queues: int | None = None) -> None:
+    def __init__(self, directory: str | None = None, queues: int | None = None,
+                 lock_timeout: float | None = None) -> None:
         self.directory = directory
         self.queues = queues
+        self.lock_timeout = lock_timeout
         self.pools = PoolRegistry()
         self._lock = threading.Lock()
         self._bindings: dict[int, EmulatedBinding] = {}
@@ -133,7 +136,8 @@ class Netdev:
 
     def nic(self, ifname: str) -> EmulatedNicControl:
         """ethtool control of the emulated NIC on ``ifname`` (DevmemError if no such interface)."""
-        return EmulatedNicControl(ifname, directory=self.directory, queues=self.queues)
+        return EmulatedNicControl(ifname, directory=self.directory, queues=self.queues,
+                                  lock_timeout=self.lock_timeout)
 
     # -- lookups -------------------------------------------------------------
     def rx_binding(self, ns: int, ifname: str, queue: int) -> EmulatedBinding | None:
@@ -177,7 +181,7 @@ class Netdev:
     def _nic_of(self, op: str, ifindex: int) -> tuple[int, str, dict[str, Any]]:
         """(netns id, ifname, NIC state) of ``ifindex``; ENODEV as the kernel's
         netdev_get_by_index when no interface has it in this namespace."""
-        ns = netns.inode()
+        ns = netns.cookie()
         try:
             ifname = socket.if_indextoname(int(ifindex))
         except OSError:
@@ -225,7 +229,7 @@ class Netdev:
             wanted.add(qid)
         self._check_dmabuf(op, dmabuf)
         pid, start = procs.me()
-        with st.locked(self.directory) as d:
+        with st.locked(self.directory, self.lock_timeout) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)
             nic = st.load_nic(ifname, directory=d, ns=ns, queues=self.queues)
@@ -275,7 +279,7 @@ class Netdev:
                                hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")
         self._check_dmabuf(op, dmabuf)
         pid, start = procs.me()
-        with st.locked(self.directory) as d:
+        with st.locked(self.directory, self.lock_timeout) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)
             reg["live"][str(bid)] = {"pid": pid, "start": start, "kind": "tx", "ifindex": int(ifindex),
@@ -338,7 +342,7 @@ class Netdev:
         if not per_nic:
             return
         try:
-            with st.locked(self.directory) as d:
+            with st.locked(self.directory, self.lock_timeout) as d:
                 for (ns, ifname), qstats in per_nic.items():
                     try:
                         nic = st.load_nic(ifname, directory=d, ns=ns, queues=self.queues)

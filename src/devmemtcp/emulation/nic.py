@@ -46,14 +46,17 @@ class EmulatedNicControl:
     """ethtool control of the emulated NIC on ``ifname`` (calling thread's namespace).
 
     ``directory`` overrides the state directory; ``queues`` is the RX queue
-    count used when the NIC has no state yet."""
+    count used when the NIC has no state yet; ``lock_timeout`` the seconds a
+    change waits for the state lock (None: ``state.LOCK_TIMEOUT_S``)."""
 
-    def __init__(self, ifname: str, *, directory: str | None = None, queues: int | None = None) -> None:
+    def __init__(self, ifname: str, *, directory: str | None = None, queues: int | None = None,
+                 lock_timeout: float | None = None) -> None:
         self.ifindex = ifaces.ifindex(ifname)
         self.ifname = ifname
         self._dir = directory
         self._queues = queues
-        self._ns = netns.inode()
+        self.lock_timeout = lock_timeout
+        self._ns = netns.cookie()
 
     # -- helpers -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -64,7 +67,7 @@ class EmulatedNicControl:
         return st.bound_queues(st.load_registry(self._dir), self._ns, self.ifname)
 
     def _update(self, fn: Any) -> Any:
-        with st.locked(self._dir) as d:
+        with st.locked(self._dir, self.lock_timeout) as d:
             s = st.load_nic(self.ifname, directory=d, ns=self._ns, queues=self._queues)
             result = fn(s, st.bound_queues(st.load_registry(d), self._ns, self.ifname))
             st.save_nic(s, d)

@@ -239,7 +239,7 @@ class EmulatedRx:
             return
         if s.ifindex is None:
             s.ifindex = ingress_ifindex(sock)
-        ns = netns.inode()
+        ns = netns.cookie()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
         q, how = steer(nic, flow_of(sock))

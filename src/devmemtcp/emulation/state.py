@@ -4,9 +4,14 @@ Two processes must see the same emulated NIC (``devmemtcp setup`` in one,
 ``devmemtcp recv --no-nic-config`` in another), so everything ethtool would
 keep in the driver lives on disk:
 
-* ``<dir>/<netns inode>-<ifname>.json``: RX channel count, rings
+* ``<dir>/<netns cookie>-<ifname>.json``: RX channel count, rings
   (tcp-data-split, hds-thresh), the RSS indirection table, ntuple rules, and a
-  snapshot of the NIC's stats;
+  snapshot of the NIC's stats. A namespace is named by its netns cookie
+  (``SO_NETNS_COOKIE``, unique for the boot; :func:`devmemtcp.host.netns.cookie`),
+  not its inode, which the kernel hands to the next namespace once one is
+  deleted: a new namespace never inherits a deleted one's header split, RSS
+  or rules. The file also records the namespace's inode (to find out
+  whether it still exists, :func:`collect`) and the state directory;
 * ``<dir>/bindings.json``: the machine-wide binding registry. The kernel keeps
   every dmabuf binding in one global xarray (``net_devmem_dmabuf_bindings``
   in net/core/devmem.c, ``XA_FLAGS_ALLOC1``, ``xa_alloc_cyclic``), so RX and
@@ -19,11 +24,20 @@ binding lives as long as its owner process (pid plus start time, so a reused
 pid does not resurrect it) or until it is closed. Entries of dead owners are
 ignored and pruned on the next write.
 
-The directory is ``$DEVMEMTCP_EMU_DIR`` if set, else ``/run/devmemtcp/emu``
-when writable, else ``$XDG_RUNTIME_DIR/devmemtcp/emu`` or
-``/tmp/devmemtcp-<uid>/emu``. Every read-modify-write holds an exclusive
-``flock`` on ``<dir>/.lock``; files are replaced atomically (write + rename),
-so readers never see a torn file.
+Both files carry ``"version": STATE_VERSION`` and are checked field by field
+on load (:data:`NIC_SCHEMA`, :data:`REGISTRY_SCHEMA`): a file that does not
+fit is moved aside into ``<dir>/corrupt/`` (never deleted, never half
+applied) and reported in one line naming the file, the field and the fix;
+the NIC then starts from its defaults.
+
+The directory is ``$DEVMEMTCP_EMU_DIR`` if set, else ``emu`` under the
+user's private state root (:func:`devmemtcp.host.files.state_root`:
+``/run/devmemtcp/emu`` for root). It must be owned by the user and not
+writable by others (:func:`devmemtcp.host.files.private_dir`, else a clear
+error). Files are 0600, opened without following symlinks, replaced
+atomically (a fresh ``O_EXCL`` file renamed over the old one); every
+read-modify-write holds an exclusive ``flock`` on ``<dir>/.lock`` that gives
+up after a timeout (default :data:`LOCK_TIMEOUT_S`) naming the holder pid.
 """
 
 from __future__ import annotations
@@ -31,15 +45,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import fcntl
 import json
 import os
-import tempfile
+import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from devmemtcp.errors import DevmemError
-from devmemtcp.host import ifaces, netns, procs
+from devmemtcp.host import files, ifaces, netns, procs
+from devmemtcp.host.schema import SchemaError, check_object
 
 # Defaults of a freshly attached emulated NIC (modelled on a bnxt-like NIC):
 # 4 combined channels out of 16, header split left to the driver ("unknown",
@@ -53,35 +68,32 @@ DEFAULT_HDS_THRESH = 256
 DEFAULT_HDS_THRESH_MAX = 1023
 RSS_TABLE_SIZE = 128
 MAX_RULES = 1024  # ntuple rule slots (locations 0..1023)
-STATE_VERSION = 1
+#: Format of the state files; 2 names namespaces by netns cookie (1 used the inode).
+STATE_VERSION = 2
+#: Default seconds to wait for the state lock before giving up (naming the holder).
+LOCK_TIMEOUT_S = 30.0
 
 _ENV_DIR = "DEVMEMTCP_EMU_DIR"
 _ENV_QUEUES = "DEVMEMTCP_EMU_QUEUES"
 
 
 def state_dir() -> str:
-    """The directory holding the emulated NICs' state (created if missing)."""
+    """The directory holding the emulated NICs' state (created 0700 if missing):
+    ``$DEVMEMTCP_EMU_DIR``, else ``emu`` under :func:`devmemtcp.host.files.state_root`.
+
+    Raises DevmemError naming the directory and the fix when it (or the
+    state root above it) is a symlink, owned by another user, or writable by
+    group or others."""
     env = os.environ.get(_ENV_DIR)
-    candidates = [env] if env else []
-    candidates.append("/run/devmemtcp/emu")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        candidates.append(os.path.join(xdg, "devmemtcp", "emu"))
-    candidates.append(os.path.join(tempfile.gettempdir(), f"devmemtcp-{os.getuid()}", "emu"))
-    last: OSError | None = None
-    for path in candidates:
-        try:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError as exc:
-            last = exc
-        if env:
-            break
-    raise DevmemError(
-        f"no writable directory for the emulated NIC state (tried {', '.join(candidates)}): {last}",
-        f"set {_ENV_DIR} to a writable directory",
-    )
+    if env:
+        return str(files.private_dir(os.path.abspath(env)))
+    root = files.private_dir(files.state_root())
+    return str(files.private_dir(root / "emu"))
+
+
+def _dir(directory: str | None) -> str:
+    """``directory`` checked (and created) as a private directory, else :func:`state_dir`."""
+    return str(files.private_dir(directory)) if directory else state_dir()
 
 
 def default_rx_queues() -> int:
@@ -105,49 +117,87 @@ def default_rx_queues() -> int:
 # files
 # ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def locked(directory: str | None = None) -> Iterator[str]:
-    """Hold the state directory's exclusive lock; yields the directory."""
-    d = directory or state_dir()
-    if directory:
-        os.makedirs(d, exist_ok=True)
-    fd = os.open(os.path.join(d, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+def locked(directory: str | None = None, timeout: float | None = None) -> Iterator[str]:
+    """Hold the state directory's exclusive lock; yields the directory.
+
+    ``timeout``: seconds to wait (None: :data:`LOCK_TIMEOUT_S`). Raises
+    :class:`devmemtcp.host.files.LockTimeout` naming the holder's pid when
+    it is not granted in time, DevmemError when the directory is not private."""
+    d = _dir(directory)
+    wait = LOCK_TIMEOUT_S if timeout is None else timeout
+    with files.lock_file(os.path.join(d, ".lock"), timeout=wait, what="the emulated NIC state"):
         yield d
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
+class StateFileError(DevmemError):
+    """A state file that does not fit its schema (moved aside to ``moved_to``)."""
+
+    def __init__(self, message: str, hint: str, moved_to: str | None) -> None:
+        super().__init__(message, hint)
+        self.moved_to = moved_to
+
+
+def set_aside(path: str, subdir: str = "corrupt") -> str | None:
+    """Move ``path`` into ``<its dir>/<subdir>/`` (0700) under a unique name;
+    returns the new path (None when it was gone already)."""
+    p = Path(path)
+    dest_dir = files.private_dir(p.parent / subdir)
+    dest = dest_dir / f"{p.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.{time.monotonic_ns()}"
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        os.rename(p, dest)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise DevmemError(
-            f"emulated NIC state file {path} is unreadable: {exc}",
-            "delete the file to reset the emulated NIC",
-        ) from exc
-    return data if isinstance(data, dict) else None
+    return str(dest)
+
+
+def _corrupt(path: str, why: str, fix: str) -> StateFileError:
+    moved = None
+    with contextlib.suppress(OSError, DevmemError):
+        moved = set_aside(path)
+    where = f"it was moved to {moved}; " if moved else ""
+    return StateFileError(f"emulated NIC state file {path}: {why}", where + fix, moved)
+
+
+def _read_json(path: str, schema: dict[str, Any] | None = None,
+               check: Any = None) -> dict[str, Any] | None:
+    """The checked contents of ``path`` (None when missing). A file that is not
+    JSON, not an object, of another version, or has a field of the wrong type
+    is moved aside and StateFileError raised (one line: file, field, fix)."""
+    try:
+        raw = files.read_private(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DevmemError(f"cannot read emulated NIC state file {path}: {exc.strerror}",
+                          "check the file's owner and mode (it must be yours, 0600)") from None
+    fix = ("the emulated NIC starts again from its defaults; run `devmemtcp restore` for "
+           "journals that recorded changes on it")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(path, f"not JSON ({exc})", fix) from None
+    try:
+        if not isinstance(data, dict):
+            raise SchemaError("(top level)", f"must be an object, not {type(data).__name__}")
+        version = data.get("version")
+        if version != STATE_VERSION:
+            raise SchemaError("version", f"is {version!r}, this devmemtcp reads version {STATE_VERSION}")
+        if schema is not None:
+            check_object(data, schema)
+        if check is not None:
+            check(data)
+    except SchemaError as exc:
+        raise _corrupt(path, str(exc), fix) from None
+    return data
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def nic_path(ifname: str, ns: int | None = None, directory: str | None = None) -> str:
     """Path of the state file of the emulated NIC on ``ifname``."""
-    return os.path.join(directory or state_dir(), f"{ns if ns is not None else netns.inode()}-{ifname}.json")
+    return os.path.join(directory or state_dir(), f"{ns if ns is not None else netns.cookie()}-{ifname}.json")
 
 
 def registry_path(directory: str | None = None) -> str:
@@ -155,14 +205,17 @@ def registry_path(directory: str | None = None) -> str:
     return os.path.join(directory or state_dir(), "bindings.json")
 
 
-def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None) -> dict[str, Any]:
-    """The state of a freshly attached emulated NIC."""
+def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None,
+                directory: str | None = None) -> dict[str, Any]:
+    """The state of a freshly attached emulated NIC (``ns``: the netns cookie)."""
     n = queues if queues is not None else default_rx_queues()
     return {
         "version": STATE_VERSION,
         "ifname": ifname,
         "ifindex": ifindex,
         "netns": ns,
+        "netns_inode": netns.inode() if ns == netns.cookie() else None,
+        "state_dir": directory,
         "channels": {"combined": n, "combined_max": DEFAULT_MAX_QUEUES},
         "rings": {
             "rx": DEFAULT_RING,
@@ -180,38 +233,134 @@ def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None) -
     }
 
 
+#: Types of the NIC state file's fields (checked on load; unknown keys are left alone).
+NIC_SCHEMA: dict[str, Any] = {
+    "version": int, "ifname": str, "ifindex": int, "netns": int, "netns_inode": int | None,
+    "state_dir": str | None,
+    "channels": dict[str, int], "rings": dict[str, Any], "rss": dict[str, Any],
+    "rules": list[dict[str, Any]], "stats": dict[str, dict[str, int]], "caps": dict[str, Any],
+}
+_RINGS_SCHEMA: dict[str, Any] = {
+    "rx": int, "rx_max": int, "tx": int, "tcp_data_split": Literal["unknown", "disabled", "enabled"],
+    "hds_thresh": int, "hds_thresh_max": int,
+}
+_RSS_SCHEMA: dict[str, Any] = {"indir": list[int], "configured": bool}
+_RULE_SCHEMA: dict[str, Any] = {
+    "location": int, "dst_ip": str, "dst_port": int, "queue": int, "src_ip": str | None,
+    "src_port": int | None, "family": int,
+}
+_CAPS_SCHEMA: dict[str, Any] = {"queue_mgmt": bool, "netmem_tx": Literal["dma", "none"]}
+#: Types of the binding registry's fields.
+REGISTRY_SCHEMA: dict[str, Any] = {"version": int, "next": int, "live": dict[str, dict[str, Any]]}
+_BINDING_SCHEMA: dict[str, Any] = {
+    "pid": int, "start": int | None, "kind": Literal["rx", "tx"], "ifindex": int, "ifname": str,
+    "netns": int, "queues": list[int],
+}
+
+
+def _check_nic(ifname: str, ns: int) -> Any:
+    def check(data: dict[str, Any]) -> None:
+        check_object(data["channels"], {"combined": int, "combined_max": int}, "channels")
+        check_object(data["rings"], _RINGS_SCHEMA, "rings")
+        check_object(data["rss"], _RSS_SCHEMA, "rss")
+        for i, rule in enumerate(data["rules"]):
+            check_object(rule, _RULE_SCHEMA, f"rules[{i}]", required=("location", "dst_ip", "dst_port",
+                                                                       "queue"))
+        check_object(data["caps"], _CAPS_SCHEMA, "caps", required=())
+        n = data["channels"]["combined"]
+        if not 1 <= n <= data["channels"]["combined_max"]:
+            raise SchemaError("channels.combined", f"is {n}, not a channel count in 1..combined_max")
+        if len(data["rss"]["indir"]) != RSS_TABLE_SIZE or any(not 0 <= q < n for q in data["rss"]["indir"]):
+            raise SchemaError("rss.indir", f"must be {RSS_TABLE_SIZE} queue numbers below {n}")
+        if data["ifname"] != ifname:
+            raise SchemaError("ifname", f"is {data['ifname']!r}, but the file is for {ifname!r}")
+        if data["netns"] != ns:
+            raise SchemaError("netns", f"is {data['netns']}, but the file is for namespace cookie {ns}")
+    return check
+
+
+def _check_registry(data: dict[str, Any]) -> None:
+    for key, b in data["live"].items():
+        if not key.isdigit():
+            raise SchemaError(f"live.{key}", "is not a binding id")
+        check_object(b, _BINDING_SCHEMA, f"live.{key}", required=("pid", "kind", "ifname", "netns"))
+
+
 def load_nic(ifname: str, *, directory: str | None = None, ns: int | None = None,
              queues: int | None = None) -> dict[str, Any]:
-    """Current state of the emulated NIC on ``ifname`` (a fresh default when
-    none was saved, or when the interface was re-created with a new ifindex).
+    """Current state of the emulated NIC on ``ifname`` in the namespace with
+    cookie ``ns`` (default: the calling thread's); a fresh default when none
+    was saved, or when the interface was re-created with a new ifindex.
 
-    Does not take the lock: files are replaced atomically."""
-    ns = netns.inode() if ns is None else ns
+    Does not take the lock: files are replaced atomically. Raises
+    StateFileError (the file moved aside) when the saved state does not fit
+    :data:`NIC_SCHEMA`."""
+    ns = netns.cookie() if ns is None else ns
     ifindex = ifaces.ifindex(ifname)
-    data = _read_json(nic_path(ifname, ns, directory))
-    if data is None or data.get("version") != STATE_VERSION or data.get("ifindex") != ifindex:
-        return default_nic(ifname, ifindex, ns, queues)
+    d = directory or state_dir()
+    data = _read_json(nic_path(ifname, ns, d), NIC_SCHEMA, _check_nic(ifname, ns))
+    if data is None or data.get("ifindex") != ifindex:
+        return default_nic(ifname, ifindex, ns, queues, d)
     return data
 
 
 def save_nic(state: dict[str, Any], directory: str | None = None) -> None:
-    """Write ``state`` (caller holds :func:`locked`)."""
-    _write_json(nic_path(state["ifname"], state["netns"], directory), state)
+    """Write ``state`` (caller holds :func:`locked`). The first file of a
+    namespace also collects the files of namespaces that are gone."""
+    d = directory or state_dir()
+    path = nic_path(state["ifname"], state["netns"], d)
+    state["state_dir"] = d
+    if state.get("netns_inode") is None and state["netns"] == netns.cookie():
+        state["netns_inode"] = netns.inode()
+    fresh = not os.path.lexists(path)
+    _write_json(path, state)
+    if fresh:
+        collect(d)
+
+
+def collect(directory: str | None = None) -> list[str]:
+    """Delete the NIC state files of namespaces that no longer exist (their
+    interfaces, and what the files record, went with them); returns the
+    paths removed. A namespace that may exist but cannot be checked (this
+    process may not enter it) keeps its files. Caller holds :func:`locked`."""
+    d = directory or state_dir()
+    here = netns.cookie()
+    removed: list[str] = []
+    verdict: dict[int, bool | None] = {}
+    for name in sorted(os.listdir(d)):
+        head, sep, _rest = name.partition("-")
+        if not sep or not name.endswith(".json") or not head.isdigit() or int(head) == here:
+            continue
+        path = os.path.join(d, name)
+        cookie = int(head)
+        if cookie not in verdict:
+            try:
+                data = json.loads(files.read_private(path))
+                ino = data.get("netns_inode") if isinstance(data, dict) else None
+            except (OSError, ValueError, DevmemError):
+                ino = None
+            verdict[cookie] = netns.exists(cookie, ino if isinstance(ino, int) else None)
+        if verdict[cookie] is False:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def load_registry(directory: str | None = None) -> dict[str, Any]:
-    """The binding registry with dead owners' bindings dropped."""
-    data = _read_json(registry_path(directory)) or {}
+    """The binding registry with dead owners' bindings dropped. Raises
+    StateFileError (the file moved aside) when it does not fit :data:`REGISTRY_SCHEMA`."""
+    data = _read_json(registry_path(directory), REGISTRY_SCHEMA, _check_registry) or {}
     live = {}
     for key, b in (data.get("live") or {}).items():
-        if procs.alive(int(b["pid"]), int(b["start"])):
+        if procs.alive(int(b["pid"]), b.get("start")):
             live[key] = b
-    return {"next": int(data.get("next", 1)), "live": live}
+    return {"version": STATE_VERSION, "next": int(data.get("next", 1)), "live": live}
 
 
 def save_registry(reg: dict[str, Any], directory: str | None = None) -> None:
     """Write the registry (caller holds :func:`locked`)."""
-    _write_json(registry_path(directory), reg)
+    _write_json(registry_path(directory), dict(reg, version=STATE_VERSION))
 
 
 U32_MAX = 0xFFFFFFFF

@@ -80,7 +80,7 @@ class EmulatedTx:
         b = self.netdev.tx_binding(bid)
         route = s.routes.get(bid)
         if route is None:
-            route = s.routes[bid] = (ingress_ifindex(sock), netns.inode())
+            route = s.routes[bid] = (ingress_ifindex(sock), netns.cookie())
         if route != (b.ifindex, b.netns):
             raise oserror(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, "
                                         f"binding {bid} is on {b.ifname} (ifindex {b.ifindex})")

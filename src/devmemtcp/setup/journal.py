@@ -15,7 +15,15 @@ its ``step``. :meth:`Journal.load` checks every field it knows against its
 type (a journal without ``version`` is version 1) and raises DevmemError
 naming the file, the field and the fix when one is missing or of the wrong
 type, so a hand-edited or foreign file is refused before anything is undone.
-``JOURNAL_DIR`` is ``$DEVMEMTCP_JOURNAL_DIR`` or /run/devmemtcp.
+``JOURNAL_DIR`` is ``$DEVMEMTCP_JOURNAL_DIR`` or the user's private state
+root (/run/devmemtcp for root): 0700, owned by the user (else refused);
+journals and locks are 0600 and opened without following symlinks.
+
+Every journal records its namespace by inode (``netns``) and netns cookie
+(``netns_cookie``, unique for the boot: the inode is reused) and, for the
+emulated backend, the emulated NIC's state directory (``emu_dir``). A
+journal that does not load is set aside into ``corrupt/``; one whose
+namespace is gone into ``stale/`` (:mod:`devmemtcp.setup.restore`).
 """
 
 from __future__ import annotations
@@ -23,21 +31,22 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from devmemtcp.errors import DevmemError
-from devmemtcp.host import netns
-from devmemtcp.host.schema import SchemaError, check, check_fields
+from devmemtcp.host import files, netns
+from devmemtcp.host.schema import SchemaError, check, check_fields, check_object
 from devmemtcp.host.schema import json_type as _json_type
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Binding, NicControl
 
+#: root's journal directory; other users' is their private state root (host.files.state_root)
 DEFAULT_JOURNAL_DIR = Path("/run/devmemtcp")
 JOURNAL_DIR_ENV = "DEVMEMTCP_JOURNAL_DIR"
 #: The format this devmemtcp writes and reads (a journal without "version" is 1).
@@ -46,9 +55,41 @@ JOURNAL_VERSION = 1
 E = TypeVar("E", bound="Entry")
 
 
+#: seconds to wait for a journal's lock before giving up (naming the holder)
+LOCK_TIMEOUT_S = 30.0
+#: subdirectories of the journal directory for journals set aside
+CORRUPT_DIR = "corrupt"
+STALE_DIR = "stale"
+
+
 def default_journal_dir() -> Path:
-    """``$DEVMEMTCP_JOURNAL_DIR`` if set (read at each call), else /run/devmemtcp."""
-    return Path(os.environ.get(JOURNAL_DIR_ENV) or DEFAULT_JOURNAL_DIR)
+    """``$DEVMEMTCP_JOURNAL_DIR`` if set (read at each call), else the user's
+    private state root (:func:`devmemtcp.host.files.state_root`:
+    /run/devmemtcp for root). Not created here; :meth:`Journal.save` and
+    :func:`journal_lock` create and check it (0700, owned by the user)."""
+    env = os.environ.get(JOURNAL_DIR_ENV)
+    return Path(os.path.abspath(env)) if env else files.state_root()
+
+
+class JournalError(DevmemError):
+    """A journal that cannot be used: unreadable, or a field that does not fit.
+    ``moved_to``: where it was set aside (None: left in place)."""
+
+    def __init__(self, message: str, hint: str, moved_to: Path | None = None) -> None:
+        super().__init__(message, hint)
+        self.moved_to = moved_to
+
+
+def set_aside(path: Path, subdir: str) -> Path | None:
+    """Move journal ``path`` into ``<its dir>/<subdir>/`` (0700) under a unique
+    name, never over another one; returns the new path (None: it was gone)."""
+    dest_dir = files.private_dir(path.parent / subdir)
+    dest = dest_dir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:
+        return None
+    return dest
 
 
 def journal_name(ifname: str, ns: int | None = None) -> str:
@@ -148,8 +189,10 @@ META_SCHEMA: dict[str, Any] = {
     "version": int, "ifname": str, "pid": int | None, "created": float, "backend": str,
     "netns": int | None, "ifindex": int | None, "queues": list[int], "flow": dict[str, Any] | None,
     "members": list[dict[str, Any]], "kept": bool, "selftest": bool,
+    "netns_cookie": int | None, "emu_dir": str | None, "spread": int | None,
 }
-_MEMBER_SCHEMA: dict[str, Any] = {"pid": int, "start": int | None, "id": str | None}
+_MEMBER_SCHEMA: dict[str, Any] = {"pid": int, "start": int | None, "id": str | None,
+                                  "queues": list[int] | None}
 
 
 def _check_meta(data: Any) -> None:
@@ -162,11 +205,7 @@ def _check_meta(data: Any) -> None:
         if key in data:
             check(data[key], tp, key)
     for i, m in enumerate(data.get("members") or []):
-        for key, tp in _MEMBER_SCHEMA.items():
-            if key in m:
-                check(m[key], tp, f"members[{i}].{key}")
-        if "pid" not in m:
-            raise SchemaError(f"members[{i}].pid", "is missing")
+        check_object(m, _MEMBER_SCHEMA, f"members[{i}]", required=("pid",))
     if not isinstance(data["entries"], list):
         raise SchemaError("entries", f"must be a list of objects, not {_json_type(data['entries'])}")
 
@@ -198,57 +237,69 @@ class Journal:
         self.entries: list[Entry] = []
 
     @classmethod
-    def load(cls, path: Path) -> Journal:
-        """Read and check a journal file.
+    def load(cls, path: Path, *, set_aside_bad: bool = True) -> Journal:
+        """Read and check a journal file (opened without following symlinks;
+        it must be the user's own).
 
-        Raises DevmemError ("cannot read undo journal PATH: ...") when it is
-        not JSON, when a field is missing or of the wrong type (the message
-        names the field), or when its version is not one this devmemtcp reads.
+        Raises JournalError ("cannot read undo journal PATH: ...", one line) when it is
+        not JSON, when a field is missing or of the wrong type, when its
+        ``ifname`` is not the one its file name says (the message names the
+        field), or when its version is not one this devmemtcp reads. A bad
+        journal is moved into ``corrupt/`` beside it (``set_aside_bad``), so
+        it is never half applied, never deleted, and the others still
+        replay; a journal of a *newer* version stays where it is for the
+        devmemtcp that wrote it.
         """
-        fix = ("fix or remove that field if you edited the file; otherwise undo the NIC settings by hand "
-               "(ethtool) and delete the file")
+        path = Path(path)
+        fix = ("nothing it records was undone: fix or remove that field if you edited the file and move it "
+               "back, otherwise undo the NIC settings by hand (ethtool) and delete the file")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DevmemError(f"cannot read undo journal {path}: {exc}",
-                              "inspect the file; delete it only if you restored the NIC by hand") from None
+            data = json.loads(files.read_private(path))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise cls._bad(path, f"not JSON ({exc})", fix, set_aside_bad) from None
+        except OSError as exc:
+            raise JournalError(f"cannot read undo journal {path}: {exc.strerror or exc}",
+                               "check the file's owner and mode (it must be yours, 0600)") from None
+        version = data.get("version", 1) if isinstance(data, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > JOURNAL_VERSION:
+            raise JournalError(
+                f"cannot read undo journal {path}: field 'version' is {version}, this devmemtcp reads "
+                f"version {JOURNAL_VERSION}",
+                "run `devmemtcp restore` with the devmemtcp that wrote it (a newer one), then upgrade")
         try:
             _check_meta(data)
-            version = data.get("version", 1)
             if version != JOURNAL_VERSION:
-                raise DevmemError(
-                    f"cannot read undo journal {path}: field 'version' is {version}, this devmemtcp reads "
-                    f"version {JOURNAL_VERSION}",
-                    "run `devmemtcp restore` with the devmemtcp that wrote it (a newer one), then upgrade")
-            j = cls(data["ifname"], path.parent)
+                raise SchemaError("version", f"is {version!r}, this devmemtcp reads {JOURNAL_VERSION}")
+            ifname = data["ifname"]
+            if not ifname or "/" in ifname or ifname.startswith(".") or not (
+                    path.name == f"{ifname}.json" or path.name.startswith(f"{ifname}@")):
+                raise SchemaError("ifname", f"is {ifname!r}, but the file {path.name} is another interface's")
+            j = cls(ifname, path.parent)
             j.path = path
             j.entries = [entry_from_dict(e, f"entries[{i}]") for i, e in enumerate(data["entries"])]
         except SchemaError as exc:
-            raise DevmemError(f"cannot read undo journal {path}: {exc}", fix) from None
+            raise cls._bad(path, str(exc), fix, set_aside_bad) from None
         j.meta = {k: v for k, v in data.items() if k not in ("entries", "version", "ifname")}
         return j
+
+    @staticmethod
+    def _bad(path: Path, why: str, fix: str, move: bool) -> JournalError:
+        moved = None
+        if move:
+            with contextlib.suppress(OSError, DevmemError):
+                moved = set_aside(path, CORRUPT_DIR)
+        where = f"it was moved to {moved}; " if moved else ""
+        return JournalError(f"cannot read undo journal {path}: {why}", where + fix, moved)
 
     def exists(self) -> bool:
         return self.path.exists()
 
     def save(self) -> None:
         """Write the journal atomically (temporary file, fsync, rename, fsync of the directory)."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files.private_dir(self.dir)
         data = dict(self.meta, version=JOURNAL_VERSION, ifname=self.ifname,
                     entries=[e.to_dict() for e in self.entries])
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data, indent=1).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        files.atomic_write(self.path, json.dumps(data, indent=1).encode())
 
     def append(self, entry: E) -> E:
         """Add ``entry`` and save (before the change it records is made)."""
@@ -263,13 +314,16 @@ class Journal:
 
 
 @contextlib.contextmanager
-def journal_lock(journal: Journal) -> Iterator[None]:
-    """Exclusive ``flock`` on ``DIR/.NAME.lock``: one process at a time reads and
-    changes an interface's journal (and the settings it records)."""
-    journal.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(journal.dir / f".{journal.path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+def journal_lock(journal: Journal, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive ``flock`` on ``DIR/.NAME.lock`` (0600, in a 0700 directory of
+    the user's): one process at a time reads and changes an interface's
+    journal (and the settings it records).
+
+    ``timeout``: seconds to wait (None: :data:`LOCK_TIMEOUT_S`). Raises
+    :class:`devmemtcp.host.files.LockTimeout` naming the holder's pid when
+    not granted in time; DevmemError when the directory is not private."""
+    files.private_dir(journal.dir)
+    wait = LOCK_TIMEOUT_S if timeout is None else timeout
+    with files.lock_file(journal.dir / f".{journal.path.name}.lock", timeout=wait,
+                         what=f"the undo journal of {journal.ifname}"):
         yield
-    finally:
-        os.close(fd)
