@@ -22,6 +22,7 @@ that created it.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,14 @@ class EmulatedBackend:
         self.netdev = Netdev(directory, queues, lock_timeout)
         self.rx = EmulatedRx(self.netdev, recheck_s, stats_interval_s)
         self.tx = EmulatedTx(self.netdev)
+
+    @property
+    def state_dir(self) -> str:
+        """The emulated NICs' state directory this backend uses (checked, created
+        0700): recorded in undo journals so ``restore`` undoes the same NIC."""
+        from devmemtcp.emulation import state
+
+        return os.path.abspath(self.netdev.directory) if self.netdev.directory else state.state_dir()
 
     # -- lifetime ------------------------------------------------------------
     def close(self) -> None:

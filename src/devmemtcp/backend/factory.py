@@ -14,7 +14,8 @@ __all__ = ["open_backend"]
 
 
 def open_backend(name: str | Backend = "auto", ifname: str | None = None,
-                 direction: Literal["rx", "tx"] = "rx") -> tuple[Backend, str]:
+                 direction: Literal["rx", "tx"] = "rx", *, emu_dir: str | None = None,
+                 lock_timeout: float | None = None) -> tuple[Backend, str]:
     """Make the backend ``name`` names: returns ``(backend, reason)``.
 
     ``name`` is ``"kernel"``, ``"emulated"``, ``"auto"`` or a Backend object
@@ -25,6 +26,10 @@ def open_backend(name: str | Backend = "auto", ifname: str | None = None,
     the JSON's ``backend_reason``). The caller owns the backend: close it (or
     use it as a context manager) when done.
 
+    ``emu_dir`` and ``lock_timeout`` go to an emulated backend: its state
+    directory (default ``$DEVMEMTCP_EMU_DIR`` or the private default) and the
+    seconds it waits for another process's state lock (default 30 s).
+
     Raises DevmemError for an unknown name, and for ``auto`` without ``ifname``.
     """
     if not isinstance(name, str):
@@ -32,7 +37,7 @@ def open_backend(name: str | Backend = "auto", ifname: str | None = None,
     if name == "emulated":
         from devmemtcp.backend.emulated import EmulatedBackend
 
-        return EmulatedBackend(), "asked for (--backend emulated)"
+        return EmulatedBackend(directory=emu_dir, lock_timeout=lock_timeout), "asked for (--backend emulated)"
     if name == "kernel":
         from devmemtcp.backend.kernel import KernelBackend
 
@@ -62,7 +67,7 @@ def open_backend(name: str | Backend = "auto", ifname: str | None = None,
         reason = f"doctor unavailable ({exc})"
     from devmemtcp.backend.emulated import EmulatedBackend
 
-    return EmulatedBackend(), reason
+    return EmulatedBackend(directory=emu_dir, lock_timeout=lock_timeout), reason
 
 
 def _doctor_reason(report: DoctorReport, direction: str) -> str:

@@ -8,14 +8,22 @@ in the directory is replayed. A journal written in another network namespace
 is replayed inside that namespace when ``ip netns`` knows it (or with
 ``--netns NAME``).
 
+Each journal is replayed on its own: one that does not load is set aside
+into ``corrupt/``, one whose network namespace is gone (told by netns
+cookie) into ``stale/``, and the others are still replayed. "restored" is
+true only for journals whose changes were actually put back.
+
 Exit status: 0 restored (or nothing to restore), 1 something could not be
-undone (it stays in the journal; fix the cause and run restore again), 2 bad
-input (e.g. the owning process is still running: it restores on exit).
+undone (it stays in the journal; fix the cause and run restore again), 2 a
+journal could not be replayed (corrupt, another namespace, its owner still
+running: the error names it and the fix).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ from devmemtcp.cli.setup import add_common
 from devmemtcp.errors import DevmemError
 from devmemtcp.host import netns as host_netns
 from devmemtcp.setup import Journal, default_journal_dir, journal_name, journals, restore
+from devmemtcp.setup.journal import STALE_DIR, JournalError, set_aside
 
 EXAMPLES = """\
 examples:
@@ -41,27 +50,75 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
 
 
+def _report(path: Path, ifname: str, netns: str | None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"ifname": ifname, "netns": netns, "journal": str(path), "done": [],
+                           "unchanged": [], "failed": [], "restored": False}
+    out.update(extra)
+    return out
+
+
 def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
     """Replay the journal at ``path`` in its namespace; returns ``{ifname, netns,
-    journal, done, failed, restored}``."""
-    j = Journal.load(path)
+    journal, done, unchanged, failed, restored}`` (plus ``error``, ``hint`` and
+    ``moved_to`` when it could not be replayed, ``stale`` when its namespace
+    is gone). Never raises DevmemError: one journal's trouble is reported and
+    the others still replay. A journal that does not load is set aside into
+    ``corrupt/``; one whose namespace no longer exists (by netns cookie) into
+    ``stale/``: nothing it records can be undone any more."""
+    stem = path.name.removesuffix(".json").split("@")[0]
+    try:
+        j = Journal.load(path)
+    except JournalError as exc:
+        return _report(path, stem, netns, error=exc.message, hint=exc.hint,
+                       moved_to=str(exc.moved_to) if exc.moved_to else None)
     ifname = j.ifname
-    if netns is None:
-        ns = j.meta.get("netns")
-        if isinstance(ns, int) and ns != host_netns.inode():
-            netns = host_netns.name_of(ns)
-            if netns is None:
-                raise DevmemError(
-                    f"the journal {path} belongs to network namespace net:[{ns}], which has no "
-                    "ip-netns name (or is gone)",
-                    f"run restore inside it (nsenter --net=/proc/PID/ns/net devmemtcp restore {ifname}); "
-                    "if the namespace is gone its interfaces are too: delete the journal")
-    if netns:
-        result = host_netns.run_in(netns, restore, ifname, journal_dir=path.parent, force=force)
-    else:
-        result = restore(ifname, journal_dir=path.parent, force=force)
-    return {"ifname": ifname, "netns": netns, "journal": str(path), "done": [list(x) for x in result.done],
-            "failed": [list(x) for x in result.failed], "restored": result.ok}
+    try:
+        if netns is None:
+            netns = _namespace_of(j)
+        if netns:
+            result = host_netns.run_in(netns, restore, ifname, journal_dir=path.parent, force=force)
+        else:
+            result = restore(ifname, journal_dir=path.parent, force=force)
+    except _Stale as stale:
+        moved = None
+        with contextlib.suppress(OSError, DevmemError):
+            moved = set_aside(path, STALE_DIR)
+        return _report(path, ifname, None, stale=True, moved_to=str(moved) if moved else None,
+                       note=f"{stale.message}: nothing is left to undo; journal set aside to {moved}")
+    except DevmemError as exc:
+        return _report(path, ifname, netns, error=exc.message, hint=exc.hint)
+    return _report(path, ifname, netns, done=[list(x) for x in result.done],
+                   unchanged=[list(x) for x in result.unchanged], failed=[list(x) for x in result.failed],
+                   restored=result.restored)
+
+
+class _Stale(DevmemError):
+    """The journal's namespace no longer exists."""
+
+
+def _namespace_of(j: Journal) -> str | None:
+    """The ``ip netns`` name to replay ``j`` in (None: here). Raises _Stale when
+    its namespace is gone, DevmemError when it lives but cannot be entered by name."""
+    cookie = j.meta.get("netns_cookie")
+    ino = j.meta.get("netns")
+    ino = ino if isinstance(ino, int) else None
+    if isinstance(cookie, int):
+        if cookie == host_netns.cookie():
+            return None
+        alive = host_netns.exists(cookie, ino)
+        if alive is False:
+            raise _Stale(f"its network namespace (cookie {cookie}, net:[{ino}]) no longer exists",
+                         "its interfaces went with it")
+    elif ino is None or ino == host_netns.inode():
+        return None
+    name = host_netns.name_of(ino) if ino is not None else None
+    if name is None or (isinstance(cookie, int) and host_netns.run_in(name, host_netns.cookie) != cookie):
+        raise DevmemError(
+            f"the journal {j.path} belongs to network namespace net:[{ino}], which has no "
+            "ip-netns name (or is gone)",
+            f"run restore inside it (nsenter --net=/proc/PID/ns/net devmemtcp restore {j.ifname}); "
+            "if the namespace is gone its interfaces are too: delete the journal")
+    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,21 +127,40 @@ def run(args: argparse.Namespace) -> int:
         inode = host_netns.run_in(args.netns, host_netns.inode)
         paths = [p for p in paths if p.name == journal_name(p.stem.split("@")[0], inode)]
     reports = [restore_one(p, args.netns, args.force) for p in paths]
-    ok = all(r["restored"] for r in reports)
+    errors = [r for r in reports if "error" in r]
+    ok = not errors and all(not r["failed"] for r in reports)
     if args.json:
-        common.print_json({"restored": ok, "interfaces": reports})
-    elif not reports:
-        what = f"for {args.ifname} " if args.ifname else ""
-        common.note(f"nothing to restore: no journals {what}in {args.journal_dir or default_journal_dir()}")
+        common.print_json({"restored": ok and any(r["restored"] for r in reports), "ok": ok,
+                           "interfaces": reports})
+    elif not reports or len(errors) == len(reports):
+        if not reports:
+            what = f"for {args.ifname} " if args.ifname else ""
+            where = args.journal_dir or default_journal_dir()
+            common.note(f"nothing to restore: no journals {what}in {where}")
     else:
         for r in reports:
+            if "error" in r:
+                continue
             rows: dict[str, Any] = {}
             for step, detail in r["done"]:
                 rows[step] = detail
+            for step, detail in r["unchanged"]:
+                rows[f"{step} (nothing to undo)"] = detail
             for step, detail in r["failed"]:
                 rows[f"{step} (FAILED)"] = detail
+            if r.get("moved_to"):
+                rows["journal set aside"] = r["moved_to"]
             if r.get("note"):
                 rows["note"] = r["note"]
+            elif not r["done"] and not r["failed"]:
+                rows["note"] = "nothing needed undoing: the NIC was already as before"
             common.print_summary(f"devmemtcp restore {r['ifname']}"
                                  + (f" (netns {r['netns']})" if r["netns"] else ""), rows)
-    return 0 if ok else 1
+    for r in reports:
+        if r.get("stale"):
+            common.note(f"{r['journal']}: {r['note']}")
+    for r in errors:  # one journal's trouble does not stop the others; each is told here
+        print(f"devmemtcp restore: error: {r['error']}", file=sys.stderr)
+        if r.get("hint"):
+            print(f"hint: {r['hint']}", file=sys.stderr)
+    return 2 if errors else 0 if ok else 1

@@ -107,6 +107,12 @@ def journal_name(ifname: str, ns: int | None = None) -> str:
 # Entries
 # ---------------------------------------------------------------------------
 
+class Unchanged(str):
+    """What :meth:`Entry.undo` returns when it found nothing to put back (the
+    setting was already as before, the rule is gone or is not ours): the
+    entry is done with, but nothing was restored."""
+
+
 #: Entry classes by step name, in the fixed order the steps run (registration order).
 ENTRY_TYPES: dict[str, type[Entry]] = {}
 
@@ -131,7 +137,8 @@ class Entry(abc.ABC):
     @abc.abstractmethod
     def undo(self, nic: NicControl, binding: Binding | None) -> str:
         """Put back what this entry changed on ``nic`` (``binding``: the live
-        binding of the setup undoing it, if any); returns what was done.
+        binding of the setup undoing it, if any); returns what was done
+        (an :class:`Unchanged` when nothing needed putting back).
         Raises the backend's error on failure (the entry then stays)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,7 +199,7 @@ META_SCHEMA: dict[str, Any] = {
     "netns_cookie": int | None, "emu_dir": str | None, "spread": int | None,
 }
 _MEMBER_SCHEMA: dict[str, Any] = {"pid": int, "start": int | None, "id": str | None,
-                                  "queues": list[int] | None}
+                                  "queues": list[int] | None, "bind": bool | None}
 
 
 def _check_meta(data: Any) -> None:

@@ -10,9 +10,11 @@ wanted value is not journaled, and a rule is deleted only if the rule found
 at its location is the one this tool inserted.
 
 Several flows may share a NIC: a NicSetup started while another live one
-holds the journal joins it (same devmem queues and channel count, else it is
-refused), adds its own rule, and leaves the shared settings (channels, header
-split, RSS) to the last one out. Each journal entry names its owner (pid,
+holds the journal joins it (same channel count, else it is refused), takes
+devmem queues no other flow holds (picked, highest first, when ``queues`` is
+None), adds its own rule, narrows the shared RSS spread to stay below every
+flow's queues, and leaves the shared settings (channels, header split, RSS)
+to the last one out. Each journal entry names its owner (pid,
 process start time, setup id); the journal is read and changed under an
 exclusive ``flock``; ``restore`` undoes only what setups that are gone left.
 
@@ -78,7 +80,10 @@ class NicSetup:
         backend: the Backend (kernel or emulated); the NIC is ``backend.nic(ifname)``.
         ifname: the interface (in the caller's network namespace).
         queues: ``(start, count)``: the devmem RX queues; ``start >= 1`` so
-            RSS keeps queues ``0..start-1`` for other traffic.
+            RSS keeps queues ``0..start-1`` for other traffic. None: one
+            queue, the highest that no other flow on this machine holds
+            (a live setup's member or a live binding), picked under the
+            journal lock; ``self.queues`` says which once applied.
         flow: a :class:`~devmemtcp.setup.steps.Flow` or ``(dst_ip, dst_port[,
             src_ip[, src_port]])``; needed for the ``rule`` step.
         journal_dir: where the undo journal lives (default $DEVMEMTCP_JOURNAL_DIR, else
@@ -94,6 +99,9 @@ class NicSetup:
         on_step: ``on_step(stage, step)`` called with stage ``"journaled"``
             (recorded, not yet made) and ``"applied"``: for progress output
             and crash tests.
+        lock_timeout: seconds to wait for the journal's lock (another
+            devmemtcp may hold it; None: 30 s); a
+            :class:`~devmemtcp.host.files.LockTimeout` names the holder.
 
     Use as a context manager, or call :meth:`apply` then :meth:`undo`
     (:meth:`keep` leaves the NIC configured with the journal on disk, for
@@ -102,13 +110,15 @@ class NicSetup:
     Raises DevmemError when a journal for ``ifname`` already exists.
     """
 
-    def __init__(self, backend: Backend, ifname: str, *, queues: tuple[int, int],
+    def __init__(self, backend: Backend, ifname: str, *, queues: tuple[int, int] | None,
                  flow: Flow | tuple[Any, ...] | None = None,
                  journal_dir: Path | str | None = None, dmabuf: DmaBuf | None = None,
                  channels: int | None = None, steps: tuple[str, ...] | list[str] | None = None,
                  handle_signals: bool = True,
-                 on_step: Callable[[str, str], None] | None = None) -> None:
-        start, count = int(queues[0]), int(queues[1])
+                 on_step: Callable[[str, str], None] | None = None,
+                 lock_timeout: float | None = None) -> None:
+        self.auto_queues = queues is None
+        start, count = (1, 1) if queues is None else (int(queues[0]), int(queues[1]))
         if start < 0 or count < 1:
             raise DevmemError(f"bad queue range start {start} count {count}",
                               "give --queues START[:COUNT] with COUNT >= 1")
@@ -132,6 +142,11 @@ class NicSetup:
         self.journal = Journal(ifname, journal_dir)
         self.handle_signals = handle_signals
         self.on_step = on_step
+        self.lock_timeout = lock_timeout
+        #: RSS spreads other traffic over queues 0..spread-1 (below every flow's devmem queues)
+        self.spread = start
+        #: {queue: pid} of devmem queues other flows held when this one picked its own
+        self.held: dict[int, int | None] = {}
         self.binding: Binding | None = None
         self.rule: NtupleRule | None = None
         self.report: list[dict[str, Any]] = []
@@ -191,7 +206,7 @@ class NicSetup:
             return self
         self._install_signals()
         try:
-            with journal_lock(self.journal):
+            with journal_lock(self.journal, self.lock_timeout):
                 self._join_or_start()
                 _restore.LIVE.add(self.id)
                 try:
@@ -222,19 +237,79 @@ class NicSetup:
                     f"undo journal {self.journal.path}",
                     f"run 'devmemtcp restore {self.ifname}' first, or use --no-nic-config to keep that setup")
             if live:
+                self._take_queues(other, live)
+                spread = other.meta.get("spread")
+                if not isinstance(spread, int):
+                    spread = int((other.meta.get("queues") or [self.queues[0]])[0])
+                self.spread = other.meta["spread"] = min(spread, self.queues[0])
                 other.meta["members"] = [*live, self.owner]
                 self.journal = other
                 self.joined = sorted({int(m["pid"]) for m in live})
                 self.journal.save()
                 return
+        self._take_queues(None, [])
+        self.spread = self.queues[0]
         self.journal.entries = []
         self.journal.meta = {
             "pid": os.getpid(), "created": time.time(), "backend": self.backend.name,
-            "netns": netns.inode(), "ifindex": getattr(self.nic, "ifindex", None),
-            "queues": list(self.queues), "flow": asdict(self.flow) if self.flow else None,
+            "netns": netns.inode(), "netns_cookie": netns.cookie(),
+            "emu_dir": getattr(self.backend, "state_dir", None),
+            "ifindex": getattr(self.nic, "ifindex", None),
+            "queues": list(self.queues), "spread": self.spread,
+            "flow": asdict(self.flow) if self.flow else None,
             "members": [self.owner],
         }
         self.journal.save()
+
+    def _held_queues(self, journal: Journal | None, live: list[dict[str, Any]]) -> dict[int, int | None]:
+        """``{queue: pid}`` of the devmem queues other flows hold: the live members
+        of ``journal`` (their recorded queues; the journal's for older members)
+        and live bindings the NIC reports (the emulated NIC's registry)."""
+        held: dict[int, int | None] = {}
+        for m in live:
+            if m.get("bind") is False and not self.auto_queues:
+                continue  # a setup without a binding shares its queue (setup + recv --no-nic-config)
+            qs = m.get("queues")
+            if qs is None and journal is not None:
+                first = journal.meta.get("queues") or []
+                qs = list(range(int(first[0]), int(first[0]) + int(first[1]))) if len(first) == 2 else []
+            for q in qs or []:
+                held[int(q)] = int(m["pid"])
+        bound = getattr(self.nic, "bound_queues", None)
+        if callable(bound):
+            for q in bound():
+                held.setdefault(int(q), None)
+        return held
+
+    def _take_queues(self, journal: Journal | None, live: list[dict[str, Any]]) -> None:
+        """(under the lock) Pick this flow's devmem queue when none was given
+        (the highest one no other flow holds), or check the given ones are free."""
+        held = self._held_queues(journal, live)
+        self.held = held
+        if self.auto_queues:
+            n = self.nic.rx_queue_count()
+            free = [q for q in range(n - 1, 0, -1) if q not in held]
+            if not free:
+                who = ", ".join(f"{q} (pid {p})" if p else str(q) for q, p in sorted(held.items()))
+                raise DevmemError(
+                    f"no free devmem queue on {self.ifname}: " + (
+                        f"it has {n} RX queue(s), queue 0 stays for other traffic" if n < 2 else
+                        f"queues 1..{n - 1} are held by other flows: {who}"),
+                    f"raise the channel count (ethtool -L {self.ifname} combined {n + 1}), "
+                    "or wait for one of those flows to end")
+            self.queues = (free[0], 1)
+        else:
+            start, count = self.queues
+            binds = self.dmabuf is not None and "bind" in self.steps
+            clash = sorted(q for q in range(start, start + count) if q in held) if binds else []
+            if clash:
+                p = held[clash[0]]
+                raise DevmemError(
+                    f"{self.ifname} queue {clash[0]} is held by another devmem flow"
+                    + (f" (pid {p})" if p else ""),
+                    "leave out --queues to get a free queue, or give queues no other flow holds")
+        self.owner["queues"] = list(range(self.queues[0], self.queues[0] + self.queues[1]))
+        self.owner["bind"] = self.dmabuf is not None and "bind" in self.steps
 
     # -- undo / keep ---------------------------------------------------------
     def undo(self) -> UndoResult:
@@ -252,7 +327,7 @@ class NicSetup:
         for sig in self._old_handlers:
             signal.signal(sig, hold)
         try:
-            with journal_lock(self.journal):
+            with journal_lock(self.journal, self.lock_timeout):
                 result = self._undo_locked()
         finally:
             self._restore_signals()
@@ -296,7 +371,7 @@ class NicSetup:
         self._restore_signals()
         self._applied = False
         _restore.LIVE.discard(self.id)
-        with journal_lock(self.journal):
+        with journal_lock(self.journal, self.lock_timeout):
             if self.journal.exists():
                 self.journal = Journal.load(self.journal.path)
             self.journal.meta["members"] = [m for m in live_members(self.journal) if m.get("id") != self.id]

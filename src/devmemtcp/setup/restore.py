@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError
 from devmemtcp.host import netns, procs
-from devmemtcp.setup.journal import Entry, Journal, default_journal_dir, journal_lock
+from devmemtcp.setup.journal import Entry, Journal, Unchanged, default_journal_dir, journal_lock
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding, NicControl
@@ -28,14 +28,23 @@ LIVE: set[str] = set()
 
 @dataclass
 class UndoResult:
-    """What an undo pass did: ``done`` and ``failed`` hold ``(step, detail)``."""
+    """What an undo pass did, each as ``(step, detail)``: ``done`` the changes
+    actually put back, ``unchanged`` entries that found nothing to undo (the
+    setting was already as before, the rule gone), ``failed`` those whose
+    undo failed (they stay in the journal)."""
 
     done: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def restored(self) -> bool:
+        """Something was put back and nothing failed."""
+        return bool(self.done) and not self.failed
 
 
 def owner_alive(owner: dict[str, Any] | None) -> bool:
@@ -82,7 +91,8 @@ def undo_journal(journal: Journal, nic: NicControl, binding: Binding | None = No
         if select is not None and not select(entry):
             continue
         try:
-            result.done.append((entry.step, entry.undo(nic, binding)))
+            detail = entry.undo(nic, binding)
+            (result.unchanged if isinstance(detail, Unchanged) else result.done).append((entry.step, detail))
             journal.entries = [e for e in journal.entries if e is not entry]
         except Exception as exc:
             result.failed.append((entry.step, _describe(exc)))
@@ -107,28 +117,79 @@ def journals(journal_dir: Path | str | None = None, ifname: str | None = None) -
     return sorted(found)
 
 
+class ForeignNamespace(DevmemError):
+    """The journal was written in another network namespace (``cookie``, ``inode``: its identity)."""
+
+    def __init__(self, message: str, hint: str, cookie: int | None, inode: int | None) -> None:
+        super().__init__(message, hint)
+        self.cookie = cookie
+        self.inode = inode
+
+
+def check_namespace(journal: Journal) -> None:
+    """Raise ForeignNamespace unless ``journal`` was written in the calling
+    thread's namespace: by netns cookie (unique for the boot) when recorded,
+    else by inode (older journals)."""
+    ck = journal.meta.get("netns_cookie")
+    ino = journal.meta.get("netns")
+    if isinstance(ck, int):
+        if ck == netns.cookie():
+            return
+    elif not isinstance(ino, int) or ino == netns.inode():
+        return
+    raise ForeignNamespace(
+        f"the journal for {journal.ifname} was written in another network namespace "
+        f"(net:[{ino}]" + (f", cookie {ck})" if isinstance(ck, int) else ")"),
+        f"run restore inside that namespace: ip netns exec NS devmemtcp restore {journal.ifname}",
+        ck if isinstance(ck, int) else None, ino if isinstance(ino, int) else None)
+
+
+def _journal_backend(journal: Journal, backend: Backend | None) -> tuple[Backend, bool]:
+    """The backend to undo ``journal`` with, and whether this call opened it.
+    An emulated journal names its state directory: the same emulated NIC is
+    undone whatever ``$DEVMEMTCP_EMU_DIR`` says now; DevmemError when that
+    directory is gone or when ``backend`` uses another one."""
+    name = str(journal.meta.get("backend", "kernel"))
+    if name not in ("kernel", "emulated"):
+        raise DevmemError(f"unknown backend {name!r} in the journal", "use kernel or emulated")
+    emu_dir = journal.meta.get("emu_dir") if name == "emulated" else None
+    if backend is not None:
+        have = getattr(backend, "state_dir", None)
+        if isinstance(emu_dir, str) and isinstance(have, str) and Path(have) != Path(emu_dir):
+            raise DevmemError(
+                f"the journal {journal.path} undoes the emulated NIC kept in {emu_dir}, but this "
+                f"backend's emulated NIC is kept in {have}",
+                f"run restore with DEVMEMTCP_EMU_DIR={emu_dir} (or unset it if that is the default)")
+        return backend, False
+    if isinstance(emu_dir, str):
+        if not Path(emu_dir).is_dir():
+            raise DevmemError(
+                f"the journal {journal.path} undoes the emulated NIC kept in {emu_dir}, which is gone",
+                "nothing it records can be undone any more: delete the journal")
+        return open_backend(name, emu_dir=emu_dir)[0], True
+    return open_backend(name)[0], True
+
+
 def restore(ifname: str, *, journal_dir: Path | str | None = None, backend: Backend | None = None,
-            force: bool = False) -> UndoResult:
+            force: bool = False, lock_timeout: float | None = None) -> UndoResult:
     """Replay ``ifname``'s undo journal (``devmemtcp restore``).
 
     Undoes what setups that are gone (crashed, killed, or ``devmemtcp setup``)
     left: their rules, and the shared settings unless a live setup still uses
     them (they are handed over to it). Refuses (DevmemError) when every entry
-    belongs to a live setup (it restores on exit) unless ``force``, and when
-    the journal belongs to another network namespace. Returns the UndoResult;
+    belongs to a live setup (it restores on exit) unless ``force``, when the
+    journal belongs to another network namespace (ForeignNamespace, told by
+    netns cookie), and when an emulated journal's NIC state directory is gone
+    or is not ``backend``'s. Returns the UndoResult;
     entries that failed stay in the journal. No journal: an empty result."""
     j = Journal(ifname, journal_dir)
     if not j.exists():
         return UndoResult()
-    with journal_lock(j):
+    with journal_lock(j, lock_timeout):
         if not j.exists():
             return UndoResult()
         j = Journal.load(j.path)
-        ns = j.meta.get("netns")
-        if ns is not None and ns != netns.inode():
-            raise DevmemError(
-                f"the journal for {ifname} was written in another network namespace (net:[{ns}])",
-                f"run restore inside that namespace: ip netns exec NS devmemtcp restore {ifname}")
+        check_namespace(j)
         live = [] if force else live_members(j)
 
         def gone(e: Entry) -> bool:
@@ -143,8 +204,9 @@ def restore(ifname: str, *, journal_dir: Path | str | None = None, backend: Back
                 e.owner = live[0]
         if force:
             j.meta["members"] = []
-        name = str(j.meta.get("backend", "kernel"))
-        if name not in ("kernel", "emulated"):
-            raise DevmemError(f"unknown backend {name!r} in the journal", "use kernel or emulated")
-        be = backend or open_backend(name)[0]
-        return undo_journal(j, be.nic(ifname), select=gone)
+        be, opened = _journal_backend(j, backend)
+        try:
+            return undo_journal(j, be.nic(ifname), select=gone)
+        finally:
+            if opened:
+                be.close()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from devmemtcp.errors import DevmemError
-from devmemtcp.setup.journal import ENTRY_TYPES, Entry, Journal, register
+from devmemtcp.setup.journal import ENTRY_TYPES, Entry, Journal, Unchanged, register
 from devmemtcp.types import NtupleRule
 
 if TYPE_CHECKING:
@@ -105,6 +105,8 @@ class StepContext(Protocol):
     backend: Backend
     ifname: str
     queues: tuple[int, int]
+    #: RSS spreads other traffic over queues 0..spread-1 (shared by the NIC's flows)
+    spread: int
     flow: Flow | None
     channels: int | None
     dmabuf: DmaBuf | None
@@ -198,7 +200,7 @@ class ChannelsStep(Step):
         kw = {k: v for k in ("rx", "tx", "combined")
               if (v := self.before.get(k)) is not None and getattr(chan, k) != v}
         if not kw:
-            return "channels already as before"
+            return Unchanged("channels already as before")
         nic.set_channels(**kw)
         return "channels restored (" + ", ".join(f"{k} {v}" for k, v in kw.items()) + ")"
 
@@ -235,7 +237,7 @@ class RingsStep(Step):
         want_split = str(split) if split is not None and now.tcp_data_split != split else None
         want_hds = int(hds) if hds is not None and now.hds_thresh != hds else None
         if want_split is None and want_hds is None:
-            return "header split already as before"
+            return Unchanged("header split already as before")
         nic.set_rings(tcp_data_split=want_split, hds_thresh=want_hds)
         return f"rings restored (tcp-data-split {split}, hds-thresh {hds})"
 
@@ -243,7 +245,10 @@ class RingsStep(Step):
 @register
 @dataclass(kw_only=True)
 class RssStep(Step):
-    """Spread the RSS indirection table over the queues below the devmem queues."""
+    """Spread the RSS indirection table over the queues below the devmem queues
+    (below every flow's, when several share the NIC: ``ctx.spread``). A flow
+    that joins with a lower queue narrows the shared spread; the entry of
+    the first change keeps the table to put back when the last flow leaves."""
 
     step: ClassVar[str] = "rss"
     shared: ClassVar[bool] = True
@@ -254,7 +259,7 @@ class RssStep(Step):
 
     @classmethod
     def apply(cls, ctx: StepContext) -> None:
-        start, _count = ctx.queues
+        start = min(getattr(ctx, "spread", ctx.queues[0]), ctx.queues[0])
         if start < 1:
             raise DevmemError("devmem queues start at 0: RSS has no ordinary queue left for other traffic",
                               "use devmem queues above 0 (e.g. --queues 1 on a 2-queue NIC)")
@@ -268,8 +273,6 @@ class RssStep(Step):
         if table == want:
             ctx.report.append({"step": "rss", "changed": False, "queues": start})
             return
-        if ctx.others():
-            raise _conflict(ctx, "RSS spread (devmem queues)")
         nq = ctx.nic.rx_queue_count()
         ctx.record(cls(before=table, default=table == [i % nq for i in range(len(table))]))
         ctx.nic.set_rss_indir(want)
@@ -278,7 +281,7 @@ class RssStep(Step):
 
     def undo(self, nic: NicControl, binding: Binding | None) -> str:
         if nic.get_rss_indir() == self.before:
-            return "RSS indirection table already as before"
+            return Unchanged("RSS indirection table already as before")
         if self.default:
             nic.set_rss_indir([])  # back to the driver's default spread (not "user configured")
             return "RSS indirection table reset to the driver default"
@@ -327,7 +330,7 @@ class RuleStep(Step):
             if at and same_rule(at[0], self.rule):
                 nic.delete_rule(self.location)
                 return f"deleted rule {self.location}"
-            return f"rule {self.location} is gone or is not ours any more: left alone"
+            return Unchanged(f"rule {self.location} is gone or is not ours any more: left alone")
         pre = set(self.pre_locations)
         ours = [r for r in rules if r.location is not None and r.location not in pre
                 and same_rule(r, self.rule)]
@@ -336,7 +339,7 @@ class RuleStep(Step):
             nic.delete_rule(r.location)
         if ours:
             return f"deleted rule {ours[0].location} (insert was not confirmed before the crash)"
-        return "the rule was never inserted"
+        return Unchanged("the rule was never inserted")
 
 
 @register
@@ -364,7 +367,7 @@ class BindStep(Step):
         if binding is not None:
             binding.close()
             return f"closed binding {binding.id} (unbinds queues {list(binding.queues)})"
-        return "nothing to do: a binding ends with the process that made it"
+        return Unchanged("nothing to do: a binding ends with the process that made it")
 
 
 def step_class(name: str) -> type[Step]:

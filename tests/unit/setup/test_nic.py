@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
+from devmemtcp import abi
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.host import netns
+from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.setup import (
     Flow,
     Journal,
@@ -31,6 +33,8 @@ from devmemtcp.setup import (
     undo_journal,
 )
 from devmemtcp.types import NtupleRule
+
+PS = abi.PAGE_SIZE
 
 LO = "lo"
 
@@ -282,16 +286,32 @@ def test_two_flows_share_the_nic_and_the_last_one_out_restores_it(emu: Any, jdir
     assert not Journal(LO, jdir).exists()
 
 
-def test_a_flow_needing_other_shared_settings_is_refused(emu: Any, jdir: Path) -> None:
+def test_a_flow_on_a_lower_queue_narrows_the_shared_rss_spread(emu: Any, jdir: Path) -> None:
+    """Issue 11 item 7: flows on one NIC share the RSS spread; it stays below every flow's queues."""
     nic = emu.nic(LO)
     before = nic.state()
     with NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5201), journal_dir=jdir):
-        during = nic.state()
-        with pytest.raises(DevmemError, match="different RSS spread") as exc:
-            NicSetup(emu, LO, queues=(2, 1), flow=("127.0.0.1", 5202), journal_dir=jdir).apply()
-        assert "same --queues" in (exc.value.hint or "")
-        assert nic.state() == during  # the refused flow changed nothing
+        assert nic.get_rss_indir() == [i % 3 for i in range(128)]
+        with NicSetup(emu, LO, queues=(2, 1), flow=("127.0.0.1", 5202), journal_dir=jdir) as b:
+            assert b.spread == 2 and nic.get_rss_indir() == [i % 2 for i in range(128)]
+            assert Journal.load(b.journal.path).meta["spread"] == 2
+        assert nic.get_rss_indir() == [i % 2 for i in range(128)]  # shared: kept for the first flow
     assert nic.state() == before and not Journal(LO, jdir).exists()
+
+
+def test_a_queue_another_flow_binds_is_refused(emu: Any, jdir: Path) -> None:
+    nic = emu.nic(LO)
+    with (MemfdBuffer(64 * PS) as buf1, MemfdBuffer(64 * PS) as buf2,
+          NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5201), journal_dir=jdir, dmabuf=buf1)):
+        during = nic.state()
+        with pytest.raises(DevmemError, match="queue 3 is held by another devmem flow") as exc:
+            NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5202), journal_dir=jdir, dmabuf=buf2).apply()
+        assert "leave out --queues" in (exc.value.hint or "")
+        assert nic.state() == during  # the refused flow changed nothing
+        auto = NicSetup(emu, LO, queues=None, flow=("127.0.0.1", 5203), journal_dir=jdir, dmabuf=buf2)
+        with auto:
+            assert auto.queues == (2, 1) and auto.held == {3: os.getpid()}
+            assert auto.binding is not None and list(auto.binding.queues) == [2]
 
 
 def test_restore_after_a_member_is_killed_keeps_what_the_live_one_uses(emu: Any, jdir: Path) -> None:
