@@ -171,26 +171,33 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 
 
 @contextlib.contextmanager
-def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
-                  dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
+def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int] | None, listen: str, port: int,
+                  dmabuf: DmaBuf, nic_config: bool, lock_timeout: float | None = None,
+                  on_queues: Callable[[list[int], dict[int, int | None]], None] | None = None,
+                  ) -> Iterator[Binding]:
     """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.setup.NicSetup`
     (header split, RSS spread below the queues, ntuple rule for
     ``listen:port``; journaled, undone in reverse order on exit, on errors
     and on SIGINT/SIGTERM when run from the main thread) unless
-    ``nic_config`` is false (the NIC was prepared by ``devmemtcp setup``)."""
+    ``nic_config`` is false (the NIC was prepared by ``devmemtcp setup``).
+    ``queues`` None: NicSetup picks a devmem queue no other flow holds
+    (``on_queues(queues, held)`` is told which, and which others held)."""
     import threading
 
-    start, count = queues
     if not nic_config:
+        start, count = queues if queues is not None else _default_queues(backend, ifname)
         with backend.bind_rx(ifaces.ifindex(ifname), dmabuf, list(range(start, start + count))) as binding:
             yield binding
         return
     from devmemtcp.setup import NicSetup
 
     setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
-                     handle_signals=threading.current_thread() is threading.main_thread())
+                     handle_signals=threading.current_thread() is threading.main_thread(),
+                     lock_timeout=lock_timeout)
     with setup:
         assert setup.binding is not None
+        if on_queues is not None:
+            on_queues(list(setup.binding.queues), dict(setup.held))
         yield setup.binding
 
 
@@ -210,6 +217,7 @@ def receive_stream(
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_queues: Callable[[list[int], dict[int, int | None]], None] | None = None,
 ) -> TransferResult:
     """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
 
@@ -217,14 +225,20 @@ def receive_stream(
         listen: local IPv4/IPv6 address to listen on. port: TCP port (0 picks
             a free one; ``on_ready`` is told which).
         ifname: the devmem NIC; default the interface owning ``listen``.
-        queues: ``(start, count)`` RX queues to bind; default the last queue.
+        queues: ``(start, count)`` RX queues to bind; default the highest RX
+            queue no other flow of this machine holds (the last queue when
+            none does; ``on_queues(queues, {queue: pid})`` is told which,
+            and which queues other flows held). Flows on one NIC share its
+            RSS spread; the last one out undoes the shared settings.
         validate: pattern period N (bytes 1..N-1, 0x0a, repeating), or None.
         memory: "host" (memfd) or "udmabuf", or a DmaBuf the caller owns.
         size: dma-buf size in bytes (multiple of PAGE_SIZE).
         backend: "auto", "kernel", "emulated" or a Backend object.
         nic_config: False skips NicSetup (the NIC was set up by
             ``devmemtcp setup``); the dma-buf is still bound.
-        accept_timeout: seconds to wait for the connection (None: forever).
+        accept_timeout: seconds to wait for the connection (None: forever),
+            and at most for another devmemtcp's lock on the NIC's journal or
+            emulated state (None: 30 s; a LockTimeout names the holder).
         rcvlowat: SO_RCVLOWAT of the connection in bytes (None:
             :func:`auto_rcvlowat` of the dma-buf size; 0: leave the default).
             A bulk stream receives in fewer, larger batches; bytes short of
@@ -248,7 +262,7 @@ def receive_stream(
         raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
     ifname = ifname or ifaces.interface_of_address(listen)
     ifaces.ifindex(ifname)
-    be, reason = open_backend(backend, ifname, direction="rx")
+    be, reason = open_backend(backend, ifname, direction="rx", lock_timeout=accept_timeout)
     if on_backend:
         on_backend(be.name, reason)
     result = TransferResult(role="recv", backend=be.name, backend_reason=reason, ifname=ifname)
@@ -257,16 +271,16 @@ def receive_stream(
             stack.callback(be.close)
         lsock = stack.enter_context(_listen_socket(listen, port))
         port = lsock.getsockname()[1]
-        q = queues if queues is not None else _default_queues(be, ifname)
-        result.queues = list(range(q[0], q[0] + q[1]))
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
         # a wildcard listener's flow is steered by the interface's own address
         dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
             else ifaces.address_of_interface(ifname, ifaces.family_of(listen))
-        binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
+        binding = stack.enter_context(_nic_for_flow(be, ifname, queues, dst, port, dmabuf, nic_config,
+                                                    accept_timeout, on_queues))
         result.binding_id = binding.id
+        result.queues = sorted(int(q) for q in binding.queues)
         validator = FragValidator(validate, dmabuf) if validate else None
         if on_ready:
             on_ready(port)
@@ -398,7 +412,7 @@ def send_stream(
     family = ifaces.family_of(addr)
     ifname = ifname or ifaces.interface_of_route(addr)
     ifindex = ifaces.ifindex(ifname)
-    be, reason = open_backend(backend, ifname, direction="tx")
+    be, reason = open_backend(backend, ifname, direction="tx", lock_timeout=connect_timeout)
     if on_backend:
         on_backend(be.name, reason)
     # validated stays None: the pattern is checked by the receiver
@@ -518,7 +532,7 @@ def run_demo(
     import threading
 
     ifname = ifaces.interface_of_address(listen)
-    be, reason = open_backend(backend, ifname, direction="rx")
+    be, reason = open_backend(backend, ifname, direction="rx", lock_timeout=timeout)
     if on_backend:
         on_backend(be.name, reason)
     ready = threading.Event()

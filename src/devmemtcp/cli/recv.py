@@ -36,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ifname", metavar="IF",
                         help="devmem NIC (default: the interface that owns --listen; lo for 127.0.0.1)")
     parser.add_argument("--queues", type=common.parse_queues, metavar="START:COUNT",
-                        help="RX queues to bind (default: the last RX queue, like ncdevmem)")
+                        help="RX queues to bind (default: the highest RX queue no other flow of this "
+                             "machine holds: the last one, like ncdevmem, when none does)")
     parser.add_argument("--validate", type=common.validate_arg, metavar="N",
                         help="check ncdevmem's pattern: bytes 1..N-1 then 0x0a, repeating")
     parser.add_argument("--size", type=common.parse_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
@@ -44,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-nic-config", action="store_true",
                         help="do not change the NIC (use a set-up made by `devmemtcp setup`); still binds")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="give up if no connection arrives within SECONDS (default: wait forever)")
+                        help="give up if no connection arrives within SECONDS (default: wait forever); "
+                             "also the most it waits for another devmemtcp's lock on the NIC (default 30)")
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
                         help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
                              "carries more frags (default min(8M, --size/8); 0 leaves the socket's 1)")
@@ -79,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
     def on_backend(name: str, reason: str) -> None:
         common.note(f"backend {name}: {reason}")
 
+    def on_queues(queues: list[int], held: dict[int, int | None]) -> None:
+        if args.queues is None:
+            others = ", ".join(f"{q} (pid {p})" if p else str(q) for q, p in sorted(held.items()))
+            common.note(f"devmem queue {', '.join(map(str, queues))} on {args.ifname or 'the interface'}"
+                        + (f"; held by other flows: {others}" if others else ""))
+
     def on_ready(port: int) -> None:
         common.note(f"listening on {args.listen} port {port}")
 
@@ -87,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
             memory=args.memory, size=args.size, backend=args.backend,
             nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
-            on_ready=on_ready, on_backend=on_backend, on_progress=progress)
+            on_ready=on_ready, on_backend=on_backend, on_progress=progress, on_queues=on_queues)
     except ValidationError as exc:
         progress.close()
         return common.report_validation_failure("recv", exc, as_json=args.json)
