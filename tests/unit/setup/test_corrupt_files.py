@@ -76,6 +76,13 @@ def _drop(path: str) -> Callable[[dict[str, Any]], Any]:
     return change
 
 
+def _corrupted(good: dict[str, Any], corrupt: Any) -> bytes:
+    """The bytes of ``good`` after ``corrupt`` (raw bytes, or a change of a copy)."""
+    if isinstance(corrupt, bytes):
+        return corrupt
+    return json.dumps(corrupt(json.loads(json.dumps(good)))).encode()
+
+
 # (name, corruption of the parsed journal or raw bytes, the field the error must name or None for "not JSON")
 JOURNAL_CORRUPTIONS: list[tuple[str, Any, str | None]] = [
     ("truncated", b"half", None),
@@ -144,7 +151,7 @@ def test_corrupt_journals_are_refused_named_and_set_aside(emu: Any, tmp_path: Pa
         jdir = tmp_path / f"j{i}"
         data = _kept_journal(emu, jdir)
         path = jdir / "lo.json"
-        raw = corrupt if isinstance(corrupt, bytes) else json.dumps(corrupt(json.loads(json.dumps(data)))).encode()
+        raw = _corrupted(data, corrupt)
         path.write_bytes(raw)
         nic_before = emu.nic(LO).state()
         report = restore_one(path, None, False)  # never raises: the other journals still replay
@@ -226,7 +233,7 @@ REGISTRY_CORRUPTIONS: list[tuple[str, Any, str | None]] = [
 
 def _state_case(d: str, path: str, base: dict[str, Any], corrupt: Any, field: str | None,
                 load: Callable[[], Any]) -> bool:
-    raw = corrupt if isinstance(corrupt, bytes) else json.dumps(corrupt(json.loads(json.dumps(base)))).encode()
+    raw = _corrupted(base, corrupt)
     with open(path, "wb") as f:
         f.write(raw)
     try:
@@ -241,7 +248,7 @@ def _state_case(d: str, path: str, base: dict[str, Any], corrupt: Any, field: st
             print(f"NOT HANDLED: {exc!r}")
         load()  # the NIC starts again from its defaults
         return ok
-    except Exception as exc:  # noqa: BLE001 - counted as not handled
+    except Exception as exc:  # any other exception is counted as not handled
         print(f"NOT HANDLED (foreign): {exc!r}")
         return False
     print(f"NOT HANDLED (accepted): {field}")
