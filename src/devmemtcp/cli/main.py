@@ -105,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"devmemtcp {args.command}: error: {exc}", file=sys.stderr)
-        print("hint: run as root or grant CAP_NET_ADMIN", file=sys.stderr)
+        if exc.filename is not None:  # a file or directory of someone else's, not a missing privilege
+            print(f"hint: check the owner and mode of {exc.filename} (ls -ld), or use a directory of "
+                  "your own (--journal-dir, DEVMEMTCP_EMU_DIR)", file=sys.stderr)
+        else:
+            print("hint: run as root or grant CAP_NET_ADMIN", file=sys.stderr)
         return 2
 
 

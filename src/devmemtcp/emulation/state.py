@@ -88,7 +88,10 @@ def state_dir() -> str:
     if env:
         return str(files.private_dir(os.path.abspath(env)))
     root = files.private_dir(files.state_root())
-    return str(files.private_dir(root / "emu"))
+    files.tighten(root)
+    emu = files.private_dir(root / "emu")
+    files.tighten(emu)
+    return str(emu)
 
 
 def _dir(directory: str | None) -> str:

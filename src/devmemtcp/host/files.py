@@ -30,7 +30,7 @@ from pathlib import Path
 from devmemtcp.errors import DevmemError
 
 __all__ = ["LockTimeout", "atomic_write", "lock_file", "open_private", "private_dir", "read_private",
-           "state_root"]
+           "state_root", "tighten"]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -113,6 +113,17 @@ def private_dir(path: Path | str) -> Path:
                           "set DEVMEMTCP_JOURNAL_DIR / DEVMEMTCP_EMU_DIR to a directory you own") from None
     check_private_dir(p)
     return p
+
+
+def tighten(path: Path | str) -> None:
+    """Make a directory of this user's that devmemtcp itself owns (its state
+    root, the ``emu`` directory) 0700 again when an older version or a
+    umask left it readable by others. Other users' and symlinks are left
+    alone (:func:`check_private_dir` refuses them)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, DIR_MODE)
 
 
 def open_private(path: Path | str, flags: int = os.O_RDWR | os.O_CREAT) -> int:

@@ -71,6 +71,14 @@ def default_journal_dir() -> Path:
     return Path(os.path.abspath(env)) if env else files.state_root()
 
 
+def _private(d: Path) -> None:
+    """Create/check journal directory ``d``; the default one (devmemtcp's own)
+    is made 0700 again if an older version left it readable by others."""
+    files.private_dir(d)
+    if d == files.state_root():
+        files.tighten(d)
+
+
 class JournalError(DevmemError):
     """A journal that cannot be used: unreadable, or a field that does not fit.
     ``moved_to``: where it was set aside (None: left in place)."""
@@ -303,7 +311,7 @@ class Journal:
 
     def save(self) -> None:
         """Write the journal atomically (temporary file, fsync, rename, fsync of the directory)."""
-        files.private_dir(self.dir)
+        _private(self.dir)
         data = dict(self.meta, version=JOURNAL_VERSION, ifname=self.ifname,
                     entries=[e.to_dict() for e in self.entries])
         files.atomic_write(self.path, json.dumps(data, indent=1).encode())
@@ -329,7 +337,7 @@ def journal_lock(journal: Journal, timeout: float | None = None) -> Iterator[Non
     ``timeout``: seconds to wait (None: :data:`LOCK_TIMEOUT_S`). Raises
     :class:`devmemtcp.host.files.LockTimeout` naming the holder's pid when
     not granted in time; DevmemError when the directory is not private."""
-    files.private_dir(journal.dir)
+    _private(journal.dir)
     wait = LOCK_TIMEOUT_S if timeout is None else timeout
     with files.lock_file(journal.dir / f".{journal.path.name}.lock", timeout=wait,
                          what=f"the undo journal of {journal.ifname}"):
