@@ -17,6 +17,7 @@ from typing import Any
 
 from devmemtcp.cli import common
 from devmemtcp.errors import ValidationError
+from devmemtcp.host import ifaces
 from devmemtcp.transfer import DEFAULT_DMABUF_SIZE, TransferResult, receive_stream
 
 EXAMPLES = """\
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     def on_queues(queues: list[int], held: dict[int, int | None]) -> None:
         if args.queues is None:
             others = ", ".join(f"{q} (pid {p})" if p else str(q) for q, p in sorted(held.items()))
-            common.note(f"devmem queue {', '.join(map(str, queues))} on {args.ifname or 'the interface'}"
+            ifname = args.ifname or ifaces.interface_of_address(args.listen)
+            common.note(f"devmem queue {', '.join(map(str, queues))} on {ifname}"
                         + (f"; held by other flows: {others}" if others else ""))
 
     def on_ready(port: int) -> None:
