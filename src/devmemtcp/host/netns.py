@@ -207,15 +207,23 @@ def _cookie_of_file(path: str) -> int | None:
 
 
 def _ns_files() -> Iterator[str]:
-    """nsfs files that hold a network namespace open: ``ip netns`` names and processes'."""
+    """nsfs files that hold a network namespace open: ``ip netns`` names,
+    processes', then threads' (a thread may have setns()ed elsewhere)."""
     base = Path(abi.NETNS_RUN_DIR)
     if base.is_dir():
         for entry in sorted(base.iterdir()):
             yield str(entry)
-    with contextlib.suppress(OSError):
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                yield f"/proc/{pid}/ns/net"
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        yield f"/proc/{pid}/ns/net"
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                if tid != pid:
+                    yield f"/proc/{pid}/task/{tid}/ns/net"
 
 
 def exists(ns_cookie: int, ns_inode: int | None = None) -> bool | None:

@@ -231,7 +231,9 @@ class Selftest:
         """Make ``change`` with ``entry`` journaled first; undo it afterwards."""
         j = Journal(self.ifname, self.journal_dir)
         j.meta = {"pid": os.getpid(), "created": time.time(), "backend": self.backend.name,
-                  "netns": host_netns.inode(), "ifindex": self.ifindex, "selftest": True}
+                  "netns": host_netns.inode(), "netns_cookie": host_netns.cookie(),
+                  "emu_dir": getattr(self.backend, "state_dir", None), "ifindex": self.ifindex,
+                  "selftest": True}
         j.append(entry)
         try:
             change()
