@@ -590,7 +590,8 @@ def send_stream(
 
     ``ifname`` defaults to the interface of the route to ``addr``.
     ``idle_timeout``: seconds a sendmsg may stay blocked on a receiver that
-    takes no data (SO_SNDTIMEO; None: forever). Returns a TransferResult
+    takes no data (SO_SNDTIMEO), and the Sender's completion timeout (None:
+    sendmsg waits forever, completions 10 s). Returns a TransferResult
     (``tokens_released``/``release_syscalls`` None: they are RX notions;
     ``completions`` counts completed sendmsg calls; ``complete`` True: every
     byte went out). Raises DevmemError/NetlinkError for setup problems
@@ -640,7 +641,9 @@ def send_stream(
             result.peer = f"{addr}:{port}"
         if idle_timeout is not None:
             _set_timeo(sock, socket.SO_SNDTIMEO, idle_timeout)
-        tx = stack.enter_context(Sender(be, sock, binding))
+        # a receiver that takes nothing: sendmsg blocks (SO_SNDTIMEO), or no region completes
+        tx = stack.enter_context(Sender(be, sock, binding) if idle_timeout is None else
+                                 Sender(be, sock, binding, completion_timeout=idle_timeout))
         t0 = time.perf_counter()
         try:
             sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
