@@ -480,6 +480,15 @@ def test_recv_bytes_exact_is_complete_and_without_it_the_table_says_not_checked(
     assert "length not checked" in out
 
 
+def _unacked(sock: object) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # type: ignore[attr-defined]
+    return int(struct.unpack("i", raw)[0])
+
+
 @pytest.mark.parametrize("before", [0, 2 << 20])
 def test_recv_reset_by_the_peer_is_one_line_and_exit_2(before: int) -> None:
     import socket
@@ -490,7 +499,9 @@ def test_recv_reset_by_the_peer_is_one_line_and_exit_2(before: int) -> None:
     s = socket.create_connection(("127.0.0.1", port))
     if before:
         s.sendall(reference_pattern(7, 0, before))
-        time.sleep(0.5)  # read by the receiver before the reset
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _unacked(s):
+            time.sleep(0.01)  # every byte acked (so not dropped by the reset) before the reset
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
     rc, out, err = _finish(proc)
