@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
 import struct
 import time
@@ -393,7 +394,10 @@ def receive_stream(
             it, or runs past it (the receiver stops at the first byte too
             many), raises IncompleteStreamError.
         idle_timeout: seconds the connection may stay silent mid-stream
-            (SO_RCVTIMEO; None: wait forever); past it StreamError.
+            (SO_RCVTIMEO on each recvmsg; None: wait forever); past it
+            StreamError. A recvmsg short of ``rcvlowat`` returns what it has
+            only after waiting that long (tcp_recvmsg_locked), so a peer that
+            stops mid-batch is given up on after two to three times it.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
         on_progress(bytes): called after each batch.
@@ -437,6 +441,8 @@ def receive_stream(
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = FragValidator(validate, dmabuf) if validate else None
+        if validator is not None:
+            stack.callback(validator.close)  # before the dma-buf closes: its views must go first
         if on_ready:
             on_ready(port)
         lsock.settimeout(accept_timeout)
@@ -648,6 +654,11 @@ def send_stream(
         try:
             sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
             tx.flush()
+            # a reset after the last sendmsg completes the sends (the kernel frees the
+            # purged skbs) but the bytes never arrived: the socket's error says so
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
         except OSError as exc:
             # reset, broken pipe, SO_SNDTIMEO...: one clear error, never a traceback
             raise stream_error(exc, role="send", peer=result.peer, timeout=idle_timeout,

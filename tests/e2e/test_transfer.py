@@ -467,3 +467,30 @@ def test_send_to_a_receiver_that_takes_nothing_times_out() -> None:
     took = time.monotonic() - t0
     ls.close()
     assert took < 30
+
+
+def test_a_reset_after_the_last_sendmsg_is_not_a_complete_send() -> None:
+    """Every byte handed to the kernel, none read, then the peer resets: the
+    sends complete (the purged skbs are freed) but the stream is not complete."""
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+
+    def reset_unread() -> None:
+        conn, _ = ls.accept()
+        time.sleep(0.5)  # the sender is waiting for its completions by now
+        _reset(conn)
+
+    th = threading.Thread(target=reset_unread, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    with pytest.raises(StreamError) as ei:
+        transfer.send_stream("127.0.0.1", ls.getsockname()[1], nbytes=8 << 10, validate=7,
+                             backend="emulated", size=1 << 20)
+    took = time.monotonic() - t0
+    th.join(10)
+    ls.close()
+    assert ei.value.errno == errno.ECONNRESET, ei.value.message
+    assert re.match(r"connection reset by the peer 127\.0\.0\.1:\d+ after 8192 bytes", ei.value.message)
+    assert took < 5  # not the 10 s completion timeout

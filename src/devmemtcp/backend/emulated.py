@@ -207,6 +207,9 @@ class EmulatedBinding:
         if self.closed:
             return
         self.closed = True
+        # the view would keep the dma-buf mapped (and its fd open) while anything,
+        # e.g. a traceback, still references this binding; data lands here no more
+        self._view = None
         be = self._backend()
         if be is not None:
             be._forget_binding(self)
@@ -939,6 +942,11 @@ class EmulatedBackend:
             return
         raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
         outq = struct.unpack("i", raw)[0]
+        if outq > tx.sent - tx.pending[0][1] and \
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == abi.TCP_STATE_CLOSE:
+            # reset by the peer: tcp_reset -> tcp_write_queue_purge frees every skb, and
+            # freeing a zerocopy skb delivers its completion (msg_zerocopy_callback)
+            outq = 0
         while tx.pending:
             seq, end = tx.pending[0]
             # every byte of this sendmsg is acked once the unacked tail fits after it
