@@ -276,7 +276,7 @@ def test_sigkill_of_the_sender_never_passes_a_cut_stream(baseline: dict[str, Any
     port = _free_port()
     span = transfer_time(port)
     for i in range(TRIALS):
-        delay = rng.uniform(0.0, span)
+        delay = rng.uniform(0.0, 0.8 * span)  # the span ends with the sender's exit
         recv, early = start_recv(port, "--timeout", str(RECV_TIMEOUT), "--bytes", str(KILL_BYTES))
         send, _ = start_send(port, KILL_BYTES)
         time.sleep(delay)
@@ -317,7 +317,7 @@ def test_sigkill_of_the_receiver_then_restore(baseline: dict[str, Any]) -> None:
     port = _free_port()
     span = transfer_time(port)
     for i in range(TRIALS):
-        delay = rng.uniform(0.0, span)
+        delay = rng.uniform(0.0, 0.8 * span)  # the span ends with the sender's exit
         recv, _ = start_recv(port, "--timeout", "30", "--bytes", str(KILL_BYTES))
         send, early = start_send(port, KILL_BYTES, "--timeout", "10")
         time.sleep(delay)
