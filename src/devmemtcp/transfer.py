@@ -781,8 +781,12 @@ def run_demo(
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise
         _unblock(listen, port_box)
         thread.join(timeout)
-        if isinstance(outcome.get("recv_error"), (ValidationError, IncompleteStreamError)):
-            raise outcome["recv_error"] from None
+        # the receiver's mismatch or overrun made the sender fail; a stream cut
+        # short is the sender's failure (or Ctrl-C), reported as such
+        rerr = outcome.get("recv_error")
+        if isinstance(rerr, ValidationError) or (
+                isinstance(rerr, IncompleteStreamError) and rerr.overrun_at is not None):
+            raise rerr from None
         raise
     finally:
         thread.join(timeout if sent is None else None)
