@@ -84,7 +84,7 @@ def report(result: TransferResult, as_json: bool, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = common.ProgressLine("recv")
+    progress = common.ProgressLine("recv", total=args.bytes)
 
     def on_backend(name: str, reason: str) -> None:
         common.note(f"backend {name}: {reason}")
