@@ -495,3 +495,18 @@ def test_a_reset_after_the_last_sendmsg_is_not_a_complete_send() -> None:
     assert ei.value.errno == errno.ECONNRESET, ei.value.message
     assert re.match(r"connection reset by the peer 127\.0\.0\.1:\d+ after 8192 bytes", ei.value.message)
     assert took < 5  # not the 10 s completion timeout
+
+
+def test_idle_timeout_counts_silence_not_recvmsg_calls() -> None:
+    """1000 bytes (under the default SO_RCVLOWAT) then silence: the receiver
+    gives up after about idle_timeout, not after a wait for the low-water
+    mark plus another full timeout."""
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, idle_timeout=2.0)
+    with socket.create_connection(("127.0.0.1", int(box["port"]))) as s:  # type: ignore[call-overload]
+        s.sendall(reference_pattern(7, 0, 1000))
+        t0 = time.monotonic()
+        t.join(30)
+        took = time.monotonic() - t0
+    err = box.get("error")
+    assert isinstance(err, StreamError) and "for 2 s after 1000 bytes" in err.message, box
+    assert 2.0 <= took < 3.5, took

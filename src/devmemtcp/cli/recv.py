@@ -51,8 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not change the NIC (use a set-up made by `devmemtcp setup`); still binds")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="give up if no connection arrives within SECONDS, or the connection "
-                             "goes silent for SECONDS (a batch short of --rcvlowat first waits out "
-                             "SECONDS too) (default: wait forever)")
+                             "goes silent for SECONDS (default: wait forever)")
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
                         help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
                              "carries more frags (default min(8M, --size/8); 0 leaves the socket's 1)")
