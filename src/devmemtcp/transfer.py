@@ -541,8 +541,10 @@ def send_stream(
 
     ``ifname`` defaults to the interface of the route to ``addr``.
     ``idle_timeout``: seconds a sendmsg may stay blocked on a receiver that
-    takes no data (SO_SNDTIMEO), and the Sender's completion timeout (None:
-    sendmsg waits forever, completions 10 s). Returns a TransferResult
+    takes no data (SO_SNDTIMEO; a sendmsg that moved part of its bytes
+    returns them only then, so a stopped receiver is given up on after one
+    to two times it), and the Sender's completion timeout (None: sendmsg
+    waits forever, completions 10 s). Returns a TransferResult
     (``tokens_released``/``release_syscalls`` None: they are RX notions;
     ``completions`` counts completed sendmsg calls; ``complete`` True: every
     byte went out). Raises DevmemError/NetlinkError for setup problems
