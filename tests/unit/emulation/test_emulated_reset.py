@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.memory.memfd import MemfdBuffer
 
@@ -85,7 +85,7 @@ def test_a_reset_completes_every_pending_send(emu: EmulatedBackend) -> None:
     with MemfdBuffer(16 * PS) as txbuf, srv, cli, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
         cli.setblocking(False)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         iov = np.array([[0, 16 * PS]], dtype=np.uint64)
         calls = 0
         for _ in range(64):  # fill the peer's window: the last sends stay unacknowledged
@@ -104,7 +104,7 @@ def test_a_reset_completes_every_pending_send(emu: EmulatedBackend) -> None:
         while emu.pending_completions(cli) and time.monotonic() < deadline:
             try:
                 clen, _ = emu.recv_errqueue(cli, memoryview(c))
-                done += cmsg.parse_zerocopy_completions(c, clen)
+                done += codec.parse_zerocopy_completions(c, clen)
             except BlockingIOError:
                 time.sleep(0.005)
         assert emu.pending_completions(cli) == 0
