@@ -32,6 +32,9 @@ SO_BINDTODEVICE: Final = 25
 # u64 cookie of the socket's network namespace, unique for the boot (net/core/sock.c, 5.14+;
 # include/uapi/asm-generic/socket.h: same value on every architecture)
 SO_NETNS_COOKIE: Final = 71
+#: tcp_info.tcpi_state of a socket that is closed (reset by the peer, or done):
+#: TCP_CLOSE in include/net/tcp_states.h
+TCP_STATE_CLOSE: Final = 7
 SO_RCVBUF: Final = 8
 
 # (SO_DEVMEM_LINEAR, SO_DEVMEM_DMABUF, SO_DEVMEM_DONTNEED) per architecture:
