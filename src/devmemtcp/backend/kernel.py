@@ -307,6 +307,18 @@ class KernelNicControl:
             return int(sum(counts))
         return ethtool.rx_queue_count(self.ifname)
 
+    def bound_queues(self) -> dict[int, int]:
+        """``{rx queue: binding id}`` of RX queues a dma-buf is bound to, by any
+        process (queue-get's ``dmabuf`` attribute, net/core/netdev-genl.c
+        ``netdev_nl_queue_fill_one``); empty when the kernel cannot say (no
+        netdev family, an interface down)."""
+        try:
+            with netdev.NetdevClient() as nl:
+                queues = nl.queue_get(self.ifindex, "rx")
+        except (NetlinkError, OSError):
+            return {}
+        return {int(q["id"]): int(q["dmabuf"]) for q in queues if q.get("dmabuf")}
+
     def get_rings(self) -> Rings:
         return ethtool.get_rings(self.ifname)
 

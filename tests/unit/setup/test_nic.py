@@ -474,3 +474,32 @@ def test_concurrent_setups_of_one_nic_leave_it_as_it_was(emu: Any, jdir: Path) -
     assert all(o[0].strip() == "done" for o in outs)
     assert nic.state() == before
     assert not Journal(LO, jdir).exists()
+
+
+def test_an_automatic_queue_avoids_a_queue_bound_outside_any_setup(emu: Any, jdir: Path) -> None:
+    """A binding made without NicSetup (recv --no-nic-config) holds its queue too."""
+    with MemfdBuffer(64 * PS) as buf1, MemfdBuffer(64 * PS) as buf2:
+        emu.nic(LO).set_rings(tcp_data_split="enabled", hds_thresh=0)
+        with (emu.bind_rx(emu.nic(LO).ifindex, buf1, [3]),
+              NicSetup(emu, LO, queues=None, flow=("127.0.0.1", 5204), journal_dir=jdir, dmabuf=buf2) as s):
+            assert s.queues == (2, 1) and 3 in s.held
+        emu.nic(LO).set_rings(tcp_data_split="unknown", hds_thresh=256)
+
+
+def test_the_kernel_nic_reports_queues_bound_by_any_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmemtcp.backend import kernel
+    from devmemtcp.netlink import netdev as nl
+
+    class FakeClient:
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def queue_get(self, ifindex: int, qtype: str) -> list[dict[str, Any]]:
+            assert qtype == "rx"
+            return [{"id": 0, "type": "rx", "dmabuf": None}, {"id": 3, "type": "rx", "dmabuf": 17}]
+
+    monkeypatch.setattr(nl, "NetdevClient", FakeClient)
+    assert kernel.KernelNicControl(LO).bound_queues() == {3: 17}
