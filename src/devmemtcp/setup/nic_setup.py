@@ -289,12 +289,17 @@ class NicSetup:
         if self.auto_queues:
             n = self.nic.rx_queue_count()
             free = [q for q in range(n - 1, 0, -1) if q not in held]
+            if n < 2:
+                raise DevmemError(
+                    f"{self.ifname} has {n} RX queue(s): devmem needs one for the flow and one for other "
+                    "traffic",
+                    f"raise the channel count (ethtool -L {self.ifname} combined 2), or give --queues "
+                    "START:COUNT with --no-nic-config")
             if not free:
                 who = ", ".join(f"{q} (pid {p})" if p else str(q) for q, p in sorted(held.items()))
                 raise DevmemError(
-                    f"no free devmem queue on {self.ifname}: " + (
-                        f"it has {n} RX queue(s), queue 0 stays for other traffic" if n < 2 else
-                        f"queues 1..{n - 1} are held by other flows: {who}"),
+                    f"no free devmem queue on {self.ifname}: queues 1..{n - 1} are held by other flows: "
+                    f"{who}",
                     f"raise the channel count (ethtool -L {self.ifname} combined {n + 1}), "
                     "or wait for one of those flows to end")
             self.queues = (free[0], 1)
