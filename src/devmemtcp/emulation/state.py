@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from devmemtcp.errors import DevmemError
 from devmemtcp.host import files, ifaces, netns, procs
-from devmemtcp.host.schema import SchemaError, check_object
+from devmemtcp.host.schema import SchemaError, check_object, json_type
 
 # Defaults of a freshly attached emulated NIC (modelled on a bnxt-like NIC):
 # 4 combined channels out of 16, header split left to the driver ("unknown",
@@ -181,9 +181,9 @@ def _read_json(path: str, schema: dict[str, Any] | None = None,
         raise _corrupt(path, f"not JSON ({exc})", fix) from None
     try:
         if not isinstance(data, dict):
-            raise SchemaError("(top level)", f"must be an object, not {type(data).__name__}")
+            raise SchemaError("(top level)", f"must be an object, not {json_type(data)}")
         version = data.get("version")
-        if version != STATE_VERSION:
+        if type(version) is not int or version != STATE_VERSION:
             raise SchemaError("version", f"is {version!r}, this devmemtcp reads version {STATE_VERSION}")
         if schema is not None:
             check_object(data, schema)
@@ -324,8 +324,9 @@ def save_nic(state: dict[str, Any], directory: str | None = None) -> None:
 def collect(directory: str | None = None) -> list[str]:
     """Delete the NIC state files of namespaces that no longer exist (their
     interfaces, and what the files record, went with them); returns the
-    paths removed. A namespace that may exist but cannot be checked (this
-    process may not enter it) keeps its files. Caller holds :func:`locked`."""
+    paths removed. Only files of this format that record their namespace's
+    inode are considered; a namespace that may exist but cannot be checked
+    (this process may not enter it) keeps its files. Caller holds :func:`locked`."""
     d = directory or state_dir()
     here = netns.cookie()
     removed: list[str] = []
@@ -336,13 +337,17 @@ def collect(directory: str | None = None) -> list[str]:
             continue
         path = os.path.join(d, name)
         cookie = int(head)
+        try:
+            data = json.loads(files.read_private(path))
+        except (OSError, ValueError, DevmemError):
+            continue
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            continue
+        ino = data.get("netns_inode")
+        if type(ino) is not int:
+            continue
         if cookie not in verdict:
-            try:
-                data = json.loads(files.read_private(path))
-                ino = data.get("netns_inode") if isinstance(data, dict) else None
-            except (OSError, ValueError, DevmemError):
-                ino = None
-            verdict[cookie] = netns.exists(cookie, ino if isinstance(ino, int) else None)
+            verdict[cookie] = netns.exists(cookie, ino)
         if verdict[cookie] is False:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
