@@ -80,9 +80,11 @@ def test_state_of_a_gone_namespace_is_collected(tmp_path: Path) -> None:
     nic = st.default_nic("lo", 1, gone_cookie, directory=d)
     nic["netns_inode"] = 1  # no namespace has inode 1 either
     files.atomic_write(gone, json.dumps(nic).encode())
+    old = os.path.join(d, "4026531999-lo.json")  # an older devmemtcp's inode-keyed file: left alone
+    files.atomic_write(old, json.dumps(dict(nic, version=1, netns=4026531999)).encode())
     with st.locked(d):
         st.save_nic(st.load_nic("lo", directory=d), d)  # the first file of this namespace collects
-    assert os.path.exists(here) and not os.path.exists(gone)
+    assert os.path.exists(here) and not os.path.exists(gone) and os.path.exists(old)
 
 
 def test_journal_files_are_private_and_a_symlinked_journal_is_refused(tmp_path: Path) -> None:
