@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteError, ValidationError
 from devmemtcp.validate import FragValidator
 
 if TYPE_CHECKING:
@@ -320,11 +320,11 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 
 
 @contextlib.contextmanager
-def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
+def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], flow: tuple[Any, ...],
                   dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
     """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.nic.NicSetup`
-    (header split, RSS spread below the queues, ntuple rule for
-    ``listen:port``; journaled, undone in reverse order on exit, on errors
+    (header split, RSS spread below the queues, ntuple rule for ``flow``,
+    ``(dst_ip, dst_port[, src_ip, src_port])``; journaled, undone in reverse order on exit, on errors
     and on SIGINT/SIGTERM when run from the main thread) unless
     ``nic_config`` is false (the NIC was prepared by ``devmemtcp setup``)."""
     import threading
@@ -336,7 +336,7 @@ def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen
         return
     from devmemtcp.nic import NicSetup
 
-    setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
+    setup = NicSetup(backend, ifname, queues=queues, flow=flow, dmabuf=dmabuf,
                      handle_signals=threading.current_thread() is threading.main_thread())
     with setup:
         assert setup.binding is not None
@@ -359,6 +359,8 @@ def receive_stream(
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    peer: str | None = None,
+    on_batch: Callable[[Any], None] | None = None,
 ) -> TransferResult:
     """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
 
@@ -382,7 +384,14 @@ def receive_stream(
             pauses mid-stream and expects to be seen.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
-        on_progress(bytes): called after each batch.
+        on_progress(bytes): called with 0 when the first byte is there (the
+            moment ``seconds`` starts counting) and after each batch with
+            the bytes received so far.
+        peer: the sender's address: the ntuple rule becomes a 5-tuple (source
+            address, and source port ``port``, as ncdevmem's ``-c``).
+        on_batch(batch): called with each FragBatch in stream order, after
+            validation and before its tokens are given back (the frags are
+            readable in ``memory`` until the callback returns).
 
     Returns a TransferResult (``validated`` True when a pattern was checked
     to the end). Raises ValidationError (offset, expected, received) at the
@@ -414,35 +423,42 @@ def receive_stream(
         # a wildcard listener's flow is steered by the interface's own address
         dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
             else address_of_interface(ifname, _family(listen))
-        binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
+        flow: tuple[Any, ...] = (dst, port) if peer is None else (dst, port, peer, port)
+        binding = stack.enter_context(_nic_for_flow(be, ifname, q, flow, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = FragValidator(validate, dmabuf) if validate else None
         if on_ready:
             on_ready(port)
         lsock.settimeout(accept_timeout)
         try:
-            conn, peer = lsock.accept()
+            conn, peer_addr = lsock.accept()
         except TimeoutError:
             raise TimeoutError(f"no connection on {listen} port {port} within {accept_timeout} s") from None
         stack.enter_context(conn)
         conn.settimeout(None)
         lsock.close()
+        # the clock starts at the first byte (SO_RCVLOWAT is still 1, so poll wakes on it), not at
+        # accept: a sender that connects and then prepares its data must not dilute the rate
+        _wait_readable(conn)
+        t0 = time.perf_counter()
+        if on_progress:
+            on_progress(0)
         low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
         if low > 1:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
             result.rcvlowat = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
-        result.peer = f"{peer[0]}:{peer[1]}"
-        t0 = time.perf_counter()
+        result.peer = f"{peer_addr[0]}:{peer_addr[1]}"
         rx = stack.enter_context(Receiver(be, conn, binding))
         try:
-            _receive_loop(rx, validator, on_progress)
+            _receive_loop(rx, validator, on_progress, on_batch)
         except ValidationError as exc:
             result.validated = False
             result.error = exc.message
             raise
         except ConnectionError as exc:
-            raise DevmemError(f"connection from {result.peer} lost after {rx.stats.bytes} bytes: {exc}",
-                              "check the sender's output; the stream was cut before its end") from None
+            raise IncompleteError(
+                f"connection from {result.peer} lost after {rx.stats.bytes} bytes: {exc}",
+                "check the sender's output; the stream was cut before its end") from None
         finally:
             result.seconds = time.perf_counter() - t0
             rx.close()
@@ -452,8 +468,19 @@ def receive_stream(
     return result
 
 
+def _wait_readable(conn: socket.socket) -> None:
+    """Block until ``conn`` has data or EOF (POLLIN; POLLHUP/POLLERR end the wait too)."""
+    import select
+
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    while not poller.poll(1000):
+        pass
+
+
 def _receive_loop(rx: Any, validator: FragValidator | None,
-                  on_progress: Callable[[int], None] | None) -> None:
+                  on_progress: Callable[[int], None] | None,
+                  on_batch: Callable[[Any], None] | None = None) -> None:
     total = 0
     while True:
         batch = rx.recv()
@@ -461,6 +488,8 @@ def _receive_loop(rx: Any, validator: FragValidator | None,
             break
         if validator is not None:
             validator.check_batch(batch)
+        if on_batch is not None:
+            on_batch(batch)
         total += _batch_bytes(batch)
         rx.release(batch)
         if on_progress:
@@ -577,6 +606,8 @@ def send_stream(
         result.peer = f"{peer[0]}:{peer[1]}"
         tx = stack.enter_context(Sender(be, sock, binding))
         t0 = time.perf_counter()
+        if on_progress:
+            on_progress(0)  # the first byte goes now: the progress clock starts with ``seconds``
         try:
             sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
             tx.flush()
