@@ -13,7 +13,6 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable
 from typing import IO, Any
 
 from rich.console import Console
@@ -136,7 +135,8 @@ def port_arg(text: str) -> int:
     """argparse type: a TCP port to listen on, 0..65535 (0: any free port)."""
     value = _int(text, "a port")
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is out of range: use 1..65535, or 0 for any free port")
+        raise argparse.ArgumentTypeError(
+            f"port {value} is out of range: use 1..65535, or 0 for any free port")
     return value
 
 

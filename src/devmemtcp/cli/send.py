@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                           "give the receiver's address once, as ADDR or with -s")
     addr = args.addr or args.server
     if not addr:
-        raise DevmemError("no receiver address", "give it as ADDR or with -s ADDR, e.g. send 127.0.0.1 -p 5201")
+        raise DevmemError("no receiver address",
+                          "give it as ADDR or with -s ADDR, e.g. devmemtcp send 127.0.0.1 -p 5201")
     progress = common.TransferProgress("send", total=args.bytes)
     try:
         result = send_stream(
