@@ -3,8 +3,9 @@
 Compatible in spirit with the kernel's ncdevmem server (``ncdevmem -l -s ADDR
 -p PORT -f IF -v N``; the short options ``-l ADDR -p PORT -f IF -v N -n``
 work here too, and the ``ncdevmem`` script takes ncdevmem's exact command
-line): set up the NIC for the flow, bind the dma-buf, accept one connection, receive until EOF, optionally validate ncdevmem's pattern,
-give every token back, undo the setup, print a summary.
+line): set up the NIC for the flow, bind the dma-buf, accept one connection,
+receive until EOF, optionally validate ncdevmem's pattern, give every token
+back, undo the setup, print a summary.
 
 Exit status: 0 received (and validated), 1 validation mismatch or a stream
 cut short, 2 setup or environment error, 130 interrupted (the NIC is
