@@ -354,10 +354,6 @@ class TransferProgress:
         self.close()
 
 
-#: Kept for callers of the old name: the progress display is TransferProgress.
-ProgressLine = TransferProgress
-
-
 def is_terminal(stream: IO[str] | None) -> bool:
     """True when ``stream`` is a terminal (``isatty()``), False for pipes and files."""
     try:
