@@ -256,7 +256,7 @@ def run_server(args: argparse.Namespace, out: IO[bytes]) -> int:
 
     queues = None if args.start_queue is None else (args.start_queue, args.num_queues)
     if queues is not None and queues[1] < 1:
-        return _fail(f"-q {args.num_queues}: bind at least one queue")
+        return _fail(f"-q {args.num_queues}: bind at least one queue", "use e.g. -t 1 -q 1")
     with open_dmabuf(args.memory, args.size) as dmabuf:
         sink = StreamWriter(out, dmabuf.host_view()) if not args.validate else None
         counter = _FragCounter(args.fail_on_linear, sink)
@@ -274,7 +274,8 @@ def run_server(args: argparse.Namespace, out: IO[bytes]) -> int:
             peer=args.client_ip, on_ready=on_ready, on_backend=on_backend, on_batch=counter)
         out.flush()
     if result.flow_steering_errors:
-        return _fail(f"flow steering error: {result.flow_steering_errors} bytes missed the devmem queue")
+        return _fail(f"flow steering error: {result.flow_steering_errors} bytes missed the devmem queue",
+                     "check the ntuple rule (ethtool -n IFNAME) and that RSS leaves the devmem queues out")
     _say(f"received {result.bytes} bytes from {result.peer} in {result.seconds:.3f} s "
          f"({result.gbps:.2f} Gbit/s){', validated' if result.validated else ''}")
     _say(f"page_aligned_frags={counter.page_aligned}, non_page_aligned_frags={counter.non_page_aligned}")
@@ -312,7 +313,7 @@ def run_client(args: argparse.Namespace, infd: int) -> int:
     from devmemtcp.tx import Sender
 
     if args.port == 0:
-        return _fail("-p 0: the client needs the server's port (1-65535)")
+        return _fail("-p 0: the client needs the server's port (1-65535)", "give the port the server listens on")
     family = socket.AF_INET6 if ":" in args.server_ip else socket.AF_INET
     ifindex = _ifindex(args.ifname)
     be, reason = select_backend(args.backend, args.ifname, direction="tx")
@@ -444,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _fail("stdout was closed before the stream ended", "read the whole stream (e.g. | sha256sum)")
     except OSError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), "see `ncdevmem --help`; devmemtcp doctor IFNAME checks the NIC")
 
 
 if __name__ == "__main__":
