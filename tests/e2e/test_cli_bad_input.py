@@ -119,7 +119,8 @@ def test_bad_input_one_line_exit_2(argv: list[str], needle: str, capsys: pytest.
 
 
 @pytest.mark.parametrize(("argv", "needle"), BAD, ids=[_ids(r) for r in BAD])
-def test_bad_input_json_error_object(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_json_error_object(argv: list[str], needle: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli_main.main([*argv, "--json"])
     out, err = capsys.readouterr()
     assert rc == 2, err
@@ -147,7 +148,8 @@ def test_bad_input_as_a_process_has_no_traceback(argv: list[str]) -> None:
     assert res.stdout == ""
 
 
-def test_interrupted_is_130_with_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_is_130_with_json(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     from devmemtcp.cli import info
 
     def interrupted(_args: object) -> int:

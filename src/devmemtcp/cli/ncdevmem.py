@@ -313,7 +313,8 @@ def run_client(args: argparse.Namespace, infd: int) -> int:
     from devmemtcp.tx import Sender
 
     if args.port == 0:
-        return _fail("-p 0: the client needs the server's port (1-65535)", "give the port the server listens on")
+        return _fail("-p 0: the client needs the server's port (1-65535)",
+                     "give the port the server listens on")
     family = socket.AF_INET6 if ":" in args.server_ip else socket.AF_INET
     ifindex = _ifindex(args.ifname)
     be, reason = select_backend(args.backend, args.ifname, direction="tx")
