@@ -71,8 +71,17 @@ def render(page: str) -> str:
         description = parser.description or ""
     data = {"date": RELEASE_DATE, "project_name": "devmemtcp", "version": __version__,
             "manual_title": "devmemtcp manual", "description": description, "url": URL}
-    # argparse-manpage reads the date from SOURCE_DATE_EPOCH when no date is given; ours is fixed
-    return str(Manpage(parser, _data=data))
+    # argparse-manpage reads the date from SOURCE_DATE_EPOCH when no date is given; ours is fixed,
+    # and so is the width argparse wraps at (it reads COLUMNS), so the page is reproducible
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        return str(Manpage(parser, _data=data))
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
 
 
 def shipped(page: str) -> str:
