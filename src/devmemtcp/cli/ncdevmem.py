@@ -87,6 +87,13 @@ examples:
   ncdevmem -f eth1                                        probe: exit 0 when devmem RX works on eth1
   ncdevmem -l -f lo -s 127.0.0.1 -p 5201 -v 7             the emulated NIC on loopback
 
+differences from the kernel's ncdevmem, by design:
+  the backend is chosen as devmemtcp's (the kernel on a devmem NIC, the emulated NIC
+  otherwise; --backend forces one); the dma-buf is host memory unless --memory udmabuf;
+  no per-fragment debug lines; bad values (-p 70000, -v 1) are refused up front; the
+  client reads stdin in blocks, not lines (the same bytes reach the peer); the probe runs
+  on the queues selftest picks (-t/-q are only checked for being given together)
+
 exit status:
   0    success (received to EOF, validated with -v; sent all of stdin; probe passed)
   1    any failure: bad arguments, setup refused, validation mismatch, flow steering error,
