@@ -53,8 +53,8 @@ examples:
   devmemtcp bench frags                fragments per second through the RX pipeline
   eval "$(devmemtcp completion bash)"  tab completion in this shell
 
-Every command takes --help. Backends: 'kernel' (a devmem-capable NIC) or
-'emulated' (a software devmem NIC over real TCP sockets, any Linux machine).
+Every command takes --help. Backends: kernel (a devmem-capable NIC) or
+emulated (a software devmem NIC over real TCP sockets, any Linux machine).
 The kernel's ncdevmem command line works too: see `ncdevmem --help`.
 
 """ + EXIT_STATUS_EPILOG
