@@ -93,15 +93,16 @@ def test_check_rx_5tuple_validated(netns_pair, nbytes: str) -> None:  # type: ig
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("chunk", [0, 3])
-def test_check_tx_and_tx_chunks(netns_pair, chunk: int) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("chunk", "nk"), [(0, False), (3, False), (0, True)])
+def test_check_tx_and_tx_chunks(netns_pair, chunk: int, nk: bool) -> None:  # type: ignore[no-untyped-def]
     """devmem.py check_tx / check_tx_chunks: socat listens on the remote end, ncdevmem sends
-    `echo -e "hello\\nworld"` from its TX dma-buf (-z 3: three-byte iovecs)."""
+    `echo -e "hello\\nworld"` from its TX dma-buf (-z 3: three-byte iovecs; nk: the extra
+    flags devmem_lib.ncdevmem_tx passes in netkit mode, -t 0 -q 1 -n)."""
     p = netns_pair
     port = _rand_port()
     listener = _bkg(p.ns_b, f"socat -U - TCP4-LISTEN:{port}")
     _wait_port_listen(port, p.ns_b)
-    extra = f" -z {chunk}" if chunk else ""
+    extra = (" -t 0 -q 1 -n" if nk else "") + (f" -z {chunk}" if chunk else "")
     tx = subprocess.run(_ns(p.ns_a, f"echo -e \"hello\\nworld\" | {NCDEVMEM} -f {p.veth_a} -s {p.addr_b} "
                                     f"-p {port}{extra}"), capture_output=True, text=True, timeout=120)
     assert tx.returncode == 0, tx.stderr
@@ -143,6 +144,42 @@ def test_stream_to_stdout_on_lo_is_byte_exact(tmp_path) -> None:  # type: ignore
         _out, err = server.communicate(timeout=120)
     assert server.returncode == 0, err
     assert dest.read_bytes() == reference_pattern(251, 0, n)
+
+
+@pytest.mark.parametrize("size", [1, 4096, 8192])
+def test_rx_hds_fail_on_linear(size: int) -> None:
+    """devmem_lib.run_rx_hds: `-L` (fail on SCM_DEVMEM_LINEAR), no -v, one segment of SIZE bytes
+    from `dd | socat -b SIZE ...,nodelay`; with header split every byte is in the dma-buf."""
+    port = _rand_port()
+    server = _bkg(None, f"{NCDEVMEM} -l -f lo -s 127.0.0.1 -p {port} -L")
+    _wait_port_listen(port)
+    send = subprocess.run(_ns(None, f"dd if=/dev/zero bs={size} count=1 2>/dev/null | "
+                                    f"socat -b {size} -u - TCP4:127.0.0.1:{port},nodelay"),
+                          capture_output=True, text=True, timeout=60)
+    assert send.returncode == 0, send.stderr
+    rc, out, err = _finish(server)
+    assert rc == 0, f"HDS failed for payload size {size}: {err}"
+    assert out == bytes(size)
+
+
+def test_server_skip_config_on_a_nic_set_up_beforehand() -> None:
+    """nk_devmem.py's mode: the NIC is configured first (here by `devmemtcp setup`), then
+    `ncdevmem -l ... -t Q -q 1 -n` only binds; the NIC is restored afterwards."""
+    cli = [sys.executable, "-m", "devmemtcp.cli.main"]
+    port = _rand_port()
+    setup = subprocess.run([*cli, "setup", "lo", "--listen", "127.0.0.1", "--port", str(port), "--queues",
+                            "3:1", "--backend", "emulated"], capture_output=True, text=True, timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    try:
+        server = _bkg(None, f"{NCDEVMEM} -l -f lo -s 127.0.0.1 -p {port} -t 3 -q 1 -n -v 7")
+        _wait_port_listen(port)
+        plain_send("127.0.0.1", port, 7, 8 << 20)
+        rc, _out, err = _finish(server)
+    finally:
+        restore = subprocess.run([*cli, "restore", "lo"], capture_output=True, text=True, timeout=60)
+    assert restore.returncode == 0, restore.stderr
+    assert rc == 0, err
+    assert "validated" in err
 
 
 def test_validation_mismatch_exits_1() -> None:

@@ -135,3 +135,19 @@ def test_man_renders_the_shipped_page(tmp_path) -> None:  # type: ignore[no-unty
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr, res.stderr  # e.g. a text line that troff reads as a macro
     assert "DEVMEMTCP(1)" in res.stdout and "recv" in res.stdout and "exit status" in res.stdout.lower()
+
+
+def test_ncdevmem_batch_checks_fail_on_linear_and_readable_data() -> None:
+    """-L: linear data is an error; readable data (the flow missed the devmem queue) always is,
+    as ncdevmem's "flow steering error"; otherwise the frags are counted as ncdevmem counts."""
+    from devmemtcp.cli.ncdevmem import _FragCounter
+    from devmemtcp.errors import DevmemError
+
+    counter = _FragCounter(fail_on_linear=False, sink=None)
+    counter(_batch([0, 4096], [4096, 100], linear=b"abc", linear_sizes=[3], linear_at=[1]))
+    assert (counter.page_aligned, counter.non_page_aligned) == (1, 1)
+    with pytest.raises(DevmemError, match="SCM_DEVMEM_LINEAR"):
+        _FragCounter(fail_on_linear=True, sink=None)(_batch([0], [10], linear=b"ab", linear_sizes=[2],
+                                                            linear_at=[0]))
+    with pytest.raises(DevmemError, match="flow steering error"):
+        counter(_batch([], [], readable=b"plain"))
