@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
                         help="undo journal directory "
                         f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    common.add_output_args(parser, verbose=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", detail)
     Console().print(table)
     counts = report.counts()
-    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-          f"(backend {report.backend}: {report.backend_reason})")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
+    print(common.backend_line(report.backend, report.backend_reason, ifname=args.ifname, verbose=args.verbose))
     return 0 if report.ok else 1
