@@ -80,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     counts = report.counts()
     print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
-    print(common.backend_line(report.backend, report.backend_reason, ifname=args.ifname, verbose=args.verbose))
+    print(common.backend_line(report.backend, report.backend_reason, ifname=args.ifname,
+                              verbose=args.verbose))
     return 0 if report.ok else 1
