@@ -315,8 +315,8 @@ def _iovecs(offset: int, length: int, chunk: int | None) -> np.ndarray:
 
 def run_client(args: argparse.Namespace, infd: int) -> int:
     """The client mode: send stdin (``infd``) from a TX dma-buf; returns the exit status."""
+    from devmemtcp.backend import open_backend
     from devmemtcp.memory import open_dmabuf
-    from devmemtcp.transfer import select_backend
     from devmemtcp.tx import Sender
 
     if args.port == 0:
@@ -324,7 +324,7 @@ def run_client(args: argparse.Namespace, infd: int) -> int:
                      "give the port the server listens on")
     family = socket.AF_INET6 if ":" in args.server_ip else socket.AF_INET
     ifindex = _ifindex(args.ifname)
-    be, reason = select_backend(args.backend, args.ifname, direction="tx")
+    be, reason = open_backend(args.backend, args.ifname, direction="tx")
     _say(common.backend_line(be.name, reason, ifname=args.ifname, verbose=args.verbose))
     region = READ_SIZE if not args.max_chunk else min(READ_SIZE, args.max_chunk * MAX_IOV)
     region = min(region, args.size // 4) or args.size
