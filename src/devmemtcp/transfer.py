@@ -22,6 +22,7 @@ devmem part (real or emulated NIC) sits under the socket, not in the protocol.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import socket
 import time
@@ -388,7 +389,10 @@ def receive_stream(
             result.validated = False
             result.error = exc.message
             raise
-        except ConnectionError as exc:
+        except OSError as exc:
+            # ECONNRESET, EPIPE...; ENOTCONN: the peer reset the connection before we asked who it was
+            if not isinstance(exc, ConnectionError) and exc.errno != errno.ENOTCONN:
+                raise
             raise IncompleteError(
                 f"connection from {result.peer} lost after {rx.stats.bytes} bytes: {exc}",
                 "check the sender's output; the stream was cut before its end") from None
