@@ -124,6 +124,24 @@ def validate_arg(text: str) -> int:
     return value
 
 
+#: What an argparse type function puts between its message and its hint (see :func:`arg_error`).
+HINT_SEP = "\nhint: "
+
+
+def arg_error(message: str, hint: str | None) -> argparse.ArgumentTypeError:
+    """An ArgumentTypeError that carries a hint: the CLI prints it as the ``hint:`` line
+    instead of the generic "see --help" (see :func:`split_hint`)."""
+    return argparse.ArgumentTypeError(message + (HINT_SEP + hint if hint else ""))
+
+
+def split_hint(message: str, default: str | None) -> tuple[str, str | None]:
+    """``(message, hint)`` of an argparse error message built with :func:`arg_error`."""
+    if HINT_SEP in message:
+        text, _, hint = message.partition(HINT_SEP)
+        return text, hint
+    return message, default
+
+
 def _int(text: str, what: str) -> int:
     try:
         return int(text, 0)
@@ -216,7 +234,7 @@ def netns_arg(text: str) -> str:
     try:
         netns.path_of(text)
     except DevmemError as exc:
-        raise argparse.ArgumentTypeError(f"{exc.message}; list them with `ip netns list`") from None
+        raise arg_error(exc.message, exc.hint) from None
     return text
 
 

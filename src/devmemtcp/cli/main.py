@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from devmemtcp import __version__
-from devmemtcp.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STATUS_EPILOG, report_error
+from devmemtcp.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STATUS_EPILOG, report_error, split_hint
 from devmemtcp.errors import DevmemError
 
 # name -> (module, one-line help)
@@ -129,8 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list)
     except UsageError as exc:
         command = exc.prog.removeprefix("devmemtcp").strip()
-        return report_error(command, exc.message, f"see `{exc.prog} --help`", errno=_errno.EINVAL,
-                            exit_status=EXIT_ERROR, as_json=as_json)
+        message, hint = split_hint(exc.message, f"see `{exc.prog} --help`")
+        return report_error(command, message, hint, errno=_errno.EINVAL, exit_status=EXIT_ERROR,
+                            as_json=as_json)
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_ERROR

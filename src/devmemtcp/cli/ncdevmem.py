@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except _Usage as exc:
-        return _fail(str(exc), "see `ncdevmem --help`")
+        return _fail(*common.split_hint(str(exc), "see `ncdevmem --help`"))
     problem = _check(args)
     if problem:
         return _fail(problem, "see `ncdevmem --help`")
