@@ -221,6 +221,9 @@ def test_probe_like_require_devmem() -> None:
     ("-l -f lo -s 127.0.0.1 -p 5201 -t 1 -q 0", "at least one queue"),
     ("-l -f nosuch0 -s 127.0.0.1 -p 5201", "no interface named"),
     ("-x", "unrecognized arguments"),
+    ("-f lo -b 3000", "must be a power of 2"),
+    ("-f lo -b 2048", "must be >= PAGE_SIZE"),
+    ("-f lo -b 16384", "not supported by devmemtcp"),  # devmem_lib's probe at 16K: exit 1, the test skips
 ])
 def test_bad_arguments_exit_1_in_one_line(args: str, needle: str) -> None:
     """ncdevmem returns 1 for every failure, bad arguments included."""

@@ -8,7 +8,7 @@ same exit status (0 success, 1 any failure; 130 when interrupted).
 Server (devmem RX)::
 
     ncdevmem -l -f IFNAME -s SERVER_IP [-c CLIENT_IP] -p PORT [-t START_QUEUE -q NUM_QUEUES]
-             [-v N] [-n] [-L]
+             [-v N] [-n] [-L] [-b RX_PAGE_SIZE]
 
 sets up the NIC (header split, RSS off the devmem queues, an ntuple rule for
 the flow: 5-tuple with ``-c``, source port PORT as ncdevmem's; the last RX
@@ -21,7 +21,10 @@ stream; with ``-v N`` the stream is checked against ncdevmem's pattern (bytes
 ``-n`` leaves the NIC as it is (it was set up beforehand, as nk_devmem.py
 does for netkit); ``-L`` fails on any SCM_DEVMEM_LINEAR data (the header-split
 sweep). Readable data (the flow missed the devmem queue) is a flow steering
-error, as in ncdevmem.
+error, as in ncdevmem. ``-b`` (bind-rx's rx-page-size, net_iovs larger than a
+page) is checked as ncdevmem checks it, and any size but PAGE_SIZE is refused
+as unsupported (exit 1), so devmem_lib's probe for it skips the large-niov
+test.
 
 Client (devmem TX)::
 
@@ -130,8 +133,23 @@ def _queue(text: str) -> int:
     return common.nonneg_int(text)
 
 
+def _rx_page_size(text: str) -> int:
+    """-b N: ncdevmem's checks (an integer, a power of 2, at least PAGE_SIZE, at most 2**32-1)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid rx_page_size: {text!r}") from None
+    if value <= 0 or value > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"invalid rx_page_size: {text}")
+    if value & (value - 1):
+        raise argparse.ArgumentTypeError(f"rx_page_size {value} must be a power of 2")
+    if value < abi.PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"rx_page_size {value} must be >= PAGE_SIZE ({abi.PAGE_SIZE})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ncdevmem`` parser: ncdevmem's getopt string ``Lls:c:p:v:q:t:f:z:n``
+    """The ``ncdevmem`` parser: ncdevmem's getopt string ``Lls:c:p:v:q:t:f:z:nb:``
     plus a few long options of devmemtcp's."""
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server: do not configure the NIC (header split, RSS, ntuple rule); still binds")
     p.add_argument("-L", dest="fail_on_linear", action="store_true",
                    help="server: fail when any payload arrives as SCM_DEVMEM_LINEAR (header split missed)")
+    p.add_argument("-b", dest="rx_page_size", type=_rx_page_size, default=0, metavar="RX_PAGE_SIZE",
+                   help="server and probe: bind-rx's rx-page-size (a power of 2 >= PAGE_SIZE); only "
+                        "PAGE_SIZE is supported here, larger sizes exit 1 (unsupported)")
     p.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
                    help="devmemtcp's: kernel, emulated, or auto (default: kernel where doctor finds "
                         "devmem possible on IFNAME, else the emulated NIC)")
@@ -433,6 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _check(args)
     if problem:
         return _fail(problem, "see `ncdevmem --help`")
+    if args.rx_page_size not in (0, abi.PAGE_SIZE):
+        # bind-rx's rx-page-size attribute (net_iovs larger than a page) is not modelled by
+        # devmemtcp's backends: say so, as a NIC without it would (devmem_lib then skips)
+        return _fail(f"-b {args.rx_page_size}: rx-page-size larger than PAGE_SIZE ({abi.PAGE_SIZE}) "
+                     "is not supported by devmemtcp",
+                     "leave out -b (PAGE_SIZE net_iovs), as on kernels before bind-rx had rx-page-size")
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
