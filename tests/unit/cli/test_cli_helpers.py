@@ -37,7 +37,8 @@ def test_argparse_types(fn, good, bad) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_netns_arg_names_the_missing_namespace() -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match=r"(?s)devmemtcp-nope-ns.*does not exist.*ip netns list"):
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=r"(?s)devmemtcp-nope-ns.*does not exist.*ip netns list"):
         common.netns_arg("devmemtcp-nope-ns")
 
 
