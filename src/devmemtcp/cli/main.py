@@ -7,7 +7,8 @@ imported, so ``devmemtcp --help`` stays fast (:func:`build_parser` with
 
 Exit status (every command): 0 success, 1 the data did not validate or was
 incomplete, or a check failed, 2 error (bad input, no permission, missing
-kernel or NIC feature), 130 interrupted. Errors print one line
+kernel or NIC feature), 130 interrupted; 141, quietly, when stdout's reader
+went away early (``| head``), as for a process SIGPIPE ended. Errors print one line
 ``devmemtcp CMD: error: ...`` and a ``hint:`` line on stderr, never a
 traceback (``--debug`` shows it); with ``--json`` also one JSON object
 ``{"error", "hint", "errno", "exit_status"}`` on stdout.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno as _errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -58,6 +60,10 @@ emulated (a software devmem NIC over real TCP sockets, any Linux machine).
 The kernel's ncdevmem command line works too: see `ncdevmem --help`.
 
 """ + EXIT_STATUS_EPILOG
+
+
+#: stdout closed by its reader: the status of a process SIGPIPE ended (128 + 13)
+EXIT_SIGPIPE = 141
 
 
 class UsageError(Exception):
@@ -142,6 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return report_error(command, "interrupted", None, errno=_errno.EINTR, exit_status=EXIT_INTERRUPTED,
                             as_json=as_json)
+    except BrokenPipeError:
+        # stdout's reader left early (`devmemtcp completion bash | head`): stop quietly, as a
+        # process that SIGPIPE ended would (sockets never get here: transfer turns theirs into
+        # DevmemError); stdout goes to /dev/null so the interpreter's final flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_SIGPIPE
     except DevmemError as exc:
         if args.debug:
             raise
