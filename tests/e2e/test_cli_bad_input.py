@@ -173,8 +173,8 @@ def test_every_help_has_examples_and_the_exit_status_table(capsys: pytest.Captur
 
 def test_stdout_closed_early_is_quiet() -> None:
     """`devmemtcp completion bash | head -1`: no error message, the SIGPIPE status 141."""
-    res = subprocess.run(["bash", "-c", f"{sys.executable} -m devmemtcp.cli.main completion bash | head -c 10; "
-                                        "rc=${PIPESTATUS[0]}; echo; echo rc=$rc"], capture_output=True,
-                         text=True, timeout=60)
+    script = (f"{sys.executable} -m devmemtcp.cli.main completion bash | head -c 10; "
+              "rc=${PIPESTATUS[0]}; echo; echo rc=$rc")
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip().endswith("rc=141"), res.stdout + res.stderr
     assert res.stderr == ""
