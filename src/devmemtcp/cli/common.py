@@ -229,7 +229,7 @@ def ifname_arg(text: str) -> str:
 def netns_arg(text: str) -> str:
     """argparse type: the name of a network namespace that exists (``/run/netns/NAME``,
     as ``ip netns add`` makes)."""
-    from devmemtcp import netns
+    from devmemtcp.host import netns
 
     try:
         netns.path_of(text)

@@ -65,6 +65,7 @@ import numpy as np
 from devmemtcp import abi
 from devmemtcp.cli import common
 from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.host import ifaces
 
 PROG = "ncdevmem"
 #: the kernel's MAX_IOV: iovecs of one sendmsg
@@ -344,7 +345,7 @@ def run_client(args: argparse.Namespace, infd: int) -> int:
         return _fail("-p 0: the client needs the server's port (1-65535)",
                      "give the port the server listens on")
     family = socket.AF_INET6 if ":" in args.server_ip else socket.AF_INET
-    ifindex = _ifindex(args.ifname)
+    ifindex = ifaces.ifindex(args.ifname)
     be, reason = open_backend(args.backend, args.ifname, direction="tx")
     _say(common.backend_line(be.name, reason, ifname=args.ifname, verbose=args.verbose))
     region = READ_SIZE if not args.max_chunk else min(READ_SIZE, args.max_chunk * MAX_IOV)
@@ -392,14 +393,6 @@ def run_client(args: argparse.Namespace, infd: int) -> int:
     return 0
 
 
-def _ifindex(ifname: str) -> int:
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(f"no interface named {ifname!r} in this network namespace",
-                          "check `ip -br link`") from None
-
-
 # ---------------------------------------------------------------------------
 # Probe
 # ---------------------------------------------------------------------------
@@ -407,7 +400,7 @@ def run_probe(args: argparse.Namespace) -> int:
     """``ncdevmem -f IFNAME``: ncdevmem's binding checks; 0 when they all pass."""
     from devmemtcp.selftest import run_selftest
 
-    _ifindex(args.ifname)
+    ifaces.ifindex(args.ifname)
     report = run_selftest(args.ifname, only=PROBE_CASES, backend=args.backend, memory=args.memory)
     _say(common.backend_line(report.backend, report.backend_reason, ifname=args.ifname,
                              verbose=args.verbose))

@@ -13,7 +13,7 @@ import pytest
 
 from devmemtcp.cli import common
 from devmemtcp.cli.ncdevmem import StreamWriter
-from devmemtcp.cmsg import FragBatch
+from devmemtcp.codec import FragBatch
 
 
 @pytest.mark.parametrize(("fn", "good", "bad"), [
