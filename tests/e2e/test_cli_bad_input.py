@@ -26,7 +26,7 @@ BAD: list[tuple[list[str], str]] = [
     # info / doctor
     (["info", "--netns", MISSING_NS], "does not exist"),
     (["info", "bad/name"], "not an interface name"),
-    (["info", "nosuch0"], "no network interface named 'nosuch0'"),
+    (["info", "nosuch0"], "no interface named 'nosuch0'"),
     (["doctor", "--netns", MISSING_NS], "does not exist"),
     (["doctor", "x" * 16], "not an interface name"),
     # recv
@@ -172,9 +172,15 @@ def test_every_help_has_examples_and_the_exit_status_table(capsys: pytest.Captur
 
 
 def test_stdout_closed_early_is_quiet() -> None:
-    """`devmemtcp completion bash | head -1`: no error message, the SIGPIPE status 141."""
-    script = (f"{sys.executable} -m devmemtcp.cli.main completion bash | head -c 10; "
-              "rc=${PIPESTATUS[0]}; echo; echo rc=$rc")
-    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-    assert res.stdout.strip().endswith("rc=141"), res.stdout + res.stderr
+    """A write to a stdout whose reader left (`devmemtcp ... | head -1`) raises BrokenPipeError:
+    no error message, the status of a process SIGPIPE ended (141). (Made deterministic by a
+    command that raises it; a real pipe only does when the output outruns the pipe buffer.)"""
+    code = ("import sys\n"
+            "from devmemtcp.cli import info, main\n"
+            "def run(args):\n"
+            "    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "info.run = run\n"
+            "sys.exit(main.main(['info']))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 141, res.stderr
     assert res.stderr == ""
