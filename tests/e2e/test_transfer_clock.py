@@ -1,6 +1,6 @@
 """receive_stream's clock and its progress callback start at the first byte, not at
-accept; a cut-short stream is an IncompleteError (exit status 1); peer= makes the rule a
-5-tuple; on_batch sees every batch in order."""
+accept (and an idle timeout covers the wait for it); a reset stream is a StreamError (exit
+status 2), never complete; peer= makes the rule a 5-tuple; on_batch sees every batch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from devmemtcp import transfer
-from devmemtcp.errors import IncompleteError
+from devmemtcp.errors import StreamError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from transfer_helpers import reference_pattern, wait_nic_free
@@ -65,7 +65,7 @@ def test_seconds_and_progress_start_at_the_first_byte() -> None:
     assert calls[-1][1] == 4 << 20
 
 
-def test_cut_short_is_incomplete_and_on_batch_sees_the_stream_in_order() -> None:
+def test_reset_is_a_stream_error_and_on_batch_sees_the_stream_in_order() -> None:
     out: dict = {}
     seen: list[int] = []
     t, _ = _receiver(out, on_batch=lambda b: seen.append(b.nbytes + b.linear_bytes + len(b.readable)))
@@ -75,11 +75,20 @@ def test_cut_short_is_incomplete_and_on_batch_sees_the_stream_in_order() -> None
     s.close()  # linger 0: RST, the stream ends without its FIN
     t.join(60)
     err = out.get("error")
-    if err is None:  # the RST raced the data: everything arrived and then EOF
-        assert out["result"].bytes == sum(seen)
-        pytest.skip("the reset arrived after the data and its FIN")
-    assert isinstance(err, IncompleteError) and err.exit_status == 1
-    assert "lost after" in err.message
+    assert isinstance(err, StreamError) and err.exit_status == 2, out
+    assert "connection reset by the peer" in err.message
+    assert err.bytes_done == sum(seen)  # on_batch saw every byte received before the reset
+
+
+def test_idle_timeout_covers_the_wait_for_the_first_byte() -> None:
+    """A sender that connects and sends nothing: the idle timeout applies before the
+    first byte too (the clock's wait for it is not a way around --timeout)."""
+    out: dict = {}
+    t, _ = _receiver(out, idle_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", out["port"])):
+        t.join(30)
+    err = out.get("error")
+    assert isinstance(err, StreamError) and "no data from the peer" in err.message, out
 
 
 def test_peer_makes_a_5_tuple_rule() -> None:

@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError
 
 _UNITS: dict[str, int] = {
     "": 1,
@@ -429,9 +429,10 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXIT_STATUS_EPILOG = """\
 exit status:
-  0    success
-  1    the data did not validate or was incomplete, or a check failed
-  2    error: bad input, no permission, a missing kernel or NIC feature, a refused setup
+  0    success (received, sent; validated and complete where checked)
+  1    the data did not validate or was incomplete (cut short or too long), or a check failed
+  2    error: bad input, no permission, a missing kernel or NIC feature, a refused setup,
+       a connection reset, closed or stalled
   130  interrupted (SIGINT/SIGTERM); the NIC settings, bindings and tokens are given back
 """
 
@@ -463,3 +464,12 @@ def report_validation_failure(command: str, exc: ValidationError, *, as_json: bo
     return report_error(command, exc.message, exc.hint, exit_status=EXIT_FAILED, as_json=as_json,
                         extra={"validated": False, "offset": exc.offset, "expected": exc.expected,
                                "received": exc.received})
+
+
+def report_incomplete(command: str, exc: IncompleteStreamError) -> None:
+    """Print a stream of the wrong length (``stream ended after K of N
+    bytes``, or the overrun offset) and its hint on stderr; the caller prints
+    the summary (``complete`` false) and exits with status 1."""
+    print(f"devmemtcp {command}: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)

@@ -6,8 +6,8 @@ send``'s code) sends N bytes of ncdevmem's pattern (period 7) from another
 dma-buf; the receiver checks every byte straight from its dma-buf. On a
 machine without a devmem NIC both ends run on the emulated NIC.
 
-Exit status: 0 validated, 1 validation mismatch or a stream cut short, 2
-setup error, 130 interrupted.
+Exit status: 0 validated and complete, 1 validation mismatch or an incomplete
+stream (the receiver is told the length), 2 error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 from devmemtcp.cli import common
 from devmemtcp.cli.recv import table_rows
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError
 from devmemtcp.transfer import run_demo
 
 DEMO_PERIOD = 7
@@ -70,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         progress.close()
         return common.report_validation_failure("demo", exc, as_json=args.json)
+    except IncompleteStreamError as exc:
+        progress.close()
+        common.report_incomplete("demo", exc)
+        if args.json:
+            common.print_json({"validated": False, "complete": False, "error": exc.message,
+                               "hint": exc.hint, "errno": None, "exit_status": 1,
+                               "bytes": exc.received, "expected_bytes": exc.expected})
+        return 1
     finally:
         progress.close()
     if args.json:
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         common.print_summary("devmemtcp demo: receiver", table_rows(demo["recv"], verbose=args.verbose))
         common.print_summary("devmemtcp demo: sender", table_rows(demo["send"], verbose=args.verbose))
-        verdict = "validated" if demo["validated"] else "NOT validated"
+        verdict = "validated and complete" if demo["validated"] else "NOT validated"
         print(f"{common.format_bytes(demo['bytes'])} over loopback on the {demo['backend']} backend "
               f"in {demo['seconds']:.2f} s ({demo['gbps']:.2f} Gbit/s), {verdict}")
     if not demo["validated"]:

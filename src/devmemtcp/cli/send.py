@@ -9,8 +9,8 @@ works on the other end (``devmemtcp recv``, ncdevmem, ``nc``).
 Short options as ncdevmem's client: ``-s ADDR`` (instead of the positional
 ADDR), ``-p PORT``, ``-f IF``, ``-v N``, ``-z CHUNK``.
 
-Exit status: 0 sent, 2 setup or environment error (the receiver went away
-included), 130 interrupted.
+Exit status: 0 sent, 2 error (setup, environment, a connection reset, closed
+or stalled past --timeout), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bytes per iovec (default 64K)")
     parser.add_argument("--size", type=common.dmabuf_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
                         help="dma-buf size (default 16000 pages = 62.5 MiB)")
+    parser.add_argument("--timeout", type=common.timeout_arg, default=None, metavar="SECONDS",
+                        help="give up if the connection is not made within SECONDS (default 10), or "
+                             "the receiver takes no data for SECONDS (default: wait forever)")
     common.add_backend_args(parser)
 
 
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         result = send_stream(
             addr, args.port, nbytes=args.bytes, ifname=args.ifname, validate=args.validate,
             chunk=args.chunk, memory=args.memory, size=args.size, backend=args.backend,
+            connect_timeout=10.0 if args.timeout is None else args.timeout, idle_timeout=args.timeout,
             on_backend=backend_noter(args, args.ifname), on_progress=progress)
     finally:
         progress.close()
