@@ -429,8 +429,9 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXIT_STATUS_EPILOG = """\
 exit status:
-  0    success (received, sent; validated and complete where checked)
-  1    the data did not validate or was incomplete (cut short or too long), or a check failed
+  0    ok (received, sent, validated and complete where checked; checks passed)
+  1    the data did not validate, or the stream was incomplete (cut short or too long),
+       or a check failed
   2    error: bad input, no permission, a missing kernel or NIC feature, a refused setup,
        a connection reset, closed or stalled
   130  interrupted (SIGINT/SIGTERM); the NIC settings, bindings and tokens are given back
