@@ -121,10 +121,11 @@ def leftovers(baseline: dict[str, Any]) -> list[str]:
 
 def message_problems(err: str, rc: int, command: str) -> list[str]:
     """One clear message: nothing on rc 0; else ``devmemtcp CMD: ...``
-    optionally followed by ``hint: ...`` (notes ``devmemtcp: ...`` aside)."""
+    optionally followed by ``hint: ...`` (notes ``devmemtcp: ...`` and the ``backend: ...``
+    line aside)."""
     if "Traceback" in err:
         return [f"traceback: {err[-800:]!r}"]
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("devmemtcp: ")]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("devmemtcp: ", "backend: "))]
     if rc == 0:
         return [f"rc 0 with a message: {lines!r}"] if lines else []
     if not lines or not lines[0].startswith(f"devmemtcp {command}:") or len(lines) > 2 or (
@@ -402,8 +403,10 @@ def test_peer_reset_at_random_offsets_is_exit_2_naming_the_bytes(baseline: dict[
             problems.append(f"rc {rc}, not 'connection reset by the peer after K bytes': {err[-300:]!r}")
         elif int(m.group(1)) != off:
             problems.append(f"reset after {off} bytes reported after {m.group(1)}")
-        if out:
-            problems.append(f"a summary on stdout for a reset: {out[:200]!r}")
+        # with --json: only the error object {error, hint, errno, exit_status}, never a summary
+        obj = json.loads(out) if out.strip() else None
+        if obj is None or set(obj) != {"error", "hint", "errno", "exit_status"} or obj["exit_status"] != 2:
+            problems.append(f"not the JSON error object on stdout for a reset: {out[:200]!r}")
         problems += leftovers(baseline)
         tally.trial(f"trial {i} (reset after {off} bytes)", "reset", problems)
     tally.trial("a new recv on the same port", "new recv", new_recv_works(port))
