@@ -46,7 +46,20 @@ _LAZY = {
     "open_backend": ("devmemtcp.transfer", "select_backend"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "ChannelError",
+    "DevmemError",
+    "Listener",
+    "Receiver",
+    "Sender",
+    "__version__",
+    "connect",
+    "listen",
+    "open_backend",
+    "open_dmabuf",
+]
 
 if TYPE_CHECKING:
     from devmemtcp.channel.core import Channel, Listener, connect, listen

@@ -9,5 +9,13 @@ arithmetic), ``gather`` (frags to a contiguous destination), ``core``
 from devmemtcp.channel.core import DEFAULT_DMABUF_SIZE, Channel, Listener, Message, connect, listen
 from devmemtcp.errors import ChannelClosed, ChannelError
 
-__all__ = ["DEFAULT_DMABUF_SIZE", "Channel", "ChannelClosed", "ChannelError", "Listener", "Message", "connect",
-           "listen"]
+__all__ = [
+    "DEFAULT_DMABUF_SIZE",
+    "Channel",
+    "ChannelClosed",
+    "ChannelError",
+    "Listener",
+    "Message",
+    "connect",
+    "listen",
+]

@@ -67,7 +67,7 @@ from devmemtcp.cmsg import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
 
 if TYPE_CHECKING:
-    from devmemtcp.backend.base import Backend, Binding
+    from devmemtcp.backend.base import Backend
     from devmemtcp.memory.base import DmaBuf
     from devmemtcp.rx import Receiver
     from devmemtcp.tx import Sender
@@ -150,8 +150,16 @@ class _RxSide:
     rules: list[Any] = field(default_factory=list)
 
 
-def _setup_rx(stack: contextlib.ExitStack, be: Backend, ifname: str, local_ip: str, ports: list[int],
-              queues: Sequence[int] | None, dmabuf_size: int, memory: str | DmaBuf) -> _RxSide:
+def _setup_rx(
+    stack: contextlib.ExitStack,
+    be: Backend,
+    ifname: str,
+    local_ip: str,
+    ports: list[int],
+    queues: Sequence[int] | None,
+    dmabuf_size: int,
+    memory: str | DmaBuf,
+) -> _RxSide:
     """RX dma-buf, header split and RSS (shared with any other flow on the NIC),
     the binding, and one ntuple rule per data flow (``local_ip:ports[i]`` ->
     queue i), all undone when ``stack`` unwinds."""
@@ -167,12 +175,16 @@ def _setup_rx(stack: contextlib.ExitStack, be: Backend, ifname: str, local_ip: s
     if queues is not None:
         qlist = [int(q) for q in queues]
         if len(qlist) != streams or len(set(qlist)) != streams:
-            raise ChannelError(f"queues={list(queues)} must name {streams} distinct RX queue(s), one per "
-                               "data flow", f"give {streams} queue ids, or streams={len(qlist)}")
+            raise ChannelError(
+                f"queues={list(queues)} must name {streams} distinct RX queue(s), one per data flow",
+                f"give {streams} queue ids, or streams={len(qlist)}",
+            )
         start, channels = min(qlist), None
         if start < 1:
-            raise ChannelError("devmem queue 0 cannot be used: RSS needs an ordinary queue for other traffic",
-                               "name queues above 0")
+            raise ChannelError(
+                "devmem queue 0 cannot be used: RSS needs an ordinary queue for other traffic",
+                "name queues above 0",
+            )
         span = nic.rx_queue_count() - start
     else:
         n = nic.rx_queue_count()
@@ -181,8 +193,9 @@ def _setup_rx(stack: contextlib.ExitStack, be: Backend, ifname: str, local_ip: s
         channels = need if n < need else None
         start, span = 1, max(n, need) - 1
     steps = ("rings", "rss") + (("channels",) if channels else ())
-    stack.enter_context(NicSetup(be, ifname, queues=(start, span), steps=steps, channels=channels,
-                                 handle_signals=handle))
+    stack.enter_context(
+        NicSetup(be, ifname, queues=(start, span), steps=steps, channels=channels, handle_signals=handle)
+    )
     ifindex = _ifindex(ifname)
     binding = None
     if queues is not None:
@@ -203,11 +216,15 @@ def _setup_rx(stack: contextlib.ExitStack, be: Backend, ifname: str, local_ip: s
             raise ChannelError(
                 f"no {streams} free RX queue(s) on {ifname} for the channel's data flows"
                 + (f" ({last_exc})" if last_exc else ""),
-                "close other channels or receivers on this NIC, raise its channel count, or use fewer streams")
+                "close other channels or receivers on this NIC, raise its channel count, "
+                "or use fewer streams",
+            )
     stack.callback(binding.close)
     side = _RxSide(be, ifname, dmabuf, binding, qlist, list(ports), 0, 0, 0)
     for q, port in zip(qlist, ports, strict=True):
-        rule = NicSetup(be, ifname, queues=(q, 1), flow=(local_ip, port), steps=("rule",), handle_signals=handle)
+        rule = NicSetup(
+            be, ifname, queues=(q, 1), flow=(local_ip, port), steps=("rule",), handle_signals=handle
+        )
         stack.enter_context(rule)
         side.rules.append(rule.rule)
     pool_pages = dmabuf.size // abi.PAGE_SIZE
@@ -217,8 +234,9 @@ def _setup_rx(stack: contextlib.ExitStack, be: Backend, ifname: str, local_ip: s
     return side
 
 
-def _setup_tx(stack: contextlib.ExitStack, be: Backend, ifname: str, size: int,
-              memory: str | DmaBuf) -> tuple[Any, Any]:
+def _setup_tx(
+    stack: contextlib.ExitStack, be: Backend, ifname: str, size: int, memory: str | DmaBuf
+) -> tuple[Any, Any]:
     from devmemtcp.transfer import _ifindex, _open_dmabuf
 
     dmabuf = _open_dmabuf(memory, size)
@@ -240,8 +258,10 @@ def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
     while len(buf) < n:
         got = sock.recv(n - len(buf))
         if not got:
-            raise ChannelError(f"the peer closed the connection during the handshake ({what})",
-                               "check the peer's output: it refused or failed to set up its end")
+            raise ChannelError(
+                f"the peer closed the connection during the handshake ({what})",
+                "check the peer's output: it refused or failed to set up its end",
+            )
         buf += got
     return bytes(buf)
 
@@ -256,8 +276,10 @@ def _read_frame(sock: socket.socket, dec: FrameDecoder, what: str) -> tuple[Fram
             return fr
         data = sock.recv(1 << 16)
         if not data:
-            raise ChannelError(f"the peer closed the connection during the handshake (waiting for {what})",
-                               "check the peer's output: it refused or failed to set up its end")
+            raise ChannelError(
+                f"the peer closed the connection during the handshake (waiting for {what})",
+                "check the peer's output: it refused or failed to set up its end",
+            )
         dec.feed(data)
 
 
@@ -267,32 +289,53 @@ def _nodelay(sock: socket.socket) -> None:
 
 
 def _hello(role: str, rx: _RxSide, **extra: Any) -> dict[str, Any]:
-    return {"protocol": PROTOCOL_VERSION, "devmemtcp": __version__, "role": role, "pid": os.getpid(),
-            "rx_flows": len(rx.ports), "rx_ports": rx.ports, "window": rx.window,
-            "bytes_per_page": rx.bytes_per_page, "backend": rx.backend.name, **extra}
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "devmemtcp": __version__,
+        "role": role,
+        "pid": os.getpid(),
+        "rx_flows": len(rx.ports),
+        "rx_ports": rx.ports,
+        "window": rx.window,
+        "bytes_per_page": rx.bytes_per_page,
+        "backend": rx.backend.name,
+        **extra,
+    }
 
 
 def _check_hello(h: dict[str, Any]) -> None:
     try:
         if int(h["protocol"]) != PROTOCOL_VERSION:
-            raise ChannelError(f"channel protocol version mismatch: the peer (devmemtcp {h.get('devmemtcp')}) "
-                               f"speaks version {h['protocol']}, this end version {PROTOCOL_VERSION}",
-                               "run the same devmemtcp release on both ends")
+            raise ChannelError(
+                f"channel protocol version mismatch: the peer (devmemtcp {h.get('devmemtcp')}) "
+                f"speaks version {h['protocol']}, this end version {PROTOCOL_VERSION}",
+                "run the same devmemtcp release on both ends",
+            )
         int(h["rx_flows"])
         [int(p) for p in h["rx_ports"]]
         int(h["window"])
         int(h["bytes_per_page"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ChannelError(f"the peer's HELLO lacks or garbles {exc}", "run the same devmemtcp on both ends") \
-            from None
+        raise ChannelError(
+            f"the peer's HELLO lacks or garbles {exc}", "run the same devmemtcp on both ends"
+        ) from None
 
 
 # ---------------------------------------------------------------------------
 # listen / connect
 # ---------------------------------------------------------------------------
-def listen(addr: str, port: int, *, ifname: str | None = None, backend: str | Backend = "auto",
-           memory: str | DmaBuf = "host", streams: int = 1, queues: Sequence[int] | None = None,
-           dmabuf_size: int | None = None, tx_dmabuf_size: int | None = None) -> Listener:
+def listen(
+    addr: str,
+    port: int,
+    *,
+    ifname: str | None = None,
+    backend: str | Backend = "auto",
+    memory: str | DmaBuf = "host",
+    streams: int = 1,
+    queues: Sequence[int] | None = None,
+    dmabuf_size: int | None = None,
+    tx_dmabuf_size: int | None = None,
+) -> Listener:
     """Listen for channels on ``addr:port`` (the control connection).
 
     Sets the NIC up for this end's ``streams`` receiving data flows right away:
@@ -314,14 +357,32 @@ def listen(addr: str, port: int, *, ifname: str | None = None, backend: str | Ba
     Raises DevmemError/NetlinkError (with the kernel's extack) when the NIC
     cannot be set up, ChannelError for bad arguments; nothing is left set up.
     """
-    return Listener(addr, port, ifname=ifname, backend=backend, memory=memory, streams=streams,
-                    queues=queues, dmabuf_size=dmabuf_size, tx_dmabuf_size=tx_dmabuf_size)
+    return Listener(
+        addr,
+        port,
+        ifname=ifname,
+        backend=backend,
+        memory=memory,
+        streams=streams,
+        queues=queues,
+        dmabuf_size=dmabuf_size,
+        tx_dmabuf_size=tx_dmabuf_size,
+    )
 
 
-def connect(addr: str, port: int, *, ifname: str | None = None, backend: str | Backend = "auto",
-            memory: str | DmaBuf = "host", streams: int = 1, queues: Sequence[int] | None = None,
-            dmabuf_size: int | None = None, tx_dmabuf_size: int | None = None,
-            timeout: float | None = HANDSHAKE_TIMEOUT) -> Channel:
+def connect(
+    addr: str,
+    port: int,
+    *,
+    ifname: str | None = None,
+    backend: str | Backend = "auto",
+    memory: str | DmaBuf = "host",
+    streams: int = 1,
+    queues: Sequence[int] | None = None,
+    dmabuf_size: int | None = None,
+    tx_dmabuf_size: int | None = None,
+    timeout: float | None = HANDSHAKE_TIMEOUT,
+) -> Channel:
     """Open a channel to a :func:`listen` endpoint at ``addr:port``.
 
     This end receives on ``streams`` data flows of its own (set up as in
@@ -343,8 +404,10 @@ def connect(addr: str, port: int, *, ifname: str | None = None, backend: str | B
         try:
             ctl.connect((addr, port))
         except OSError as exc:
-            raise ChannelError(f"cannot connect to {addr} port {port}: {exc.strerror or exc}",
-                               "start the listener first (devmemtcp.listen), and check the address") from None
+            raise ChannelError(
+                f"cannot connect to {addr} port {port}: {exc.strerror or exc}",
+                "start the listener first (devmemtcp.listen), and check the address",
+            ) from None
         _nodelay(ctl)
         local_ip = ctl.getsockname()[0]
         from devmemtcp.transfer import interface_of_address
@@ -357,7 +420,9 @@ def connect(addr: str, port: int, *, ifname: str | None = None, backend: str | B
             s = stack.enter_context(socket.socket(fam, socket.SOCK_STREAM))
             s.bind((local_ip, 0))
             rsocks.append(s)
-        rx = _setup_rx(stack, be, ifname, local_ip, [s.getsockname()[1] for s in rsocks], queues, size, memory)
+        rx = _setup_rx(
+            stack, be, ifname, local_ip, [s.getsockname()[1] for s in rsocks], queues, size, memory
+        )
         tx_dmabuf, tx_binding = _setup_tx(stack, be, ifname, tx_dmabuf_size or 2 * size, memory)
         dec = FrameDecoder()
         ctl.sendall(encode_frame(FrameType.HELLO, encode_json(_hello("connect", rx))))
@@ -375,7 +440,9 @@ def connect(addr: str, port: int, *, ifname: str | None = None, backend: str | B
             s.settimeout(timeout)
             s.connect((addr, int(p)))
             tsocks.append(s)
-        ctl.sendall(encode_frame(FrameType.FLOWS, encode_json({"ports": [s.getsockname()[1] for s in tsocks]})))
+        ctl.sendall(
+            encode_frame(FrameType.FLOWS, encode_json({"ports": [s.getsockname()[1] for s in tsocks]}))
+        )
         for i, s in enumerate(rsocks):
             s.settimeout(timeout)
             s.connect((addr, int(peer["return_port"])))
@@ -384,9 +451,20 @@ def connect(addr: str, port: int, *, ifname: str | None = None, backend: str | B
         for s in (*tsocks, *rsocks):
             s.settimeout(None)
             _nodelay(s)
-        ch = Channel(ctl=ctl, decoder=dec, backend=be, backend_reason=reason, ifname=ifname, rx=rx,
-                     rx_socks=rsocks, tx_socks=tsocks, tx_dmabuf=tx_dmabuf, tx_binding=tx_binding,
-                     peer=peer, stack=stack)
+        ch = Channel(
+            ctl=ctl,
+            decoder=dec,
+            backend=be,
+            backend_reason=reason,
+            ifname=ifname,
+            rx=rx,
+            rx_socks=rsocks,
+            tx_socks=tsocks,
+            tx_dmabuf=tx_dmabuf,
+            tx_binding=tx_binding,
+            peer=peer,
+            stack=stack,
+        )
     except BaseException:
         stack.close()
         raise
@@ -402,13 +480,25 @@ class Listener:
     :meth:`accept` refuses (ChannelError) while a channel it returned is open.
     """
 
-    def __init__(self, addr: str, port: int, *, ifname: str | None, backend: str | Backend,
-                 memory: str | DmaBuf, streams: int, queues: Sequence[int] | None,
-                 dmabuf_size: int | None, tx_dmabuf_size: int | None) -> None:
+    def __init__(
+        self,
+        addr: str,
+        port: int,
+        *,
+        ifname: str | None,
+        backend: str | Backend,
+        memory: str | DmaBuf,
+        streams: int,
+        queues: Sequence[int] | None,
+        dmabuf_size: int | None,
+        tx_dmabuf_size: int | None,
+    ) -> None:
         from devmemtcp.transfer import _listen_socket, address_of_interface, interface_of_address
 
         if streams < 1:
-            raise ChannelError(f"streams={streams}: a channel needs at least one data flow", "use streams >= 1")
+            raise ChannelError(
+                f"streams={streams}: a channel needs at least one data flow", "use streams >= 1"
+            )
         fam = _family(addr)
         self.addr = addr
         self.memory = memory
@@ -426,10 +516,21 @@ class Listener:
             self._ret.listen(max(8, 2 * streams))
             self._data = [self._stack.enter_context(_listen_socket(addr, 0)) for _ in range(streams)]
             self.data_ports = [int(s.getsockname()[1]) for s in self._data]
-            local = addr if not ipaddress.ip_address(addr).is_unspecified \
+            local = (
+                addr
+                if not ipaddress.ip_address(addr).is_unspecified
                 else address_of_interface(self.ifname, fam)
-            self._rx = _setup_rx(self._stack, self.backend, self.ifname, local, self.data_ports, queues,
-                                 self.dmabuf_size, memory)
+            )
+            self._rx = _setup_rx(
+                self._stack,
+                self.backend,
+                self.ifname,
+                local,
+                self.data_ports,
+                queues,
+                self.dmabuf_size,
+                memory,
+            )
             self.queues = list(self._rx.queues)
         except BaseException:
             self._stack.close()
@@ -442,14 +543,18 @@ class Listener:
         fails the handshake (the listener stays usable) or a channel from this
         listener is still open."""
         if self._active is not None and (ch := self._active()) is not None and not ch.closed:
-            raise ChannelError("a channel accepted from this listener is still open: its data flows use the "
-                               "listener's RX dma-buf and queues", "close it first, or listen on another port")
+            raise ChannelError(
+                "a channel accepted from this listener is still open: its data flows use the "
+                "listener's RX dma-buf and queues",
+                "close it first, or listen on another port",
+            )
         self._ctl.settimeout(timeout)
         try:
             ctl, peer_addr = self._ctl.accept()
         except TimeoutError:
-            raise TimeoutError(f"no channel connected to {self.addr} port {self.port} within {timeout} s") \
-                from None
+            raise TimeoutError(
+                f"no channel connected to {self.addr} port {self.port} within {timeout} s"
+            ) from None
         stack = contextlib.ExitStack()
         try:
             stack.enter_context(ctl)
@@ -467,9 +572,22 @@ class Listener:
                     ctl.sendall(encode_frame(FrameType.ERROR, encode_json({"message": exc.message})))
                 raise
             chan_id = uuid.uuid4().bytes
-            tx_dmabuf, tx_binding = _setup_tx(stack, self.backend, self.ifname, self.tx_dmabuf_size, self.memory)
-            ctl.sendall(encode_frame(FrameType.HELLO, encode_json(_hello(
-                "listen", self._rx, channel=chan_id.hex(), return_port=int(self._ret.getsockname()[1])))))
+            tx_dmabuf, tx_binding = _setup_tx(
+                stack, self.backend, self.ifname, self.tx_dmabuf_size, self.memory
+            )
+            ctl.sendall(
+                encode_frame(
+                    FrameType.HELLO,
+                    encode_json(
+                        _hello(
+                            "listen",
+                            self._rx,
+                            channel=chan_id.hex(),
+                            return_port=int(self._ret.getsockname()[1]),
+                        )
+                    ),
+                )
+            )
             ftype, body = _read_frame(ctl, dec, "the connector's FLOWS")
             if ftype != FrameType.FLOWS:
                 raise ChannelError(f"expected the connector's FLOWS, got {ftype.name}", "the peer is broken")
@@ -493,7 +611,12 @@ class Listener:
                 except ChannelError:
                     s.close()
                     continue
-                if magic != _PREAMBLE_MAGIC or cid != chan_id or idx >= len(tsocks) or tsocks[idx] is not None:
+                if (
+                    magic != _PREAMBLE_MAGIC
+                    or cid != chan_id
+                    or idx >= len(tsocks)
+                    or tsocks[idx] is not None
+                ):
                     s.close()
                     continue
                 tsocks[idx] = stack.enter_context(s)
@@ -502,9 +625,20 @@ class Listener:
             for s in (*rsocks, *out):
                 s.settimeout(None)
                 _nodelay(s)
-            ch = Channel(ctl=ctl, decoder=dec, backend=self.backend, backend_reason=self.backend_reason,
-                         ifname=self.ifname, rx=self._rx, rx_socks=rsocks, tx_socks=out, tx_dmabuf=tx_dmabuf,
-                         tx_binding=tx_binding, peer=peer, stack=stack)
+            ch = Channel(
+                ctl=ctl,
+                decoder=dec,
+                backend=self.backend,
+                backend_reason=self.backend_reason,
+                ifname=self.ifname,
+                rx=self._rx,
+                rx_socks=rsocks,
+                tx_socks=out,
+                tx_dmabuf=tx_dmabuf,
+                tx_binding=tx_binding,
+                peer=peer,
+                stack=stack,
+            )
         except BaseException:
             stack.close()
             raise
@@ -529,8 +663,10 @@ class Listener:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<Listener {self.addr}:{self.port} ifname={self.ifname} backend={self.backend.name} "
-                f"queues={self.queues}>")
+        return (
+            f"<Listener {self.addr}:{self.port} ifname={self.ifname} backend={self.backend.name} "
+            f"queues={self.queues}>"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -548,7 +684,9 @@ def _torch_dtype_spec(t: Any) -> DType:
     try:
         npdt = torch.empty(0, dtype=t.dtype).numpy().dtype
     except (TypeError, RuntimeError) as exc:
-        raise ChannelError(f"torch dtype {t.dtype} cannot be sent: {exc}", "convert the tensor first") from None
+        raise ChannelError(
+            f"torch dtype {t.dtype} cannot be sent: {exc}", "convert the tensor first"
+        ) from None
     return DType.of_numpy(npdt)
 
 
@@ -558,8 +696,10 @@ def _payload(obj: Any) -> tuple[np.ndarray, DType, tuple[int, ...], int]:
     if _is_torch(obj):
         t = obj.detach()
         if t.device.type != "cpu":
-            raise ChannelError(f"a tensor on {t.device} cannot be sent from host memory",
-                               "move it to the CPU, or use the CUDA memory provider (memory='cuda')")
+            raise ChannelError(
+                f"a tensor on {t.device} cannot be sent from host memory",
+                "move it to the CPU, or use the CUDA memory provider (memory='cuda')",
+            )
         spec = _torch_dtype_spec(t)
         if not t.is_contiguous():
             t = t.contiguous()
@@ -576,8 +716,10 @@ def _payload(obj: Any) -> tuple[np.ndarray, DType, tuple[int, ...], int]:
         try:
             arr = np.asarray(memoryview(obj))
         except TypeError:
-            raise ChannelError(f"cannot send a {type(obj).__name__}: not an array, tensor or buffer",
-                               "send a numpy array, a torch tensor, or a bytes-like object") from None
+            raise ChannelError(
+                f"cannot send a {type(obj).__name__}: not an array, tensor or buffer",
+                "send a numpy array, a torch tensor, or a bytes-like object",
+            ) from None
     spec = DType.of_numpy(arr.dtype)
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
@@ -593,8 +735,10 @@ def _writable_view(out: Any, nbytes: int, tag: int) -> np.ndarray:
         import torch
 
         if out.device.type != "cpu":
-            raise ChannelError(f"out is a tensor on {out.device}: host memory is needed here",
-                               "receive into a CPU tensor, or use the CUDA memory provider")
+            raise ChannelError(
+                f"out is a tensor on {out.device}: host memory is needed here",
+                "receive into a CPU tensor, or use the CUDA memory provider",
+            )
         if not out.is_contiguous():
             raise ChannelError("out is not contiguous", "pass a contiguous tensor (t.contiguous())", tag=tag)
         size = out.numel() * out.element_size()
@@ -610,20 +754,26 @@ def _writable_view(out: Any, nbytes: int, tag: int) -> np.ndarray:
         try:
             mv = memoryview(out)
         except TypeError:
-            raise ChannelError(f"out is a {type(out).__name__}: not an array, tensor or buffer",
-                               "pass a numpy array, a torch tensor or a bytearray") from None
+            raise ChannelError(
+                f"out is a {type(out).__name__}: not an array, tensor or buffer",
+                "pass a numpy array, a torch tensor or a bytearray",
+            ) from None
         if mv.readonly:
-            raise ChannelError("out is not writable (a read-only buffer)", "pass a bytearray or a writable array",
-                               tag=tag)
+            raise ChannelError(
+                "out is not writable (a read-only buffer)", "pass a bytearray or a writable array", tag=tag
+            )
         if not mv.c_contiguous:
             raise ChannelError("out is not contiguous", "pass a contiguous buffer", tag=tag)
         size = mv.nbytes
         view = np.frombuffer(mv.cast("B"), np.uint8) if size else np.empty(0, np.uint8)
     if size != nbytes:
         what = "too small" if size < nbytes else "larger than the message"
-        raise ChannelError(f"out holds {size} bytes, {what}: the message (tag {tag}) has {nbytes} bytes",
-                           f"pass a destination of exactly {nbytes} bytes; the message stays receivable",
-                           tag=tag, expected=nbytes)
+        raise ChannelError(
+            f"out holds {size} bytes, {what}: the message (tag {tag}) has {nbytes} bytes",
+            f"pass a destination of exactly {nbytes} bytes; the message stays receivable",
+            tag=tag,
+            expected=nbytes,
+        )
     return view
 
 
@@ -635,16 +785,18 @@ def _new_destination(h: MessageHeader, like: str) -> tuple[Any, np.ndarray]:
         try:
             import torch
         except ImportError:
-            raise ChannelError("like='torch' needs torch", "pip install torch (a CPU build: torch==2.13.0)") \
-                from None
+            raise ChannelError(
+                "like='torch' needs torch", "pip install torch (a CPU build: torch==2.13.0)"
+            ) from None
         if h.dtype.dlpack == (DL_BFLOAT, 16, 1):
             tdt = torch.bfloat16
         else:
             try:
                 tdt = torch.from_numpy(np.empty(0, h.dtype.numpy())).dtype
             except TypeError:
-                raise ChannelError(f"dtype {h.dtype} has no torch equivalent", "receive with like='numpy'") \
-                    from None
+                raise ChannelError(
+                    f"dtype {h.dtype} has no torch equivalent", "receive with like='numpy'"
+                ) from None
         t = torch.empty(h.shape, dtype=tdt)
         return t, (t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8))
     raise ChannelError(f"like={like!r}", "use like='numpy' or like='torch'")
@@ -694,8 +846,12 @@ class Message:
             self.frags = parts[0][1]
         else:
             b = [p[1] for p in parts]
-            self.frags = FragBatch(np.concatenate([x.offset for x in b]), np.concatenate([x.size for x in b]),
-                                   np.concatenate([x.token for x in b]), np.concatenate([x.dmabuf_id for x in b]))
+            self.frags = FragBatch(
+                np.concatenate([x.offset for x in b]),
+                np.concatenate([x.size for x in b]),
+                np.concatenate([x.token for x in b]),
+                np.concatenate([x.dmabuf_id for x in b]),
+            )
 
     def gather(self, out: Any = None, like: str = "numpy") -> Any:
         """Copy the message into ``out`` (exactly ``nbytes``, contiguous,
@@ -733,9 +889,22 @@ class Channel:
     and undoes the NIC set-up this channel made.
     """
 
-    def __init__(self, *, ctl: socket.socket, decoder: FrameDecoder, backend: Any, backend_reason: str,
-                 ifname: str, rx: _RxSide, rx_socks: list[socket.socket], tx_socks: list[socket.socket],
-                 tx_dmabuf: Any, tx_binding: Any, peer: dict[str, Any], stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        *,
+        ctl: socket.socket,
+        decoder: FrameDecoder,
+        backend: Any,
+        backend_reason: str,
+        ifname: str,
+        rx: _RxSide,
+        rx_socks: list[socket.socket],
+        tx_socks: list[socket.socket],
+        tx_dmabuf: Any,
+        tx_binding: Any,
+        peer: dict[str, Any],
+        stack: contextlib.ExitStack,
+    ) -> None:
         from devmemtcp.rx import Receiver
         from devmemtcp.tx import Sender
 
@@ -750,8 +919,11 @@ class Channel:
         self._rx_base = rx.dmabuf.host_view()
         pool_pages = rx.dmabuf.size // abi.PAGE_SIZE
         self._receivers: list[Receiver] = [
-            stack.enter_context(Receiver(backend, s, rx.binding, release_threshold=rx.release_threshold,
-                                         max_held=pool_pages)) for s in rx_socks]
+            stack.enter_context(
+                Receiver(backend, s, rx.binding, release_threshold=rx.release_threshold, max_held=pool_pages)
+            )
+            for s in rx_socks
+        ]
         self._lowat = [1] * len(rx_socks)
         self._senders: list[Sender] = [stack.enter_context(Sender(backend, s, tx_binding)) for s in tx_socks]
         self._rx_socks = rx_socks
@@ -799,8 +971,10 @@ class Channel:
             try:
                 self._ctl.sendall(data)
             except OSError as exc:
-                raise ChannelError(f"the control connection to the peer is gone: {exc}",
-                                   "the peer closed the channel or died; check its output") from None
+                raise ChannelError(
+                    f"the control connection to the peer is gone: {exc}",
+                    "the peer closed the channel or died; check its output",
+                ) from None
 
     def _dispatch(self, ftype: FrameType, body: bytes) -> None:
         if ftype == FrameType.MSG:
@@ -826,8 +1000,11 @@ class Channel:
                     if self._ctl_error is not None:
                         raise lost(f"the peer failed: {self._ctl_error}")
                     if self._ctl_eof or self._peer_closed:
-                        raise lost("the peer closed the channel" if self._peer_closed
-                                   else "the peer closed the control connection without closing the channel")
+                        raise lost(
+                            "the peer closed the channel"
+                            if self._peer_closed
+                            else "the peer closed the control connection without closing the channel"
+                        )
                     if not self._reading:
                         self._reading = True
                         break
@@ -884,9 +1061,10 @@ class Channel:
                     break
             else:
                 free = max((ln for _, ln in self._heap_free), default=0)
-                raise ChannelError(f"no room for {n} bytes in the TX dma-buf (largest free block {free} bytes)",
-                                   "drop arrays from empty() you no longer need, or give a larger "
-                                   "tx_dmabuf_size")
+                raise ChannelError(
+                    f"no room for {n} bytes in the TX dma-buf (largest free block {free} bytes)",
+                    "drop arrays from empty() you no longer need, or give a larger tx_dmabuf_size",
+                )
         # the holder exports the mapping's buffer: the memory outlives the channel while arrays use it
         holder = (ctypes.c_char * need).from_buffer(mm, off)
         weakref.finalize(holder, self._heap_release, off, need)
@@ -932,7 +1110,7 @@ class Channel:
         while used and used[0][0] < end and start < used[0][1]:
             s, e, f = used.popleft()
             self._senders[f].wait_region_free(s, e - s)
-        self._tx_view[start: start + n] = src
+        self._tx_view[start : start + n] = src
         used.append((start, end, flow))
         self._ring_pos = end
         return start
@@ -969,8 +1147,16 @@ class Channel:
             nflows = len(self._senders)
             first = self._rr
             self._rr = (first + 1) % nflows
-            h = MessageHeader(tag=tag, nbytes=nbytes, seq=seq, dtype=spec, shape=shape, unit=self._unit,
-                              first=first, nflows=nflows)
+            h = MessageHeader(
+                tag=tag,
+                nbytes=nbytes,
+                seq=seq,
+                dtype=spec,
+                shape=shape,
+                unit=self._unit,
+                first=first,
+                nflows=nflows,
+            )
             self._write(encode_frame(FrameType.MSG, encode_header(h)))
             sent = 0
             iov = np.empty((1, 2), dtype=np.uint64)
@@ -980,15 +1166,20 @@ class Channel:
                     cost = chunk_pages(ln, self._peer_bpp)
                     if not self._credit.can_take(cost):
                         self.credit_waits += 1
-                        self._wait(lambda c=cost: self._credit.can_take(c),
-                                   lambda why, s=sent: ChannelError(
-                                       f"{why} while sending message tag {tag}: {s} of {nbytes} bytes sent",
-                                       "check the peer's output; the message was cut short",
-                                       tag=tag, received=s, expected=nbytes))
+                        self._wait(
+                            lambda c=cost: self._credit.can_take(c),
+                            lambda why, s=sent: ChannelError(
+                                f"{why} while sending message tag {tag}: {s} of {nbytes} bytes sent",
+                                "check the peer's output; the message was cut short",
+                                tag=tag,
+                                received=s,
+                                expected=nbytes,
+                            ),
+                        )
                     if in_dma is not None:
                         off = in_dma + start
                     else:
-                        off = self._stage(u8[start: start + ln], f)
+                        off = self._stage(u8[start : start + ln], f)
                         copied += ln
                     with self._cv:
                         self._credit.take(cost)
@@ -999,9 +1190,13 @@ class Channel:
             except (ConnectionError, DevmemError, OSError) as exc:
                 if isinstance(exc, ChannelError):
                     raise
-                raise ChannelError(f"connection lost while sending message tag {tag}: {sent} of {nbytes} "
-                                   f"bytes sent ({exc})", "check the peer's output; the message was cut short",
-                                   tag=tag, received=sent, expected=nbytes) from None
+                raise ChannelError(
+                    f"connection lost while sending message tag {tag}: {sent} of {nbytes} bytes sent ({exc})",
+                    "check the peer's output; the message was cut short",
+                    tag=tag,
+                    received=sent,
+                    expected=nbytes,
+                ) from None
             st = self._tx_stats
             st.bytes += nbytes
             st.messages += 1
@@ -1015,7 +1210,7 @@ class Channel:
             return None
         addr = int(u8.__array_interface__["data"][0])
         off = addr - self._tx_addr
-        if 0 <= off and off + u8.shape[0] <= self._tx_view.shape[0]:
+        if off >= 0 and off + u8.shape[0] <= self._tx_view.shape[0]:
             return off
         return None
 
@@ -1029,11 +1224,17 @@ class Channel:
     def _lost_rx(self, tag: int | None) -> Any:
         def make(why: str) -> ChannelError:
             if self._peer_closed and not self._ctl_error:
-                return ChannelClosed(f"{why}; no message{'' if tag is None else f' of tag {tag}'} is pending",
-                                     "the peer sent everything it had", tag=tag)
-            return ChannelError(f"{why} while waiting for a message"
-                                + ("" if tag is None else f" of tag {tag}"),
-                                "check the peer's output", tag=tag)
+                return ChannelClosed(
+                    f"{why}; no message{'' if tag is None else f' of tag {tag}'} is pending",
+                    "the peer sent everything it had",
+                    tag=tag,
+                )
+            return ChannelError(
+                f"{why} while waiting for a message" + ("" if tag is None else f" of tag {tag}"),
+                "check the peer's output",
+                tag=tag,
+            )
+
         return make
 
     def _take_held(self, tag: int | None) -> _Held | None:
@@ -1122,7 +1323,7 @@ class Channel:
             if at > done:
                 pos += gather(self._rx_base, batch.offset[done:at], batch.size[done:at], dst[pos:])
                 done = at
-            dst[pos: pos + size] = batch.linear[lin: lin + size]
+            dst[pos : pos + size] = batch.linear[lin : lin + size]
             pos += size
             lin += size
         n = batch.offset.shape[0]
@@ -1144,8 +1345,10 @@ class Channel:
             for i in range(h.nchunks):
                 f, start, ln = h.chunk(i)
                 if f >= len(self._receivers):
-                    raise ChannelError(f"message tag {h.tag} names data flow {f}, this end has "
-                                       f"{len(self._receivers)}", "the peer is broken")
+                    raise ChannelError(
+                        f"message tag {h.tag} names data flow {f}, this end has {len(self._receivers)}",
+                        "the peer is broken",
+                    )
                 rx = self._receivers[f]
                 need = ln
                 low = min(need, RCVLOWAT_CAP)
@@ -1159,14 +1362,18 @@ class Channel:
                     if batch is None:
                         raise ChannelError(
                             f"the peer closed data flow {f} in the middle of message tag {h.tag}: "
-                            f"{got} of {nbytes} bytes received", "check the peer's output; the message was cut "
-                            "short", tag=h.tag, received=got, expected=nbytes)
+                            f"{got} of {nbytes} bytes received",
+                            "check the peer's output; the message was cut short",
+                            tag=h.tag,
+                            received=got,
+                            expected=nbytes,
+                        )
                     if batch.readable.shape[0]:
                         self._steering_error(f, batch)
                     n = batch.nbytes + batch.linear_bytes
                     st.frags += batch.token.shape[0]
                     if dst is not None:
-                        self._gather_batch(batch, dst[start + ln - need:])
+                        self._gather_batch(batch, dst[start + ln - need :])
                         rx.release(batch)
                     else:
                         assert held is not None
@@ -1187,26 +1394,35 @@ class Channel:
                             held.data, dst, converted = data, data, i
                     need -= n
                     got += n
-                if dst is not None and i > converted:
-                    if self._ledger.consumed(chunk_pages(ln, bpp)):
-                        self._give_credit()
+                if dst is not None and i > converted and self._ledger.consumed(chunk_pages(ln, bpp)):
+                    self._give_credit()
         except ChannelError:
             raise
         except (ConnectionError, OSError) as exc:
-            raise ChannelError(f"data flow lost in the middle of message tag {h.tag}: {got} of {nbytes} bytes "
-                               f"received ({exc})", "check the peer's output; the message was cut short",
-                               tag=h.tag, received=got, expected=nbytes) from None
+            raise ChannelError(
+                f"data flow lost in the middle of message tag {h.tag}: {got} of {nbytes} bytes "
+                f"received ({exc})",
+                "check the peer's output; the message was cut short",
+                tag=h.tag,
+                received=got,
+                expected=nbytes,
+            ) from None
         st.bytes += nbytes
         st.messages += 1
 
     def _steering_error(self, f: int, batch: FragBatch) -> None:
         rule = self._rx.rules[f] if f < len(self._rx.rules) else None
-        where = f"ntuple rule {rule.location} (TCP to {rule.dst_ip}:{rule.dst_port} -> queue {rule.queue})" \
-            if rule is not None else "its ntuple rule"
+        where = (
+            f"ntuple rule {rule.location} (TCP to {rule.dst_ip}:{rule.dst_port} -> queue {rule.queue})"
+            if rule is not None
+            else "its ntuple rule"
+        )
         raise ChannelError(
-            f"data flow {f} landed on an ordinary RX queue of {self.ifname}: {batch.readable.shape[0]} readable "
-            f"bytes where devmem frags were expected (flow steering error)",
-            f"check {where} with `ethtool -n {self.ifname}`; another tool may have removed it")
+            f"data flow {f} landed on an ordinary RX queue of {self.ifname}: "
+            f"{batch.readable.shape[0]} readable bytes where devmem frags were expected "
+            "(flow steering error)",
+            f"check {where} with `ethtool -n {self.ifname}`; another tool may have removed it",
+        )
 
     def _recv_msg(self, tag: int | None, make: Any) -> Any:
         """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
@@ -1290,8 +1506,11 @@ class Channel:
                 if not self._ledger.can_park(pages):
                     raise ChannelError(
                         f"message tag {h.tag} of {h.nbytes} bytes does not fit half the credit window "
-                        f"({self._ledger.window // 2 - self._ledger.parked} pages free of {self._ledger.window})",
-                        "receive it with recv()/recv_into(), or use a larger dmabuf_size", tag=h.tag)
+                        f"({self._ledger.window // 2 - self._ledger.parked} pages free of "
+                        f"{self._ledger.window})",
+                        "receive it with recv()/recv_into(), or use a larger dmabuf_size",
+                        tag=h.tag,
+                    )
                 self._headers.popleft()
                 held = _Held(h, pages=pages)
                 self._ledger.park(pages)
@@ -1326,19 +1545,35 @@ class Channel:
         ``credit_waits`` (sends that waited for credit), ``parked`` /
         ``spilled`` (messages held in the dma-buf / copied out of it),
         ``pending``."""
+
         def d(s: _DirStats) -> dict[str, Any]:
-            return {"bytes": s.bytes, "messages": s.messages, "frags": s.frags,
-                    "host_copy_bytes": s.host_copy_bytes, "seconds": round(s.seconds, 6),
-                    "gbps": round(s.bytes * 8 / s.seconds / 1e9, 4) if s.seconds > 0 else 0.0}
+            return {
+                "bytes": s.bytes,
+                "messages": s.messages,
+                "frags": s.frags,
+                "host_copy_bytes": s.host_copy_bytes,
+                "seconds": round(s.seconds, 6),
+                "gbps": round(s.bytes * 8 / s.seconds / 1e9, 4) if s.seconds > 0 else 0.0,
+            }
+
         rx = d(self._rx_stats)
         rx["release_syscalls"] = sum(r.stats.release_syscalls for r in self._receivers)
         rx["tokens_released"] = sum(r.stats.tokens_released for r in self._receivers)
         rx["flow_steering_errors"] = sum(r.stats.flow_steering_errors for r in self._receivers)
         tx = d(self._tx_stats)
         tx["sendmsg_calls"] = sum(s.stats.sendmsg_calls for s in self._senders)
-        return {"rx": rx, "tx": tx, "credit_waits": self.credit_waits, "parked": self.parked,
-                "spilled": self.spilled, "pending": self.pending, "streams_rx": len(self._receivers),
-                "streams_tx": len(self._senders), "stripe_unit": self._unit, "backend": self.backend.name}
+        return {
+            "rx": rx,
+            "tx": tx,
+            "credit_waits": self.credit_waits,
+            "parked": self.parked,
+            "spilled": self.spilled,
+            "pending": self.pending,
+            "streams_rx": len(self._receivers),
+            "streams_tx": len(self._senders),
+            "stripe_unit": self._unit,
+            "backend": self.backend.name,
+        }
 
     @property
     def closed(self) -> bool:
@@ -1373,5 +1608,7 @@ class Channel:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<Channel ifname={self.ifname} backend={self.backend.name} rx_flows={len(self._receivers)} "
-                f"tx_flows={len(self._senders)}{' closed' if self._closed else ''}>")
+        return (
+            f"<Channel ifname={self.ifname} backend={self.backend.name} rx_flows={len(self._receivers)} "
+            f"tx_flows={len(self._senders)}{' closed' if self._closed else ''}>"
+        )

@@ -60,7 +60,8 @@ def plan_window(pool_pages: int, nflows: int, release_threshold: int) -> int:
         raise ChannelError(
             f"an RX dma-buf of {pool_pages} pages is too small for {nflows} data flow(s): "
             f"{reserve} pages are kept back for token release batching",
-            f"use a dma-buf of at least {(reserve + 64) * abi.PAGE_SIZE} bytes (dmabuf_size=)")
+            f"use a dma-buf of at least {(reserve + 64) * abi.PAGE_SIZE} bytes (dmabuf_size=)",
+        )
     return window
 
 
@@ -89,15 +90,20 @@ class CreditWindow:
 
     def take(self, pages: int) -> None:
         if pages > self.available:
-            raise ChannelError(f"sending {pages} credit pages with {self.available} available",
-                               "this is a bug in the channel's flow control")
+            raise ChannelError(
+                f"sending {pages} credit pages with {self.available} available",
+                "this is a bug in the channel's flow control",
+            )
         self.available -= pages
 
     def give(self, pages: int) -> None:
         """Credit the receiver gave back; ChannelError if it gives more than was taken."""
         if self.available + pages > self.window:
-            raise ChannelError(f"the peer gave back {pages} credit pages, more than it was lent "
-                               f"({self.window - self.available} outstanding)", "the peer is broken")
+            raise ChannelError(
+                f"the peer gave back {pages} credit pages, more than it was lent "
+                f"({self.window - self.available} outstanding)",
+                "the peer is broken",
+            )
         self.available += pages
 
 

@@ -61,8 +61,10 @@ def build_helper(directory: Path | None = None) -> Path:
     source = resources.files("devmemtcp.channel").joinpath(SOURCE_NAME).read_bytes()
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
-        raise DevmemError("no C compiler found (gcc, cc, $CC) for the gather helper",
-                          "install gcc (apt-get install gcc); the numpy gather is used meanwhile")
+        raise DevmemError(
+            "no C compiler found (gcc, cc, $CC) for the gather helper",
+            "install gcc (apt-get install gcc); the numpy gather is used meanwhile",
+        )
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -76,12 +78,14 @@ def build_helper(directory: Path | None = None) -> Path:
     src = out_dir / SOURCE_NAME
     src.write_bytes(source)
     tmp = out_dir / f"libdmtgather.{os.getpid()}.{threading.get_ident()}.tmp"
-    proc = subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(src)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        raise DevmemError(f"compiling the gather helper {src} failed: {proc.stderr.strip()[:500]}",
-                          "check that gcc and the C library headers are installed (apt-get install gcc "
-                          "libc6-dev)")
+        raise DevmemError(
+            f"compiling the gather helper {src} failed: {proc.stderr.strip()[:500]}",
+            "check that gcc and the C library headers are installed (apt-get install gcc libc6-dev)",
+        )
     os.replace(tmp, lib)  # atomic: a concurrent process never loads a half-written library
     return lib
 
@@ -97,8 +101,17 @@ def _load() -> Any:
         try:
             lib = ctypes.CDLL(str(build_helper()))
             fn = lib.dmt_gather
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int64,
-                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64]
+            fn.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+            ]
             fn.restype = ctypes.c_int64
             _lib = fn
             _reason = "c (gather.c, compiled on first use)"
@@ -133,14 +146,24 @@ def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.nda
     fn = _lib if _reason is not None else _load()
     if fn is None or offsets.dtype != np.uint64 or sizes.dtype != np.uint32:
         return gather_numpy(base, offsets, sizes, dst)
-    got = fn(_addr(base), base.shape[0], _addr(offsets), offsets.strides[0], _addr(sizes), sizes.strides[0],
-             n, _addr(dst), dst.shape[0])
+    got = fn(
+        _addr(base),
+        base.shape[0],
+        _addr(offsets),
+        offsets.strides[0],
+        _addr(sizes),
+        sizes.strides[0],
+        n,
+        _addr(dst),
+        dst.shape[0],
+    )
     if got < 0:
         i = -got - 1
         raise DevmemError(
             f"frag {i} (offset {int(offsets[i])}, {int(sizes[i])} bytes) lies outside the "
             f"{base.shape[0]}-byte dma-buf or past the {dst.shape[0]}-byte destination",
-            "gather only frags received on a binding of this dma-buf, into a destination that holds them")
+            "gather only frags received on a binding of this dma-buf, into a destination that holds them",
+        )
     return int(got)
 
 
@@ -160,7 +183,8 @@ def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: 
         raise DevmemError(
             f"the frags lie outside the {base.shape[0]}-byte dma-buf or do not fit the "
             f"{dst.shape[0]}-byte destination",
-            "gather only frags received on a binding of this dma-buf, into a destination that holds them")
+            "gather only frags received on a binding of this dma-buf, into a destination that holds them",
+        )
     breaks = np.flatnonzero(offs[1:] != offs[:-1] + lens[:-1]) + 1
     if breaks.shape[0] < 64:
         starts = np.concatenate(([0], breaks)).tolist()
@@ -170,12 +194,16 @@ def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: 
         for s, e in zip(starts, ends, strict=True):  # a loop per run of adjacent frags, not per frag
             o = int(offs[s])
             ln = int(ends_b[e - 1] - (ends_b[s - 1] if s else 0))
-            dst[d: d + ln] = base[o: o + ln]
+            dst[d : d + ln] = base[o : o + ln]
             d += ln
         return total
     ps = abi.PAGE_SIZE
-    if int(lens.min()) == ps and int(lens.max()) == ps and not (offs & (ps - 1)).any() \
-            and base.shape[0] % ps == 0:
+    if (
+        int(lens.min()) == ps
+        and int(lens.max()) == ps
+        and not (offs & (ps - 1)).any()
+        and base.shape[0] % ps == 0
+    ):
         np.take(base.reshape(-1, ps), offs // ps, axis=0, out=dst[:total].reshape(n, ps))
         return total
     # every byte's source index: frag start repeated, plus its position in the frag

@@ -61,19 +61,25 @@ MAX_NDIM = 64
 
 # DLPack type codes (dlpack.h DLDataTypeCode)
 DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_COMPLEX, DL_BOOL = 0, 1, 2, 4, 5, 6
-_DL_NAMES = {DL_INT: "int", DL_UINT: "uint", DL_FLOAT: "float", DL_BFLOAT: "bfloat", DL_COMPLEX: "complex",
-             DL_BOOL: "bool"}
+_DL_NAMES = {
+    DL_INT: "int",
+    DL_UINT: "uint",
+    DL_FLOAT: "float",
+    DL_BFLOAT: "bfloat",
+    DL_COMPLEX: "complex",
+    DL_BOOL: "bool",
+}
 
 
 class FrameType(IntEnum):
     """Control frame types."""
 
-    HELLO = 1   #: JSON: each end's parameters (flows, ports, credit window)
-    MSG = 2     #: a message header; the payload follows on the data flows
+    HELLO = 1  #: JSON: each end's parameters (flows, ports, credit window)
+    MSG = 2  #: a message header; the payload follows on the data flows
     CREDIT = 3  #: u64: credit pages given back to the sender
-    FLOWS = 4   #: JSON: the local ports of the connector's data flows
-    CLOSE = 5   #: orderly end: no message follows
-    ERROR = 6   #: JSON {"message"}: the peer failed and is closing
+    FLOWS = 4  #: JSON: the local ports of the connector's data flows
+    CLOSE = 5  #: orderly end: no message follows
+    ERROR = 6  #: JSON {"message"}: the peer failed and is closing
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,10 @@ class DType:
         """The DType of a numpy dtype; ChannelError for object dtypes (Python
         objects have no bytes to send)."""
         if dtype.hasobject:
-            raise ChannelError(f"cannot send arrays of dtype {dtype}: they hold Python objects, not bytes",
-                               "convert to a numeric, bytes or unicode dtype first")
+            raise ChannelError(
+                f"cannot send arrays of dtype {dtype}: they hold Python objects, not bytes",
+                "convert to a numeric, bytes or unicode dtype first",
+            )
         descr = np.lib.format.dtype_to_descr(dtype)
         return cls(descr=descr if isinstance(descr, str) else repr(descr))
 
@@ -107,15 +115,19 @@ class DType:
                     return np.dtype(f"<{kind}{bits // 8}" if kind != "b" else "?")
                 except TypeError:
                     pass
-            raise ChannelError(f"dtype {self} has no numpy equivalent",
-                               "receive it with like='torch', or as raw bytes with recv_into(uint8 array)")
+            raise ChannelError(
+                f"dtype {self} has no numpy equivalent",
+                "receive it with like='torch', or as raw bytes with recv_into(uint8 array)",
+            )
         try:
             text = self.descr
             descr: Any = ast.literal_eval(text) if text.startswith("[") else text
             return np.lib.format.descr_to_dtype(descr)
         except (ValueError, TypeError, SyntaxError) as exc:
-            raise ChannelError(f"unknown dtype {self.descr!r} in a message header: {exc}",
-                               "both ends must run a numpy that knows the dtype") from None
+            raise ChannelError(
+                f"unknown dtype {self.descr!r} in a message header: {exc}",
+                "both ends must run a numpy that knows the dtype",
+            ) from None
 
     @property
     def itemsize(self) -> int:
@@ -195,25 +207,33 @@ class FrameDecoder:
             return None
         magic, version, ftype, length = FRAME.unpack_from(buf, pos)
         if magic != MAGIC:
-            raise ChannelError(f"the peer sent bytes that are not a devmemtcp channel frame "
-                               f"(magic {bytes(magic)!r}, expected {MAGIC!r})",
-                               "connect to a devmemtcp.listen() endpoint with devmemtcp.connect()")
+            raise ChannelError(
+                f"the peer sent bytes that are not a devmemtcp channel frame "
+                f"(magic {bytes(magic)!r}, expected {MAGIC!r})",
+                "connect to a devmemtcp.listen() endpoint with devmemtcp.connect()",
+            )
         if version != PROTOCOL_VERSION:
-            raise ChannelError(f"channel protocol version mismatch: the peer speaks version {version}, "
-                               f"this end version {PROTOCOL_VERSION}",
-                               "run the same devmemtcp release on both ends")
+            raise ChannelError(
+                f"channel protocol version mismatch: the peer speaks version {version}, "
+                f"this end version {PROTOCOL_VERSION}",
+                "run the same devmemtcp release on both ends",
+            )
         try:
             kind = FrameType(ftype)
         except ValueError:
-            raise ChannelError(f"unknown control frame type {ftype} (protocol version {version})",
-                               "run the same devmemtcp release on both ends") from None
+            raise ChannelError(
+                f"unknown control frame type {ftype} (protocol version {version})",
+                "run the same devmemtcp release on both ends",
+            ) from None
         if length > MAX_BODY:
-            raise ChannelError(f"control frame of {length} bytes is over the {MAX_BODY}-byte limit",
-                               "the peer is not a devmemtcp channel or is broken")
+            raise ChannelError(
+                f"control frame of {length} bytes is over the {MAX_BODY}-byte limit",
+                "the peer is not a devmemtcp channel or is broken",
+            )
         end = pos + FRAME.size + length
         if len(buf) < end:
             return None
-        body = bytes(buf[pos + FRAME.size: end])
+        body = bytes(buf[pos + FRAME.size : end])
         self._pos = end
         if end == len(buf):
             buf.clear()
@@ -227,16 +247,20 @@ class FrameDecoder:
 def encode_header(h: MessageHeader) -> bytes:
     """The ``MSG`` frame body of ``h``."""
     if len(h.shape) > MAX_NDIM:
-        raise ChannelError(f"{len(h.shape)} dimensions: at most {MAX_NDIM} are supported",
-                           "reshape the array before sending")
+        raise ChannelError(
+            f"{len(h.shape)} dimensions: at most {MAX_NDIM} are supported", "reshape the array before sending"
+        )
     if h.dtype.descr is not None:
         kind, dt = 0, h.dtype.descr.encode()
     else:
         assert h.dtype.dlpack is not None
         code, bits, lanes = h.dtype.dlpack
         kind, dt = 1, struct.pack("<BBH", code, bits, lanes)
-    return (_MSG.pack(h.tag, h.nbytes, h.seq, h.unit, h.first, h.nflows, kind, len(h.shape), len(dt))
-            + struct.pack(f"<{len(h.shape)}Q", *h.shape) + dt)
+    return (
+        _MSG.pack(h.tag, h.nbytes, h.seq, h.unit, h.first, h.nflows, kind, len(h.shape), len(dt))
+        + struct.pack(f"<{len(h.shape)}Q", *h.shape)
+        + dt
+    )
 
 
 def decode_header(body: bytes) -> MessageHeader:
@@ -244,7 +268,7 @@ def decode_header(body: bytes) -> MessageHeader:
     try:
         tag, nbytes, seq, unit, first, nflows, kind, ndim, dlen = _MSG.unpack_from(body, 0)
         shape = struct.unpack_from(f"<{ndim}Q", body, _MSG.size)
-        dt = body[_MSG.size + 8 * ndim:]
+        dt = body[_MSG.size + 8 * ndim :]
         if len(dt) != dlen:
             raise ValueError(f"dtype field of {len(dt)} bytes, header says {dlen}")
         if kind == 0:
@@ -255,19 +279,34 @@ def decode_header(body: bytes) -> MessageHeader:
         else:
             raise ValueError(f"dtype kind {kind}")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise ChannelError(f"a message header does not decode ({exc}; protocol version {PROTOCOL_VERSION})",
-                           "the peer is not a devmemtcp channel of this version, or is broken") from None
-    h = MessageHeader(tag=tag, nbytes=nbytes, seq=seq, dtype=dtype, shape=tuple(shape), unit=unit,
-                      first=first, nflows=nflows)
+        raise ChannelError(
+            f"a message header does not decode ({exc}; protocol version {PROTOCOL_VERSION})",
+            "the peer is not a devmemtcp channel of this version, or is broken",
+        ) from None
+    h = MessageHeader(
+        tag=tag,
+        nbytes=nbytes,
+        seq=seq,
+        dtype=dtype,
+        shape=tuple(shape),
+        unit=unit,
+        first=first,
+        nflows=nflows,
+    )
     if nflows < 1 or first >= nflows or (nbytes and unit < 1):
-        raise ChannelError(f"message header with bad striping (unit {unit}, first {first}, "
-                           f"flows {nflows})", "the peer is broken")
+        raise ChannelError(
+            f"message header with bad striping (unit {unit}, first {first}, flows {nflows})",
+            "the peer is broken",
+        )
     n = 1
     for d in shape:
         n *= d
     if n * dtype.itemsize != nbytes:
-        raise ChannelError(f"message header for tag {tag}: shape {tuple(shape)} of {dtype} is "
-                           f"{n * dtype.itemsize} bytes but the payload is {nbytes}", "the peer is broken")
+        raise ChannelError(
+            f"message header for tag {tag}: shape {tuple(shape)} of {dtype} is "
+            f"{n * dtype.itemsize} bytes but the payload is {nbytes}",
+            "the peer is broken",
+        )
     return h
 
 
@@ -279,7 +318,9 @@ def decode_credit(body: bytes) -> int:
     try:
         return int(_CREDIT.unpack(body)[0])
     except struct.error:
-        raise ChannelError(f"a credit frame of {len(body)} bytes does not decode", "the peer is broken") from None
+        raise ChannelError(
+            f"a credit frame of {len(body)} bytes does not decode", "the peer is broken"
+        ) from None
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:
