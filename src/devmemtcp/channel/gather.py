@@ -206,6 +206,13 @@ def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: 
     ):
         np.take(base.reshape(-1, ps), offs // ps, axis=0, out=dst[:total].reshape(n, ps))
         return total
+    fs = int(lens.max())
+    if int(lens.min()) == fs and int(offs.max()) + fs <= base.shape[0]:
+        # one size (1448-byte packets): rows of a strided window view (fancy indexing: np.take
+        # would copy the whole window view first)
+        windows = np.lib.stride_tricks.as_strided(base, shape=(base.shape[0] - fs + 1, fs), strides=(1, 1))
+        dst[:total].reshape(n, fs)[...] = windows[offs]
+        return total
     # every byte's source index: frag start repeated, plus its position in the frag
     first = np.cumsum(lens) - lens
     idx = np.repeat(offs - first, lens) + np.arange(total, dtype=np.int64)
