@@ -298,13 +298,19 @@ def decode_header(body: bytes) -> MessageHeader:
             f"message header with bad striping (unit {unit}, first {first}, flows {nflows})",
             "the peer is broken",
         )
+    try:
+        itemsize = dtype.itemsize
+    except ChannelError:
+        # a dtype this end's numpy does not know: recv_into() of raw bytes still works,
+        # recv() of an array names the dtype then
+        return h
     n = 1
     for d in shape:
         n *= d
-    if n * dtype.itemsize != nbytes:
+    if n * itemsize != nbytes:
         raise ChannelError(
             f"message header for tag {tag}: shape {tuple(shape)} of {dtype} is "
-            f"{n * dtype.itemsize} bytes but the payload is {nbytes}",
+            f"{n * itemsize} bytes but the payload is {nbytes}",
             "the peer is broken",
         )
     return h
