@@ -1032,7 +1032,15 @@ class Channel:
     def _give_credit(self, force: bool = False) -> None:
         led = self._ledger
         if led.owed and (force or led.owed >= led.flush_at):
-            self._write(encode_frame(FrameType.CREDIT, encode_credit(led.take_owed())))
+            frame = encode_frame(FrameType.CREDIT, encode_credit(led.take_owed()))
+            if self._ctl_eof or self._ctl_error is not None:
+                return  # the peer is gone: what it sent is still read to the end (or the cut)
+            try:
+                self._write(frame)
+            except ChannelError:
+                # reported by the data flow's end (which names the message) or the next control read
+                with self._cv:
+                    self._ctl_eof = True
 
     # -- sending -------------------------------------------------------------
     def empty(self, shape: int | Sequence[int], dtype: Any = np.uint8) -> np.ndarray:
