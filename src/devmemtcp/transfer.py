@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
@@ -359,6 +359,7 @@ def receive_stream(
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    output: BinaryIO | None = None,
 ) -> TransferResult:
     """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
 
@@ -383,6 +384,9 @@ def receive_stream(
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
         on_progress(bytes): called after each batch.
+        output: a binary file the received stream is written to, in order
+            (each batch's frags gathered from the dma-buf, then its tokens
+            given back); None: the bytes are only counted (and validated).
 
     Returns a TransferResult (``validated`` True when a pattern was checked
     to the end). Raises ValidationError (offset, expected, received) at the
@@ -435,7 +439,7 @@ def receive_stream(
         t0 = time.perf_counter()
         rx = stack.enter_context(Receiver(be, conn, binding))
         try:
-            _receive_loop(rx, validator, on_progress)
+            _receive_loop(rx, validator, on_progress, _Writer(dmabuf, output) if output is not None else None)
         except ValidationError as exc:
             result.validated = False
             result.error = exc.message
@@ -452,8 +456,31 @@ def receive_stream(
     return result
 
 
+class _Writer:
+    """Write each batch's bytes, in stream order, to a file: gathered from the
+    dma-buf (:func:`devmemtcp.channel.gather.gather_batch`) into one buffer
+    reused across batches."""
+
+    def __init__(self, dmabuf: DmaBuf, out: BinaryIO) -> None:
+        self.base = dmabuf.host_view()
+        self.out = out
+        self.buf = np.empty(0, np.uint8)
+
+    def __call__(self, batch: Any) -> None:
+        from devmemtcp.channel.gather import gather_batch
+
+        n = _batch_bytes(batch)
+        if n > self.buf.shape[0]:
+            self.buf = np.empty(max(n, 1 << 20), np.uint8)
+        got = gather_batch(self.base, batch, self.buf)
+        view = self.buf.data[:got]
+        while view:
+            k = self.out.write(view)
+            view = view[k if k is not None else len(view):]
+
+
 def _receive_loop(rx: Any, validator: FragValidator | None,
-                  on_progress: Callable[[int], None] | None) -> None:
+                  on_progress: Callable[[int], None] | None, writer: _Writer | None = None) -> None:
     total = 0
     while True:
         batch = rx.recv()
@@ -461,6 +488,8 @@ def _receive_loop(rx: Any, validator: FragValidator | None,
             break
         if validator is not None:
             validator.check_batch(batch)
+        if writer is not None:
+            writer(batch)
         total += _batch_bytes(batch)
         rx.release(batch)
         if on_progress:
@@ -521,8 +550,13 @@ def send_stream(
     connect_timeout: float = 10.0,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    source: BinaryIO | None = None,
 ) -> TransferResult:
     """Send ``nbytes`` of the pattern from a dma-buf to ``addr:port`` (devmem TX).
+
+    With ``source`` (a binary file), its bytes are sent instead, until its
+    end (``nbytes`` and ``validate`` are ignored): each region of the dma-buf
+    is read into from the file once its last send completed, then sent.
 
     The dma-buf (``size`` bytes) is filled with ncdevmem's pattern of period
     ``validate`` (or :data:`DEFAULT_FILL_PERIOD` when None) and sent round and
@@ -559,7 +593,7 @@ def send_stream(
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
-        usable = _fill_pattern(dmabuf, period)
+        usable = _fill_pattern(dmabuf, period) if source is None else dmabuf.size
         binding = stack.enter_context(be.bind_tx(ifindex, dmabuf))
         result.binding_id = binding.id
         sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
@@ -578,7 +612,10 @@ def send_stream(
         tx = stack.enter_context(Sender(be, sock, binding))
         t0 = time.perf_counter()
         try:
-            sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            if source is None:
+                sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            else:
+                sent = _send_file_loop(tx, dmabuf, source, chunk, on_progress)
             tx.flush()
         except ConnectionError as exc:
             raise DevmemError(
@@ -623,6 +660,36 @@ def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
         if on_progress:
             on_progress(sent)
     return sent
+
+
+def _send_file_loop(tx: Any, dmabuf: DmaBuf, source: BinaryIO, chunk: int,
+                    on_progress: Callable[[int], None] | None) -> int:
+    """Send ``source`` to its end through the dma-buf's regions, round and round."""
+    usable = dmabuf.size
+    regions = _regions(usable, send_region_size(usable, chunk, int(getattr(tx, "max_iov", 64))))
+    mv = dmabuf.host_view().data
+    readinto = cast(Any, source).readinto  # BinaryIO does not declare it; files and pipes have it
+    sent = 0
+    i = 0
+    while True:
+        off, length = regions[i % len(regions)]
+        tx.wait_region_free(off, length)
+        got = 0
+        while got < length:  # a pipe gives what it has: fill the region or reach the end
+            k = readinto(mv[off + got: off + length])
+            if not k:
+                break
+            got += k
+        if got:
+            starts = np.arange(off, off + got, chunk, dtype=np.uint64)
+            lens = np.minimum(np.uint64(chunk), np.uint64(off + got) - starts)
+            tx.send(np.stack((starts, lens), axis=1))
+            sent += got
+            if on_progress:
+                on_progress(sent)
+        if got < length:
+            return sent
+        i += 1
 
 
 def _fill_tx_stats(result: TransferResult, tx: Any) -> None:

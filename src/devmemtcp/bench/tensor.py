@@ -198,7 +198,7 @@ def plain_run(size: int, count: int) -> dict[str, Any]:
     """Receive ``count`` framed messages of ``size`` bytes from a plain-TCP peer."""
     dst = np.empty(size, np.uint8)
     dst.fill(0)
-    dmv = memoryview(dst)
+    dmv = dst.data
     hdr = bytearray(_PLAIN_HDR.size)
     hmv = memoryview(hdr)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
@@ -361,7 +361,7 @@ def _peer_plain(host: str, port: int, size: int, count: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         for i in range(count):
             s.sendall(_PLAIN_HDR.pack(i, size))
-            s.sendall(payload)
+            s.sendall(payload.data)
         s.recv(1)
         return {"seconds": time.perf_counter() - t0}
 

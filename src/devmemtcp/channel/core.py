@@ -47,7 +47,7 @@ import numpy as np
 
 from devmemtcp import __version__, abi
 from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, max_unit, plan_window
-from devmemtcp.channel.gather import gather
+from devmemtcp.channel.gather import gather_batch
 from devmemtcp.channel.header import (
     DL_BFLOAT,
     PROTOCOL_VERSION,
@@ -1321,23 +1321,7 @@ class Channel:
         self._rx_stats.host_copy_bytes += pos
 
     def _gather_batch(self, batch: FragBatch, dst: np.ndarray) -> int:
-        if not batch.linear_bytes:
-            return gather(self._rx_base, batch.offset, batch.size, dst)
-        # SCM_DEVMEM_LINEAR pieces (a real NIC that could not split a packet) interleaved with frags
-        pos = 0
-        lin = 0
-        done = 0
-        for size, at in zip(batch.linear_sizes.tolist(), batch.linear_at.tolist(), strict=True):
-            if at > done:
-                pos += gather(self._rx_base, batch.offset[done:at], batch.size[done:at], dst[pos:])
-                done = at
-            dst[pos : pos + size] = batch.linear[lin : lin + size]
-            pos += size
-            lin += size
-        n = batch.offset.shape[0]
-        if n > done:
-            pos += gather(self._rx_base, batch.offset[done:], batch.size[done:], dst[pos:])
-        return pos
+        return gather_batch(self._rx_base, batch, dst)
 
     def _receive(self, h: MessageHeader, dst: np.ndarray | None, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
