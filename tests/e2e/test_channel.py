@@ -270,7 +270,8 @@ def test_bad_out_raises_before_consuming_and_the_message_stays() -> None:
     with pair() as (srv, cli):
         arr = np.arange(100, dtype=np.int64)
         cli.send(arr, tag=1)
-        with pytest.raises(ChannelError, match=r"out holds 400 bytes, too small: the message \(tag 1\) has 800"):
+        too_small = r"out holds 400 bytes, too small: the message \(tag 1\) has 800"
+        with pytest.raises(ChannelError, match=too_small):
             srv.recv_into(np.empty(50, np.int64))
         ro = np.empty(100, np.int64)
         ro.flags.writeable = False
