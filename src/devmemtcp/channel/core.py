@@ -60,8 +60,8 @@ from devmemtcp.channel.header import (
     decode_json,
     encode_credit,
     encode_frame,
-    encode_header,
     encode_json,
+    encode_msg,
 )
 from devmemtcp.cmsg import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
@@ -725,7 +725,7 @@ def _payload(obj: Any) -> tuple[np.ndarray, DType, tuple[int, ...], int]:
         arr = np.ascontiguousarray(arr)
         copied = arr.nbytes
     u8 = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
-    return u8, spec, tuple(int(d) for d in arr.shape), copied
+    return u8, spec, arr.shape, copied
 
 
 def _writable_view(out: Any, nbytes: int, tag: int) -> np.ndarray:
@@ -955,6 +955,7 @@ class Channel:
         self._rx_lock = threading.Lock()
         self._wlock = threading.Lock()
         self._tx_seq = 0
+        self._iov = np.empty((1, 2), dtype=np.uint64)
         self._rx_seq = 0
         self._rr = 0
         self._tx_stats = _DirStats()
@@ -1155,23 +1156,19 @@ class Channel:
             nflows = len(self._senders)
             first = self._rr
             self._rr = (first + 1) % nflows
-            h = MessageHeader(
-                tag=tag,
-                nbytes=nbytes,
-                seq=seq,
-                dtype=spec,
-                shape=shape,
-                unit=self._unit,
-                first=first,
-                nflows=nflows,
+            unit = self._unit
+            self._write(
+                encode_frame(FrameType.MSG, encode_msg(tag, nbytes, seq, unit, first, nflows, spec, shape))
             )
-            self._write(encode_frame(FrameType.MSG, encode_header(h)))
             sent = 0
-            iov = np.empty((1, 2), dtype=np.uint64)
+            iov = self._iov
+            bpp = self._peer_bpp
             try:
-                for i in range(h.nchunks):
-                    f, start, ln = h.chunk(i)
-                    cost = chunk_pages(ln, self._peer_bpp)
+                for i in range(-(-nbytes // unit) if nbytes else 0):
+                    f = (first + i) % nflows
+                    start = i * unit
+                    ln = min(unit, nbytes - start)
+                    cost = chunk_pages(ln, bpp)
                     if not self._credit.can_take(cost):
                         self.credit_waits += 1
                         self._wait(
