@@ -95,14 +95,14 @@ def _open_backend(choice: str | Backend, ifname: str) -> tuple[Backend, str]:
     dma-buf of the backend object that bound its queue, so every channel of a
     process shares one EmulatedBackend (both ends of a loopback test included)."""
     global _shared_emulated
-    from devmemtcp.transfer import select_backend
+    from devmemtcp.backend import open_backend
 
     if not isinstance(choice, str):
         return choice, "given by the caller"
     if choice == "emulated":
         be, reason = None, "asked for (backend='emulated')"
     else:
-        be, reason = select_backend(choice, ifname, direction="rx")
+        be, reason = open_backend(choice, ifname, direction="rx")
         if be.name != "emulated":
             return be, reason
     with _shared_lock:
