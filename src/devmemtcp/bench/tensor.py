@@ -65,10 +65,12 @@ _PLAIN_HDR = struct.Struct("<QQ")
 # ---------------------------------------------------------------------------
 # Gather
 # ---------------------------------------------------------------------------
-def _frag_set(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    pages = POOL_BYTES // abi.PAGE_SIZE
+def _frag_set(
+    kind: str, rng: np.random.Generator, pool_bytes: int, pass_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    pages = pool_bytes // abi.PAGE_SIZE
     size = abi.PAGE_SIZE if kind == "pages" else 1448
-    n = GATHER_BYTES // size
+    n = pass_bytes // size
     if n > pages:
         n = pages
     idx = rng.choice(pages, size=n, replace=False).astype(np.uint64)
@@ -92,11 +94,13 @@ def _paired(
     return min(a), min(b)
 
 
-def _gather_kind(kind: str, pool: np.ndarray, rng: np.random.Generator, torch: Any) -> dict[str, Any]:
+def _gather_kind(
+    kind: str, pool: np.ndarray, rng: np.random.Generator, torch: Any, pass_bytes: int, repeat: int
+) -> dict[str, Any]:
     """One frag kind: every candidate's GB/s and its ratio to the np.copyto run alternately with it."""
     from devmemtcp.channel.gather import gather, gather_numpy
 
-    offs, sizes = _frag_set(kind, rng)
+    offs, sizes = _frag_set(kind, rng, pool.shape[0], pass_bytes)
     total = int(sizes.sum(dtype=np.int64))
     dst = np.empty(total, np.uint8)
     src = pool[:total]
@@ -120,7 +124,7 @@ def _gather_kind(kind: str, pool: np.ndarray, rng: np.random.Generator, torch: A
         tpool = torch.from_numpy(pool)
         tidx = torch.from_numpy((offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64))
         fs = int(sizes[0])
-        win = tpool.as_strided((POOL_BYTES // abi.PAGE_SIZE, fs), (abi.PAGE_SIZE, 1))
+        win = tpool.as_strided((pool.shape[0] // abi.PAGE_SIZE, fs), (abi.PAGE_SIZE, 1))
         tdst = torch.from_numpy(dst).view(-1, fs)
         cands["torch_index_select"] = lambda: torch.index_select(win, 0, tidx, out=tdst)
     for name, fn in cands.items():
@@ -130,7 +134,7 @@ def _gather_kind(kind: str, pool: np.ndarray, rng: np.random.Generator, torch: A
             raise DevmemError(
                 f"gather candidate {name} produced wrong bytes ({kind} frags)", "this is a bug in the gather"
             )
-        t, tc = _paired(fn, copy)
+        t, tc = _paired(fn, copy, repeat)
         best_copy = min(best_copy, tc)
         res[f"{name}_gbs"] = total / t / 1e9
         res[f"{name}_ratio"] = tc / t  # against the copies run alternately with it
@@ -138,26 +142,38 @@ def _gather_kind(kind: str, pool: np.ndarray, rng: np.random.Generator, torch: A
     return res
 
 
-def run_gather(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Gather GB/s (10**9 bytes/s) of each candidate and np.copyto, per frag kind."""
+def run_gather(
+    progress: Callable[[str], None] | None = None,
+    *,
+    pool_bytes: int = POOL_BYTES,
+    pass_bytes: int = GATHER_BYTES,
+    repeat: int = GATHER_REPEAT,
+) -> dict[str, Any]:
+    """Gather GB/s (10**9 bytes/s) of each candidate and np.copyto, per frag kind.
+
+    Keys: pool_bytes, pass_bytes, chosen (:func:`~devmemtcp.channel.gather.gather_backend`),
+    and per kind ("pages", "1448"): frags, frag_bytes, bytes, copyto_gbs, and
+    ``NAME_gbs`` / ``NAME_ratio`` for NAME in chosen, numpy_fallback, np_take
+    (pages only), torch_index_select (with torch). Each ratio is against the
+    np.copyto runs alternated with that candidate (best of ``repeat`` each)."""
     from devmemtcp.channel.gather import gather_backend
 
     say = progress or (lambda _m: None)
     rng = np.random.default_rng(12)
-    pool = rng.integers(0, 256, POOL_BYTES, dtype=np.uint8)
+    pool = rng.integers(0, 256, pool_bytes, dtype=np.uint8)
     torch: Any = None
     with contextlib.suppress(ImportError):
         import torch as _torch
 
         torch = _torch
-    out: dict[str, Any] = {"pool_bytes": POOL_BYTES, "pass_bytes": GATHER_BYTES, "chosen": gather_backend()}
+    out: dict[str, Any] = {"pool_bytes": pool_bytes, "pass_bytes": pass_bytes, "chosen": gather_backend()}
     old_threads = torch.get_num_threads() if torch is not None else None
     if torch is not None:
         torch.set_num_threads(1)
     try:
         for kind in ("pages", "1448"):
             say(f"gather: {kind} frags")
-            out[kind] = _gather_kind(kind, pool, rng, torch)
+            out[kind] = _gather_kind(kind, pool, rng, torch, pass_bytes, repeat)
     finally:
         if torch is not None and old_threads:
             torch.set_num_threads(old_threads)

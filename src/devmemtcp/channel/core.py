@@ -925,6 +925,7 @@ class Channel:
             for s in rx_socks
         ]
         self._lowat = [1] * len(rx_socks)
+        self._rcvbuf = [0] * len(rx_socks)
         self._senders: list[Sender] = [stack.enter_context(Sender(backend, s, tx_binding)) for s in tx_socks]
         self._rx_socks = rx_socks
         self._tx_socks = tx_socks
@@ -1326,6 +1327,7 @@ class Channel:
         chunk's credit once it is done. Else keep the batches in ``held``."""
         self._rx_seq += 1
         converted = -1
+        held_frags = 0
         got = 0
         st = self._rx_stats
         bpp = self._rx.bytes_per_page
@@ -1340,7 +1342,7 @@ class Channel:
                     )
                 rx = self._receivers[f]
                 need = ln
-                low = min(need, RCVLOWAT_CAP)
+                low = self._low_water(f, need)
                 if low != self._lowat[f]:
                     self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
                     self._lowat[f] = low
@@ -1367,7 +1369,10 @@ class Channel:
                     else:
                         assert held is not None
                         held.parts.append((rx, batch))
-                        if batch.linear_bytes:  # linear bytes live in the iov buffer: copy the message out
+                        held_frags += batch.token.shape[0]
+                        # linear bytes live in the iov buffer, and a message must not hold more
+                        # net_iovs than it was charged: copy the message out of the dma-buf
+                        if batch.linear_bytes or held_frags > held.pages:
                             data = np.empty(nbytes, np.uint8)
                             pos = 0
                             for _r, b in held.parts:
@@ -1398,6 +1403,19 @@ class Channel:
             ) from None
         st.bytes += nbytes
         st.messages += 1
+
+    def _low_water(self, f: int, need: int) -> int:
+        """SO_RCVLOWAT for reading ``need`` more bytes of a chunk on flow ``f``:
+        one recvmsg per chunk where the data is there, but at most a quarter of
+        the socket's receive buffer. tcp_set_rcvlowat (net/ipv4/tcp.c) grows
+        the buffer and clamps the advertised window to the low-water mark when
+        the mark does not fit: waiting for as much as the window lets in can
+        then hang, as it did here with a 1 MiB mark."""
+        low = min(need, RCVLOWAT_CAP)
+        if low > abi.PAGE_SIZE and low > self._rcvbuf[f] // 4:
+            self._rcvbuf[f] = self._rx_socks[f].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            low = max(1, min(low, self._rcvbuf[f] // 4))
+        return low
 
     def _steering_error(self, f: int, batch: FragBatch) -> None:
         rule = self._rx.rules[f] if f < len(self._rx.rules) else None
