@@ -304,19 +304,24 @@ def print_stream(console: Console, r: dict[str, Any]) -> None:
                   f"{m.get('loadavg_after')}[/dim]")
 
 
+def _size_label(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
 def print_tensor(console: Console, r: dict[str, Any]) -> None:
     """The tensor benchmark as tables: per size devmem vs plain, the gather, the targets."""
-    from devmemtcp.cli.common import format_bytes
-
     t = Table(title=f"data API over lo: devmem Channel ({r['streams']} stream(s), emulated NIC, "
               f"{r['dmabuf_bytes'] >> 20} MiB dma-buf) vs plain-TCP framed channel, recv_into one array, "
               f"median of {r.get('repeat', 1)}", title_justify="left")
     for col in ("size", "msgs", "plain Gb/s", "devmem Gb/s", "ratio", "plain msg/s", "devmem msg/s",
-                "devmem us/msg", "copy/B"):
+                "devmem µs/msg", "copy/B"):
         t.add_column(col, justify="right")
     for row in r["rows"]:
         p, d = row["plain"], row["devmem"]
-        t.add_row(format_bytes(row["size"]), _n(row["count"]), _n(p["gbps"], ".2f"), _n(d["gbps"], ".2f"),
+        t.add_row(_size_label(row["size"]), _n(row["count"]), _n(p["gbps"], ".2f"), _n(d["gbps"], ".2f"),
                   _n(row["ratio"], ".3f"), _n(p["msg_per_s"]), _n(d["msg_per_s"]), _n(d["us_per_msg"], ".1f"),
                   f"{p['host_copy_per_byte']:.1f}/{d['host_copy_per_byte']:.1f}")
     console.print(t)
@@ -331,7 +336,7 @@ def print_tensor(console: Console, r: dict[str, Any]) -> None:
                    title_justify="left")
         for col in ("frags", "np.copyto GB/s", "candidate", "GB/s", "vs copyto"):
             gt.add_column(col, justify="right")
-        for kind, label in (("pages", "4 KiB page-aligned"), ("1448", "1448-byte")):
+        for kind, label in (("pages", "4K pages"), ("1448", "1448 B")):
             e = g[kind]
             for name in ("chosen", "numpy_fallback", "np_take", "torch_index_select"):
                 if f"{name}_gbs" in e:
