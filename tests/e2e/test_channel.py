@@ -63,13 +63,13 @@ def _nic_clean(peer_killed: bool = False) -> None:
     (what ``devmemtcp restore lo`` runs) undoes it, nothing of ours is left."""
     from devmemtcp.backend.emulated import EmulatedBackend
     from devmemtcp.emulation import state as st
-    from devmemtcp.nic import Journal, restore
+    from devmemtcp.setup import Journal, restore
 
     if peer_killed:
         j = Journal("lo")
         if j.exists():
             j = Journal.load(j.path)
-            assert all(e.get("owner", {}).get("pid") != os.getpid() for e in j.entries)
+            assert all((e.owner or {}).get("pid") != os.getpid() for e in j.entries)
         assert restore("lo", backend=EmulatedBackend()).ok
 
     jdir = Path(os.environ["DEVMEMTCP_JOURNAL_DIR"])
