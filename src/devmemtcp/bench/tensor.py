@@ -293,6 +293,7 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
         "credit_waits_peer": peer.get("credit_waits"),
         "peer_host_copy_bytes": peer.get("host_copy_bytes"),
         "stripe_unit": st["stripe_unit"],
+        "rx_timeouts": st["rx_timeouts"],
     }
 
 

@@ -984,6 +984,7 @@ class Channel:
         self._tx_stats = _DirStats()
         self._rx_stats = _DirStats()
         self.credit_waits = 0
+        self.rx_timeouts = 0
         self.spilled = 0
         self.parked = 0
         self._closed = False
@@ -1375,6 +1376,7 @@ class Channel:
                         batch = rx.recv(need)
                     except (BlockingIOError, TimeoutError, InterruptedError):
                         # SO_RCVTIMEO: the mark was not reached (or nothing came) in time
+                        self.rx_timeouts += 1
                         self._give_credit(force=True)
                         if self._lowat[f] > abi.PAGE_SIZE:
                             self._lowat_cap[f] = max(abi.PAGE_SIZE, self._lowat[f] // 2)
@@ -1582,9 +1584,9 @@ class Channel:
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also
-        ``credit_waits`` (sends that waited for credit), ``parked`` /
-        ``spilled`` (messages held in the dma-buf / copied out of it),
-        ``pending``."""
+        ``credit_waits`` (sends that waited for credit), ``rx_timeouts``
+        (receives that hit SO_RCVTIMEO), ``parked`` / ``spilled`` (messages
+        held in the dma-buf / copied out of it), ``pending``."""
 
         def d(s: _DirStats) -> dict[str, Any]:
             return {
@@ -1606,6 +1608,7 @@ class Channel:
             "rx": rx,
             "tx": tx,
             "credit_waits": self.credit_waits,
+            "rx_timeouts": self.rx_timeouts,
             "parked": self.parked,
             "spilled": self.spilled,
             "pending": self.pending,
