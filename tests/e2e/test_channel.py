@@ -216,6 +216,26 @@ def test_ten_thousand_small_messages() -> None:
         assert st["release_syscalls"] < count // 10
 
 
+def test_both_directions_at_once_from_two_threads_each() -> None:
+    """Bulk traffic both ways at the same time: each end sends from one thread
+    and receives in another (a send waiting for credit does not receive)."""
+    msgs = [np.full((3 << 20) // 8, i, dtype=np.int64) for i in range(8)]  # 24 MiB each way, 8 MiB dma-bufs
+    with pair(streams=2, dmabuf_size=8 << 20) as (srv, cli):
+
+        def sender(ch: devmemtcp.Channel) -> None:
+            for i, m in enumerate(msgs):
+                ch.send(m, tag=i % 2)
+
+        def receiver(ch: devmemtcp.Channel) -> list[bool]:
+            return [bool(np.array_equal(ch.recv(tag=i % 2), m)) for i, m in enumerate(msgs)]
+
+        jobs = [Bg(lambda: sender(srv)), Bg(lambda: sender(cli)), Bg(lambda: receiver(srv)),
+                Bg(lambda: receiver(cli))]
+        results = [j.result() for j in jobs]
+        assert results[2] == [True] * 8 and results[3] == [True] * 8
+        assert srv.stats["credit_waits"] > 0 and cli.stats["credit_waits"] > 0
+
+
 def test_tags_out_of_order_fifo_per_tag() -> None:
     with pair() as (srv, cli):
         for tag, val in ((1, 10), (2, 20), (3, 30), (1, 11), (2, 21)):
