@@ -24,6 +24,17 @@ gives the striping), under the receiver's credits
 recvmsg calls that stop at the chunk's end (so a frag never holds two
 messages), gathers the frags into the destination
 (:mod:`devmemtcp.channel.gather`) and gives their tokens back in batches.
+
+Limits, each with its reason: a Listener's RX dma-buf and queues serve one
+accepted channel at a time (its rules steer the data ports, whoever
+connects); every message costs each end a fixed amount of Python (a header,
+a sendmsg, a recvmsg and its token bookkeeping), so small messages run far
+below a plain socket's rate (see ``devmemtcp bench tensor``); a thread
+waiting in ``send`` for credit reads control frames but no payload, so bulk
+traffic in both directions at once needs a sending and a receiving thread
+per end. Receiving data flows carry SO_RCVLOWAT (one recvmsg per chunk where
+the bytes are there) bounded by the receive buffer, and SO_RCVTIMEO so that
+a mark the TCP window cannot reach never hangs a receive.
 """
 
 from __future__ import annotations
