@@ -475,6 +475,30 @@ def test_receiver_killed_mid_message() -> None:
     _nic_clean(peer_killed=True)
 
 
+def test_sigterm_while_listening_undoes_the_nic_setup() -> None:
+    code = textwrap.dedent("""
+        import devmemtcp
+        with devmemtcp.listen("127.0.0.1", 0, backend="emulated", streams=2) as lis:
+            print(lis.queues, flush=True)
+            lis.accept()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=SRC))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("["), proc.stderr.read() if proc.stderr else ""
+        from devmemtcp.backend.emulated import EmulatedBackend
+
+        assert len(EmulatedBackend().nic("lo").list_rules()) == 2  # one per data flow, while it listens
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    _nic_clean()  # rules, RSS/header split journal and binding all undone by the signal
+
+
 def test_accept_refuses_a_second_channel_while_one_is_open() -> None:
     with devmemtcp.listen(HOST, 0, backend="emulated") as lis:
         for round_ in range(2):
