@@ -81,13 +81,13 @@ def _nic_clean(peer_killed: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None,
+def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None, host: str = HOST,
          **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
-    lis = devmemtcp.listen(HOST, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
+    lis = devmemtcp.listen(host, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
                            **kw)
     try:
         acc = Bg(lambda: lis.accept(timeout=30))
-        cli = devmemtcp.connect(HOST, lis.port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
+        cli = devmemtcp.connect(host, lis.port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
                                 **kw)
         srv = acc.result()
         try:
@@ -183,6 +183,15 @@ def test_large_messages_stripe_and_tags_arrive_in_order(streams: int) -> None:
         # back the other way, through the connector's own flows
         got2 = roundtrip(srv, cli, big[::-1])
         assert np.array_equal(got2, big[::-1])
+
+
+def test_ipv6_loopback_and_uneven_streams() -> None:
+    with pair(streams=2, lstreams=3, host="::1") as (srv, cli):
+        arr = np.arange(3 << 20, dtype=np.int32)
+        assert np.array_equal(roundtrip(cli, srv, arr), arr)  # over the listener's 3 flows
+        assert np.array_equal(roundtrip(srv, cli, arr), arr)  # over the connector's 2
+        assert srv.stats["streams_rx"] == 3 and cli.stats["streams_rx"] == 2
+        assert srv.stats["rx"]["flow_steering_errors"] == 0 and all(r.stats.bytes for r in srv._receivers)
 
 
 def test_300_mib_message_through_a_64_mib_dmabuf() -> None:
