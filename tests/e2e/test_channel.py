@@ -522,6 +522,36 @@ def test_accept_refuses_a_second_channel_while_one_is_open() -> None:
     _nic_clean()
 
 
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_fd_left_after_channels_and_an_unclosed_one_is_finalized() -> None:
+    import gc
+
+    with pair(streams=2) as (srv, cli):  # warm: the shared backend, the gather helper
+        roundtrip(cli, srv, np.arange(10))
+    gc.collect()
+    before = _fds()
+    for _ in range(3):
+        with pair(streams=2) as (srv, cli):
+            roundtrip(cli, srv, np.arange(1 << 20))
+            roundtrip(srv, cli, np.arange(1 << 20))
+    gc.collect()
+    assert _fds() == before
+
+    def use_and_drop() -> None:  # no close(): the finalizers give back tokens, bindings, NIC settings
+        lis = devmemtcp.listen(HOST, 0, backend="emulated")
+        acc = Bg(lambda: lis.accept(timeout=30))
+        cli = devmemtcp.connect(HOST, lis.port, backend="emulated")
+        roundtrip(cli, acc.result(), np.arange(1000))
+
+    use_and_drop()
+    gc.collect()
+    _nic_clean()
+    assert _fds() == before
+
+
 def test_package_exports_are_lazy_and_documented() -> None:
     code = ("import sys, devmemtcp; assert 'numpy' not in sys.modules and 'torch' not in sys.modules; "
             "assert callable(devmemtcp.listen) and devmemtcp.Receiver and devmemtcp.Sender; "
