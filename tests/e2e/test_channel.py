@@ -194,6 +194,15 @@ def test_ipv6_loopback_and_uneven_streams() -> None:
         assert srv.stats["rx"]["flow_steering_errors"] == 0 and all(r.stats.bytes for r in srv._receivers)
 
 
+def test_small_tx_dmabuf_bounds_the_stripe_unit() -> None:
+    with pair(streams=2, tx_dmabuf_size=64 << 10) as (srv, cli):
+        arr = np.random.default_rng(5).integers(0, 255, 3 << 20, dtype=np.uint8)
+        assert np.array_equal(roundtrip(cli, srv, arr), arr)  # through a 32 KiB staging ring
+        assert cli.stats["stripe_unit"] <= 32 << 10
+        with pytest.raises(ChannelError, match="no room"):
+            cli.empty(1 << 20)
+
+
 def test_300_mib_message_through_a_64_mib_dmabuf() -> None:
     n = 300 << 20
     src = np.arange(n // 8, dtype=np.uint64)

@@ -976,7 +976,8 @@ class Channel:
         self._peer_bpp = int(peer["bytes_per_page"])
         self._credit = CreditWindow(int(peer["window"]))
         self._ledger = CreditLedger(rx.window)
-        self._unit = max_unit(self._credit.window, self._peer_bpp)
+        # a chunk fits the peer's credit (a quarter of its window) and the staging ring
+        self._unit = min(max_unit(self._credit.window, self._peer_bpp), self._ring)
         self._cv = threading.Condition()
         self._reading = False
         self._ctl_eof = False
