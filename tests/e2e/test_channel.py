@@ -468,6 +468,9 @@ def test_sender_killed_mid_message() -> None:
                 e = ei.value
                 assert e.tag == 77 and e.expected == 200 << 20 and 0 <= (e.received or 0) < 200 << 20
                 assert f"tag 77: {e.received} of {200 << 20} bytes received" in e.message
+                with pytest.raises(ChannelError, match="after the channel's receive side failed") as again:
+                    ch.recv()  # never a message parsed out of the middle of the cut one
+                assert again.value.tag == 77
         finally:
             proc.kill()
             proc.communicate()
@@ -487,6 +490,8 @@ def test_receiver_killed_mid_message() -> None:
                 e = ei.value
                 assert e.tag == 5 and e.expected == 100 << 20
                 assert f"{e.received} of {100 << 20} bytes sent" in e.message
+                with pytest.raises(ChannelError, match="after the channel's send side failed"):
+                    ch.send(np.zeros(1))
         finally:
             proc.kill()
             proc.communicate()

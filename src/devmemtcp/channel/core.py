@@ -266,8 +266,10 @@ def _open_dmabuf(memory: str | DmaBuf, size: int) -> Any:
     if not isinstance(memory, str):
         return memory
     if size <= 0 or size % abi.PAGE_SIZE:
-        raise ChannelError(f"dma-buf size {size} is not a positive multiple of {abi.PAGE_SIZE}",
-                           f"use a size like 64M (a multiple of {abi.PAGE_SIZE} bytes)")
+        raise ChannelError(
+            f"dma-buf size {size} is not a positive multiple of {abi.PAGE_SIZE}",
+            f"use a size like 64M (a multiple of {abi.PAGE_SIZE} bytes)",
+        )
     from devmemtcp.memory import open_dmabuf
 
     return open_dmabuf(memory, size)
@@ -281,8 +283,10 @@ def _listen_socket(addr: str, port: int, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise ChannelError(f"cannot listen on {addr} port {port}: {exc.strerror or exc}",
-                           "pick another port, or an address this namespace owns (ip -br addr)") from None
+        raise ChannelError(
+            f"cannot listen on {addr} port {port}: {exc.strerror or exc}",
+            "pick another port, or an address this namespace owns (ip -br addr)",
+        ) from None
     return sock
 
 
@@ -997,6 +1001,8 @@ class Channel:
         self._rx_stats = _DirStats()
         self.credit_waits = 0
         self.rx_timeouts = 0
+        self._rx_broken: ChannelError | None = None
+        self._tx_broken: ChannelError | None = None
         self.spilled = 0
         self.parked = 0
         self._closed = False
@@ -1089,6 +1095,7 @@ class Channel:
         by the NIC: :meth:`flush` waits until every send completed. Raises
         ChannelError when the TX dma-buf has no room (``tx_dmabuf_size``)."""
         dt = np.dtype(dtype)
+        DType.of_numpy(dt)  # ChannelError for object dtypes: the TX dma-buf holds bytes, not references
         shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
         n = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
         need = max(abi.PAGE_SIZE, -(-n // abi.PAGE_SIZE) * abi.PAGE_SIZE)
@@ -1180,6 +1187,12 @@ class Channel:
         sent."""
         if self._closed:
             raise ChannelError("send() on a closed channel", "open a new channel")
+        if self._tx_broken is not None:
+            raise ChannelError(
+                f"send() after the channel's send side failed: {self._tx_broken.message}",
+                "close this channel and open a new one",
+                tag=self._tx_broken.tag,
+            )
         if not 0 <= tag < 1 << 64:
             raise ChannelError(f"tag {tag} is not a u64", "use a tag in 0..2**64-1")
         t0 = time.perf_counter()
@@ -1230,14 +1243,16 @@ class Channel:
                     sent += ln
             except (ConnectionError, DevmemError, OSError) as exc:
                 if isinstance(exc, ChannelError):
+                    self._tx_broken = exc
                     raise
-                raise ChannelError(
+                self._tx_broken = ChannelError(
                     f"connection lost while sending message tag {tag}: {sent} of {nbytes} bytes sent ({exc})",
                     "check the peer's output; the message was cut short",
                     tag=tag,
                     received=sent,
                     expected=nbytes,
-                ) from None
+                )
+                raise self._tx_broken from None
             st = self._tx_stats
             st.bytes += nbytes
             st.messages += 1
@@ -1436,17 +1451,19 @@ class Channel:
                     got += n
                 if dst is not None and i > converted and self._ledger.consumed(chunk_pages(ln, bpp)):
                     self._give_credit()
-        except ChannelError:
+        except ChannelError as exc:
+            self._rx_broken = exc
             raise
         except (ConnectionError, OSError) as exc:
-            raise ChannelError(
+            self._rx_broken = ChannelError(
                 f"data flow lost in the middle of message tag {h.tag}: {got} of {nbytes} bytes "
                 f"received ({exc})",
                 "check the peer's output; the message was cut short",
                 tag=h.tag,
                 received=got,
                 expected=nbytes,
-            ) from None
+            )
+            raise self._rx_broken from None
         st.bytes += nbytes
         st.messages += 1
 
@@ -1478,10 +1495,22 @@ class Channel:
             f"check {where} with `ethtool -n {self.ifname}`; another tool may have removed it",
         )
 
+    def _check_rx(self, what: str) -> None:
+        if self._closed:
+            raise ChannelError(f"{what}() on a closed channel", "open a new channel")
+        if self._rx_broken is not None:
+            # the data flows are no longer at a message boundary: nothing after it can be trusted
+            raise ChannelError(
+                f"{what}() after the channel's receive side failed: {self._rx_broken.message}",
+                "close this channel and open a new one",
+                tag=self._rx_broken.tag,
+                received=self._rx_broken.received,
+                expected=self._rx_broken.expected,
+            )
+
     def _recv_msg(self, tag: int | None, make: Any) -> Any:
         """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
-        if self._closed:
-            raise ChannelError("recv() on a closed channel", "open a new channel")
+        self._check_rx("recv")
         t0 = time.perf_counter()
         with self._rx_lock:
             held, h = self._next_header(tag)
@@ -1550,8 +1579,7 @@ class Channel:
         their tokens back when the block ends. The message must fit half the
         credit window (ChannelError before anything is consumed otherwise; use
         :meth:`recv`)."""
-        if self._closed:
-            raise ChannelError("recv_frags() on a closed channel", "open a new channel")
+        self._check_rx("recv_frags")
         with self._rx_lock:
             held, h = self._next_header(tag)
             if held is None:
