@@ -352,6 +352,21 @@ def test_torch_tensors() -> None:
         assert srv.recv(like="torch").dtype == torch.bfloat16
 
 
+def test_recv_timeout_consumes_nothing() -> None:
+    with pair() as (srv, cli):
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no message of tag 4 arrived within 0\.2 s"):
+            srv.recv(tag=4, timeout=0.2)
+        assert 0.15 < time.monotonic() - t0 < 5
+        cli.send(np.array([9]), tag=3)
+        with pytest.raises(TimeoutError):
+            srv.recv_into(np.empty(1, np.int64), tag=4, timeout=0.2)  # tag 3 is held meanwhile
+        cli.send(np.array([8]), tag=4)
+        assert srv.recv(tag=4, timeout=10).tolist() == [8]
+        with srv.recv_frags(timeout=10) as msg:
+            assert msg.tag == 3 and msg.gather().tolist() == [9]
+
+
 def test_peer_closing_ends_recv_cleanly() -> None:
     with pair() as (srv, cli):
         cli.send(np.array([1, 2]))

@@ -43,6 +43,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
@@ -1031,10 +1032,11 @@ class Channel:
         else:
             raise ChannelError(f"unexpected {ftype.name} frame after the handshake", "the peer is broken")
 
-    def _wait(self, ready: Any, lost: Any) -> None:
+    def _wait(self, ready: Any, lost: Any, deadline: float | None = None) -> None:
         """Read control frames until ``ready()`` holds (checked under the
         condition lock); ``lost(reason)`` builds the error raised when the
-        control connection ends first. One thread reads at a time."""
+        control connection ends first; TimeoutError once ``deadline``
+        (time.monotonic) passes. One thread reads at a time."""
         while True:
             with self._cv:
                 while True:
@@ -1048,20 +1050,28 @@ class Channel:
                             if self._peer_closed
                             else "the peer closed the control connection without closing the channel"
                         )
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("timed out")
                     if not self._reading:
                         self._reading = True
                         break
-                    self._cv.wait()
+                    self._cv.wait(left)
             data = b""
             err: OSError | None = None
             try:
-                data = self._ctl.recv(1 << 16)
+                if left is None or select.select([self._ctl], [], [], left)[0]:
+                    data = self._ctl.recv(1 << 16)
+                else:
+                    data = None  # type: ignore[assignment]
             except OSError as exc:
                 err = exc
             with self._cv:
                 self._reading = False
                 try:
-                    if not data:
+                    if data is None:
+                        pass  # the deadline passed: checked at the top
+                    elif not data:
                         self._ctl_eof = True
                         if err is not None:
                             self._ctl_error = f"control connection error: {err}"
@@ -1307,17 +1317,24 @@ class Channel:
         self._held_order.remove(held)
         return held
 
-    def _next_header(self, tag: int | None) -> tuple[_Held | None, MessageHeader | None]:
+    def _next_header(
+        self, tag: int | None, timeout: float | None = None
+    ) -> tuple[_Held | None, MessageHeader | None]:
         """The next message for ``tag``: a held one, or the header of the next
         arriving message of that tag (messages of other tags before it are
-        received and held)."""
+        received and held). TimeoutError when none came within ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             held = self._take_held(tag)
             if held is not None:
                 return held, None
             if not self._headers:
                 self._give_credit(force=True)
-                self._wait(lambda: bool(self._headers), self._lost_rx(tag))
+                try:
+                    self._wait(lambda: bool(self._headers), self._lost_rx(tag), deadline)
+                except TimeoutError:
+                    what = "no message" if tag is None else f"no message of tag {tag}"
+                    raise TimeoutError(f"{what} arrived within {timeout} s") from None
             h = self._headers[0]
             if tag is None or h.tag == tag:
                 return None, h
@@ -1508,12 +1525,12 @@ class Channel:
                 expected=self._rx_broken.expected,
             )
 
-    def _recv_msg(self, tag: int | None, make: Any) -> Any:
+    def _recv_msg(self, tag: int | None, make: Any, timeout: float | None = None) -> Any:
         """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
         self._check_rx("recv")
         t0 = time.perf_counter()
         with self._rx_lock:
-            held, h = self._next_header(tag)
+            held, h = self._next_header(tag, timeout)
             if held is not None:
                 try:
                     res, view = make(held.header)
@@ -1538,7 +1555,9 @@ class Channel:
         order.sort(key=lambda x: x.header.seq)
         self._held_order = deque(order)
 
-    def recv(self, *, tag: int | None = None, out: Any = None, like: str = "numpy") -> Any:
+    def recv(
+        self, *, tag: int | None = None, out: Any = None, like: str = "numpy", timeout: float | None = None
+    ) -> Any:
         """Receive the next message (of ``tag``; None: of any tag) and return it.
 
         Without ``out``: a new array of the sender's dtype and shape (``like``
@@ -1552,16 +1571,19 @@ class Channel:
         not fit (the message stays receivable), ChannelError naming the tag
         and the bytes received of the bytes expected when the peer goes away
         mid-message, ChannelClosed when the peer closed the channel and no
-        message is pending."""
+        message is pending, TimeoutError when no message started within
+        ``timeout`` seconds (None: wait forever; nothing is consumed then, and
+        a message that started is read to its end)."""
         if out is not None:
-            return self._recv_msg(tag, lambda h: (out, _writable_view(out, h.nbytes, h.tag)))
-        return self._recv_msg(tag, lambda h: _new_destination(h, like))
+            return self._recv_msg(tag, lambda h: (out, _writable_view(out, h.nbytes, h.tag)), timeout)
+        return self._recv_msg(tag, lambda h: _new_destination(h, like), timeout)
 
-    def recv_into(self, out: Any, *, tag: int | None = None) -> int:
+    def recv_into(self, out: Any, *, tag: int | None = None, timeout: float | None = None) -> int:
         """Receive the next message (of ``tag``) into ``out``; returns its
         bytes. ``out``: writable, contiguous, exactly the message's nbytes
         (numpy array, torch CPU tensor or writable buffer), else ChannelError
-        before anything is consumed (the message stays receivable)."""
+        before anything is consumed (the message stays receivable).
+        ``timeout`` as in :meth:`recv`."""
         box: list[int] = []
 
         def make(h: MessageHeader) -> tuple[Any, np.ndarray]:
@@ -1569,19 +1591,19 @@ class Channel:
             box.append(h.nbytes)
             return out, view
 
-        self._recv_msg(tag, make)
+        self._recv_msg(tag, make, timeout)
         return box[-1]
 
     @contextlib.contextmanager
-    def recv_frags(self, tag: int | None = None) -> Iterator[Message]:
+    def recv_frags(self, tag: int | None = None, timeout: float | None = None) -> Iterator[Message]:
         """Zero-copy receive: ``with ch.recv_frags() as msg:`` holds the next
         message's frags in the RX dma-buf (``msg.frags``, a FragBatch) and gives
         their tokens back when the block ends. The message must fit half the
         credit window (ChannelError before anything is consumed otherwise; use
-        :meth:`recv`)."""
+        :meth:`recv`). ``timeout`` as in :meth:`recv`."""
         self._check_rx("recv_frags")
         with self._rx_lock:
-            held, h = self._next_header(tag)
+            held, h = self._next_header(tag, timeout)
             if held is None:
                 assert h is not None
                 pages = sum(chunk_pages(h.chunk(i)[2], self._rx.bytes_per_page) for i in range(h.nchunks))
