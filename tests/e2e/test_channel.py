@@ -352,6 +352,24 @@ def test_torch_tensors() -> None:
         assert srv.recv(like="torch").dtype == torch.bfloat16
 
 
+def test_messages_sent_right_after_the_handshake() -> None:
+    # the connector's first MSG can share a segment with FLOWS (and the listener's with its
+    # HELLO): the decoder holds it when the Channel is made, and it must not wait for a later read
+    for _ in range(5):
+        lis = devmemtcp.listen(HOST, 0, backend="emulated")
+        with lis:
+            acc = Bg(lambda lis=lis: lis.accept(timeout=30))
+            cli = devmemtcp.connect(HOST, lis.port, backend="emulated")
+            with cli:
+                cli.send(np.array([1]))
+                srv = acc.result()
+                with srv:
+                    assert srv.recv(timeout=10).tolist() == [1]
+                    srv.send(np.array([2]))
+                    assert cli.recv(timeout=10).tolist() == [2]
+    _nic_clean()
+
+
 def test_recv_timeout_consumes_nothing() -> None:
     with pair() as (srv, cli):
         t0 = time.monotonic()

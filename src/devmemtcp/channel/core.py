@@ -1008,6 +1008,10 @@ class Channel:
         self.parked = 0
         self._closed = False
         self._finalizer = weakref.finalize(self, stack.close)
+        # frames that came in the same segment as the handshake's last one (a MSG sent right
+        # after connect) are in the decoder already: dispatch them now, not after the next read
+        while (fr := self._dec.next()) is not None:
+            self._dispatch(*fr)
 
     # -- control connection --------------------------------------------------
     def _write(self, data: bytes) -> None:
