@@ -370,6 +370,19 @@ def test_messages_sent_right_after_the_handshake() -> None:
     _nic_clean()
 
 
+def test_recv_out_chosen_from_the_header() -> None:
+    with pair() as (srv, cli):
+        cli.send(np.arange(6, dtype=np.int16).reshape(2, 3), tag=11)
+        seen = []
+
+        def choose(h: Any) -> np.ndarray:
+            seen.append((h.tag, h.nbytes, h.shape, h.dtype.numpy()))
+            return np.empty(h.shape, h.dtype.numpy())
+
+        got = srv.recv(out=choose)
+        assert seen == [(11, 12, (2, 3), np.dtype("<i2"))] and got.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_recv_timeout_consumes_nothing() -> None:
     with pair() as (srv, cli):
         t0 = time.monotonic()

@@ -1567,7 +1567,11 @@ class Channel:
         Without ``out``: a new array of the sender's dtype and shape (``like``
         "numpy", or "torch" for a CPU tensor; bfloat16 needs "torch"). With
         ``out``: the bytes are written into it (writable, contiguous, exactly
-        the message's nbytes; any dtype) and ``out`` is returned. Messages of
+        the message's nbytes; any dtype) and ``out`` is returned. ``out`` may
+        also be a callable: it gets the message's
+        :class:`~devmemtcp.channel.header.MessageHeader` (``tag``, ``nbytes``,
+        ``dtype``, ``shape``) before any payload is read and returns the
+        destination (to match a message to a posted receive). Messages of
         other tags that arrive first are kept for later recv calls (their frags
         in the RX dma-buf while there is room, else copied out).
 
@@ -1578,6 +1582,14 @@ class Channel:
         message is pending, TimeoutError when no message started within
         ``timeout`` seconds (None: wait forever; nothing is consumed then, and
         a message that started is read to its end)."""
+        if callable(out):
+            choose = out
+
+            def make(h: MessageHeader) -> tuple[Any, np.ndarray]:
+                dest = choose(h)
+                return dest, _writable_view(dest, h.nbytes, h.tag)
+
+            return self._recv_msg(tag, make, timeout)
         if out is not None:
             return self._recv_msg(tag, lambda h: (out, _writable_view(out, h.nbytes, h.tag)), timeout)
         return self._recv_msg(tag, lambda h: _new_destination(h, like), timeout)
