@@ -82,7 +82,7 @@ def _nic_clean(peer_killed: bool = False) -> None:
 
 @contextlib.contextmanager
 def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None, host: str = HOST,
-         **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
+         clean: bool = True, **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
     lis = devmemtcp.listen(host, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
                            **kw)
     try:
@@ -97,7 +97,8 @@ def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None 
             srv.close()
     finally:
         lis.close()
-    _nic_clean()
+    if clean:
+        _nic_clean()
 
 
 def roundtrip(a: devmemtcp.Channel, b: devmemtcp.Channel, obj: Any, **recv_kw: Any) -> Any:
@@ -370,6 +371,21 @@ def test_messages_sent_right_after_the_handshake() -> None:
     _nic_clean()
 
 
+def test_several_channels_at_once_on_lo() -> None:
+    # each channel end binds queues of its own: the first set-up on lo takes all its channels
+    with contextlib.ExitStack() as stack:
+        ends = []
+        for i in range(5):
+            srv, cli = stack.enter_context(pair(dmabuf_size=8 << 20, clean=False))
+            ends.append((srv, cli))
+            assert roundtrip(cli, srv, np.array([i])).tolist() == [i]
+        queues = [q for srv, cli in ends for q in (*srv._rx.queues, *cli._rx.queues)]
+        assert len(set(queues)) == 10 and 0 not in queues
+        for i, (srv, cli) in enumerate(ends):  # all still usable, both ways
+            assert roundtrip(srv, cli, np.array([i, i])).tolist() == [i, i]
+    _nic_clean()
+
+
 def test_recv_out_chosen_from_the_header() -> None:
     with pair() as (srv, cli):
         cli.send(np.arange(6, dtype=np.int16).reshape(2, 3), tag=11)
@@ -487,7 +503,9 @@ _PEER = textwrap.dedent("""
     ch = devmemtcp.connect("127.0.0.1", port, backend="emulated", dmabuf_size=8 << 20)
     print("connected", flush=True)
     if role == "send":
-        ch.send(np.ones(200 << 20, np.uint8), tag=77)  # killed while this is under way
+        msg = np.ones(64 << 20, np.uint8)
+        while True:  # killed while one of these is under way
+            ch.send(msg, tag=77)
     else:
         sys.stdin.readline()  # never receives: killed with the message in flight
 """)
@@ -508,12 +526,14 @@ def test_sender_killed_mid_message() -> None:
                 ch._wait(lambda: bool(ch._headers), ch._lost_rx(None))
                 killer = threading.Timer(0.3, lambda: proc.send_signal(signal.SIGKILL))
                 killer.start()
+                out = np.empty(64 << 20, np.uint8)
                 with pytest.raises(ChannelError) as ei:
-                    ch.recv()
+                    for _ in range(10_000):
+                        ch.recv_into(out)
                 killer.join()
                 e = ei.value
-                assert e.tag == 77 and e.expected == 200 << 20 and 0 <= (e.received or 0) < 200 << 20
-                assert f"tag 77: {e.received} of {200 << 20} bytes received" in e.message
+                assert e.tag == 77 and e.expected == 64 << 20 and 0 <= (e.received or 0) < 64 << 20
+                assert f"tag 77: {e.received} of {64 << 20} bytes received" in e.message
                 with pytest.raises(ChannelError, match="after the channel's receive side failed") as again:
                     ch.recv()  # never a message parsed out of the middle of the cut one
                 assert again.value.tag == 77

@@ -202,14 +202,20 @@ def _setup_rx(
         span = nic.rx_queue_count() - start
     else:
         n = nic.rx_queue_count()
-        # both ends of a loopback channel receive on this NIC: room for both
+        # both ends of a loopback channel receive on this NIC: room for both; and as the
+        # channel count cannot change under a live set-up, the first one on a loopback NIC
+        # takes all the channels the NIC has, for the channels that follow it on this host
         need = 1 + streams * (2 if _is_loopback(ifname, local_ip) else 1)
+        if _is_loopback(ifname, local_ip):
+            with contextlib.suppress(DevmemError, OSError):
+                need = max(need, int(nic.get_channels().combined_max or 0))
         channels = need if n < need else None
         start, span = 1, max(n, need) - 1
     steps = ("rings", "rss") + (("channels",) if channels else ())
     stack.enter_context(
         NicSetup(be, ifname, queues=(start, span), steps=steps, channels=channels, handle_signals=handle)
     )
+    stack.callback(_restore_dead, be, ifname)
     ifindex = ifaces.ifindex(ifname)
     binding = None
     if queues is not None:
@@ -246,6 +252,18 @@ def _setup_rx(
     side.window = plan_window(pool_pages, streams, side.release_threshold)
     side.bytes_per_page = _bytes_per_page(be, ifname, socket.AF_INET6 if ":" in local_ip else socket.AF_INET)
     return side
+
+
+def _restore_dead(be: Backend, ifname: str) -> None:
+    """Before this end's shared NIC settings are undone: undo what set-ups
+    that died since this one started (a peer on this host killed with -9)
+    left, as ``devmemtcp restore`` would; a dead peer's ntuple rule would
+    otherwise keep the channel count from being restored. Set-ups still alive
+    are left alone (restore refuses them)."""
+    from devmemtcp.setup import restore
+
+    with contextlib.suppress(DevmemError, OSError):
+        restore(ifname, backend=be)
 
 
 def _setup_tx(
