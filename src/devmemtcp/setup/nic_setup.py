@@ -263,12 +263,13 @@ class NicSetup:
 
     def _held_queues(self, journal: Journal | None, live: list[dict[str, Any]]) -> dict[int, int | None]:
         """``{queue: pid}`` of the devmem queues other flows hold: the live members
-        of ``journal`` (their recorded queues; the journal's for older members)
-        and live bindings the NIC reports (the emulated NIC's registry)."""
+        of ``journal`` that bind (their recorded queues; the journal's for older
+        members) and every live binding the NIC reports (the emulated NIC's
+        registry, the kernel's queue-get), made with or without a NicSetup."""
         held: dict[int, int | None] = {}
         for m in live:
-            if m.get("bind") is False and not self.auto_queues:
-                continue  # a setup without a binding shares its queue (setup + recv --no-nic-config)
+            if m.get("bind") is False:
+                continue  # a setup without a binding holds no queue (its bindings show in bound_queues)
             qs = m.get("queues")
             if qs is None and journal is not None:
                 first = journal.meta.get("queues") or []
