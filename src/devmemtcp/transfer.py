@@ -33,7 +33,7 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError, ValidationError
-from devmemtcp.validate import FragValidator
+from devmemtcp.validate import FragValidator, frag_validator
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding
@@ -368,7 +368,8 @@ def receive_stream(
         ifname: the devmem NIC; default the interface owning ``listen``.
         queues: ``(start, count)`` RX queues to bind; default the last queue.
         validate: pattern period N (bytes 1..N-1, 0x0a, repeating), or None.
-        memory: "host" (memfd) or "udmabuf", or a DmaBuf the caller owns.
+        memory: "host" (memfd), "udmabuf", "cuda" / "cuda:N" (GPU memory), or a
+            DmaBuf the caller owns.
         size: dma-buf size in bytes (multiple of PAGE_SIZE).
         backend: "auto", "kernel", "emulated" or a Backend object.
         nic_config: False skips NicSetup (the NIC was set up by
@@ -416,7 +417,7 @@ def receive_stream(
             else address_of_interface(ifname, _family(listen))
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
         result.binding_id = binding.id
-        validator = FragValidator(validate, dmabuf) if validate else None
+        validator = frag_validator(validate, dmabuf) if validate else None
         if on_ready:
             on_ready(port)
         lsock.settimeout(accept_timeout)
@@ -494,12 +495,11 @@ def _fill_pattern(dmabuf: DmaBuf, period: int) -> int:
     if usable <= 0:
         raise DevmemError(f"dma-buf of {dmabuf.size} bytes is smaller than the pattern period {period}",
                           "use a larger --size")
-    view = dmabuf.host_view()
     step = 16 << 20
     step -= step % period
     for start in range(0, usable, step):
         n = min(step, usable - start)
-        view[start:start + n] = np.frombuffer(pattern_bytes(period, start, n), dtype=np.uint8)
+        dmabuf.copy_in(start, pattern_bytes(period, start, n))  # device memory has no host view
     return usable
 
 

@@ -190,17 +190,39 @@ class EmulatedBinding:
         self.size = int(dmabuf.size)
         self.pool: RxPool | None = RxPool(binding_id, self.size // PAGE_SIZE) if kind == "rx" else None
         self._view: memoryview | None = None
+        self.staged: bool | None = None  # None: not yet known; True: device memory, no host view
+        self._stages = threading.local()
         self.closed = False
         self._finalizer = weakref.finalize(self, _unregister, backend._directory, binding_id)
         self._backend = weakref.ref(backend)
 
     @property
-    def view(self) -> memoryview:
-        """Writable byte view of the dma-buf's host memory (cached)."""
-        if self._view is None:
-            arr = self.dmabuf.host_view()
+    def view(self) -> memoryview | None:
+        """Writable byte view of the dma-buf's host memory (cached), or None
+        when the dma-buf has none (device memory): the emulated NIC then
+        stages payload in host memory and moves it with the dma-buf's
+        ``write_at`` / ``read_at``, as a NIC's DMA engine would."""
+        if self._view is None and not self.staged:
+            try:
+                arr = self.dmabuf.host_view()
+            except DevmemError:
+                if getattr(self.dmabuf, "closed", False):
+                    raise
+                self.staged = True
+                return None
+            self.staged = False
             self._view = memoryview(arr).cast("B")  # type: ignore[arg-type]
         return self._view
+
+    def stage(self, nbytes: int) -> np.ndarray:
+        """This thread's host staging buffer of at least ``nbytes`` bytes (the
+        dma-buf's pinned ``staging`` buffer where it offers one), reused."""
+        cur: np.ndarray | None = getattr(self._stages, "buf", None)
+        if cur is None or cur.shape[0] < nbytes:
+            make = getattr(self.dmabuf, "staging", None)
+            cur = make(nbytes) if callable(make) else np.empty(max(nbytes, PAGE_SIZE), np.uint8)
+            self._stages.buf = cur
+        return cur
 
     def close(self) -> None:
         """Unbind (idempotent)."""
@@ -650,7 +672,11 @@ class EmulatedBackend:
                 if py_timeout:
                     raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
                 raise _err(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
-        total = self._fill(sock, b.view, runs, nbuf, flags, pool, s.queue)
+        view = b.view
+        if view is not None:
+            total = self._fill(sock, view, runs, nbuf, flags, pool, s.queue)
+        else:
+            total = self._fill_staged(sock, b, runs, nbuf, flags, pool, s.queue)
         if total == 0:
             return 0, 0, 0
         used = -(-total // PAGE_SIZE)
@@ -671,11 +697,35 @@ class EmulatedBackend:
                 self.flush_stats()
         return total, clen, 0
 
+    @classmethod
+    def _fill_staged(cls, sock: socket.socket, b: EmulatedBinding, runs: list[tuple[int, int]], nbuf: int,
+                     flags: int, pool: RxPool, queue: int) -> int:
+        """:meth:`_fill` for a dma-buf without a host view: receive the runs'
+        bytes back to back into the staging buffer, then one ``write_at``
+        (for CUDA memory: a host-to-device copy per contiguous run, one
+        synchronisation) puts them at the net_iov offsets."""
+        room = min(sum(cnt for _, cnt in runs) * PAGE_SIZE, nbuf)
+        stage = b.stage(room)
+        total = cls._fill(sock, memoryview(stage)[:room], runs, nbuf, flags, pool, queue, packed=True)
+        if total:
+            starts = np.array([p0 for p0, _ in runs], np.int64) * PAGE_SIZE
+            lens = np.array([cnt for _, cnt in runs], np.int64) * PAGE_SIZE
+            ends = np.minimum(np.cumsum(lens), total)
+            lens = np.diff(ends, prepend=0)
+            try:
+                b.dmabuf.write_at(starts[lens > 0], lens[lens > 0], stage)
+            except BaseException:
+                pool.give_back_runs(runs, queue)
+                raise
+        return total
+
     @staticmethod
     def _fill(sock: socket.socket, view: memoryview, runs: list[tuple[int, int]], nbuf: int, flags: int,
-              pool: RxPool, queue: int) -> int:
+              pool: RxPool, queue: int, packed: bool = False) -> int:
         """recv_into the dma-buf at the net_iov ``runs``, one call per run;
-        returns bytes received (0 at EOF). Gives every net_iov back on error."""
+        returns bytes received (0 at EOF). Gives every net_iov back on error.
+        ``packed``: ``view`` is a staging buffer and the runs' bytes go to it
+        back to back (each run but the last is filled before the next starts)."""
         total = 0
         left = nbuf
         first_flags = flags & _RECV_PASS_FLAGS
@@ -688,7 +738,7 @@ class EmulatedBackend:
         fd = sock.fileno()
         for i, (p0, cnt) in enumerate(runs):
             want = min(cnt * PAGE_SIZE, left)
-            off = p0 * PAGE_SIZE
+            off = total if packed else p0 * PAGE_SIZE
             try:
                 if direct:
                     got = os.readv(fd, [view[off : off + want]])
@@ -908,7 +958,16 @@ class EmulatedBackend:
                 break
         if not spans:
             raise _err(errno.EFAULT, f"dma-buf offset past the end of binding {bid} ({bsize} bytes)")
-        n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
+        if view is not None:
+            n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
+        else:
+            # no host view (device memory): the DMA engine's read is one read_at into staging
+            starts = np.array([a for a, _ in spans], np.int64)
+            lens = np.array([b for _, b in spans], np.int64) - starts
+            tot = int(lens.sum())
+            stage = binding.stage(tot)
+            binding.dmabuf.read_at(starts, lens, stage)
+            n = sock.sendmsg([memoryview(stage)[:tot]], [], flags & _SEND_PASS_FLAGS)
         seq = tx.zckey
         tx.zckey = (seq + 1) & U32_MAX
         tx.sent += n
