@@ -295,7 +295,8 @@ NVIDIA_DEVICE = "/dev/nvidia0"
 KERNEL_CONFIGS = ("/proc/config.gz", "/boot/config-%s")
 #: CUDA 11.7: the first driver API with dma-buf export (cuMemGetHandleForAddressRange)
 CUDA_DMABUF_MIN = (11, 7)
-_NO_GPU_FIX = "needed only for --memory cuda: install the NVIDIA driver (open kernel modules) on a GPU machine"
+_NO_GPU_FIX = ("needed only for --memory cuda: install the NVIDIA driver (open kernel modules) on a GPU "
+               "machine")
 
 
 def _read(path: str) -> str | None:
@@ -317,7 +318,8 @@ def _cuda_checks(version_path: str = NVIDIA_VERSION, device_path: str = NVIDIA_D
     text = _read(version_path)
     if text is None and not os.path.exists(device_path):
         why = f"skip: no NVIDIA driver ({version_path} and {device_path} absent)"
-        return [Check("cuda-driver", "unknown", why, _NO_GPU_FIX), Check("cuda-dmabuf", "unknown", why, _NO_GPU_FIX)]
+        return [Check("cuda-driver", "unknown", why, _NO_GPU_FIX),
+                Check("cuda-dmabuf", "unknown", why, _NO_GPU_FIX)]
     first = (text or "").splitlines()[0] if text else ""
     modules = "open kernel modules" if "Open Kernel Module" in first else \
         "proprietary kernel modules" if first else "kernel modules of unknown kind"
@@ -335,8 +337,9 @@ def _cuda_checks(version_path: str = NVIDIA_VERSION, device_path: str = NVIDIA_D
     major, minor = (int(x) for x in str(info["driver"]).split("."))
     name = f"GPU 0 ({info['name']})"
     if (major, minor) < CUDA_DMABUF_MIN:
-        dmabuf = Check("cuda-dmabuf", "fail", f"the driver supports CUDA {info['driver']}: dma-buf export needs "
-                       "11.7 or later", "upgrade the NVIDIA driver (R515 or later, open kernel modules)")
+        dmabuf = Check("cuda-dmabuf", "fail", f"the driver supports CUDA {info['driver']}: dma-buf export "
+                       "needs 11.7 or later",
+                       "upgrade the NVIDIA driver (R515 or later, open kernel modules)")
     elif info["dmabuf_supported"] is None:
         dmabuf = Check("cuda-dmabuf", "unknown", "this cuda-python does not know "
                        "CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED", "pip install -U cuda-python")

@@ -652,6 +652,7 @@ def run_demo(
     listen: str = "127.0.0.1",
     size: int = DEFAULT_DMABUF_SIZE,
     timeout: float = 30.0,
+    memory: str = "host",
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -659,7 +660,8 @@ def run_demo(
 
     The receiver runs in a thread (:func:`receive_stream`, NIC set up for
     its flow, pattern checked from its dma-buf), the sender in the caller's
-    thread (:func:`send_stream`). Returns ``{"backend", "bytes", "seconds",
+    thread (:func:`send_stream`); ``memory`` is both ends' dma-buf kind
+    ("host", "udmabuf", "cuda", "cuda:N"). Returns ``{"backend", "bytes", "seconds",
     "gbps", "validated", "recv": {...}, "send": {...}}`` where recv/send are
     the two TransferResult JSON objects. Raises the receiver's
     ValidationError on a mismatch, or the first setup error of either end.
@@ -681,8 +683,8 @@ def run_demo(
     def receiver() -> None:
         try:
             outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
-                                             backend=be, accept_timeout=timeout, on_ready=on_ready,
-                                             on_progress=on_progress)
+                                             memory=memory, backend=be, accept_timeout=timeout,
+                                             on_ready=on_ready, on_progress=on_progress)
         except BaseException as exc:
             outcome["recv_error"] = exc
             ready.set()
@@ -694,7 +696,7 @@ def run_demo(
         ready.wait(timeout)
         if port_box and "recv_error" not in outcome:
             sent = send_stream(listen, port_box[0], nbytes=nbytes, ifname=ifname, validate=validate,
-                               size=size, backend=be)
+                               size=size, memory=memory, backend=be)
     except BaseException:
         # the sender failed or was interrupted: let the receiver see EOF so it
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise

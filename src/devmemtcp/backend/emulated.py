@@ -706,7 +706,7 @@ class EmulatedBackend:
         synchronisation) puts them at the net_iov offsets."""
         room = min(sum(cnt for _, cnt in runs) * PAGE_SIZE, nbuf)
         stage = b.stage(room)
-        total = cls._fill(sock, memoryview(stage)[:room], runs, nbuf, flags, pool, queue, packed=True)
+        total = cls._fill(sock, memoryview(stage.data)[:room], runs, nbuf, flags, pool, queue, packed=True)
         if total:
             starts = np.array([p0 for p0, _ in runs], np.int64) * PAGE_SIZE
             lens = np.array([cnt for _, cnt in runs], np.int64) * PAGE_SIZE
@@ -962,12 +962,12 @@ class EmulatedBackend:
             n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
         else:
             # no host view (device memory): the DMA engine's read is one read_at into staging
-            starts = np.array([a for a, _ in spans], np.int64)
-            lens = np.array([b for _, b in spans], np.int64) - starts
-            tot = int(lens.sum())
+            span_at = np.array([a for a, _ in spans], np.int64)
+            span_len = np.array([b for _, b in spans], np.int64) - span_at
+            tot = int(span_len.sum())
             stage = binding.stage(tot)
-            binding.dmabuf.read_at(starts, lens, stage)
-            n = sock.sendmsg([memoryview(stage)[:tot]], [], flags & _SEND_PASS_FLAGS)
+            binding.dmabuf.read_at(span_at, span_len, stage)
+            n = sock.sendmsg([memoryview(stage.data)[:tot]], [], flags & _SEND_PASS_FLAGS)
         seq = tx.zckey
         tx.zckey = (seq + 1) & U32_MAX
         tx.sent += n

@@ -1,4 +1,4 @@
-"""``devmemtcp bench frags | stream | report``: measure the fragment path and stream throughput.
+"""``devmemtcp bench frags | stream | gather | report``: measure the fragment path and stream throughput.
 
 Each subcommand prints readable tables (progress on stderr) or, with
 ``--json``, one JSON object on stdout. Exit status 0 when the benchmark ran
@@ -24,6 +24,7 @@ examples:
   devmemtcp bench frags --frags 2000000 --per-call 400 --json
   devmemtcp bench stream --bytes 512M      raw Python TCP vs the emulated devmem path on lo
   devmemtcp bench report --out bench-out   both, plus bench-out/bench.json and bench-out/bench.png
+  devmemtcp bench gather --memory cuda     device gather vs cuMemcpyDtoD (needs a GPU, cuda-python, CuPy)
 
 What the figures mean: bench/README.md in the source tree.
 """
@@ -44,6 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        description="Receive and send over lo: raw Python sockets vs the emulated devmem "
                        "NIC (Receiver / Sender), same peer process, medians of --repeat runs.")
     _stream_args(p)
+    _common_args(p)
+
+    p = sub.add_parser("gather", help="gather of received frags vs a plain copy (GPU: --memory cuda)",
+                       description="Gather page-aligned and 1448-byte frags into one contiguous buffer and "
+                       "compare with a copy of the same bytes: on the GPU (--memory cuda[:N]: one kernel "
+                       "launch per batch vs cuMemcpyDtoD) or on the host (--memory host: numpy vs memcpy).")
+    _gather_args(p)
     _common_args(p)
 
     p = sub.add_parser("report", help="run frags and stream, write bench.json and a bench.png plot",
@@ -87,6 +95,17 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                         "iperf3 -A, applies to raw and devmem runs alike and cuts the run-to-run noise)")
 
 
+def _gather_args(p: argparse.ArgumentParser) -> None:
+    from devmemtcp.bench.gather import DEFAULT_FRAGS, DEFAULT_REPEAT
+    from devmemtcp.cli.common import add_memory_arg
+
+    add_memory_arg(p, default="cuda")
+    p.add_argument("--frags", type=positive_int, default=DEFAULT_FRAGS, metavar="N",
+                   help=f"frags per gathered batch, each in its own net_iov (default {DEFAULT_FRAGS})")
+    p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="R",
+                   help=f"timed batches per frag size, medians reported (default {DEFAULT_REPEAT})")
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
@@ -117,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
                             pin=not args.no_pin,
                             progress=progress)
         _emit(args, result, lambda c: print_stream(c, result))
+        return _status(args, result.get("targets", {}))
+    if cmd == "gather":
+        from devmemtcp.bench.gather import run_gather
+
+        result = run_gather(args.memory, frags=args.frags, repeat=args.repeat, progress=progress)
+        _emit(args, result, lambda c: print_gather(c, result))
         return _status(args, result.get("targets", {}))
     from devmemtcp.bench.report import run_report
 
@@ -261,3 +286,21 @@ def print_stream(console: Console, r: dict[str, Any]) -> None:
     m = r["machine"]
     console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
                   f"{m.get('loadavg_after')}[/dim]")
+
+
+def print_gather(console: Console, r: dict[str, Any]) -> None:
+    """The gather benchmark as a table: one row per frag size, then the targets."""
+    t = Table(title=f"gather on {r['device']} ({r['memory']} memory), median of {r['repeat']} batches",
+              title_justify="left")
+    t.add_column("frags")
+    t.add_column("bytes", justify="right")
+    t.add_column("gather GB/s", justify="right")
+    t.add_column("copy GB/s", justify="right")
+    t.add_column("gather/copy", justify="right")
+    t.add_column("plan ms", justify="right")
+    for c in r["cases"]:
+        t.add_row(f"{c['frags']:,} x {c['frag_size']} B", f"{c['bytes']:,}", _n(c["gather_gbps"], ".1f"),
+                  _n(c["copy_gbps"], ".1f"), _n(c["ratio"], ".2f"), _n(c.get("plan_ms"), ".2f"))
+    console.print(t)
+    if r["targets"]:
+        console.print(_targets_table(r["targets"]))

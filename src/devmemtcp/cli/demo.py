@@ -28,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"pattern period (default {DEMO_PERIOD})")
     parser.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
                         help="auto (default): kernel when lo could do devmem (it cannot), else emulated")
+    common.add_memory_arg(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         common.note(f"backend {name}: {reason}")
 
     try:
-        demo = run_demo(nbytes=args.bytes, validate=args.validate, backend=args.backend,
+        demo = run_demo(nbytes=args.bytes, validate=args.validate, backend=args.backend, memory=args.memory,
                         on_backend=on_backend, on_progress=progress)
     except ValidationError as exc:
         progress.close()

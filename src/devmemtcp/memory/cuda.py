@@ -71,7 +71,7 @@ def driver() -> Any:
         from cuda.bindings import driver as drv
     except ImportError:
         try:
-            from cuda import cuda as drv  # type: ignore[no-redef]
+            from cuda import cuda as drv
         except ImportError:
             raise DevmemError("cuda-python is not installed: CUDA memory needs its driver API bindings",
                               _INSTALL_HINT) from None
@@ -217,7 +217,8 @@ class CudaBuffer:
         if int(err) != 0:
             hint = ("use a smaller --size or free GPU memory (nvidia-smi shows who holds it)"
                     if "OUT_OF_MEMORY" in _name(err) else "check the NVIDIA driver (nvidia-smi)")
-            raise DevmemError(f"cannot allocate {self.size} bytes on CUDA device {self.device}: {_name(err)}", hint)
+            raise DevmemError(
+                f"cannot allocate {self.size} bytes on CUDA device {self.device}: {_name(err)}", hint)
         self._base = res[1]
         base = int(self._base)
         self.ptr = (base + self.page_size - 1) & ~(self.page_size - 1)
@@ -287,7 +288,7 @@ class CudaBuffer:
             self._pinned.append((addr, want))
             import ctypes
 
-            arr = np.frombuffer((ctypes.c_uint8 * want).from_address(addr), dtype=np.uint8)
+            arr = np.ctypeslib.as_array((ctypes.c_uint8 * want).from_address(addr))
             self._stage[tid] = arr
             return arr
 

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from devmemtcp.cmsg import FragBatch
     from devmemtcp.memory.cuda import CudaBuffer
 
-__all__ = ["GATHER_CHUNK", "GatherPlan", "cupy", "device_gather", "first_mismatch", "plan_gather",
-           "pool_array"]
+__all__ = ["GATHER_CHUNK", "GatherPlan", "cupy", "device_gather", "first_mismatch", "gather_planned",
+           "plan_gather", "pool_array"]
 
 #: Bytes per triplet: a thread block of 256 threads copies 16 KiB in four 16-byte strides.
 GATHER_CHUNK = 16 << 10
@@ -123,7 +123,8 @@ def cupy() -> Any:
     try:
         import cupy as cp
     except ImportError:
-        raise DevmemError("CuPy is not installed: gather and validation of CUDA memory run on the GPU with it",
+        raise DevmemError("CuPy is not installed: gather and validation of CUDA memory run on the GPU "
+                          "with it",
                           "pip install cupy-cuda12x (or cupy-cuda13x, matching the driver's CUDA major "
                           "version)") from None
     return cp
@@ -226,15 +227,23 @@ def device_gather(buf: CudaBuffer, frags: FragBatch, out: Any = None) -> Any:
     CuPy view of the first ``frags.nbytes`` bytes of ``out`` (a new array
     when None). DevmemError without CuPy, for a frag outside ``buf``, or a
     bad destination."""
-    cp = cupy()
     plan = plan_gather(frags.offset, frags.size, page_size=buf.page_size, limit=buf.size)
+    return gather_planned(buf, plan, out)
+
+
+def gather_planned(buf: CudaBuffer, plan: GatherPlan, out: Any = None, pool: Any = None) -> Any:
+    """The device half of :func:`device_gather`: one copy of ``plan``'s
+    triplets to the device and one kernel launch on CuPy's current stream
+    (asynchronous: synchronise the stream before reading ``out`` on the
+    host). ``pool``: :func:`pool_array` of ``buf`` when the caller keeps one."""
+    cp = cupy()
     with cp.cuda.Device(buf.device):
         dst = _destination(cp, out, plan.nbytes)[: plan.nbytes]
         m = plan.triplets.shape[0]
         if m:
             trip = cp.asarray(plan.triplets)
-            _kernel(buf.device, "devmemtcp_gather")(_grid(m), (_THREADS,),
-                                                     (pool_array(buf), dst, trip, np.int64(m)))
+            src = pool if pool is not None else pool_array(buf)
+            _kernel(buf.device, "devmemtcp_gather")(_grid(m), (_THREADS,), (src, dst, trip, np.int64(m)))
         return dst
 
 

@@ -103,7 +103,8 @@ class MemfdBuffer:
         offs = np.asarray(offsets, dtype=np.int64).reshape(-1)
         lens = np.asarray(sizes, dtype=np.int64).reshape(-1)
         if offs.shape != lens.shape:
-            raise DevmemError(f"{offs.shape[0]} offsets but {lens.shape[0]} sizes", "give one size per offset")
+            raise DevmemError(f"{offs.shape[0]} offsets but {lens.shape[0]} sizes",
+                              "give one size per offset")
         if offs.shape[0] and (int(offs.min()) < 0 or int(lens.min()) < 0
                               or int((offs + lens).max()) > self.size):
             raise DevmemError(f"a range lies outside the {self.size}-byte dma-buf",
@@ -183,7 +184,9 @@ class MemfdBuffer:
         tail = offs >= nwin
         starts = np.cumsum(sizes) - sizes
         if int(sizes.min()) == maxsz and not tail.any():
-            np.take(windows, offs, axis=0, out=dst.reshape(n, maxsz))
+            # fancy indexing reads the strided windows in place (np.take would first copy
+            # the whole (nwin, maxsz) window view into a contiguous array)
+            dst.reshape(n, maxsz)[:] = windows[offs]
             return dst
         body = ~tail
         if body.any():

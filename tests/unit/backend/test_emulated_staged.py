@@ -24,7 +24,7 @@ from devmemtcp.memory.cuda import CudaBuffer
 from devmemtcp.types import NtupleRule
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "memory"))
-from fake_cuda import FakeDriver  # noqa: E402
+from fake_cuda import FakeDriver
 
 PS = abi.PAGE_SIZE
 LO = socket.if_nametoindex("lo")

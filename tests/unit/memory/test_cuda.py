@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from devmemtcp.errors import DevmemError
-from devmemtcp.memory import is_memory_kind, open_dmabuf
 from devmemtcp.memory import cuda as mcuda
+from devmemtcp.memory import is_memory_kind, open_dmabuf
 from devmemtcp.memory.cuda import CudaBuffer, parse_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fake_cuda import CUresult, FakeDriver  # noqa: E402
+from fake_cuda import CUresult, FakeDriver
 
 PS = 4096
 

@@ -20,8 +20,8 @@ NPAGES = 64
 
 def batch(offs: list[int], sizes: list[int]) -> FragBatch:
     n = len(offs)
-    return FragBatch(np.array(offs, np.uint64), np.array(sizes, np.uint32), np.arange(1, n + 1, dtype=np.uint32),
-                     np.ones(n, np.uint32))
+    return FragBatch(np.array(offs, np.uint64), np.array(sizes, np.uint32),
+                     np.arange(1, n + 1, dtype=np.uint32), np.ones(n, np.uint32))
 
 
 def apply(view: np.ndarray, trip: np.ndarray, nbytes: int) -> np.ndarray:
