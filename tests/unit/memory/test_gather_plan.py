@@ -4,6 +4,8 @@ the same frags, and they tile the destination without gaps or overlaps."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -33,10 +35,10 @@ def apply(view: np.ndarray, trip: np.ndarray, nbytes: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def buf() -> MemfdBuffer:
-    b = MemfdBuffer(NPAGES * PS)
-    b.copy_in(0, np.random.default_rng(0).integers(0, 256, NPAGES * PS, dtype=np.uint8))
-    return b
+def buf() -> Iterator[MemfdBuffer]:
+    with MemfdBuffer(NPAGES * PS) as b:
+        b.copy_in(0, np.random.default_rng(0).integers(0, 256, NPAGES * PS, dtype=np.uint8))
+        yield b
 
 
 def check(buf: MemfdBuffer, offs: list[int], sizes: list[int], chunk: int = GATHER_CHUNK) -> None:
