@@ -269,4 +269,4 @@ def first_mismatch(buf: CudaBuffer, plan: GatherPlan, base: int, period: int) ->
         rel = first - base
         row = int(np.searchsorted(plan.triplets[:, 2], rel, side="right")) - 1
         src = int(plan.triplets[row, 0]) + rel - int(plan.triplets[row, 2])
-        return first, int(pool[src].get())
+        return first, int(pool[src:src + 1].get()[0])

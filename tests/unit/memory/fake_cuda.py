@@ -48,6 +48,7 @@ class FakeDriver:
         self.device_mem: dict[int, np.ndarray] = {}  # address -> backing array
         self.host_mem: dict[int, Any] = {}
         self.fds: list[int] = []
+        self.export_of: dict[int, int] = {}  # allocation address -> the dma-buf fd exported from it
         self.ctx_refs = 0
         self.ctx_stack = 0
         self.streams = 0
@@ -115,7 +116,8 @@ class FakeDriver:
 
     def cuMemFree(self, addr: int) -> tuple[CUresult]:
         del self.device_mem[int(addr)]
-        self.log.append(("free", int(addr), [fd for fd in self.fds if _is_open(fd)]))
+        fd = self.export_of.pop(int(addr), -1)
+        self.log.append(("free", int(addr), fd >= 0 and _is_open(fd)))  # (.., its dma-buf still open?)
         return (OK,)
 
     def cuMemHostAlloc(self, n: int, flags: int) -> tuple[CUresult, int]:
@@ -136,6 +138,8 @@ class FakeDriver:
         fd = os.memfd_create("fake-dmabuf")
         os.ftruncate(fd, size)
         self.fds.append(fd)
+        base = max(a for a in self.device_mem if a <= ptr)
+        self.export_of[base] = fd
         return OK, fd
 
     def _in_device(self, addr: int, n: int) -> None:

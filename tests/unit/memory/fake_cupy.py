@@ -1,0 +1,95 @@
+"""A test double of the part of CuPy that memory/cuda_ops.py uses, for the
+"device memory" of fake_cuda.FakeDriver (which is host memory).
+
+Arrays are numpy arrays with CuPy's ``.get()``; RawModule's two kernels are
+replaced by numpy code written from their specification (gather: copy each
+(src, len, dst) triplet; validate: the smallest stream offset whose byte
+differs from ncdevmem's pattern). It checks the Python side of cuda_ops (the
+plan handed over, the launch arguments, the mismatch bookkeeping) and the
+code above it on a machine without a GPU; the CUDA C itself is compiled by
+test_cuda_kernels.py and run by test_cuda_gpu.py on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from types import ModuleType, SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class FakeArray(np.ndarray):
+    def get(self) -> np.ndarray:
+        return np.array(self)
+
+
+def _fa(a: Any) -> FakeArray:
+    return np.asarray(a).view(FakeArray)
+
+
+class UnownedMemory:
+    def __init__(self, ptr: int, size: int, owner: object, device_id: int = -1) -> None:
+        self.ptr, self.size, self.owner, self.device_id = ptr, size, owner, device_id
+
+
+class MemoryPointer:
+    def __init__(self, mem: UnownedMemory, offset: int) -> None:
+        self.mem, self.ptr = mem, mem.ptr + offset
+
+
+def ndarray(shape: tuple[int, ...], dtype: Any, memptr: MemoryPointer) -> FakeArray:
+    n = int(np.prod(shape))
+    raw = (ctypes.c_uint8 * (n * np.dtype(dtype).itemsize)).from_address(memptr.ptr)
+    return _fa(np.ctypeslib.as_array(raw).view(dtype).reshape(shape))
+
+
+def _gather(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
+    pool, out, trip, n = args
+    for src, ln, dst in np.asarray(trip).reshape(-1, 3)[: int(n)].tolist():
+        out[dst:dst + ln] = pool[src:src + ln]
+
+
+def _validate(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
+    pool, trip, n, base, period, bad = args
+    period = int(period)
+    for src, ln, dst in np.asarray(trip).reshape(-1, 3)[: int(n)].tolist():
+        pos = int(base) + dst + np.arange(ln)
+        phase = pos % period
+        want = np.where(phase == period - 1, 10, phase + 1).astype(np.uint8)
+        wrong = np.flatnonzero(np.asarray(pool[src:src + ln]) != want)
+        if wrong.size:
+            bad[0] = min(int(bad[0]), int(pos[wrong[0]]))
+
+
+class RawModule:
+    launches: ClassVar[list[str]] = []
+
+    def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
+        assert "devmemtcp_gather" in code and "devmemtcp_validate" in code
+
+    def get_function(self, name: str) -> Any:
+        fn = {"devmemtcp_gather": _gather, "devmemtcp_validate": _validate}[name]
+
+        def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
+            RawModule.launches.append(name)
+            fn(grid, block, args)
+        return launch
+
+
+def make_module() -> ModuleType:
+    cp = ModuleType("cupy")
+    cp.uint8 = np.uint8  # type: ignore[attr-defined]
+    cp.uint64 = np.uint64  # type: ignore[attr-defined]
+    cp.ndarray = ndarray  # type: ignore[attr-defined]
+    cp.asarray = _fa  # type: ignore[attr-defined]
+    cp.asnumpy = np.asarray  # type: ignore[attr-defined]
+    cp.empty = lambda n, dtype=np.uint8: _fa(np.empty(n, dtype))  # type: ignore[attr-defined]
+    cp.zeros = lambda n, dtype=np.uint8: _fa(np.zeros(n, dtype))  # type: ignore[attr-defined]
+    cp.full = lambda n, v, dtype=np.uint8: _fa(np.full(n, v, dtype))  # type: ignore[attr-defined]
+    cp.RawModule = RawModule  # type: ignore[attr-defined]
+    cp.cuda = SimpleNamespace(  # type: ignore[attr-defined]
+        Device=lambda device=0: contextlib.nullcontext(), UnownedMemory=UnownedMemory,
+        MemoryPointer=MemoryPointer)
+    return cp
