@@ -23,6 +23,10 @@ with the kernel's bytes, errno values, extack texts and limits:
   Header split is always on with hds-thresh 0 for a bound queue (bind-rx
   requires it, and ethtool refuses to change it while bound), so all payload
   goes to frags: the emulated NIC never produces SCM_DEVMEM_LINEAR.
+  A dma-buf without a host view (CUDA memory) is filled the way a NIC's DMA
+  engine would: the payload is received into a host staging buffer (the
+  dma-buf's pinned one) and placed at the net_iov offsets with one
+  ``write_at`` per receive; TX reads with one ``read_at`` per sendmsg.
 * **SO_DEVMEM_DONTNEED** (net/core/sock.c ``sock_devmem_dontneed``).
 * **TX** (net/ipv4/tcp.c ``tcp_sendmsg_locked``, net/core/devmem.c
   ``net_devmem_get_binding``, net/core/datagram.c
