@@ -297,10 +297,18 @@ def print_gather(console: Console, r: dict[str, Any]) -> None:
     t.add_column("gather GB/s", justify="right")
     t.add_column("copy GB/s", justify="right")
     t.add_column("gather/copy", justify="right")
-    t.add_column("plan ms", justify="right")
+    device = any("upload_us" in c for c in r["cases"])
+    if device:  # the frag list's upload and the host planning exist only for the device gather
+        t.add_column("with upload", justify="right")
+        t.add_column("upload us", justify="right")
+        t.add_column("plan ms", justify="right")
     for c in r["cases"]:
-        t.add_row(f"{c['frags']:,} x {c['frag_size']} B", f"{c['bytes']:,}", _n(c["gather_gbps"], ".1f"),
-                  _n(c["copy_gbps"], ".1f"), _n(c["ratio"], ".2f"), _n(c.get("plan_ms"), ".2f"))
+        row = [f"{c['frags']:,} x {c['frag_size']} B", f"{c['bytes']:,}", _n(c["gather_gbps"], ".1f"),
+               _n(c["copy_gbps"], ".1f"), _n(c["ratio"], ".2f")]
+        if device:
+            row += [_n(c.get("ratio_with_upload"), ".2f"), _n(c.get("upload_us"), ".1f"),
+                    _n(c.get("plan_ms"), ".2f")]
+        t.add_row(*row)
     console.print(t)
     if r["targets"]:
         console.print(_targets_table(r["targets"]))

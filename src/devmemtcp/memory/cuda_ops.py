@@ -9,7 +9,9 @@ are cut into pieces of at most ``chunk`` bytes; each piece is one
 one kernel launch per batch runs them, one thread block per piece: a
 piece whose addresses and length allow it is copied in 16-byte words
 (page-aligned runs: block copies), others in 8-, 4-byte words or bytes
-(irregular frags, e.g. 1448-byte ones). There is no host loop per frag.
+(irregular frags, e.g. 1448-byte ones). A batch of whole aligned pages
+(the common devmem batch) uploads only its page numbers, 4 bytes a page,
+and a kernel copies one page per block. There is no host loop per frag.
 
 Validation of ncdevmem's pattern (:func:`first_mismatch`) runs the same
 triplets against the pattern computed on the device, and an atomicMin
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
     from devmemtcp.cmsg import FragBatch
     from devmemtcp.memory.cuda import CudaBuffer
 
-__all__ = ["GATHER_CHUNK", "GatherPlan", "cupy", "device_gather", "first_mismatch", "gather_planned",
-           "plan_gather", "pool_array"]
+__all__ = ["GATHER_CHUNK", "DevicePlan", "GatherPlan", "cupy", "device_gather", "first_mismatch",
+           "gather_planned", "launch_gather", "plan_gather", "pool_array", "upload_plan"]
 
 #: Bytes per triplet: a thread block of 256 threads copies 16 KiB in four 16-byte strides.
 GATHER_CHUNK = 16 << 10
@@ -59,12 +61,16 @@ class GatherPlan:
     ``0 .. nbytes`` exactly. ``nbytes``: bytes gathered (sum of the sizes).
     ``runs``: contiguous runs after merging; ``block_runs``: those that
     start on a page boundary and are a whole number of pages (copied as
-    blocks), the others being irregular frags."""
+    blocks), the others being irregular frags. ``pages``: when every frag is
+    one whole, aligned page (the common devmem batch), their page numbers
+    (uint32, shape ``(n,)``, stream order): 4 bytes of frag list per page
+    to upload instead of 24 per triplet; else None."""
 
     triplets: np.ndarray
     nbytes: int
     runs: int
     block_runs: int
+    pages: np.ndarray | None = None
 
 
 _EMPTY_TRIPLETS = np.empty((0, 3), np.int64)
@@ -112,7 +118,11 @@ def plan_gather(offsets: np.ndarray, sizes: np.ndarray, *, page_size: int = abi.
         trip = np.stack((run_src[which] + step, np.minimum(chunk, run_len[which] - step),
                          run_dst[which] + step), axis=1)
     block = int(((run_src % page_size == 0) & (run_len % page_size == 0)).sum())
-    return GatherPlan(np.ascontiguousarray(trip), int(run_len.sum()), int(run_len.shape[0]), block)
+    pages = None
+    if bool((lens == page_size).all()) and not bool((offs % page_size).any()) \
+            and int(offs.max()) // page_size < 1 << 32:
+        pages = (offs // page_size).astype(np.uint32)
+    return GatherPlan(np.ascontiguousarray(trip), int(run_len.sum()), int(run_len.shape[0]), block, pages)
 
 
 # ---------------------------------------------------------------------------
@@ -154,6 +164,17 @@ extern "C" __global__ void devmemtcp_gather(const unsigned char* __restrict__ po
     } else {
       for (long long i = threadIdx.x; i < len; i += blockDim.x) d[i] = s[i];
     }
+  }
+}
+
+// One whole page per block: the frag list is the pages' numbers (both buffers 16-byte aligned).
+extern "C" __global__ void devmemtcp_gather_pages(const uint4* __restrict__ pool, uint4* __restrict__ out,
+                                                   const unsigned int* __restrict__ pages, long long n,
+                                                   int words_per_page) {
+  for (long long t = blockIdx.x; t < n; t += gridDim.x) {
+    const uint4* s = pool + (long long)pages[t] * words_per_page;
+    uint4* d = out + t * words_per_page;
+    for (int i = threadIdx.x; i < words_per_page; i += blockDim.x) d[i] = s[i];
   }
 }
 
@@ -231,19 +252,58 @@ def device_gather(buf: CudaBuffer, frags: FragBatch, out: Any = None) -> Any:
     return gather_planned(buf, plan, out)
 
 
+@dataclass(frozen=True)
+class DevicePlan:
+    """A plan's frag list on the device: ``kind`` "pages" (``array``: uint32
+    page numbers) or "triplets" (``array``: int64 ``(m, 3)``); ``count`` rows."""
+
+    kind: str
+    array: Any
+    count: int
+
+
+def _address(arr: Any) -> int:
+    return int(arr.__cuda_array_interface__["data"][0])
+
+
+def upload_plan(plan: GatherPlan, *, pages: bool = True) -> DevicePlan:
+    """Copy ``plan``'s frag list to the device (CuPy's current device and
+    stream): its page numbers when it has them and ``pages``, else its triplets."""
+    cp = cupy()
+    if pages and plan.pages is not None:
+        return DevicePlan("pages", cp.asarray(plan.pages), int(plan.pages.shape[0]))
+    return DevicePlan("triplets", cp.asarray(plan.triplets), int(plan.triplets.shape[0]))
+
+
+def launch_gather(buf: CudaBuffer, dplan: DevicePlan, dst: Any, pool: Any = None) -> None:
+    """One kernel launch on CuPy's current stream: ``dplan``'s bytes of
+    ``buf`` into the device array ``dst`` (``pool``: :func:`pool_array` of
+    ``buf`` when the caller keeps one)."""
+    if dplan.count == 0:
+        return
+    src = pool if pool is not None else pool_array(buf)
+    if dplan.kind == "pages":
+        _kernel(buf.device, "devmemtcp_gather_pages")(
+            _grid(dplan.count), (_THREADS,),
+            (src, dst, dplan.array, np.int64(dplan.count), np.int32(buf.page_size // 16)))
+    else:
+        _kernel(buf.device, "devmemtcp_gather")(
+            _grid(dplan.count), (_THREADS,), (src, dst, dplan.array, np.int64(dplan.count)))
+
+
 def gather_planned(buf: CudaBuffer, plan: GatherPlan, out: Any = None, pool: Any = None) -> Any:
-    """The device half of :func:`device_gather`: one copy of ``plan``'s
-    triplets to the device and one kernel launch on CuPy's current stream
-    (asynchronous: synchronise the stream before reading ``out`` on the
-    host). ``pool``: :func:`pool_array` of ``buf`` when the caller keeps one."""
+    """The device half of :func:`device_gather`: one copy of ``plan``'s frag
+    list to the device (page numbers for whole aligned pages into a 16-byte
+    aligned destination, else triplets) and one kernel launch on CuPy's
+    current stream (asynchronous: synchronise the stream before reading
+    ``out`` on the host). ``pool``: :func:`pool_array` of ``buf`` when the
+    caller keeps one. Returns the destination view of ``plan.nbytes`` bytes."""
     cp = cupy()
     with cp.cuda.Device(buf.device):
         dst = _destination(cp, out, plan.nbytes)[: plan.nbytes]
-        m = plan.triplets.shape[0]
-        if m:
-            trip = cp.asarray(plan.triplets)
-            src = pool if pool is not None else pool_array(buf)
-            _kernel(buf.device, "devmemtcp_gather")(_grid(m), (_THREADS,), (src, dst, trip, np.int64(m)))
+        if plan.nbytes:
+            aligned = buf.page_size % 16 == 0 and _address(dst) % 16 == 0
+            launch_gather(buf, upload_plan(plan, pages=aligned), dst, pool)
         return dst
 
 

@@ -24,6 +24,10 @@ class FakeArray(np.ndarray):
     def get(self) -> np.ndarray:
         return np.array(self)
 
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        return {"data": (self.ctypes.data, False)}
+
 
 def _fa(a: Any) -> FakeArray:
     return np.asarray(a).view(FakeArray)
@@ -51,6 +55,14 @@ def _gather(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
         out[dst:dst + ln] = pool[src:src + ln]
 
 
+def _gather_pages(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
+    pool, out, pages, n, words = args
+    ps = int(words) * 16
+    assert out.ctypes.data % 16 == 0 and pool.ctypes.data % 16 == 0
+    for i, p in enumerate(np.asarray(pages)[: int(n)].tolist()):
+        out[i * ps:(i + 1) * ps] = pool[p * ps:(p + 1) * ps]
+
+
 def _validate(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
     pool, trip, n, base, period, bad = args
     period = int(period)
@@ -67,10 +79,12 @@ class RawModule:
     launches: ClassVar[list[str]] = []
 
     def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
-        assert "devmemtcp_gather" in code and "devmemtcp_validate" in code
+        assert all(f"void {k}(" in code for k in ("devmemtcp_gather", "devmemtcp_gather_pages",
+                                                   "devmemtcp_validate"))
 
     def get_function(self, name: str) -> Any:
-        fn = {"devmemtcp_gather": _gather, "devmemtcp_validate": _validate}[name]
+        fn = {"devmemtcp_gather": _gather, "devmemtcp_gather_pages": _gather_pages,
+              "devmemtcp_validate": _validate}[name]
 
         def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
             RawModule.launches.append(name)

@@ -36,5 +36,5 @@ def test_kernels_compile(arch: str) -> None:
     ptx = b" " * size
     n.nvrtcGetPTX(prog, ptx)
     entries = [ln.split()[-1] for ln in ptx.decode().splitlines() if ".entry" in ln]
-    assert entries == ["devmemtcp_gather(", "devmemtcp_validate("]
+    assert entries == ["devmemtcp_gather(", "devmemtcp_gather_pages(", "devmemtcp_validate("]
     n.nvrtcDestroyProgram(prog)

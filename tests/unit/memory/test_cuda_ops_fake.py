@@ -67,6 +67,26 @@ def test_gather_one_launch_per_batch_equals_host(fakes: FakeDriver) -> None:
             dev.gather(batch(np.array([64 * PS - 10]), np.array([20])))
 
 
+def test_whole_pages_upload_page_numbers(fakes: FakeDriver) -> None:
+    cp = sys.modules["cupy"]
+    rng = np.random.default_rng(8)
+    data = rng.integers(0, 256, 64 * PS, dtype=np.uint8)
+    with CudaBuffer(64 * PS, drv=fakes) as dev, MemfdBuffer(64 * PS) as host:
+        dev.copy_in(0, data)
+        host.copy_in(0, data)
+        fb = batch(rng.permutation(64)[:30] * PS, np.full(30, PS))
+        plan = cuda_ops.plan_gather(fb.offset, fb.size)
+        assert plan.pages is not None and plan.pages.dtype == np.uint32
+        assert cuda_ops.upload_plan(plan).kind == "pages"
+        assert np.asarray(dev.gather(fb)).tobytes() == host.gather(fb).tobytes()
+        assert fake_cupy.RawModule.launches == ["devmemtcp_gather_pages"]
+        # a destination that is not 16-byte aligned takes the triplets
+        out = cp.zeros(fb.nbytes + 1)[1:]
+        assert np.asarray(dev.gather(fb, out)).tobytes() == host.gather(fb).tobytes()
+        assert fake_cupy.RawModule.launches[-1] == "devmemtcp_gather"
+        assert cuda_ops.plan_gather(fb.offset[:3] + 1, fb.size[:3]).pages is None
+
+
 def test_device_validator_offsets_and_first_mismatch(fakes: FakeDriver) -> None:
     with CudaBuffer(32 * PS, drv=fakes) as buf:
         buf.copy_in(0, pattern_bytes(7, 0, 32 * PS))
