@@ -182,6 +182,8 @@ class CudaBuffer:
         info = probe(device, self._drv)
         self.driver_version = str(info["driver"])
         self.device_name = str(info["name"])
+        self._attr_text = ("although CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 1" if info["dmabuf_supported"]
+                           else "(this cuda-python cannot read CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED)")
         if info["dmabuf_supported"] is False:
             raise DevmemError(
                 f"CUDA device {device} ({self.device_name}, driver CUDA {self.driver_version}) cannot export "
@@ -232,8 +234,8 @@ class CudaBuffer:
             raise DevmemError(
                 f"the NVIDIA driver (CUDA {self.driver_version}) refused to export {self.size} bytes of CUDA "
                 f"device {self.device} ({self.device_name}) as a dma-buf: cuMemGetHandleForAddressRange("
-                f"CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD) returned {_name(err)} although "
-                "CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is set", _OPEN_MODULES_HINT)
+                f"CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD) returned {_name(err)} {self._attr_text}",
+                _OPEN_MODULES_HINT)
         self.fd = int(res[1])
 
     # -- views and copies ------------------------------------------------------
