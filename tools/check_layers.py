@@ -132,7 +132,8 @@ def check_file(path: Path, root: Path) -> list[Violation]:
                 out.append(Violation(
                     path, node.lineno,
                     f"{PACKAGE}.{module} ({'/'.join(FLOORS[own])}) imports {PACKAGE}.{t} "
-                    f"({'/'.join(FLOORS[f])}), a higher floor: move the shared piece down or invert the call"))
+                    f"({'/'.join(FLOORS[f])}), a higher floor: move the shared piece down or invert the call",
+                ))
     return out
 
 

@@ -27,11 +27,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from devmemtcp import abi
+from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, ValidationError
 from devmemtcp.validate import FragValidator, frag_validator
 
@@ -212,74 +213,6 @@ def _ifindex(ifname: str) -> int:
                           "`ip netns exec NS devmemtcp ...`)") from None
 
 
-def select_backend(choice: str | Backend, ifname: str, *, direction: str = "rx") -> tuple[Backend, str]:
-    """Pick the backend: returns ``(backend, reason)``.
-
-    ``choice`` is ``"kernel"``, ``"emulated"``, ``"auto"`` or a Backend
-    object (returned as is). ``auto`` asks :func:`devmemtcp.doctor.diagnose`
-    whether devmem ``direction`` (``"rx"`` or ``"tx"``) is possible on
-    ``ifname`` and picks the kernel when it is, the emulated NIC otherwise;
-    ``reason`` says why (for the stderr line and the JSON's
-    ``backend_reason``).
-    """
-    if not isinstance(choice, str):
-        return choice, "given by the caller"
-    if choice == "emulated":
-        from devmemtcp.backend.emulated import EmulatedBackend
-
-        return EmulatedBackend(), "asked for (--backend emulated)"
-    if choice == "kernel":
-        from devmemtcp.backend.kernel import KernelBackend
-
-        return cast("Backend", KernelBackend()), "asked for (--backend kernel)"
-    if choice != "auto":
-        raise DevmemError(f"unknown backend {choice!r}", "use auto, kernel or emulated")
-    reason: str
-    try:
-        from devmemtcp.doctor import diagnose
-
-        report = diagnose(ifname)
-        ok = bool(report.rx_supported if direction == "rx" else report.tx_supported)
-        if ok:
-            from devmemtcp.backend.kernel import KernelBackend
-
-            why_ok = f"doctor: devmem {direction.upper()} is possible on {ifname}"
-            return cast("Backend", KernelBackend()), why_ok
-        why = _doctor_reason(report, direction)
-        reason = f"doctor: no devmem {direction.upper()} on {ifname} ({why})"
-    except DevmemError as exc:
-        reason = f"doctor could not check {ifname} ({exc.message})"
-    except ImportError as exc:
-        reason = f"doctor unavailable ({exc})"
-    from devmemtcp.backend.emulated import EmulatedBackend
-
-    return EmulatedBackend(), reason
-
-
-# doctor checks that decide devmem RX / TX, most telling first
-_DECISIVE = {
-    "rx": ("kernel-bind-rx", "cap-net-admin", "queue-management-api", "header-split", "hds-thresh",
-           "ntuple", "rss", "rx-queues"),
-    "tx": ("kernel-bind-tx", "netmem-tx"),
-}
-
-
-def _doctor_reason(report: Any, direction: str) -> str:
-    failed = {c.name: c for c in getattr(report, "checks", []) if getattr(c, "status", "") == "fail"}
-    for name in _DECISIVE.get(direction, ()):
-        if name in failed:
-            return f"{name}: {failed[name].detail}"
-    return "not supported"
-
-
-def _close_later(stack: contextlib.ExitStack, backend: Backend) -> None:
-    """Close a backend this module created (the emulated one unbinds what it
-    bound and returns every socket's tokens) when ``stack`` unwinds."""
-    close = getattr(backend, "close", None)
-    if callable(close):
-        stack.callback(close)
-
-
 def _open_dmabuf(memory: str | DmaBuf, size: int) -> DmaBuf:
     if not isinstance(memory, str):
         return memory
@@ -398,13 +331,13 @@ def receive_stream(
         raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
     ifname = ifname or interface_of_address(listen)
     _ifindex(ifname)
-    be, reason = select_backend(backend, ifname, direction="rx")
+    be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
     result = TransferResult(role="recv", backend=be.name, backend_reason=reason, ifname=ifname)
     with contextlib.ExitStack() as stack:
         if isinstance(backend, str):
-            _close_later(stack, be)
+            stack.callback(be.close)
         lsock = stack.enter_context(_listen_socket(listen, port))
         port = lsock.getsockname()[1]
         q = queues if queues is not None else _default_queues(be, ifname)
@@ -547,7 +480,7 @@ def send_stream(
     family = _family(addr)
     ifname = ifname or interface_of_route(addr)
     ifindex = _ifindex(ifname)
-    be, reason = select_backend(backend, ifname, direction="tx")
+    be, reason = open_backend(backend, ifname, direction="tx")
     if on_backend:
         on_backend(be.name, reason)
     # validated stays None: the pattern is checked by the receiver
@@ -555,7 +488,7 @@ def send_stream(
                             tokens_released=None, release_syscalls=None)
     with contextlib.ExitStack() as stack:
         if isinstance(backend, str):
-            _close_later(stack, be)
+            stack.callback(be.close)
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
@@ -669,7 +602,7 @@ def run_demo(
     import threading
 
     ifname = interface_of_address(listen)
-    be, reason = select_backend(backend, ifname, direction="rx")
+    be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
     ready = threading.Event()
@@ -708,9 +641,7 @@ def run_demo(
     finally:
         thread.join(timeout if sent is None else None)
         if isinstance(backend, str) and not thread.is_alive():
-            close = getattr(be, "close", None)
-            if callable(close):
-                close()
+            be.close()
     if "recv_error" in outcome:
         raise outcome["recv_error"]
     if sent is None or "recv" not in outcome:

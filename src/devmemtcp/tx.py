@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import select
 import socket
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
+from devmemtcp.abi import UIO_MAXIOV  # re-exported: more iovecs per sendmsg is EMSGSIZE
 from devmemtcp.cmsg import ControlBufferError, build_tx_cmsg, parse_zerocopy_completions
 from devmemtcp.errors import DevmemError
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["UIO_MAXIOV", "SendError", "Sender", "SenderStats"]
 
-UIO_MAXIOV = 1024  # include/uapi/linux/uio.h: more iovecs per sendmsg is EMSGSIZE
 _SEQ_MASK = 0xFFFFFFFF
 _PAGE_SHIFT = abi.PAGE_SIZE.bit_length() - 1
 
@@ -110,7 +109,7 @@ class Sender:
         self,
         backend: Backend,
         sock: socket.socket,
-        binding: Binding | Any,
+        binding: Binding,
         *,
         max_iov: int = 64,
         completion_timeout: float = 10.0,
@@ -303,13 +302,7 @@ class Sender:
 
     def _wait_once(self, timeout: float) -> None:
         """Block until the error queue may have something, at most ``timeout`` s."""
-        waiter = getattr(self.backend, "wait_errqueue", None)
-        if waiter is not None:
-            waiter(self.sock, timeout)
-            return
-        p = select.poll()
-        p.register(self.sock.fileno(), 0)  # POLLERR is always reported
-        p.poll(max(0, int(timeout * 1000)))
+        self.backend.wait_errqueue(self.sock, timeout)
 
     def wait_region_free(self, offset: int, length: int, timeout: float | None = None) -> None:
         """Block until no incomplete sendmsg covers dma-buf bytes

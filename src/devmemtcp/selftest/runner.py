@@ -175,14 +175,14 @@ class Selftest:
 
     # -- environment ----------------------------------------------------------------
     def _prepare(self) -> None:
-        from devmemtcp.transfer import select_backend
+        from devmemtcp.backend import open_backend
 
         try:
             self.ifindex = socket.if_nametoindex(self.ifname)
         except OSError:
             raise DevmemError(f"no network interface named {self.ifname!r} in this network namespace",
                               "list interfaces with 'ip link' (or pass --netns NAME)") from None
-        self.backend, self.backend_reason = select_backend(self.backend_choice, self.ifname, direction="rx")
+        self.backend, self.backend_reason = open_backend(self.backend_choice, self.ifname, direction="rx")
         self.memory = self.memory_choice or ("udmabuf" if self.backend.name == "kernel" else "host")
         self.nic = self.backend.nic(self.ifname)
         self.doctor: dict[str, Any] = {}
@@ -538,9 +538,8 @@ class Selftest:
                 if self.on_case:
                     self.on_case(case)
         finally:
-            close = getattr(self.backend, "close", None)
-            if callable(close) and self.backend_choice != self.backend:
-                close()
+            if self.backend_choice is not self.backend:
+                self.backend.close()
         return report
 
 

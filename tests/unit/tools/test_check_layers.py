@@ -49,7 +49,8 @@ def test_downward_and_same_floor_imports_pass(tmp_path: Path) -> None:
     ("abi.py", "from devmemtcp.rx import R\n"),                      # ground floor imports a middle one
     ("codec/__init__.py", "import devmemtcp.cli.main\n"),            # plain import, upward
     ("backend/kernel.py", "from ..channel import core\n"),           # relative, upward
-    ("netlink/genl.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from devmemtcp.setup import S\n"),
+    ("netlink/genl.py",
+     "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from devmemtcp.setup import S\n"),
 ])
 def test_upward_import_fails(tmp_path: Path, importer: str, text: str) -> None:
     root = _tree(tmp_path, {importer: text, "rx.py": "R = 1\n", "channel/core.py": "", "cli/main.py": "",
