@@ -73,6 +73,22 @@ def test_export_is_a_dmabuf_and_round_trips() -> None:
         assert np.array_equal(buf.copy_out(0, 1 << 20), data)
 
 
+def test_pool_is_a_dlpack_device_array(cp: Any) -> None:
+    from devmemtcp.memory.cuda_ops import pool_array
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch has no CUDA")
+    with CudaBuffer(4 * PS) as buf:
+        pool = pool_array(buf)
+        assert pool.shape == (4 * PS,) and pool.data.ptr == buf.ptr
+        t = torch.from_dlpack(pool)
+        assert t.is_cuda and t.data_ptr() == buf.ptr
+        t[PS:PS + 10] = 7
+        torch.cuda.synchronize()
+        assert buf.copy_out(PS, 10).tolist() == [7] * 10
+
+
 def test_device_gather_equals_host_gather(cp: Any) -> None:
     rng = np.random.default_rng(3)
     npages = 512
@@ -154,9 +170,11 @@ def test_nothing_left_after_close() -> None:
 def test_demo_1gib_cuda_both_ends(cp: Any) -> None:
     from devmemtcp.transfer import run_demo
 
+    cp.get_default_memory_pool().free_all_blocks()
     free0, fds0 = mem_free(), open_fds()
     demo = run_demo(nbytes=1 << 30, validate=7, backend="emulated", memory="cuda")
     assert demo["validated"] is True and demo["bytes"] == 1 << 30
     assert demo["recv"]["bytes"] == 1 << 30
     assert open_fds() == fds0
+    cp.get_default_memory_pool().free_all_blocks()  # the frag lists CuPy's pool keeps for reuse
     assert mem_free() >= free0 - (2 << 20)
