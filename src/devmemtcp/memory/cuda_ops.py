@@ -135,8 +135,8 @@ def cupy() -> Any:
     except ImportError:
         raise DevmemError("CuPy is not installed: gather and validation of CUDA memory run on the GPU "
                           "with it",
-                          "pip install cupy-cuda12x (or cupy-cuda13x, matching the driver's CUDA major "
-                          "version)") from None
+                          "pip install 'devmemtcp[gpu]' (cupy-cuda12x with NVRTC; cupy-cuda13x suits a "
+                          "CUDA 13 driver too)") from None
     return cp
 
 

@@ -122,7 +122,7 @@ def test_no_cupy_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with CudaBuffer(PS, drv=drv) as buf:
         with pytest.raises(DevmemError, match="CuPy is not installed") as ei:
             buf.gather(batch(np.array([0]), np.array([10])))
-        assert "cupy-cuda12x" in (ei.value.hint or "")
+        assert "devmemtcp[gpu]" in (ei.value.hint or "")
         with pytest.raises(DevmemError, match="CuPy is not installed"):
             frag_validator(7, buf)
 
