@@ -12,8 +12,8 @@
 #        bench/gpu_check.sh --prepare    (on a machine with PyPI: download into .whl/ the pure-Python
 #                                         wheels an offline GPU image may lack, for Python 3.12)
 # Offline GPU machine: carry .whl/; the script installs it with --no-index into /tmp/site.
-# Online machine without the packages: set GPU_CHECK_PIP=1 to pip install '.[cuda,dev]' and
-# cupy-cuda12x (or cupy-cuda13x for a CUDA 13 driver: GPU_CHECK_CUPY=cupy-cuda13x).
+# Online machine without the packages: set GPU_CHECK_PIP=1 to pip install '.[gpu,dev]'
+# (cuda-python and cupy-cuda12x with NVRTC).
 # Exit status: 0 when the tests passed and the bench met its targets, else the first failure's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ "${GPU_CHECK_PIP:-0}" = 1 ]; then
-  "$py" -m pip install -q -e '.[cuda,dev]' "${GPU_CHECK_CUPY:-cupy-cuda12x}" 2>&1 | tee -a "$dir/env.txt"
+  "$py" -m pip install -q -e '.[gpu,dev]' 2>&1 | tee -a "$dir/env.txt"
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "$py" - <<'EOF' 2>&1 | tee -a "$dir/env.txt"
