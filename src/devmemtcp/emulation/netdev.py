@@ -95,7 +95,11 @@ class EmulatedBinding:
 
     def stage(self, nbytes: int) -> np.ndarray:
         """This thread's host staging buffer of at least ``nbytes`` bytes (the
-        dma-buf's pinned ``staging`` buffer where it offers one), reused."""
+        dma-buf's pinned ``staging`` buffer where it offers one), reused.
+        DevmemError once the dma-buf is closed (its staging memory is freed)."""
+        if getattr(self.dmabuf, "closed", False):
+            raise DevmemError(f"the dma-buf of binding {self.id} was closed while bound",
+                              "close the binding (or the Channel) before its dma-buf")
         cur: np.ndarray | None = getattr(self._stages, "buf", None)
         if cur is None or cur.shape[0] < nbytes:
             make = getattr(self.dmabuf, "staging", None)

@@ -104,3 +104,22 @@ def test_tx_from_device_memory_is_staged(emu: EmulatedBackend) -> None:
         while len(got) < len(want):
             got += conn.recv(1 << 16)
         assert got == want
+
+
+def test_closing_the_buffer_while_bound_is_an_error_not_a_crash(emu: EmulatedBackend) -> None:
+    from devmemtcp.errors import DevmemError
+
+    drv = FakeDriver()
+    srv, cli, conn = tcp_pair()
+    buf = CudaBuffer(16 * PS, drv=drv)
+    with srv, cli, conn, emu.bind_rx(LO, buf, [1]) as b:
+        ip, port = conn.getsockname()[:2]
+        emu.nic("lo").add_rule(NtupleRule(dst_ip=ip, dst_port=port, queue=1))
+        cli.sendall(b"x" * 10000)
+        ctl, ibuf = bytearray(40 * 64), bytearray(1 << 16)
+        assert emu.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)[0] > 0
+        assert b.staged is True
+        buf.close()  # the pinned staging memory is gone with it
+        cli.sendall(b"y" * 10000)
+        with pytest.raises(DevmemError, match="closed while bound"):
+            emu.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
