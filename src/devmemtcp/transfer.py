@@ -34,6 +34,7 @@ import numpy as np
 from devmemtcp import abi
 from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator, frag_validator
 
 if TYPE_CHECKING:
@@ -126,91 +127,8 @@ class TransferResult:
 
 
 # ---------------------------------------------------------------------------
-# Interfaces and backends
+# Backends
 # ---------------------------------------------------------------------------
-def _family(addr: str) -> socket.AddressFamily:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise DevmemError(f"not an IP address: {addr!r}",
-                          "give a numeric IPv4 or IPv6 address, e.g. 127.0.0.1 or ::1") from None
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-
-
-def interface_of_address(addr: str) -> str:
-    """The interface that owns local address ``addr`` (``lo`` for 127.0.0.1).
-
-    Reads the current network namespace's addresses over rtnetlink
-    (RTM_GETADDR). Any address in 127.0.0.0/8 or ::1 maps to ``lo``.
-    Raises DevmemError when no interface has the address or it is a wildcard.
-    """
-    _family(addr)
-    ip = ipaddress.ip_address(addr)
-    if ip.is_unspecified:
-        raise DevmemError(
-            f"cannot tell the interface from the wildcard address {addr}",
-            "give --ifname IF (the devmem NIC), or --listen with that NIC's own address")
-    if ip.is_loopback:
-        return "lo"
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=_family(addr)):
-            if msg.get_attr("IFA_ADDRESS") == str(ip) or msg.get_attr("IFA_LOCAL") == str(ip):
-                links = ipr.get_links(msg["index"])
-                if links:
-                    return str(links[0].get_attr("IFLA_IFNAME"))
-    raise DevmemError(f"no interface in this network namespace has address {addr}",
-                      "check `ip -br addr`, or give --ifname IF")
-
-
-def address_of_interface(ifname: str, family: int = socket.AF_INET) -> str:
-    """The first ``family`` address of ``ifname`` (RTM_GETADDR), for the
-    ntuple rule of a receiver listening on a wildcard address. Raises
-    DevmemError when the interface has none."""
-    from pyroute2 import IPRoute
-
-    index = _ifindex(ifname)
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=family, index=index):
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if addr and not ipaddress.ip_address(addr).is_link_local:
-                return str(addr)
-    raise DevmemError(f"{ifname} has no {'IPv6' if family == socket.AF_INET6 else 'IPv4'} address "
-                      "to steer the flow to",
-                      f"add one (ip addr add ADDR/LEN dev {ifname}) or --listen on a specific address")
-
-
-def interface_of_route(addr: str) -> str:
-    """The interface the kernel routes ``addr`` through (RTM_GETROUTE, like
-    ``ip route get ADDR``). Raises DevmemError when there is no route."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
-
-    _family(addr)
-    ip = ipaddress.ip_address(addr)
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=str(ip), family=_family(addr))
-        except PyrNetlinkError as exc:
-            raise DevmemError(f"no route to {addr}: {exc}",
-                              "check `ip route get " + addr + "`, or give --ifname IF") from None
-        for r in routes:
-            oif = r.get_attr("RTA_OIF")
-            if oif:
-                links = ipr.get_links(oif)
-                if links:
-                    return str(links[0].get_attr("IFLA_IFNAME"))
-    raise DevmemError(f"no route to {addr}", "check `ip route get " + addr + "`, or give --ifname IF")
-
-
-def _ifindex(ifname: str) -> int:
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(f"no interface named {ifname!r} in this network namespace",
-                          "check `ip -br link` (or run inside the right namespace with "
-                          "`ip netns exec NS devmemtcp ...`)") from None
 
 
 def _open_dmabuf(memory: str | DmaBuf, size: int) -> DmaBuf:
@@ -239,7 +157,7 @@ def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
 # Receive
 # ---------------------------------------------------------------------------
 def _listen_socket(listen: str, port: int) -> socket.socket:
-    fam = _family(listen)
+    fam = ifaces.family_of(listen)
     sock = socket.socket(fam, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -255,7 +173,7 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 @contextlib.contextmanager
 def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
                   dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
-    """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.nic.NicSetup`
+    """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.setup.NicSetup`
     (header split, RSS spread below the queues, ntuple rule for
     ``listen:port``; journaled, undone in reverse order on exit, on errors
     and on SIGINT/SIGTERM when run from the main thread) unless
@@ -264,10 +182,10 @@ def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen
 
     start, count = queues
     if not nic_config:
-        with backend.bind_rx(_ifindex(ifname), dmabuf, list(range(start, start + count))) as binding:
+        with backend.bind_rx(ifaces.ifindex(ifname), dmabuf, list(range(start, start + count))) as binding:
             yield binding
         return
-    from devmemtcp.nic import NicSetup
+    from devmemtcp.setup import NicSetup
 
     setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
                      handle_signals=threading.current_thread() is threading.main_thread())
@@ -326,11 +244,11 @@ def receive_stream(
     """
     from devmemtcp.rx import Receiver
 
-    _family(listen)  # a clear error for a non-numeric address, before anything is set up
+    ifaces.family_of(listen)  # a clear error for a non-numeric address, before anything is set up
     if rcvlowat is not None and rcvlowat < 0:
         raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
-    ifname = ifname or interface_of_address(listen)
-    _ifindex(ifname)
+    ifname = ifname or ifaces.interface_of_address(listen)
+    ifaces.ifindex(ifname)
     be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
@@ -347,7 +265,7 @@ def receive_stream(
             stack.callback(dmabuf.close)
         # a wildcard listener's flow is steered by the interface's own address
         dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
-            else address_of_interface(ifname, _family(listen))
+            else ifaces.address_of_interface(ifname, ifaces.family_of(listen))
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = frag_validator(validate, dmabuf) if validate else None
@@ -477,9 +395,9 @@ def send_stream(
     if chunk <= 0:
         raise DevmemError(f"--chunk {chunk} must be positive", "use e.g. --chunk 64K")
     period = validate or DEFAULT_FILL_PERIOD
-    family = _family(addr)
-    ifname = ifname or interface_of_route(addr)
-    ifindex = _ifindex(ifname)
+    family = ifaces.family_of(addr)
+    ifname = ifname or ifaces.interface_of_route(addr)
+    ifindex = ifaces.ifindex(ifname)
     be, reason = open_backend(backend, ifname, direction="tx")
     if on_backend:
         on_backend(be.name, reason)
@@ -601,7 +519,7 @@ def run_demo(
     """
     import threading
 
-    ifname = interface_of_address(listen)
+    ifname = ifaces.interface_of_address(listen)
     be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)

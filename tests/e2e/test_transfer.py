@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from devmemtcp import transfer
 from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -43,18 +44,6 @@ def test_result_json_has_the_documented_fields() -> None:
                             "tokens_released", "release_syscalls", "flow_steering_errors", "validated"]
     assert d["gbps"] == pytest.approx((1 << 30) * 8 / 2.0 / 1e9, rel=1e-4)
     assert transfer.TransferResult(role="send", backend="kernel").gbps == 0.0
-
-
-def test_interface_of_address_and_route() -> None:
-    assert transfer.interface_of_address("127.0.0.1") == "lo"
-    assert transfer.interface_of_address("::1") == "lo"
-    assert transfer.interface_of_route("127.0.0.1") == "lo"
-    with pytest.raises(DevmemError, match="wildcard"):
-        transfer.interface_of_address("0.0.0.0")
-    with pytest.raises(DevmemError, match="no interface"):
-        transfer.interface_of_address("198.51.100.77")
-    with pytest.raises(DevmemError, match="not an IP address"):
-        transfer.interface_of_address("localhost")
 
 
 def test_auto_backend_on_lo_is_emulated_and_says_why() -> None:
@@ -190,7 +179,7 @@ def test_bad_inputs_say_what_to_do() -> None:
 def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
     """A batch with SCM_DEVMEM_LINEAR pieces between frags is checked in
     stream order (linear_at tells how many frags precede each piece)."""
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     period = 7
@@ -218,7 +207,7 @@ def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
 
 
 def test_validator_refuses_frags_outside_the_dmabuf() -> None:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     with open_dmabuf("host", 2 * 4096) as buf:
@@ -249,7 +238,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
     """Frags scattered over the dma-buf in any order (whole pages, partial
     pages, contiguous runs or not) validate when they hold the stream, and a
     single flipped byte is reported at its exact stream offset."""
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     period = data.draw(st.integers(2, 256), label="period")
@@ -293,7 +282,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
 def test_wildcard_listener_is_steered_by_the_interfaces_address() -> None:
     """--listen 0.0.0.0 --ifname lo: the ntuple rule takes lo's own address
     (127.0.0.1), so a connection to 127.0.0.1 still lands on the devmem queue."""
-    assert transfer.address_of_interface("lo") == "127.0.0.1"
+    assert ifaces.address_of_interface("lo") == "127.0.0.1"
     box: dict[str, object] = {}
     ready = threading.Event()
 

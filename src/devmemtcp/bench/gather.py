@@ -59,7 +59,7 @@ def _median_gbps(nbytes: int, seconds: list[float]) -> float:
 
 
 def _batch(offs: np.ndarray, sizes: np.ndarray) -> Any:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
 
     n = offs.shape[0]
     return FragBatch(offs, sizes, np.arange(1, n + 1, dtype=np.uint32), np.ones(n, np.uint32))

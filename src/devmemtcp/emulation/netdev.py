@@ -30,6 +30,7 @@ from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.pool import PoolRegistry, RxPool
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns, procs
 
 if TYPE_CHECKING:
     from devmemtcp.memory.base import DmaBuf
@@ -204,7 +205,7 @@ class Netdev:
     def _nic_of(self, op: str, ifindex: int) -> tuple[int, str, dict[str, Any]]:
         """(netns id, ifname, NIC state) of ``ifindex``; ENODEV as the kernel's
         netdev_get_by_index when no interface has it in this namespace."""
-        ns = st.netns_id()
+        ns = netns.inode()
         try:
             ifname = socket.if_indextoname(int(ifindex))
         except OSError:
@@ -251,7 +252,7 @@ class Netdev:
                                    hint=f"{ifname} has RX queues 0..{nrx - 1}")
             wanted.add(qid)
         self._check_dmabuf(op, dmabuf)
-        pid, start = st.self_owner()
+        pid, start = procs.me()
         with st.locked(self.directory) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)
@@ -301,7 +302,7 @@ class Netdev:
             raise NetlinkError(errno.EOPNOTSUPP, op, "Driver does not support netmem TX",
                                hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")
         self._check_dmabuf(op, dmabuf)
-        pid, start = st.self_owner()
+        pid, start = procs.me()
         with st.locked(self.directory) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)

@@ -16,7 +16,7 @@ Follows net/ipv4/tcp.c ``tcp_recvmsg_dmabuf`` for one connected TCP socket:
   the payload is received into a host staging buffer (the dma-buf's pinned
   one) and placed at the net_iov offsets with one ``write_at`` per receive.
 * **cmsgs**: one SCM_DEVMEM_DMABUF cmsg per frag in the control buffer
-  (:func:`encode_frags`, the bytes of ``devmemtcp.cmsg.encode_rx_control``).
+  (:func:`encode_frags`, the bytes of ``devmemtcp.codec.encode_rx_control``).
   Header split is always on with hds-thresh 0 for a bound queue (bind-rx
   requires it, and ethtool refuses to change it while bound), so all payload
   goes to frags: the emulated NIC never produces SCM_DEVMEM_LINEAR.
@@ -55,13 +55,14 @@ from typing import Any
 
 import numpy as np
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.pool import PoolRegistry, RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
 from devmemtcp.emulation.tokens import TokenTable, expand_runs
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 PAGE_SIZE = abi.PAGE_SIZE
 _REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
@@ -112,7 +113,7 @@ def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
     net_iovs of ``pages`` (runs ``[(first, count), ...]`` in frag order; whole
     PAGE_SIZE frags, the last one partial), tokens ``tokens`` (runs, in frag
     order); returns the control length. The same bytes as
-    :func:`devmemtcp.cmsg.encode_rx_control` (which it falls back to for a
+    :func:`devmemtcp.codec.encode_rx_control` (which it falls back to for a
     misaligned buffer) with a few numpy calls per run: it runs once per
     recvmsg. A record is 5 little-endian u64 words: cmsg_len,
     level | type << 32, frag_offset, frag_size | frag_token << 32,
@@ -125,7 +126,7 @@ def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
     if not w.flags.aligned:  # (.ctypes.data costs more than the whole encode)
         sizes = np.full(n, PAGE_SIZE, dtype=np.uint32)
         sizes[-1] = total - (n - 1) * PAGE_SIZE
-        return cmsg.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
+        return codec.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
                                       expand_runs(tokens, np.uint32), binding_id)
     w = w.reshape(n, _REC_WORDS)
     w[:] = _template(binding_id, n)[:n]
@@ -241,7 +242,7 @@ class EmulatedRx:
             return
         if s.ifindex is None:
             s.ifindex = ingress_ifindex(sock)
-        ns = st.netns_id()
+        ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
         q, how = steer(nic, flow_of(sock))

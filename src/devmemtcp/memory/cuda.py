@@ -39,7 +39,7 @@ from devmemtcp.errors import DevmemError
 from devmemtcp.memory.memfd import check_size
 
 if TYPE_CHECKING:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
 
 __all__ = ["CudaBuffer", "driver", "driver_version", "parse_device", "probe"]
 

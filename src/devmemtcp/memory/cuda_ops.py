@@ -38,7 +38,7 @@ from devmemtcp import abi
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory.cuda import CudaBuffer
 
 __all__ = ["GATHER_CHUNK", "DevicePlan", "GatherPlan", "cupy", "device_gather", "first_mismatch",

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from devmemtcp import doctor
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "memory"))
-from fake_cuda import FakeDriver
+from unit.memory.fake_cuda import FakeDriver
 
 OPEN = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.14  Release Build  (builder@host)\n"
 PROP = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"

@@ -9,22 +9,18 @@ without a GPU; the same path with a real GPU is in tests/unit/memory/test_cuda_g
 
 from __future__ import annotations
 
-import os
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.memory.cuda import CudaBuffer
 from devmemtcp.types import NtupleRule
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "memory"))
-from fake_cuda import FakeDriver
+from unit.memory.fake_cuda import FakeDriver
 
 PS = abi.PAGE_SIZE
 LO = socket.if_nametoindex("lo")
@@ -67,12 +63,12 @@ def test_rx_into_device_memory_is_staged(emu: EmulatedBackend) -> None:
             if n == 0:
                 break
             recvs += 1
-            fb = cmsg.parse_rx_control(ctl, clen, fl)
+            fb = codec.parse_rx_control(ctl, clen, fl)
             assert len(fb) and (fb.dmabuf_id == b.id).all()
             out = np.empty(fb.nbytes, np.uint8)
             buf.read_at(fb.offset, fb.size, out)  # what the frags say is in device memory
             got += out.tobytes()
-            for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+            for ch in codec.plan_dontneed(np.sort(fb.token))[1]:
                 emu.dontneed(conn, ch)
         t.join()
         assert bytes(got) == data
@@ -92,7 +88,7 @@ def test_tx_from_device_memory_is_staged(emu: EmulatedBackend) -> None:
     with CudaBuffer(16 * PS, drv=drv) as buf, srv, cli, conn, emu.bind_tx(LO, buf) as tb:
         buf.copy_in(0, src)
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         pairs = np.array([(PS, 100), (PS + 100, 3 * PS), (10 * PS, 50)], dtype=np.uint64)
         drv.log.clear()
         n = emu.sendmsg(cli, pairs, ctl, abi.MSG_ZEROCOPY)

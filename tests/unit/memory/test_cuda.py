@@ -16,9 +16,7 @@ from devmemtcp.errors import DevmemError
 from devmemtcp.memory import cuda as mcuda
 from devmemtcp.memory import is_memory_kind, open_dmabuf
 from devmemtcp.memory.cuda import CudaBuffer, parse_device
-
-sys.path.insert(0, os.path.dirname(__file__))
-from fake_cuda import CUresult, FakeDriver
+from unit.memory.fake_cuda import CUresult, FakeDriver
 
 PS = 4096
 

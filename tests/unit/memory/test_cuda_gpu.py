@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.errors import ValidationError
 from devmemtcp.memory import MemfdBuffer, open_dmabuf
 from devmemtcp.memory.cuda import CudaBuffer, driver
@@ -103,7 +103,7 @@ def test_device_gather_equals_host_gather(cp: Any) -> None:
         dev.copy_in(0, data)
         host.copy_in(0, data)
         for offs, sizes in cases:
-            fb = cmsg.FragBatch(offs.astype(np.uint64), sizes.astype(np.uint32),
+            fb = codec.FragBatch(offs.astype(np.uint64), sizes.astype(np.uint32),
                                 np.arange(1, len(offs) + 1, dtype=np.uint32), np.ones(len(offs), np.uint32))
             got = dev.gather(fb)
             assert cp.asnumpy(got).tobytes() == host.gather(fb).tobytes()
@@ -148,9 +148,9 @@ def test_bind_and_receive_on_the_emulated_nic(emu: Any, cp: Any) -> None:
             n, clen, fl = emu.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
             if n == 0:
                 break
-            fb = cmsg.parse_rx_control(ctl, clen, fl)
+            fb = codec.parse_rx_control(ctl, clen, fl)
             got += cp.asnumpy(buf.gather(fb)).tobytes()
-            for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+            for ch in codec.plan_dontneed(np.sort(fb.token))[1]:
                 emu.dontneed(conn, ch)
         t.join()
         assert bytes(got) == data

@@ -17,17 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp.cmsg import FragBatch
+from devmemtcp.codec import FragBatch
 from devmemtcp.errors import DevmemError, ValidationError
 from devmemtcp.memory import MemfdBuffer, cuda_ops
 from devmemtcp.memory import cuda as mcuda
 from devmemtcp.memory.cuda import CudaBuffer
 from devmemtcp.pattern import pattern_bytes
 from devmemtcp.validate import CudaFragValidator, FragValidator, frag_validator
-
-sys.path.insert(0, os.path.dirname(__file__))
-import fake_cupy
-from fake_cuda import FakeDriver
+from unit.memory import fake_cupy
+from unit.memory.fake_cuda import FakeDriver
 
 PS = 4096
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devmemtcp.cmsg import FragBatch
+from devmemtcp.codec import FragBatch
 from devmemtcp.errors import DevmemError
 from devmemtcp.memory import MemfdBuffer
 from devmemtcp.memory.cuda_ops import GATHER_CHUNK, plan_gather
