@@ -98,6 +98,7 @@ def _run_cuda(memory: str, nfrags: int, repeat: int, say: Callable[[str], None])
     from devmemtcp.memory.cuda import CudaBuffer, parse_device
     from devmemtcp.memory.cuda_ops import (
         cupy,
+        device_address,
         gather_planned,
         launch_gather,
         plan_gather,
@@ -138,7 +139,7 @@ def _run_cuda(memory: str, nfrags: int, repeat: int, say: Callable[[str], None])
                 e1.record(stream)
                 launch_gather(buf, dplan, out, pool)
                 e2.record(stream)
-                res = drv.cuMemcpyDtoDAsync(int(out.data.ptr), buf.ptr, nbytes, hstream)
+                res = drv.cuMemcpyDtoDAsync(device_address(out), buf.ptr, nbytes, hstream)
                 if int(res[0]) != 0:
                     raise DevmemError(f"cuMemcpyDtoDAsync failed: {res[0]}", "check the NVIDIA driver")
                 e3.record(stream)

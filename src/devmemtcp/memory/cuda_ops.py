@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from devmemtcp.codec import FragBatch
     from devmemtcp.memory.cuda import CudaBuffer
 
-__all__ = ["GATHER_CHUNK", "DevicePlan", "GatherPlan", "cupy", "device_gather", "first_mismatch",
-           "gather_planned", "launch_gather", "plan_gather", "pool_array", "upload_plan"]
+__all__ = ["GATHER_CHUNK", "DevicePlan", "GatherPlan", "cupy", "device_address", "device_gather",
+           "first_mismatch", "gather_planned", "launch_gather", "plan_gather", "pool_array", "upload_plan"]
 
 #: Bytes per triplet: a thread block of 256 threads copies 16 KiB in four 16-byte strides.
 GATHER_CHUNK = 16 << 10
@@ -262,7 +262,8 @@ class DevicePlan:
     count: int
 
 
-def _address(arr: Any) -> int:
+def device_address(arr: Any) -> int:
+    """The device address of a CuPy array (or anything with ``__cuda_array_interface__``)."""
     return int(arr.__cuda_array_interface__["data"][0])
 
 
@@ -302,7 +303,7 @@ def gather_planned(buf: CudaBuffer, plan: GatherPlan, out: Any = None, pool: Any
     with cp.cuda.Device(buf.device):
         dst = _destination(cp, out, plan.nbytes)[: plan.nbytes]
         if plan.nbytes:
-            aligned = buf.page_size % 16 == 0 and _address(dst) % 16 == 0
+            aligned = buf.page_size % 16 == 0 and device_address(dst) % 16 == 0
             launch_gather(buf, upload_plan(plan, pages=aligned), dst, pool)
         return dst
 

@@ -159,6 +159,15 @@ class FakeDriver:
         ctypes.memmove(dst, src, n)
         return (OK,)
 
+    def CUstream(self, ptr: int) -> str:
+        return f"stream{ptr}"
+
+    def cuMemcpyDtoDAsync(self, dst: int, src: int, n: int, stream: str) -> tuple[CUresult]:
+        self.log.append(("dtod", dst, n))
+        self._in_device(src, n)
+        ctypes.memmove(dst, src, n)
+        return (OK,)
+
     def cuMemcpyHtoDAsync(self, dst: int, src: int, n: int, stream: str) -> tuple[CUresult]:
         self.log.append(("htod", dst, n))
         return self.cuMemcpyHtoD(dst, src, n)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import time
 from types import ModuleType, SimpleNamespace
 from typing import Any, ClassVar
 
@@ -75,6 +76,21 @@ def _validate(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> Non
             bad[0] = min(int(bad[0]), int(pos[wrong[0]]))
 
 
+class Event:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def record(self, stream: object = None) -> None:
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _elapsed_ms(a: Event, b: Event) -> float:
+    return (b.t - a.t) * 1e3 + 1e-6  # never 0: the bench divides by it
+
+
 class RawModule:
     launches: ClassVar[list[str]] = []
 
@@ -105,5 +121,9 @@ def make_module() -> ModuleType:
     cp.RawModule = RawModule  # type: ignore[attr-defined]
     cp.cuda = SimpleNamespace(  # type: ignore[attr-defined]
         Device=lambda device=0: contextlib.nullcontext(), UnownedMemory=UnownedMemory,
-        MemoryPointer=MemoryPointer)
+        MemoryPointer=MemoryPointer, Event=Event, get_elapsed_time=_elapsed_ms,
+        get_current_stream=lambda: SimpleNamespace(ptr=0))
+    rng = np.random.default_rng(0)
+    cp.random = SimpleNamespace(  # type: ignore[attr-defined]
+        randint=lambda lo, hi, n, dtype=np.uint8: _fa(rng.integers(lo, hi, n, dtype=dtype)))
     return cp

@@ -156,3 +156,30 @@ def test_demo_over_cuda_memory_catches_corruption(fakes: FakeDriver, monkeypatch
         run_demo(nbytes=8 << 20, validate=7, backend="emulated", memory="cuda", size=256 * PS)
     assert ei.value.offset > 0 and ei.value.received != ei.value.expected
     assert not fakes.device_mem and fakes.ctx_refs == 0
+
+
+def test_bench_gather_cuda_report(fakes: FakeDriver) -> None:
+    """bench gather's CUDA run end to end over the doubles: its correctness check
+    passes, the report has the fields gpu_check.sh reads, and it renders."""
+    import io
+
+    from rich.console import Console
+
+    from devmemtcp.bench.gather import run_gather
+    from devmemtcp.cli.bench import print_gather
+
+    r = run_gather("cuda", frags=64, repeat=2)
+    assert r["memory"] == "cuda" and r["device"] == "Fake GPU" and r["driver"] == "12.4"
+    kinds = {c["frag_size"]: c["frag_list"] for c in r["cases"]}
+    assert kinds == {4096: "pages", 1448: "triplets"}
+    for c in r["cases"]:
+        assert c["bytes"] == 64 * c["frag_size"] and c["rows"] == 64
+        for k in ("gather_gbps", "copy_gbps", "ratio", "ratio_with_upload", "upload_us", "plan_ms"):
+            assert c[k] > 0
+    assert set(r["targets"]) == {"gather/copy, 4096-byte frags", "gather/copy, 1448-byte frags"}
+    assert {t["target"] for t in r["targets"].values()} == {">= 0.8", ">= 0.5"}
+    assert any(e[0] == "dtod" for e in fakes.log)
+    out = io.StringIO()
+    print_gather(Console(file=out, width=200), r)
+    assert "Fake GPU" in out.getvalue() and "targets" in out.getvalue()
+    assert not fakes.device_mem and fakes.ctx_refs == 0
