@@ -22,8 +22,11 @@ devmem part (real or emulated NIC) sits under the socket, not in the protocol.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +36,7 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.backend import open_backend
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
 from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator, frag_validator
 
@@ -79,7 +82,11 @@ class TransferResult:
     / ``release_syscalls``: frags given back and SO_DEVMEM_DONTNEED calls (RX;
     ``None`` on TX). ``flow_steering_errors``: readable bytes that should have
     been devmem (the flow landed on an ordinary queue). ``validated``:
-    ``True``/``False`` when a pattern was checked, ``None`` when not asked.
+    ``True``/``False`` when a pattern was checked, ``None`` when not asked;
+    when the stream's length is known it is ``True`` only for a complete
+    stream (a pattern check alone accepts any prefix). ``complete``: the
+    stream had exactly the expected length (``True``/``False``), ``None``
+    when no length was given (recv without ``expect_bytes``).
     ``rcvlowat``: the SO_RCVLOWAT the receiver ran with (bytes; None: not set).
     """
 
@@ -93,6 +100,7 @@ class TransferResult:
     release_syscalls: int | None = 0
     flow_steering_errors: int = 0
     validated: bool | None = None
+    complete: bool | None = None
     backend_reason: str = ""
     ifname: str = ""
     queues: list[int] = field(default_factory=list)
@@ -110,7 +118,7 @@ class TransferResult:
     def as_dict(self) -> dict[str, Any]:
         """The documented JSON object: backend, bytes, seconds, gbps, frags,
         linear_bytes, tokens_released, release_syscalls, flow_steering_errors,
-        validated, then the context fields (role, backend_reason, ifname,
+        validated, complete, then the context fields (role, backend_reason, ifname,
         queues, binding_id, peer, completions, rcvlowat, error)."""
         d = asdict(self)
         ordered: dict[str, Any] = {
@@ -120,7 +128,7 @@ class TransferResult:
             "gbps": round(self.gbps, 4),
         }
         for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
-                    "flow_steering_errors", "validated", "role", "backend_reason", "ifname",
+                    "flow_steering_errors", "validated", "complete", "role", "backend_reason", "ifname",
                     "queues", "binding_id", "peer", "completions", "rcvlowat", "error"):
             ordered[key] = d[key]
         return ordered
@@ -171,11 +179,12 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 
 
 @contextlib.contextmanager
-def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
+def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], flow: tuple[Any, ...],
                   dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
     """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.setup.NicSetup`
-    (header split, RSS spread below the queues, ntuple rule for
-    ``listen:port``; journaled, undone in reverse order on exit, on errors
+    (header split, RSS spread below the queues, ntuple rule for ``flow``,
+    ``(dst_ip, dst_port[, src_ip, src_port])``; journaled, undone in reverse
+    order on exit, on errors
     and on SIGINT/SIGTERM when run from the main thread) unless
     ``nic_config`` is false (the NIC was prepared by ``devmemtcp setup``)."""
     import threading
@@ -187,7 +196,7 @@ def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen
         return
     from devmemtcp.setup import NicSetup
 
-    setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
+    setup = NicSetup(backend, ifname, queues=queues, flow=flow, dmabuf=dmabuf,
                      handle_signals=threading.current_thread() is threading.main_thread())
     with setup:
         assert setup.binding is not None
@@ -207,9 +216,13 @@ def receive_stream(
     nic_config: bool = True,
     accept_timeout: float | None = None,
     rcvlowat: int | None = None,
+    expect_bytes: int | None = None,
+    idle_timeout: float | None = None,
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    peer: str | None = None,
+    on_batch: Callable[[Any], None] | None = None,
 ) -> TransferResult:
     """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
 
@@ -232,21 +245,43 @@ def receive_stream(
             it wait until more arrive or the sender closes (tcp_data_ready
             wakes the reader only then), so keep it 0 for a sender that
             pauses mid-stream and expects to be seen.
+        expect_bytes: the stream's exact length in bytes, or None (not
+            checked: ``complete`` stays None). A stream that ends short of
+            it, or runs past it (the receiver stops at the first byte too
+            many), raises IncompleteStreamError.
+        idle_timeout: seconds the connection may stay silent mid-stream
+            (None: wait forever); past it StreamError. Each recvmsg waits
+            at most a quarter of it (SO_RCVTIMEO; a recvmsg short of
+            ``rcvlowat`` returns what it has only then, tcp_recvmsg_locked),
+            so a silence is given up on after 1 to 1.25 times it.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
-        on_progress(bytes): called after each batch.
+        on_progress(bytes): called with 0 when the first byte is there (the
+            moment ``seconds`` starts counting) and after each batch with
+            the bytes received so far.
+        peer: the sender's address: the ntuple rule becomes a 5-tuple (source
+            address, and source port ``port``, as ncdevmem's ``-c``).
+        on_batch(batch): called with each FragBatch in stream order, after
+            validation and before its tokens are given back (the frags are
+            readable in ``memory`` until the callback returns).
 
     Returns a TransferResult (``validated`` True when a pattern was checked
-    to the end). Raises ValidationError (offset, expected, received) at the
-    first mismatching byte, DevmemError/NetlinkError for setup problems,
-    TimeoutError when nobody connects in time. Every resource (socket,
-    binding, tokens, NIC settings, dma-buf) is released on every path.
+    to the end, and the stream was complete when ``expect_bytes`` was
+    given). Raises ValidationError (offset, expected, received) at the first
+    mismatching byte, IncompleteStreamError (its ``result`` the summary) for
+    a stream of the wrong length, StreamError for a socket error on the data
+    path (reset by the peer, broken pipe, ``idle_timeout``),
+    DevmemError/NetlinkError for setup problems, TimeoutError when nobody
+    connects in time. Every resource (socket, binding, tokens, NIC settings,
+    dma-buf) is released on every path.
     """
     from devmemtcp.rx import Receiver
 
     ifaces.family_of(listen)  # a clear error for a non-numeric address, before anything is set up
     if rcvlowat is not None and rcvlowat < 0:
         raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
+    if expect_bytes is not None and expect_bytes < 0:
+        raise DevmemError(f"cannot expect {expect_bytes} bytes", "give --bytes >= 0")
     ifname = ifname or ifaces.interface_of_address(listen)
     ifaces.ifindex(ifname)
     be, reason = open_backend(backend, ifname, direction="rx")
@@ -266,57 +301,134 @@ def receive_stream(
         # a wildcard listener's flow is steered by the interface's own address
         dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
             else ifaces.address_of_interface(ifname, ifaces.family_of(listen))
-        binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
+        flow: tuple[Any, ...] = (dst, port) if peer is None else (dst, port, peer, port)
+        binding = stack.enter_context(_nic_for_flow(be, ifname, q, flow, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = frag_validator(validate, dmabuf) if validate else None
+        if validator is not None:
+            stack.callback(validator.close)  # before the dma-buf closes: its views must go first
         if on_ready:
             on_ready(port)
         lsock.settimeout(accept_timeout)
         try:
-            conn, peer = lsock.accept()
+            conn, peer_addr = lsock.accept()
         except TimeoutError:
             raise TimeoutError(f"no connection on {listen} port {port} within {accept_timeout} s") from None
         stack.enter_context(conn)
         conn.settimeout(None)
         lsock.close()
-        low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
-        if low > 1:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
-            result.rcvlowat = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
-        result.peer = f"{peer[0]}:{peer[1]}"
+        result.peer = f"{peer_addr[0]}:{peer_addr[1]}"
         t0 = time.perf_counter()
-        rx = stack.enter_context(Receiver(be, conn, binding))
+        rx = None
         try:
-            _receive_loop(rx, validator, on_progress)
+            # the clock starts at the first byte (SO_RCVLOWAT is still 1, so poll wakes on it), not
+            # at accept: a sender that connects and then prepares its data must not dilute the rate
+            _wait_readable(conn, idle_timeout)
+            t0 = time.perf_counter()
+            if on_progress:
+                on_progress(0)
+            low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
+            if low > 1:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+                result.rcvlowat = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+            if idle_timeout is not None:
+                _set_timeo(conn, socket.SO_RCVTIMEO, idle_timeout / _IDLE_SLICES)
+            rx = stack.enter_context(Receiver(be, conn, binding))
+            _receive_loop(rx, validator, expect_bytes, idle_timeout, on_progress, on_batch)
         except ValidationError as exc:
             result.validated = False
             result.error = exc.message
             raise
-        except ConnectionError as exc:
-            raise DevmemError(f"connection from {result.peer} lost after {rx.stats.bytes} bytes: {exc}",
-                              "check the sender's output; the stream was cut before its end") from None
+        except IncompleteStreamError as exc:
+            result.complete = False
+            result.validated = False if validator is not None else None
+            result.error = exc.message
+            exc.result = result
+            raise
+        except OSError as exc:
+            # reset, broken pipe, SO_RCVTIMEO...: one clear error, never a traceback
+            raise stream_error(exc, role="recv", peer=result.peer, timeout=idle_timeout,
+                               bytes_done=int(rx.stats.bytes) if rx is not None else 0) from None
         finally:
             result.seconds = time.perf_counter() - t0
-            rx.close()
-            _fill_rx_stats(result, rx)
+            if rx is not None:
+                rx.close()
+                _fill_rx_stats(result, rx)
+        if expect_bytes is not None:
+            result.complete = True  # _receive_loop raised otherwise
         if validator is not None:
             result.validated = True
     return result
 
 
-def _receive_loop(rx: Any, validator: FragValidator | None,
-                  on_progress: Callable[[int], None] | None) -> None:
-    total = 0
+def _wait_readable(conn: socket.socket, timeout: float | None) -> None:
+    """Block until ``conn`` has data or EOF (POLLIN; POLLHUP/POLLERR end the wait
+    too); TimeoutError after ``timeout`` seconds of silence (None: wait forever)."""
+    import select
+
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        batch = rx.recv()
+        wait_ms = 1000.0 if deadline is None else min(1000.0, (deadline - time.monotonic()) * 1000)
+        if poller.poll(max(0.0, wait_ms)):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, "no data before the idle timeout")
+
+
+def _set_timeo(sock: socket.socket, opt: int, seconds: float) -> None:
+    """SO_RCVTIMEO / SO_SNDTIMEO (struct timeval) of ``seconds``: the kernel
+    then ends a blocked recvmsg/sendmsg with EAGAIN (sock_rcvtimeo, sock_sndtimeo
+    in include/net/sock.h); 0 would mean forever, so it is raised to 1 us."""
+    usec = max(1, round(seconds * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, opt, struct.pack("qq", usec // 1_000_000, usec % 1_000_000))
+
+
+#: SO_RCVTIMEO is this fraction of the receiver's idle timeout (see receive_stream)
+_IDLE_SLICES = 4
+
+
+def _receive_loop(rx: Any, validator: FragValidator | None, expect: int | None, idle: float | None,
+                  on_progress: Callable[[int], None] | None,
+                  on_batch: Callable[[Any], None] | None = None) -> None:
+    """Receive to EOF, validating each batch; with ``expect`` (bytes) raise
+    IncompleteStreamError at EOF short of it, or at the first batch that
+    carries a byte past it (a mismatch before that offset is reported
+    first, as the earlier fault). A recvmsg that times out (EAGAIN, no byte
+    taken) is retried until ``idle`` seconds passed since the last batch.
+    ``on_batch`` sees each accepted batch, in order, before its release."""
+    total = 0
+    last = time.monotonic()
+    while True:
+        try:
+            batch = rx.recv()
+        except BlockingIOError:
+            if idle is not None and time.monotonic() - last < idle:
+                continue
+            raise
+        last = time.monotonic()
         if batch is None:
             break
+        n = _batch_bytes(batch)
         if validator is not None:
-            validator.check_batch(batch)
-        total += _batch_bytes(batch)
+            try:
+                validator.check_batch(batch)
+            except ValidationError as exc:
+                if expect is None or exc.offset < expect:
+                    raise
+                # a mismatch past the end: the overrun is the fault
+        if expect is not None and total + n > expect:
+            rx.release(batch)
+            raise IncompleteStreamError(expect, total + n, overrun_at=expect)
+        if on_batch is not None:
+            on_batch(batch)
+        total += n
         rx.release(batch)
         if on_progress:
             on_progress(total)
+    if expect is not None and total != expect:
+        raise IncompleteStreamError(expect, total)
 
 
 def _batch_bytes(batch: Any) -> int:
@@ -370,6 +482,7 @@ def send_stream(
     size: int = DEFAULT_DMABUF_SIZE,
     backend: str | Backend = "auto",
     connect_timeout: float = 10.0,
+    idle_timeout: float | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> TransferResult:
@@ -382,11 +495,17 @@ def send_stream(
     sendmsg's zerocopy completion arrived. The receiver sees exactly the
     pattern stream (any plain TCP receiver will do).
 
-    ``ifname`` defaults to the interface of the route to ``addr``. Returns a
-    TransferResult (``tokens_released``/``release_syscalls`` None: they are RX
-    notions; ``completions`` counts completed sendmsg calls). Raises
-    DevmemError/NetlinkError for setup problems (bind-tx refused, no route),
-    ConnectionError when the peer goes away.
+    ``ifname`` defaults to the interface of the route to ``addr``.
+    ``idle_timeout``: seconds a sendmsg may stay blocked on a receiver that
+    takes no data (SO_SNDTIMEO; a sendmsg that moved part of its bytes
+    returns them only then, so a stopped receiver is given up on after one
+    to two times it), and the Sender's completion timeout (None: sendmsg
+    waits forever, completions 10 s). Returns a TransferResult
+    (``tokens_released``/``release_syscalls`` None: they are RX notions;
+    ``completions`` counts completed sendmsg calls; ``complete`` True: every
+    byte went out). Raises DevmemError/NetlinkError for setup problems
+    (bind-tx refused, no route), StreamError for a socket error on the data
+    path (reset by the peer, broken pipe, ``idle_timeout``).
     """
     from devmemtcp.tx import Sender
 
@@ -424,21 +543,35 @@ def send_stream(
             raise DevmemError(f"cannot connect to {addr} port {port}: {exc.strerror or exc}",
                               "start the receiver first (devmemtcp recv --listen ADDR --port PORT)") from None
         sock.settimeout(None)
-        peer = sock.getpeername()
-        result.peer = f"{peer[0]}:{peer[1]}"
-        tx = stack.enter_context(Sender(be, sock, binding))
+        try:
+            peer = sock.getpeername()
+            result.peer = f"{peer[0]}:{peer[1]}"
+        except OSError:  # ENOTCONN: the peer reset it already; sendmsg reports that
+            result.peer = f"{addr}:{port}"
+        if idle_timeout is not None:
+            _set_timeo(sock, socket.SO_SNDTIMEO, idle_timeout)
+        # a receiver that takes nothing: sendmsg blocks (SO_SNDTIMEO), or no region completes
+        tx = stack.enter_context(Sender(be, sock, binding) if idle_timeout is None else
+                                 Sender(be, sock, binding, completion_timeout=idle_timeout))
         t0 = time.perf_counter()
+        if on_progress:
+            on_progress(0)  # the first byte goes now: the progress clock starts with ``seconds``
         try:
             sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
             tx.flush()
-        except ConnectionError as exc:
-            raise DevmemError(
-                f"connection to {result.peer} lost after {tx.stats.bytes} bytes: {exc}",
-                "check the receiver's output (a receiver that finds a validation error closes the "
-                "connection)") from None
+            # a reset after the last sendmsg completes the sends (the kernel frees the
+            # purged skbs) but the bytes never arrived: the socket's error says so
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+        except OSError as exc:
+            # reset, broken pipe, SO_SNDTIMEO...: one clear error, never a traceback
+            raise stream_error(exc, role="send", peer=result.peer, timeout=idle_timeout,
+                               bytes_done=int(tx.stats.bytes)) from None
         finally:
             result.seconds = time.perf_counter() - t0
         result.bytes = sent
+        result.complete = sent == nbytes
         _fill_tx_stats(result, tx)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
@@ -513,9 +646,11 @@ def run_demo(
     its flow, pattern checked from its dma-buf), the sender in the caller's
     thread (:func:`send_stream`); ``memory`` is both ends' dma-buf kind
     ("host", "udmabuf", "cuda", "cuda:N"). Returns ``{"backend", "bytes", "seconds",
-    "gbps", "validated", "recv": {...}, "send": {...}}`` where recv/send are
-    the two TransferResult JSON objects. Raises the receiver's
-    ValidationError on a mismatch, or the first setup error of either end.
+    "gbps", "validated", "complete", "recv": {...}, "send": {...}}`` where
+    recv/send are the two TransferResult JSON objects; the receiver is told
+    the length, so ``complete`` is checked. Raises the receiver's
+    ValidationError on a mismatch, IncompleteStreamError on a stream of
+    the wrong length, or the first setup error of either end.
     """
     import threading
 
@@ -535,7 +670,7 @@ def run_demo(
         try:
             outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
                                              memory=memory, backend=be, accept_timeout=timeout,
-                                             on_ready=on_ready, on_progress=on_progress)
+                                             on_ready=on_ready, expect_bytes=nbytes, on_progress=on_progress)
         except BaseException as exc:
             outcome["recv_error"] = exc
             ready.set()
@@ -553,8 +688,12 @@ def run_demo(
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise
         _unblock(listen, port_box)
         thread.join(timeout)
-        if isinstance(outcome.get("recv_error"), ValidationError):
-            raise outcome["recv_error"] from None
+        # the receiver's mismatch or overrun made the sender fail; a stream cut
+        # short is the sender's failure (or Ctrl-C), reported as such
+        rerr = outcome.get("recv_error")
+        if isinstance(rerr, ValidationError) or (
+                isinstance(rerr, IncompleteStreamError) and rerr.overrun_at is not None):
+            raise rerr from None
         raise
     finally:
         thread.join(timeout if sent is None else None)
@@ -567,7 +706,8 @@ def run_demo(
                           "run `devmemtcp recv --listen 127.0.0.1 --port 5201` by hand to see why")
     recv: TransferResult = outcome["recv"]
     recv.backend_reason = sent.backend_reason = reason
-    received_ok = bool(recv.validated) and recv.bytes == sent.bytes == nbytes
+    complete = bool(recv.complete) and recv.bytes == sent.bytes == nbytes
+    received_ok = bool(recv.validated) and complete
     seconds = max(recv.seconds, sent.seconds)
     return {
         "backend": be.name,
@@ -576,6 +716,7 @@ def run_demo(
         "seconds": round(seconds, 6),
         "gbps": round(recv.bytes * 8 / seconds / 1e9, 4) if seconds > 0 else 0.0,
         "validated": received_ok,
+        "complete": complete,
         "recv": recv.as_dict(),
         "send": sent.as_dict(),
     }

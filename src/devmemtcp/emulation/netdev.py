@@ -113,6 +113,9 @@ class EmulatedBinding:
         if self.closed:
             return
         self.closed = True
+        # the view would keep the dma-buf mapped (and its fd open) while anything,
+        # e.g. a traceback, still references this binding; data lands here no more
+        self._view = None
         nd = self._netdev()
         if nd is not None:
             nd.forget(self)

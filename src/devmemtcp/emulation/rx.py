@@ -240,12 +240,21 @@ class EmulatedRx:
         now = time.monotonic()
         if s.mode and now - s.checked < self.recheck_s and (s.binding is None or not s.binding.closed):
             return
-        if s.ifindex is None:
-            s.ifindex = ingress_ifindex(sock)
+        try:
+            if s.ifindex is None:
+                s.ifindex = ingress_ifindex(sock)
+            flow = flow_of(sock)
+        except OSError as exc:
+            # ENOTCONN: the peer reset the connection (getpeername of a TCP_CLOSE
+            # socket); a flow already steered stays where it was
+            if exc.errno == errno.ENOTCONN and s.mode:
+                s.checked = now
+                return
+            raise
         ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
-        q, how = steer(nic, flow_of(sock))
+        q, how = steer(nic, flow)
         b = self.netdev.rx_binding(ns, ifname, q)
         if b is not None:
             s.mode, s.binding = "devmem", b
@@ -316,11 +325,21 @@ class EmulatedRx:
         devmem flow without MSG_SOCK_DEVMEM or with a control buffer too
         small for one cmsg (once data is there; 0 at EOF); EINVAL for
         MSG_PEEK on a devmem flow; EAGAIN / TimeoutError as described in the
-        module docstring; ENOTCONN for an unconnected socket."""
+        module docstring; ENOTCONN for a socket never connected. A socket
+        the peer reset before its first recvmsg gives the kernel's
+        ECONNRESET (the reset socket's own error), not getpeername's ENOTCONN."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.state(sock)
-        self.decide(sock, s)
+        try:
+            self.decide(sock, s)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            # reset before the flow was ever steered: nothing tells the queue any
+            # more, so the real socket answers as tcp_recvmsg does (ECONNRESET
+            # once, bytes queued before the reset as readable data, then 0)
+            return sock.recv_into(buf, len(buf), flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK)), 0, 0
         nbuf = len(buf)
         if s.mode != "devmem":
             n = sock.recv_into(buf, nbuf, flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK))

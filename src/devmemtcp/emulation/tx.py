@@ -177,6 +177,11 @@ class EmulatedTx:
             return
         raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
         outq = struct.unpack("i", raw)[0]
+        if outq > tx.sent - tx.pending[0][1] and \
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == abi.TCP_STATE_CLOSE:
+            # reset by the peer: tcp_reset -> tcp_write_queue_purge frees every skb, and
+            # freeing a zerocopy skb delivers its completion (msg_zerocopy_callback)
+            outq = 0
         while tx.pending:
             seq, end = tx.pending[0]
             # every byte of this sendmsg is acked once the unacked tail fits after it

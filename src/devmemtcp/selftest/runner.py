@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, NetlinkError
 from devmemtcp.host import ifaces
 from devmemtcp.host import netns as host_netns
 from devmemtcp.selftest.catalogue import (
@@ -353,11 +353,19 @@ class Selftest:
         # NicSetup here (not receive_stream's) so the journal goes to this suite's journal_dir;
         # the rule needs the port, so listen on a fixed free port picked first
         port = self._free_port(local)
-        with NicSetup(self.backend, self.ifname, queues=(n - 1, 1), flow=(local, port),
-                      journal_dir=self.journal_dir):
-            result = receive_stream(local, port, ifname=self.ifname, queues=(n - 1, 1), validate=VALIDATE,
-                                    memory=self.memory, size=self.dmabuf_size, backend=self.backend,
-                                    nic_config=False, accept_timeout=30, on_ready=on_ready)
+        try:
+            with NicSetup(self.backend, self.ifname, queues=(n - 1, 1), flow=(local, port),
+                          journal_dir=self.journal_dir):
+                # told the length: a stream cut short is never a pass (a pattern prefix would be)
+                result = receive_stream(local, port, ifname=self.ifname, queues=(n - 1, 1),
+                                        validate=VALIDATE, memory=self.memory, size=self.dmabuf_size,
+                                        backend=self.backend, nic_config=False, accept_timeout=30,
+                                        expect_bytes=total, on_ready=on_ready)
+        except IncompleteStreamError as exc:
+            for t in threads:
+                t.join(30)
+            detail = f" (the peer: {_describe(errors[0])})" if errors else ""
+            raise CaseFailed(exc.message + detail) from None
         for t in threads:
             t.join(30)
         if errors:
@@ -367,7 +375,7 @@ class Selftest:
         if result.flow_steering_errors:
             raise CaseFailed(f"{result.flow_steering_errors} bytes landed on an ordinary queue "
                              "(flow steering failed)")
-        if not result.validated:
+        if not result.validated or not result.complete:
             raise CaseFailed(result.error or "the stream was not validated")
         return result
 
@@ -385,8 +393,9 @@ class Selftest:
         self._rx_result = result
         if result.frags == 0:
             raise CaseFailed("no devmem fragment arrived: every byte came as linear or readable data")
-        return {"bytes": result.bytes, "frags": result.frags, "linear_bytes": result.linear_bytes,
-                "gbps": round(result.gbps, 3), "binding_id": result.binding_id}
+        return {"bytes": result.bytes, "complete": result.complete, "frags": result.frags,
+                "linear_bytes": result.linear_bytes, "gbps": round(result.gbps, 3),
+                "binding_id": result.binding_id}
 
     def _transmit(self, nbytes: int, chunk: int) -> dict[str, Any]:
         from devmemtcp.pattern import PatternChecker
@@ -438,8 +447,9 @@ class Selftest:
             raise CaseFailed(f"the peer saw: {_describe(box['error'])}")
         if box.get("bytes") != nbytes:
             raise CaseFailed(f"the peer received {box.get('bytes')} bytes, {nbytes} were sent")
-        return {"bytes": result.bytes, "frags": result.frags, "chunk": chunk,
-                "completions": result.completions, "gbps": round(result.gbps, 3)}
+        # complete: the peer received exactly nbytes (checked above), not only a pattern prefix
+        return {"bytes": result.bytes, "complete": bool(result.complete), "frags": result.frags,
+                "chunk": chunk, "completions": result.completions, "gbps": round(result.gbps, 3)}
 
     def case_tx(self) -> dict[str, Any]:
         return self._transmit(self.nbytes, 64 << 10)
@@ -452,7 +462,7 @@ class Selftest:
         if result.linear_bytes:
             raise CaseFailed(f"{result.linear_bytes} bytes arrived as linear data with hds-thresh 0")
         return {"sizes": f"{len(HDS_SIZES)} sizes, {HDS_SIZES[0]}..{HDS_SIZES[-1]} bytes",
-                "bytes": result.bytes, "frags": result.frags, "linear_bytes": 0}
+                "bytes": result.bytes, "complete": result.complete, "frags": result.frags, "linear_bytes": 0}
 
     def case_tokens_returned(self) -> dict[str, Any]:
         r = self._rx_result
