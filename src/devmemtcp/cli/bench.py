@@ -183,8 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_gather(args.memory, frags=args.frags, repeat=args.repeat, progress=progress)
         _emit(args, result, lambda c: print_gather(c, result))
-
-
+        return _status(args, result.get("targets", {}))
     if cmd == "tensor":
         from devmemtcp.bench.tensor import run_tensor
 
