@@ -38,7 +38,7 @@ from devmemtcp import abi
 from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
 from devmemtcp.host import ifaces
-from devmemtcp.validate import FragValidator
+from devmemtcp.validate import FragValidator, frag_validator
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding
@@ -244,7 +244,8 @@ def receive_stream(
             and which queues other flows held). Flows on one NIC share its
             RSS spread; the last one out undoes the shared settings.
         validate: pattern period N (bytes 1..N-1, 0x0a, repeating), or None.
-        memory: "host" (memfd) or "udmabuf", or a DmaBuf the caller owns.
+        memory: "host" (memfd), "udmabuf", "cuda" / "cuda:N" (GPU memory), or a
+            DmaBuf the caller owns.
         size: dma-buf size in bytes (multiple of PAGE_SIZE).
         backend: "auto", "kernel", "emulated" or a Backend object.
         nic_config: False skips NicSetup (the NIC was set up by
@@ -317,7 +318,7 @@ def receive_stream(
                                                     accept_timeout, on_queues))
         result.binding_id = binding.id
         result.queues = sorted(int(q) for q in binding.queues)
-        validator = FragValidator(validate, dmabuf) if validate else None
+        validator = frag_validator(validate, dmabuf) if validate else None
         if validator is not None:
             stack.callback(validator.close)  # before the dma-buf closes: its views must go first
         if on_ready:
@@ -471,12 +472,11 @@ def _fill_pattern(dmabuf: DmaBuf, period: int) -> int:
     if usable <= 0:
         raise DevmemError(f"dma-buf of {dmabuf.size} bytes is smaller than the pattern period {period}",
                           "use a larger --size")
-    view = dmabuf.host_view()
     step = 16 << 20
     step -= step % period
     for start in range(0, usable, step):
         n = min(step, usable - start)
-        view[start:start + n] = np.frombuffer(pattern_bytes(period, start, n), dtype=np.uint8)
+        dmabuf.copy_in(start, pattern_bytes(period, start, n))  # device memory has no host view
     return usable
 
 
@@ -688,6 +688,7 @@ def run_demo(
     listen: str = "127.0.0.1",
     size: int = DEFAULT_DMABUF_SIZE,
     timeout: float = 30.0,
+    memory: str = "host",
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -695,7 +696,8 @@ def run_demo(
 
     The receiver runs in a thread (:func:`receive_stream`, NIC set up for
     its flow, pattern checked from its dma-buf), the sender in the caller's
-    thread (:func:`send_stream`). Returns ``{"backend", "bytes", "seconds",
+    thread (:func:`send_stream`); ``memory`` is both ends' dma-buf kind
+    ("host", "udmabuf", "cuda", "cuda:N"). Returns ``{"backend", "bytes", "seconds",
     "gbps", "validated", "complete", "recv": {...}, "send": {...}}`` where
     recv/send are the two TransferResult JSON objects; the receiver is told
     the length, so ``complete`` is checked. Raises the receiver's
@@ -719,8 +721,8 @@ def run_demo(
     def receiver() -> None:
         try:
             outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
-                                             backend=be, accept_timeout=timeout, on_ready=on_ready,
-                                             expect_bytes=nbytes, on_progress=on_progress)
+                                             memory=memory, backend=be, accept_timeout=timeout,
+                                             on_ready=on_ready, expect_bytes=nbytes, on_progress=on_progress)
         except BaseException as exc:
             outcome["recv_error"] = exc
             ready.set()
@@ -732,7 +734,7 @@ def run_demo(
         ready.wait(timeout)
         if port_box and "recv_error" not in outcome:
             sent = send_stream(listen, port_box[0], nbytes=nbytes, ifname=ifname, validate=validate,
-                               size=size, backend=be)
+                               size=size, memory=memory, backend=be)
     except BaseException:
         # the sender failed or was interrupted: let the receiver see EOF so it
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise
