@@ -30,6 +30,7 @@ import os
 import socket
 from typing import Any
 
+from devmemtcp.emulation import netkit as nk
 from devmemtcp.emulation import state as st
 from devmemtcp.errors import NetlinkError
 from devmemtcp.types import Channels, NtupleRule, Rings
@@ -62,9 +63,16 @@ class EmulatedNicControl:
     def _bound(self) -> dict[int, int]:
         return st.bound_queues(st.load_registry(self._dir), self._ns, self.ifname)
 
-    def _update(self, fn: Any) -> Any:
+    def _update(self, fn: Any, op: str | None = None) -> Any:
         with st.locked(self._dir) as d:
             s = st.load_nic(self.ifname, directory=d, ns=self._ns, queues=self._queues)
+            if op is not None and nk.is_virtual(s):
+                # netkit_ethtool_ops has get_drvinfo and get_channels only
+                if op.startswith("ioctl"):
+                    raise _oserror(errno.EOPNOTSUPP, f"{self.ifname} is a netkit device: no ntuple rules")
+                raise NetlinkError(errno.EOPNOTSUPP, op,
+                                   hint=f"{self.ifname} is a netkit device: configure the physical NIC "
+                                        "that leased it a queue")
             result = fn(s, st.bound_queues(st.load_registry(d), self._ns, self.ifname))
             st.save_nic(s, d)
             return result
@@ -76,13 +84,17 @@ class EmulatedNicControl:
         :class:`devmemtcp.emulation.pool.QueueStats`)."""
         return dict(self.state().get("stats") or {})
 
-    def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None) -> None:
+    def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None,
+                         xdp: bool | None = None, xsk: list[int] | None = None) -> None:
         """Emulation knob (no ethtool equivalent): make the emulated driver lack
         the queue management API (bind-rx then fails with EOPNOTSUPP, as on a
-        NIC without ``queue_mgmt_ops``) or set its netmem TX mode ("dma", or
-        "none": bind-tx fails with "Driver does not support netmem TX")."""
-        if netmem_tx is not None and netmem_tx not in ("dma", "none"):
-            raise ValueError(f"netmem_tx must be 'dma' or 'none', not {netmem_tx!r}")
+        NIC without ``queue_mgmt_ops``); set its netmem TX mode (enum
+        netmem_tx_mode: "dma", "no_dma" as netkit, or "none": bind-tx fails
+        with "Driver does not support netmem TX"); attach an XDP program
+        (``xdp``: bind-rx refused with EEXIST); or mark RX queues as used by
+        AF_XDP sockets (``xsk``: bind-rx EBUSY, queue-create EBUSY)."""
+        if netmem_tx is not None and netmem_tx not in nk.NETMEM_TX_MODES:
+            raise ValueError(f"netmem_tx must be one of {', '.join(nk.NETMEM_TX_MODES)}, not {netmem_tx!r}")
 
         def apply(s: dict[str, Any], bound: dict[int, int]) -> None:
             caps = s.setdefault("caps", {"queue_mgmt": True, "netmem_tx": "dma"})
@@ -90,8 +102,20 @@ class EmulatedNicControl:
                 caps["queue_mgmt"] = bool(queue_mgmt)
             if netmem_tx is not None:
                 caps["netmem_tx"] = netmem_tx
+            if xdp is not None:
+                caps["xdp"] = bool(xdp)
+            if xsk is not None:
+                caps["xsk"] = sorted({int(q) for q in xsk})
 
         self._update(apply)
+
+    def capabilities(self) -> dict[str, Any]:
+        """``{"kind", "queue_mgmt", "netmem_tx", "xdp", "xsk"}`` of this emulated NIC."""
+        s = self.state()
+        caps = s.get("caps", {})
+        return {"kind": nk.kind(s), "queue_mgmt": bool(caps.get("queue_mgmt", True)),
+                "netmem_tx": nk.netmem_tx(s), "xdp": bool(caps.get("xdp", False)),
+                "xsk": [int(q) for q in caps.get("xsk", [])]}
 
     def bound_queues(self) -> dict[int, int]:
         """``{rx queue: binding id}`` of the live bindings on this NIC (any process)."""
@@ -99,7 +123,7 @@ class EmulatedNicControl:
 
     # -- NicControl ----------------------------------------------------------
     def driver(self) -> str:
-        return "devmemtcp-emulated"
+        return "devmemtcp-emulated-netkit" if nk.is_virtual(self.state()) else "devmemtcp-emulated"
 
     def rx_queue_count(self) -> int:
         return int(self.state()["channels"]["combined"])
@@ -136,7 +160,7 @@ class EmulatedNicControl:
             r["tcp_data_split"] = split
             r["hds_thresh"] = thresh
 
-        self._update(apply)
+        self._update(apply, "rings-set")
 
     def get_channels(self) -> Channels:
         c = self.state()["channels"]
@@ -187,7 +211,7 @@ class EmulatedNicControl:
             if not s["rss"]["configured"]:
                 s["rss"]["indir"] = [i % total for i in range(st.RSS_TABLE_SIZE)]
 
-        self._update(apply)
+        self._update(apply, "channels-set")
 
     def get_rss_indir(self) -> list[int]:
         return [int(q) for q in self.state()["rss"]["indir"]]
@@ -209,7 +233,7 @@ class EmulatedNicControl:
                                    hint=f"queues are numbered 0..{n - 1}")
             s["rss"] = {"indir": [int(q) for q in table], "configured": True}
 
-        self._update(apply)
+        self._update(apply, "rss-set")
 
     def list_rules(self) -> list[NtupleRule]:
         return [_to_rule(r) for r in sorted(self.state()["rules"], key=lambda r: int(r["location"]))]
@@ -241,7 +265,7 @@ class EmulatedNicControl:
             s["rules"].append(entry)
             return _to_rule(entry)
 
-        result: NtupleRule = self._update(apply)
+        result: NtupleRule = self._update(apply, "ioctl")
         return result
 
     def delete_rule(self, location: int) -> None:
@@ -253,7 +277,7 @@ class EmulatedNicControl:
                 raise _oserror(errno.ENOENT, f"no ntuple rule at location {location}")
             s["rules"] = keep
 
-        self._update(apply)
+        self._update(apply, "ioctl")
 
 
 def _to_rule(r: dict[str, Any]) -> NtupleRule:

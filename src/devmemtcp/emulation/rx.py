@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from devmemtcp import abi, codec
+from devmemtcp.emulation import netkit as nk
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.pool import PoolRegistry, RxPool
@@ -241,6 +242,15 @@ class EmulatedRx:
         ns = st.netns_id()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
+        if nk.is_virtual(nic):
+            # a netkit guest: the packets came in on the physical NIC behind its
+            # lease and were forwarded; that NIC's rules and RSS chose the queue
+            ls = nk.any_phys(nic)
+            phys = st.read_nic(ls["ifname"], int(ls["netns"]), self.netdev.directory) if ls else None
+            if ls is None or phys is None:
+                s.mode, s.binding, s.queue, s.how, s.checked = "readable", None, 0, "netkit", now
+                return
+            ns, ifname, nic = int(ls["netns"]), str(ls["ifname"]), phys
         q, how = steer(nic, flow_of(sock))
         b = self.netdev.rx_binding(ns, ifname, q)
         if b is not None:
