@@ -9,7 +9,8 @@ with the kernel's bytes, errno values, extack texts and limits, by
 * bind-rx / bind-tx and the binding registry: :mod:`devmemtcp.emulation.netdev`;
 * steering, RX fill, cmsgs and SO_DEVMEM_DONTNEED: :mod:`devmemtcp.emulation.rx`;
 * TX validation and MSG_ZEROCOPY completions: :mod:`devmemtcp.emulation.tx`;
-* ethtool (rings, channels, RSS, ntuple rules): :mod:`devmemtcp.emulation.nic`.
+* ethtool (rings, channels, RSS, ntuple rules): :mod:`devmemtcp.emulation.nic`;
+* netkit devices and queue leasing (queue-create): :mod:`devmemtcp.emulation.netkit`.
 
 This module only joins them under the :class:`~devmemtcp.backend.base.Backend`
 protocol; each call goes straight to the one module that handles it.
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from devmemtcp.emulation.netdev import EmulatedBinding, Netdev
+from devmemtcp.emulation import netkit
+from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, require_net_admin
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.rx import EmulatedRx, encode_frags
 from devmemtcp.emulation.tx import EmulatedTx
@@ -84,6 +86,14 @@ class EmulatedBackend:
     def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> EmulatedBinding:
         """bind-tx; see :meth:`devmemtcp.emulation.netdev.Netdev.bind_tx`."""
         return self.netdev.bind_tx(ifindex, dmabuf)
+
+    def queue_create(self, guest_ifindex: int, phys_ifindex: int, phys_queue: int,
+                     guest_netns: str | None = None) -> int:
+        """queue-create (lease a physical RX queue to a netkit guest); see
+        :func:`devmemtcp.emulation.netkit.queue_create`. Needs CAP_NET_ADMIN (EPERM)."""
+        require_net_admin("queue-create")
+        return netkit.queue_create(guest_ifindex, phys_ifindex, phys_queue, guest_netns=guest_netns,
+                                   directory=self.netdev.directory)
 
     # -- RX --------------------------------------------------------------------
     def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,
