@@ -23,7 +23,8 @@ def test_container_sh(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "FAIL:" not in out
-    for text in ("Lease ifindex cannot be the same as queue creation ifindex", "Device is not a virtual device",
+    for text in ("Lease ifindex cannot be the same as queue creation ifindex",
+                 "Device is not a virtual device",
                  "Lease device is a virtual device", "ERANGE", "Lease device queue is already leased",
                  "Lease device queue in use by memory provider", "Lease device queue in use by AF_XDP",
                  "Leasing multiple queues from different devices not supported",
