@@ -84,6 +84,19 @@ class RxPool:
         self.free = np.ones(self.pages, dtype=np.bool_)
         self.nfree = self.pages
         self._first_free = 0  # no free net_iov below this index
+        # references beyond the first, per net_iov: with a real NIC's buffer
+        # placement several frags share one net_iov (each holds a reference,
+        # net_iov's pp_ref_count), and the NIC holds the buffer it fills
+        self.extra = np.zeros(self.pages, dtype=np.int32)
+        self.shared = False
+
+    def add_refs(self, idx: list[int]) -> None:
+        """One more reference on each net_iov of ``idx`` (repeats count; all held)."""
+        if not idx:
+            return
+        with self.cond:
+            self.shared = True
+            np.add.at(self.extra, np.asarray(idx, dtype=np.int64), 1)
 
     def queue_stats(self, queue: int) -> QueueStats:
         st = self.stats.get(queue)
@@ -93,7 +106,8 @@ class RxPool:
 
     @property
     def inflight(self) -> int:
-        """net_iovs not on the free list (held by the application)."""
+        """net_iovs not on the free list (held by the application, or by the
+        NIC: buffers it is filling or has posted)."""
         return self.pages - self.nfree
 
     def alloc_runs(self, k: int, queue: int, deadline: float | None) -> list[tuple[int, int]]:
@@ -206,8 +220,21 @@ class RxPool:
         with self.cond:
             if self.free[idx].any():
                 raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
-            self.free[idx] = True
-            self._freed(int(idx.shape[0]), int(idx.min()))
+            if self.shared:
+                # drop one reference per entry; a net_iov is free when its last goes
+                uniq, cnt = np.unique(idx, return_counts=True)
+                dec = np.minimum(self.extra[uniq], cnt)
+                self.extra[uniq] -= dec.astype(np.int32)
+                last = cnt - dec
+                if (last > 1).any():
+                    raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
+                gone = uniq[last == 1]
+                if gone.shape[0]:
+                    self.free[gone] = True
+                    self._freed(int(gone.shape[0]), int(gone.min()))
+            else:
+                self.free[idx] = True
+                self._freed(int(idx.shape[0]), int(idx.min()))
         if queues is not None:
             counts = np.bincount(np.asarray(queues, dtype=np.int64))
             for q in np.flatnonzero(counts):
@@ -216,7 +243,7 @@ class RxPool:
     def release_runs(self, runs: list[tuple[int, int, int, int]]) -> None:
         """:meth:`release` for ``(first, count, binding, queue)`` runs (the
         binding field is not looked at: the caller sorted runs by binding)."""
-        if len(runs) > _FEW_RUNS:
+        if len(runs) > _FEW_RUNS or self.shared:
             # scattered releases: one index array instead of a numpy call per run
             counts = [c for _, c, _, _ in runs]
             self.release(expand_runs([(a, c) for a, c, _, _ in runs]),

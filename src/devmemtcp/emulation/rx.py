@@ -47,6 +47,7 @@ import termios
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,61 @@ class RxSocket:
     checked: float = -1e9
     tcp: bool = False
     fionread: array.array[int] = field(default_factory=lambda: array.array("i", [0]))
+    frags: str = "page"  # buffer placement: "driver" (a real NIC's) or "page" (whole pages)
+    buf_len: int = PAGE_SIZE
+    fill: ShapedFill | None = None
+
+
+@dataclass
+class ShapedFill:
+    """A real NIC's buffer placement for one flow (``frags`` mode "driver").
+
+    The driver posts page-pool buffers of ``buf_len`` bytes (rx-buf-len; a
+    net_iov holds ``PAGE_SIZE // buf_len`` of them) and DMAs each TCP
+    segment's payload (``mss`` bytes: TCP_MAXSEG of the connection, 1448 at
+    MTU 1500 with timestamps) at the next free offset of the current buffer;
+    a segment that does not fit the rest of the buffer goes to the next one
+    (a segment longer than a buffer spans several, a frag in each). So frags
+    are not page aligned and several share a net_iov, each frag holding a
+    reference (the page pool's pp_ref_count), and the NIC holds the buffer
+    it is filling. ``pending``: reserved pieces already placed but not yet
+    handed to the application: the rest of a frag cut by the end of a
+    recvmsg comes back in the next one with a new token for the same net_iov
+    (tcp_recvmsg_dmabuf continues inside the frag)."""
+
+    mss: int
+    buf_len: int
+    cur: int = -1  # net_iov being filled (-1: none)
+    slot: int = 0  # buffer of ``cur`` being filled
+    used: int = 0  # bytes used in that buffer
+    pending: deque[tuple[int, int, int]] = field(default_factory=deque)  # (net_iov, offset in it, length)
+    held: set[int] = field(default_factory=set)  # net_iovs the NIC holds a reference on
+
+    def settle(self, pool: RxPool, queue: int) -> None:
+        """Drop the NIC's reference on buffers it no longer fills and holds no
+        reservation in (after the frags handed out took theirs)."""
+        need = {p[0] for p in self.pending}
+        if self.cur >= 0:
+            need.add(self.cur)
+        for niov in sorted(self.held - need):
+            self.held.discard(niov)
+            pool.release_runs([(niov, 1, pool.binding_id, queue)])
+
+    def drop_all(self, pool: RxPool, queue: int) -> None:
+        """The flow is gone: the NIC's references go (its buffers and reservations)."""
+        self.pending.clear()
+        self.cur = -1
+        self.settle(pool, queue)
+
+
+def frag_mode(nic: dict[str, Any]) -> str:
+    """The NIC's buffer placement: its "frags" capability, else "driver" (a
+    real NIC's, :class:`ShapedFill`) for every interface but ``lo``, which
+    has no NIC (MTU 65536: 64 KiB segments) and keeps whole-page frags."""
+    mode = nic.get("caps", {}).get("frags")
+    if mode in ("driver", "page"):
+        return str(mode)
+    return "page" if nic.get("ifname") == "lo" else "driver"
 
 
 def _release_socket_tokens(tokens: TokenTable, pools: PoolRegistry) -> None:
@@ -205,7 +261,11 @@ class EmulatedRx:
     receiving writes the per-queue counters to the NIC state file (None:
     only when a binding closes). Thread-safe."""
 
-    def __init__(self, netdev: Netdev, recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
+    def __init__(self, netdev: Netdev, recheck_s: float = 0.1, stats_interval_s: float | None = 1.0,
+                 frags: str | None = None) -> None:
+        if frags not in (None, "driver", "page"):
+            raise ValueError(f"frags must be 'driver' or 'page', not {frags!r}")
+        self.frags = frags  # None: each NIC's own setting
         self.netdev = netdev
         self.recheck_s = recheck_s
         self.stats_interval_s = stats_interval_s
@@ -252,6 +312,8 @@ class EmulatedRx:
                 return
             ns, ifname, nic = int(ls["netns"]), str(ls["ifname"]), phys
         q, how = steer(nic, flow_of(sock))
+        s.frags = self.frags or frag_mode(nic)
+        s.buf_len = int(nic["rings"].get("rx_buf_len", PAGE_SIZE))
         b = self.netdev.rx_binding(ns, ifname, q)
         if b is not None:
             s.mode, s.binding = "devmem", b
@@ -371,6 +433,8 @@ class EmulatedRx:
                     avail = target
                 else:
                     avail = self._wait_lowat(sock, s, flags, target, avail)
+        if s.frags == "driver":
+            return self._recv_shaped(sock, s, b, pool, control, nbuf, room, avail, flags)
         want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
         runs = pool.alloc_runs(want_pages, s.queue, time.monotonic())
         if not runs:
@@ -400,6 +464,165 @@ class EmulatedRx:
                 self._stats_flushed = now
                 self.netdev.flush_stats()
         return total, clen, 0
+
+    def _recv_shaped(self, sock: socket.socket, s: RxSocket, b: EmulatedBinding, pool: RxPool,
+                     control: memoryview, nbuf: int, room: int, avail: int,
+                     flags: int) -> tuple[int, int, int]:
+        """recvmsg's devmem part with a real NIC's buffer placement (see
+        :class:`ShapedFill`): up to ``room`` frags, ``min(avail, nbuf)`` bytes."""
+        f = s.fill
+        if f is None or f.buf_len != min(s.buf_len, PAGE_SIZE):
+            mss = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)) or 1448
+            if f is not None:
+                f.drop_all(pool, s.queue)
+            f = s.fill = ShapedFill(mss=mss, buf_len=max(1, min(s.buf_len, PAGE_SIZE)))
+        q = s.queue
+        want = min(avail, nbuf)
+        frags: list[tuple[int, int, int]] = []  # (net_iov, offset in it, length)
+        left = want
+        # 1. the rest of frags placed before (cut by the end of the last recvmsg)
+        pend_total = sum(p[2] for p in f.pending)
+        while f.pending and left and len(frags) < room:
+            niov, off, ln = f.pending[0]
+            take = min(ln, left)
+            frags.append((niov, off, take))
+            left -= take
+            if take == ln:
+                f.pending.popleft()
+            else:
+                f.pending[0] = (niov, off + take, ln - take)
+        fresh = max(0, avail - pend_total)
+        # 2. new segments, placed in the current buffer or the next one
+        slots = max(1, PAGE_SIZE // f.buf_len)
+        stalled = False
+        while left and fresh and len(frags) < room:
+            seg = min(f.mss, fresh)
+            fresh -= seg
+            pieces: list[tuple[int, int, int]] = []
+            rest = seg
+            while rest:
+                if f.cur >= 0 and f.used and rest == seg and rest > f.buf_len - f.used:
+                    f.slot, f.used = f.slot + 1, 0  # a segment starts in a buffer it fits, or a fresh one
+                if f.cur >= 0 and f.used == f.buf_len:
+                    f.slot, f.used = f.slot + 1, 0
+                if f.cur < 0 or f.slot >= slots:
+                    got = pool.alloc_runs(1, q, time.monotonic())
+                    if not got and not frags and not pieces:
+                        got = pool.alloc_runs(1, q, self._deadline(sock, s, flags)[0])
+                    if not got:
+                        stalled = True
+                        break
+                    f.cur, f.slot, f.used = got[0][0], 0, 0
+                    f.held.add(f.cur)
+                take = min(rest, f.buf_len - f.used)
+                pieces.append((f.cur, f.slot * f.buf_len + f.used, take))
+                f.used += take
+                rest -= take
+            for piece in pieces:
+                if left and len(frags) < room:
+                    take = min(piece[2], left)
+                    frags.append((piece[0], piece[1], take))
+                    left -= take
+                    if take < piece[2]:
+                        f.pending.append((piece[0], piece[1] + take, piece[2] - take))
+                else:
+                    f.pending.append(piece)
+            if stalled:
+                break
+        if not frags:
+            f.settle(pool, q)
+            if stalled:
+                if sock.gettimeout():
+                    raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
+                raise oserror(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
+            return 0, 0, 0
+        # 3. the bytes go where the NIC placed them (one recvmsg_into per 1024 frags)
+        view = b.view
+        total = 0
+        direct = (sock.gettimeout() or 0) > 0 and not flags & abi.MSG_WAITALL
+        fl = flags & _RECV_PASS_FLAGS
+        planned = sum(ln for _, _, ln in frags)
+        try:
+            for i in range(0, len(frags), abi.UIO_MAXIOV):
+                bufs = [view[n * PAGE_SIZE + o: n * PAGE_SIZE + o + ln]
+                        for n, o, ln in frags[i:i + abi.UIO_MAXIOV]]
+                want_here = sum(len(x) for x in bufs)
+                got_here = (os.readv(sock.fileno(), bufs) if direct
+                            else sock.recvmsg_into(bufs, 0, fl if i == 0 else abi.MSG_DONTWAIT)[0])
+                total += got_here
+                if got_here < want_here:
+                    break
+        except (BlockingIOError, InterruptedError):
+            if total == 0:
+                self._unplace(f, frags, 0)
+                f.settle(pool, q)
+                raise
+        except TimeoutError:
+            self._unplace(f, frags, 0)
+            f.settle(pool, q)
+            raise TimeoutError(errno.EAGAIN, "timed out") from None
+        except BaseException:
+            self._unplace(f, frags, 0)
+            f.settle(pool, q)
+            raise
+        if total < planned:
+            frags = self._unplace(f, frags, total)
+        if total == 0:
+            f.settle(pool, q)
+            return 0, 0, 0
+        # 4. a token and a net_iov reference per frag, one cmsg each
+        idx = [n for n, _, _ in frags]
+        pool.add_refs(idx)
+        try:
+            tokens = s.tokens.alloc_runs([(n, 1) for n in idx], b.id, q)
+        except OSError:
+            pool.release_runs([(n, 1, b.id, q) for n in idx])
+            self._unplace(f, frags, 0)
+            f.settle(pool, q)
+            raise
+        f.settle(pool, q)
+        offsets = np.array([n * PAGE_SIZE + o for n, o, _ in frags], dtype=np.uint64)
+        sizes = np.array([ln for _, _, ln in frags], dtype=np.uint32)
+        if len(control) < len(frags) * _REC:
+            raise oserror(errno.EFAULT, "control buffer too small")
+        clen = codec.encode_rx_control(control, offsets, sizes, expand_runs(tokens, np.uint32), b.id)
+        qs = pool.queue_stats(q)
+        qs.rx_packets += len(frags)
+        qs.rx_bytes += total
+        self._maybe_flush()
+        return total, clen, 0
+
+    def _maybe_flush(self) -> None:
+        if self.stats_interval_s is not None:
+            now = time.monotonic()
+            if now - self._stats_flushed >= self.stats_interval_s:
+                self._stats_flushed = now
+                self.netdev.flush_stats()
+
+    @staticmethod
+    def _unplace(f: ShapedFill, frags: list[tuple[int, int, int]], got: int) -> list[tuple[int, int, int]]:
+        """Only ``got`` bytes of the planned ``frags`` arrived: what did not is
+        reserved again, ahead of what was pending (stream order); returns the
+        frags that got bytes."""
+        kept: list[tuple[int, int, int]] = []
+        back: list[tuple[int, int, int]] = []
+        left = got
+        for n, o, ln in frags:
+            take = min(ln, left)
+            left -= take
+            if take:
+                kept.append((n, o, take))
+            if take < ln:
+                back.append((n, o + take, ln - take))
+        # pieces already reserved stay reserved: merge a piece with the
+        # pending one that continues it, else reserve it anew
+        for piece in reversed(back):
+            if f.pending and f.pending[0][0] == piece[0] and f.pending[0][1] == piece[1] + piece[2]:
+                n, o, ln = f.pending.popleft()
+                f.pending.appendleft((piece[0], piece[1], piece[2] + ln))
+            else:
+                f.pending.appendleft(piece)
+        return kept
 
     @staticmethod
     def _fill(sock: socket.socket, view: memoryview, runs: list[tuple[int, int]], nbuf: int, flags: int,
@@ -488,6 +711,8 @@ class EmulatedRx:
         s = self.sockets.pop(sock, None)
         if s is None:
             return 0
+        if s.fill is not None and s.binding is not None and s.binding.pool is not None:
+            s.fill.drop_all(s.binding.pool, s.queue)
         n = s.tokens.outstanding
         self.netdev.pools.return_pages(s.tokens.erase_all_runs())
         return n
