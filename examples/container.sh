@@ -171,8 +171,9 @@ RX=$!
 for _ in $(seq 100); do in_ns "$CTR" ss -ltn | grep -q ":$PORT_RX " && break; sleep 0.1; done
 send_pattern "$PEER" "$NET.2.2" $PORT_RX $((8 << 20))
 if wait $RX && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
-        sys.exit(0 if d['validated'] and d['bytes'] == 8 << 20 and d['frags'] > 0 else 1)" "$WORK/rx.json"; then
-    ok "received $((8 << 20)) bytes into the dma-buf inside the container, validated: $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('frags', d['frags'], 'non_page_aligned_frags', d.get('non_page_aligned_frags'))" "$WORK/rx.json")"
+        sys.exit(0 if d['validated'] and d['bytes'] == 8 << 20 and d['frags'] > 0 \
+        and d['non_page_aligned_frags'] > 0 else 1)" "$WORK/rx.json"; then
+    ok "received $((8 << 20)) bytes into the dma-buf inside the container, validated: $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('frags', d['frags'], 'non_page_aligned_frags', d['non_page_aligned_frags'], 'sizes', d['frag_sizes'])" "$WORK/rx.json")"
 else
     bad "container RX: $(cat "$WORK/rx.json")"
 fi

@@ -80,6 +80,9 @@ class TransferResult:
     been devmem (the flow landed on an ordinary queue). ``validated``:
     ``True``/``False`` when a pattern was checked, ``None`` when not asked.
     ``rcvlowat``: the SO_RCVLOWAT the receiver ran with (bytes; None: not set).
+    ``non_page_aligned_frags``: RX frags whose dma-buf offset is not a
+    multiple of PAGE_SIZE (ncdevmem's count); ``frag_sizes``: the RX
+    frag-size histogram ``{"LO-HI": frags}`` (bytes; None on TX).
     """
 
     role: str
@@ -100,6 +103,8 @@ class TransferResult:
     completions: int | None = None
     rcvlowat: int | None = None
     error: str | None = None
+    non_page_aligned_frags: int | None = None
+    frag_sizes: dict[str, int] | None = None
 
     @property
     def gbps(self) -> float:
@@ -120,7 +125,8 @@ class TransferResult:
         }
         for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
                     "flow_steering_errors", "validated", "role", "backend_reason", "ifname",
-                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error"):
+                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error",
+                    "non_page_aligned_frags", "frag_sizes"):
             ordered[key] = d[key]
         return ordered
 
@@ -412,6 +418,10 @@ def _fill_rx_stats(result: TransferResult, rx: Any) -> None:
     result.tokens_released = int(st.tokens_released)
     result.release_syscalls = int(st.release_syscalls)
     result.flow_steering_errors = int(st.flow_steering_errors)
+    result.non_page_aligned_frags = int(st.non_page_aligned_frags)
+    from devmemtcp.rx import frag_size_histogram
+
+    result.frag_sizes = frag_size_histogram(rx.frag_size_hist)
 
 
 # ---------------------------------------------------------------------------

@@ -9,8 +9,9 @@ both. This command sets what a driver would decide:
   ``--numrxqueues`` RX queues). ``--delete`` ends the guest's leases, as
   deleting a netkit device does (``netdev_rx_queue_unlease``).
 * ``emulate nic IF [--netmem-tx dma|no_dma|none] [--queue-mgmt on|off]
-  [--xdp on|off] [--xsk Q,...]``: the driver's capabilities (netmem TX mode,
-  queue management API, an attached XDP program, AF_XDP sockets on queues).
+  [--xdp on|off] [--xsk Q,...] [--frags driver|page] [--rx-buf-len N]``: the
+  driver's capabilities (netmem TX mode, queue management API, an attached
+  XDP program, AF_XDP sockets on queues, RX buffer placement and size).
   Without options it prints them.
 
 ``--netns NAME`` runs the command inside that namespace (``ip netns``).
@@ -65,6 +66,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     nic.add_argument("--xdp", type=_onoff, metavar="on|off", help="an XDP program is attached")
     nic.add_argument("--xsk", type=_queues, metavar="Q,...",
                      help="RX queues with AF_XDP sockets ('' for none)")
+    nic.add_argument("--frags", choices=("driver", "page"),
+                     help="RX buffer placement: driver (a real NIC's: MSS-sized frags packed in rx-buf-len "
+                     "buffers; default off lo) or page (whole 4096-byte frags; lo's default)")
+    nic.add_argument("--rx-buf-len", type=common.positive_int, metavar="BYTES",
+                     help="the driver's RX buffer size (a divisor of 4096; default 4096)")
     for p in (nkp, nic):
         p.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -87,8 +93,13 @@ def _nic(args: argparse.Namespace) -> dict[str, Any]:
     from devmemtcp.emulation.nic import EmulatedNicControl
 
     nic = EmulatedNicControl(args.ifname)
-    if any(v is not None for v in (args.netmem_tx, args.queue_mgmt, args.xdp, args.xsk)):
-        nic.set_capabilities(netmem_tx=args.netmem_tx, queue_mgmt=args.queue_mgmt, xdp=args.xdp, xsk=args.xsk)
+    knobs = {"netmem_tx": args.netmem_tx, "queue_mgmt": args.queue_mgmt, "xdp": args.xdp, "xsk": args.xsk,
+             "frags": args.frags, "rx_buf_len": args.rx_buf_len}
+    if any(v is not None for v in knobs.values()):
+        try:
+            nic.set_capabilities(**knobs)
+        except ValueError as exc:
+            raise common.fail(str(exc), "see devmemtcp emulate nic --help") from None
     return {"ifname": args.ifname, **nic.capabilities()}
 
 

@@ -85,14 +85,25 @@ class EmulatedNicControl:
         return dict(self.state().get("stats") or {})
 
     def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None,
-                         xdp: bool | None = None, xsk: list[int] | None = None) -> None:
+                         xdp: bool | None = None, xsk: list[int] | None = None, frags: str | None = None,
+                         rx_buf_len: int | None = None) -> None:
         """Emulation knob (no ethtool equivalent): make the emulated driver lack
         the queue management API (bind-rx then fails with EOPNOTSUPP, as on a
         NIC without ``queue_mgmt_ops``); set its netmem TX mode (enum
         netmem_tx_mode: "dma", "no_dma" as netkit, or "none": bind-tx fails
         with "Driver does not support netmem TX"); attach an XDP program
         (``xdp``: bind-rx refused with EEXIST); or mark RX queues as used by
-        AF_XDP sockets (``xsk``: bind-rx EBUSY, queue-create EBUSY)."""
+        AF_XDP sockets (``xsk``: bind-rx EBUSY, queue-create EBUSY); choose
+        the RX buffer placement (``frags``: "driver", a real NIC's, or "page",
+        whole page-aligned PAGE_SIZE frags; see :mod:`devmemtcp.emulation.rx`)
+        and the driver's buffer size (``rx_buf_len``, bytes: a divisor of
+        PAGE_SIZE, 4096 by default; larger buffers need large net_iovs, which
+        the kernels modelled here do not have)."""
+        if frags is not None and frags not in ("driver", "page"):
+            raise ValueError(f"frags must be 'driver' or 'page', not {frags!r}")
+        if rx_buf_len is not None and (rx_buf_len < 256 or 4096 % rx_buf_len):
+            raise ValueError(f"rx_buf_len {rx_buf_len}: use a divisor of 4096 of at least 256 "
+                             "(e.g. 2048, 4096)")
         if netmem_tx is not None and netmem_tx not in nk.NETMEM_TX_MODES:
             raise ValueError(f"netmem_tx must be one of {', '.join(nk.NETMEM_TX_MODES)}, not {netmem_tx!r}")
 
@@ -106,16 +117,23 @@ class EmulatedNicControl:
                 caps["xdp"] = bool(xdp)
             if xsk is not None:
                 caps["xsk"] = sorted({int(q) for q in xsk})
+            if frags is not None:
+                caps["frags"] = frags
+            if rx_buf_len is not None:
+                s["rings"]["rx_buf_len"] = int(rx_buf_len)
 
         self._update(apply)
 
     def capabilities(self) -> dict[str, Any]:
-        """``{"kind", "queue_mgmt", "netmem_tx", "xdp", "xsk"}`` of this emulated NIC."""
+        """``{"kind", "queue_mgmt", "netmem_tx", "xdp", "xsk", "frags", "rx_buf_len"}``
+        of this emulated NIC."""
         s = self.state()
         caps = s.get("caps", {})
+        frags = caps.get("frags") or ("page" if self.ifname == "lo" else "driver")
         return {"kind": nk.kind(s), "queue_mgmt": bool(caps.get("queue_mgmt", True)),
                 "netmem_tx": nk.netmem_tx(s), "xdp": bool(caps.get("xdp", False)),
-                "xsk": [int(q) for q in caps.get("xsk", [])]}
+                "xsk": [int(q) for q in caps.get("xsk", [])], "frags": frags,
+                "rx_buf_len": int(s["rings"].get("rx_buf_len", 4096))}
 
     def bound_queues(self) -> dict[int, int]:
         """``{rx queue: binding id}`` of the live bindings on this NIC (any process)."""
