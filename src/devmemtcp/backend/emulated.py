@@ -47,7 +47,10 @@ class EmulatedBackend:
     ``queues``: RX queue count of NICs that have no state yet (default 4);
     ``recheck_s``: how often a socket's steering is re-read from the NIC state;
     ``stats_interval_s``: how often receiving writes the per-queue counters to
-    the NIC state file (None: only when a binding closes). Thread-safe. Use as
+    the NIC state file (None: only when a binding closes); ``frags``: RX
+    buffer placement for every NIC of this backend ("driver": a real NIC's,
+    "page": whole pages; None: each NIC's own setting, see
+    :func:`devmemtcp.emulation.rx.frag_mode`). Thread-safe. Use as
     a context manager (or call :meth:`close`) to unbind this backend's bindings
     and return every socket's tokens.
 
@@ -57,9 +60,10 @@ class EmulatedBackend:
     name: str = "emulated"
 
     def __init__(self, directory: str | None = None, queues: int | None = None,
-                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
+                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0,
+                 frags: str | None = None) -> None:
         self.netdev = Netdev(directory, queues)
-        self.rx = EmulatedRx(self.netdev, recheck_s, stats_interval_s)
+        self.rx = EmulatedRx(self.netdev, recheck_s, stats_interval_s, frags)
         self.tx = EmulatedTx(self.netdev)
 
     # -- lifetime ------------------------------------------------------------

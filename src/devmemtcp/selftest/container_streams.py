@@ -67,6 +67,7 @@ def container_rx(env: Any, sizes: list[int], nodelay: bool) -> dict[str, Any]:
     if not result.validated:
         raise CaseFailed(result.error or "the stream was not validated")
     return {"bytes": result.bytes, "frags": result.frags, "linear_bytes": result.linear_bytes,
+            "non_page_aligned_frags": result.non_page_aligned_frags, "frag_sizes": result.frag_sizes,
             "guest_queue": gq, "phys_queue": env.lease_queue, "binding_id": result.binding_id}
 
 
