@@ -71,6 +71,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      "buffers; default off lo) or page (whole 4096-byte frags; lo's default)")
     nic.add_argument("--rx-buf-len", type=common.positive_int, metavar="BYTES",
                      help="the driver's RX buffer size (a divisor of 4096; default 4096)")
+    nic.add_argument("--kernel", metavar="MAJOR.MINOR",
+                     help="the kernel version the NIC presents (default 6.18; 6.17: EFAULT for a too-small "
+                     "control buffer)")
+    nic.add_argument("--dma-devs", type=_queues, metavar="D,...",
+                     help="DMA device of each RX queue (a multi-PF NIC), e.g. 0,0,1,1")
     for p in (nkp, nic):
         p.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -94,7 +99,8 @@ def _nic(args: argparse.Namespace) -> dict[str, Any]:
 
     nic = EmulatedNicControl(args.ifname)
     knobs = {"netmem_tx": args.netmem_tx, "queue_mgmt": args.queue_mgmt, "xdp": args.xdp, "xsk": args.xsk,
-             "frags": args.frags, "rx_buf_len": args.rx_buf_len}
+             "frags": args.frags, "rx_buf_len": args.rx_buf_len, "kernel": args.kernel,
+             "dma_devs": args.dma_devs}
     if any(v is not None for v in knobs.values()):
         try:
             nic.set_capabilities(**knobs)

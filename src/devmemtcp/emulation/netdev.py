@@ -131,6 +131,8 @@ class Netdev:
         self._lock = threading.Lock()
         self._bindings: dict[int, EmulatedBinding] = {}
         self._rx_by_queue: dict[tuple[int, str, int], EmulatedBinding] = {}
+        #: called with each binding this process closes (the RX path keeps its queued data devmem)
+        self.on_close: list[Any] = []
 
     def close(self) -> None:
         """Close every binding of this process."""
@@ -239,6 +241,7 @@ class Netdev:
                 raise NetlinkError(errno.EINVAL, op, bad_attr="queue-id.id",
                                    hint=f"{ifname} has RX queues 0..{nrx - 1}")
             wanted.add(qid)
+        _check_dma_devs(op, nic, sorted(wanted))
         self._check_dmabuf(op, dmabuf)
         pid, start = st.self_owner()
         with st.locked(self.directory) as d:
@@ -332,6 +335,8 @@ class Netdev:
         state file, its page pool goes once no frag of it is held."""
         if b.kind == "rx":
             self.flush_stats(only=b.id)
+            for hook in list(self.on_close):
+                hook(b)
         with self._lock:
             self._bindings.pop(b.id, None)
             for key in b.rx_keys:
@@ -477,3 +482,21 @@ def _open_rxq(op: str, reg: dict[str, Any], directory: str, ns: int, ifname: str
         return NetlinkError(errno.EBUSY, op, "designated queue already in use by AF_XDP",
                             hint=f"close the AF_XDP socket on queue {tq} of {tname}"), None
     return None, (tns, tname, tq)
+
+
+def _check_dma_devs(op: str, nic: dict[str, Any], queues: list[int]) -> None:
+    """netdev_nl_get_dma_dev (net/core/netdev-genl.c, 6.18): every bound queue
+    must have the same DMA device (a multi-PF NIC may have two), else
+    EOPNOTSUPP "DMA device mismatch between queue A and B (multi-PF device?)"
+    naming the first queue on another device and the one before it."""
+    devs = [int(x) for x in nic.get("caps", {}).get("dma_devs", [])]
+    if not devs:
+        return
+    prev: int | None = None
+    for q in queues:
+        dev = devs[q] if q < len(devs) else devs[-1]
+        if prev is not None and dev != (devs[prev] if prev < len(devs) else devs[-1]):
+            raise NetlinkError(errno.EOPNOTSUPP, op,
+                               f"DMA device mismatch between queue {q} and {prev} (multi-PF device?)",
+                               hint="bind queues of one PF (one DMA device) per binding")
+        prev = q

@@ -86,7 +86,8 @@ class EmulatedNicControl:
 
     def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None,
                          xdp: bool | None = None, xsk: list[int] | None = None, frags: str | None = None,
-                         rx_buf_len: int | None = None) -> None:
+                         rx_buf_len: int | None = None, kernel: str | None = None,
+                         dma_devs: list[int] | None = None) -> None:
         """Emulation knob (no ethtool equivalent): make the emulated driver lack
         the queue management API (bind-rx then fails with EOPNOTSUPP, as on a
         NIC without ``queue_mgmt_ops``); set its netmem TX mode (enum
@@ -98,7 +99,15 @@ class EmulatedNicControl:
         whole page-aligned PAGE_SIZE frags; see :mod:`devmemtcp.emulation.rx`)
         and the driver's buffer size (``rx_buf_len``, bytes: a divisor of
         PAGE_SIZE, 4096 by default; larger buffers need large net_iovs, which
-        the kernels modelled here do not have)."""
+        the kernels modelled here do not have); the kernel version the NIC
+        presents (``kernel``, "6.18" by default: "6.17" answers a too-small
+        control buffer with EFAULT instead of ETOOSMALL); the DMA device of
+        each RX queue (``dma_devs``, a multi-PF NIC: bind-rx of queues on
+        different DMA devices is EOPNOTSUPP)."""
+        if kernel is not None:
+            parts = kernel.split(".")
+            if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+                raise ValueError(f"kernel {kernel!r}: give MAJOR.MINOR, e.g. 6.17")
         if frags is not None and frags not in ("driver", "page"):
             raise ValueError(f"frags must be 'driver' or 'page', not {frags!r}")
         if rx_buf_len is not None and (rx_buf_len < 256 or 4096 % rx_buf_len):
@@ -121,11 +130,15 @@ class EmulatedNicControl:
                 caps["frags"] = frags
             if rx_buf_len is not None:
                 s["rings"]["rx_buf_len"] = int(rx_buf_len)
+            if kernel is not None:
+                caps["kernel"] = kernel
+            if dma_devs is not None:
+                caps["dma_devs"] = [int(x) for x in dma_devs]
 
         self._update(apply)
 
     def capabilities(self) -> dict[str, Any]:
-        """``{"kind", "queue_mgmt", "netmem_tx", "xdp", "xsk", "frags", "rx_buf_len"}``
+        """``{"kind", "queue_mgmt", "netmem_tx", "xdp", "xsk", "frags", "rx_buf_len", "kernel", "dma_devs"}``
         of this emulated NIC."""
         s = self.state()
         caps = s.get("caps", {})
@@ -133,7 +146,9 @@ class EmulatedNicControl:
         return {"kind": nk.kind(s), "queue_mgmt": bool(caps.get("queue_mgmt", True)),
                 "netmem_tx": nk.netmem_tx(s), "xdp": bool(caps.get("xdp", False)),
                 "xsk": [int(q) for q in caps.get("xsk", [])], "frags": frags,
-                "rx_buf_len": int(s["rings"].get("rx_buf_len", 4096))}
+                "rx_buf_len": int(s["rings"].get("rx_buf_len", 4096)),
+                "kernel": str(caps.get("kernel", "6.18")),
+                "dma_devs": [int(x) for x in caps.get("dma_devs", [])]}
 
     def bound_queues(self) -> dict[int, int]:
         """``{rx queue: binding id}`` of the live bindings on this NIC (any process)."""

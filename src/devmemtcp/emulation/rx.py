@@ -37,6 +37,7 @@ DevmemError.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
@@ -191,6 +192,8 @@ class RxSocket:
     tcp: bool = False
     fionread: array.array[int] = field(default_factory=lambda: array.array("i", [0]))
     frags: str = "page"  # buffer placement: "driver" (a real NIC's) or "page" (whole pages)
+    kernel: tuple[int, int] = abi.ETOOSMALL_SINCE  # the kernel version the NIC presents
+    tail_left: int = 0  # bytes the NIC received while the (now closed) binding was bound
     buf_len: int = PAGE_SIZE
     fill: ShapedFill | None = None
 
@@ -237,6 +240,16 @@ class ShapedFill:
         self.settle(pool, queue)
 
 
+def kernel_version(nic: dict[str, Any]) -> tuple[int, int]:
+    """The kernel version the emulated NIC presents (``caps.kernel``, "6.18" by default)."""
+    raw = str(nic.get("caps", {}).get("kernel", "6.18"))
+    try:
+        major, minor = (int(x) for x in raw.split(".")[:2])
+    except ValueError:
+        return abi.ETOOSMALL_SINCE
+    return major, minor
+
+
 def frag_mode(nic: dict[str, Any]) -> str:
     """The NIC's buffer placement: its "frags" capability, else "driver" (a
     real NIC's, :class:`ShapedFill`) for every interface but ``lo``, which
@@ -272,6 +285,7 @@ class EmulatedRx:
         self.sockets: weakref.WeakKeyDictionary[socket.socket, RxSocket] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._stats_flushed = time.monotonic()
+        netdev.on_close.append(self.binding_closed)
 
     def close(self) -> None:
         """Give back every tracked socket's frags."""
@@ -297,6 +311,8 @@ class EmulatedRx:
         now = time.monotonic()
         if s.mode and now - s.checked < self.recheck_s and (s.binding is None or not s.binding.closed):
             return
+        if s.tail_left > 0 and s.binding is not None:
+            return  # data the NIC placed before the binding closed stays devmem
         if s.ifindex is None:
             s.ifindex = ingress_ifindex(sock)
         ns = st.netns_id()
@@ -313,6 +329,7 @@ class EmulatedRx:
             ns, ifname, nic = int(ls["netns"]), str(ls["ifname"]), phys
         q, how = steer(nic, flow_of(sock))
         s.frags = self.frags or frag_mode(nic)
+        s.kernel = kernel_version(nic)
         s.buf_len = int(nic["rings"].get("rx_buf_len", PAGE_SIZE))
         b = self.netdev.rx_binding(ns, ifname, q)
         if b is not None:
@@ -329,6 +346,23 @@ class EmulatedRx:
                 )
             s.mode, s.binding = "readable", None
         s.queue, s.how, s.checked = q, how, now
+
+    def _tail_used(self, s: RxSocket, n: int, flags: int) -> None:
+        if s.tail_left and not flags & abi.MSG_PEEK:
+            s.tail_left = max(0, s.tail_left - n)
+            if s.tail_left == 0:
+                s.checked = -1e9  # what comes next arrived after the unbind: steer again
+
+    def binding_closed(self, b: EmulatedBinding) -> None:
+        """``b`` was unbound: the bytes its sockets have queued were placed by
+        the NIC while it was bound and stay devmem (unreadable skbs keep their
+        net_iovs, and the binding, alive); bytes that arrive later land on the
+        queue's ordinary page pool and are readable."""
+        for sock, s in list(self.sockets.items()):
+            if s.binding is b and sock.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(sock.fileno(), termios.FIONREAD, s.fionread, True)
+                    s.tail_left = int(s.fionread[0])
 
     def flow_info(self, sock: socket.socket) -> dict[str, Any]:
         """How the emulated NIC steers ``sock``'s flow: ``{"mode": "devmem" |
@@ -381,10 +415,15 @@ class EmulatedRx:
         Readable flow: bytes copied into ``buf``, no cmsg. Devmem flow with
         MSG_SOCK_DEVMEM: payload placed in the dma-buf, one 40-byte cmsg per
         frag in ``control``, ``nbytes <= len(buf)``. Errors: EFAULT for a
-        devmem flow without MSG_SOCK_DEVMEM or with a control buffer too
-        small for one cmsg (once data is there; 0 at EOF); EINVAL for
-        MSG_PEEK on a devmem flow; EAGAIN / TimeoutError as described in the
-        module docstring; ENOTCONN for an unconnected socket."""
+        devmem flow without MSG_SOCK_DEVMEM; a control buffer too small for
+        one cmsg (once data is there; 0 at EOF): ETOOSMALL (525) on the 6.18
+        the emulated NIC presents by default, EFAULT when it presents 6.17 or
+        older (``caps.kernel``); EBUSY when the socket's tokens run out
+        (xa_alloc, xa_limit_31b); EAGAIN / TimeoutError as described in the
+        module docstring; ENOTCONN for an unconnected socket. MSG_PEEK on a
+        devmem flow hands out new tokens (references) for the same frags,
+        which stay queued. Bytes queued when the binding closes stay devmem
+        (:meth:`binding_closed`)."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.state(sock)
@@ -398,15 +437,17 @@ class EmulatedRx:
             if self._wait_data(sock, flags) == 0:
                 return 0, 0, 0
             raise oserror(errno.EFAULT, "devmem data needs MSG_SOCK_DEVMEM")
-        if flags & abi.MSG_PEEK:
-            raise oserror(errno.EINVAL, "MSG_PEEK is not supported on devmem flows by the emulated NIC")
         if nbuf == 0:
             return 0, 0, 0
+        if s.tail_left:
+            nbuf = min(nbuf, s.tail_left)
         room = len(control) // _REC
         if room == 0:
             if self._wait_data(sock, flags) == 0:
                 return 0, 0, 0
-            raise oserror(errno.EFAULT, "control buffer too small for one devmem cmsg (40 bytes)")
+            # tcp_recvmsg_dmabuf: put_cmsg could not place one cmsg and nothing was consumed
+            code = abi.ETOOSMALL if s.kernel >= abi.ETOOSMALL_SINCE else errno.EFAULT
+            raise oserror(code, "control buffer too small for one devmem cmsg (40 bytes)")
         b = s.binding
         assert b is not None and b.pool is not None
         pool = b.pool
@@ -433,8 +474,10 @@ class EmulatedRx:
                     avail = target
                 else:
                     avail = self._wait_lowat(sock, s, flags, target, avail)
-        if s.frags == "driver":
-            return self._recv_shaped(sock, s, b, pool, control, nbuf, room, avail, flags)
+        if s.frags == "driver" or flags & abi.MSG_PEEK or (s.fill is not None and s.fill.pending):
+            n, clen, mfl = self._recv_shaped(sock, s, b, pool, control, nbuf, room, avail, flags)
+            self._tail_used(s, n, flags)
+            return n, clen, mfl
         want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
         runs = pool.alloc_runs(want_pages, s.queue, time.monotonic())
         if not runs:
@@ -452,9 +495,10 @@ class EmulatedRx:
         try:
             tokens = s.tokens.alloc_runs(got, b.id, s.queue)
         except OSError:
-            pool.give_back_runs(got, s.queue)  # ENOMEM (2**31 tokens held): no net_iov stays taken
+            pool.give_back_runs(got, s.queue)  # EBUSY (2**31 tokens held): no net_iov stays taken
             raise
         clen = encode_frags(control, got, total, tokens, b.id)
+        self._tail_used(s, total, flags)
         qs = pool.queue_stats(s.queue)
         qs.rx_packets += used
         qs.rx_bytes += total
@@ -471,11 +515,14 @@ class EmulatedRx:
         """recvmsg's devmem part with a real NIC's buffer placement (see
         :class:`ShapedFill`): up to ``room`` frags, ``min(avail, nbuf)`` bytes."""
         f = s.fill
-        if f is None or f.buf_len != min(s.buf_len, PAGE_SIZE):
-            mss = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)) or 1448
+        page = s.frags != "driver"
+        buf_len = PAGE_SIZE if page else max(1, min(s.buf_len, PAGE_SIZE))
+        if f is None or f.buf_len != buf_len:
+            # whole-page frags are this placement with page-sized segments and buffers
+            mss = PAGE_SIZE if page else int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)) or 1448
             if f is not None:
                 f.drop_all(pool, s.queue)
-            f = s.fill = ShapedFill(mss=mss, buf_len=max(1, min(s.buf_len, PAGE_SIZE)))
+            f = s.fill = ShapedFill(mss=mss, buf_len=buf_len)
         q = s.queue
         want = min(avail, nbuf)
         frags: list[tuple[int, int, int]] = []  # (net_iov, offset in it, length)
@@ -540,13 +587,17 @@ class EmulatedRx:
         view = b.view
         total = 0
         direct = (sock.gettimeout() or 0) > 0 and not flags & abi.MSG_WAITALL
-        fl = flags & _RECV_PASS_FLAGS
+        fl = flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK)
+        peek = bool(flags & abi.MSG_PEEK)
+        direct = direct and not peek
         planned = sum(ln for _, _, ln in frags)
         try:
             for i in range(0, len(frags), abi.UIO_MAXIOV):
                 bufs = [view[n * PAGE_SIZE + o: n * PAGE_SIZE + o + ln]
                         for n, o, ln in frags[i:i + abi.UIO_MAXIOV]]
                 want_here = sum(len(x) for x in bufs)
+                if peek and i:
+                    break  # one MSG_PEEK call: later chunks would peek the same bytes again
                 got_here = (os.readv(sock.fileno(), bufs) if direct
                             else sock.recvmsg_into(bufs, 0, fl if i == 0 else abi.MSG_DONTWAIT)[0])
                 total += got_here
@@ -570,6 +621,10 @@ class EmulatedRx:
         if total == 0:
             f.settle(pool, q)
             return 0, 0, 0
+        if peek:
+            # MSG_PEEK: the same frags stay queued; this call's tokens are extra
+            # references to them (tcp_recvmsg_dmabuf has no peek special case)
+            self._unplace(f, frags, 0)
         # 4. a token and a net_iov reference per frag, one cmsg each
         idx = [n for n, _, _ in frags]
         pool.add_refs(idx)
@@ -580,6 +635,8 @@ class EmulatedRx:
             self._unplace(f, frags, 0)
             f.settle(pool, q)
             raise
+        if page and not f.pending:
+            f.cur = -1  # back to whole pages: the NIC fills no buffer of its own
         f.settle(pool, q)
         offsets = np.array([n * PAGE_SIZE + o for n, o, _ in frags], dtype=np.uint64)
         sizes = np.array([ln for _, _, ln in frags], dtype=np.uint32)
@@ -672,19 +729,16 @@ class EmulatedRx:
         """setsockopt(SO_DEVMEM_DONTNEED) as net/core/sock.c does it.
 
         ``tokens``: a ``DMABUF_TOKEN_DTYPE`` array, or raw bytes (any length,
-        to exercise optlen checks). Non-TCP socket: EBADF; optlen below
-        sizeof(int), not a multiple of 8 or above 128 ranges: EINVAL. Walks
+        to exercise optlen checks). In net/core/sock.c's order: optlen below
+        sizeof(int) EINVAL (sk_setsockopt, for any socket: a UDP socket with
+        optlen 0 gets EINVAL), then a non-TCP socket EBADF, then optlen not
+        a multiple of 8 or above 128 ranges EINVAL (sock_devmem_dontneed). Walks
         the ranges in order and stops after 1024 frags (unknown tokens
         count toward that limit and are skipped). Returns the number of frags
         freed; their net_iovs go back to the binding's free list."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.sockets.get(sock)
-        if s is None or not s.tcp:
-            if not _is_tcp(sock):
-                raise oserror(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
-            if s is not None:
-                s.tcp = True
         if isinstance(tokens, np.ndarray) and tokens.dtype == abi.DMABUF_TOKEN_DTYPE and tokens.ndim == 1:
             ranges = tokens  # the Receiver's chunks: no byte view needed
             optlen = tokens.nbytes
@@ -696,7 +750,15 @@ class EmulatedRx:
             optlen = int(raw.shape[0])
             ranges = None
         isz = abi.DMABUF_TOKEN_DTYPE.itemsize
-        if optlen < 4 or optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
+        if optlen < 4:
+            # sk_setsockopt's optlen < sizeof(int) check comes before any option's own
+            raise oserror(errno.EINVAL, f"optlen {optlen}")
+        if s is None or not s.tcp:
+            if not _is_tcp(sock):
+                raise oserror(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
+            if s is not None:
+                s.tcp = True
+        if optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
             raise oserror(errno.EINVAL, f"optlen {optlen}")
         if s is None or s.tokens.outstanding == 0:
             return 0
