@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from devmemtcp import netns
 from devmemtcp.cli import common
+from devmemtcp.host import netns
 
 EXAMPLES = """\
 examples:

@@ -407,12 +407,16 @@ def _runs_valid(runs: list[int]) -> bool:
     every token in 1 .. 2**31 - 1 and no token in two runs."""
     if len(runs) == 2:
         return runs[0] > 0 and runs[0] + runs[1] - 1 <= _TOKEN_MAX
-    end = 0
-    for s, c in sorted(zip(runs[0::2], runs[1::2], strict=True)):
-        if s < end or s == 0 or s + c - 1 > _TOKEN_MAX:
-            return False
-        end = s + c
-    return True
+    pairs = list(zip(runs[0::2], runs[1::2], strict=True))
+    for attempt in (pairs, sorted(pairs)):  # ascending already (the common case), else sorted
+        end = 0
+        for s, c in attempt:
+            if s < end or s == 0 or s + c - 1 > _TOKEN_MAX:
+                break
+            end = s + c
+        else:
+            return True
+    return False
 
 
 def _check(batch: FragBatch, pos: np.ndarray | None, raw: np.ndarray,

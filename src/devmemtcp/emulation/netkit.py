@@ -50,6 +50,7 @@ from typing import Any
 from devmemtcp import abi
 from devmemtcp.emulation import state as st
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns
 
 NETMEM_TX_MODES = ("none", "dma", "no_dma")  # enum netmem_tx_mode: NONE, DMA, NO_DMA
 KINDS = ("physical", "netkit-primary", "netkit-guest")
@@ -99,13 +100,11 @@ def any_phys(guest: dict[str, Any]) -> dict[str, Any] | None:
 # namespaces
 # ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def _in(netns: str | None) -> Iterator[None]:
-    if netns is None:
+def _in(name: str | None) -> Iterator[None]:
+    if name is None:
         yield
         return
-    from devmemtcp import netns as nsmod
-
-    with nsmod.enter(netns):
+    with netns.enter(name):
         yield
 
 
@@ -129,7 +128,7 @@ def peer_nsid(ns: int) -> int | None:
     """The netns id that the calling thread's namespace gives namespace ``ns``
     (what queue-get's lease nest reports as netns-id), None when it is this
     namespace or has no id."""
-    if ns == st.netns_id():
+    if ns == netns.inode():
         return None
     path = _ns_path(ns)
     if path is None:
@@ -162,7 +161,7 @@ def lease_nest(lease: dict[str, Any]) -> dict[str, Any]:
 # making netkit devices
 # ---------------------------------------------------------------------------
 def _mark(ifname: str, directory: str | None, apply: Any) -> dict[str, Any]:
-    ns = st.netns_id()
+    ns = netns.inode()
     with st.locked(directory) as d:
         nic = st.load_nic(ifname, directory=d, ns=ns)
         apply(nic)
@@ -237,9 +236,9 @@ def queue_create(guest_ifindex: int, phys_ifindex: int, phys_queue: int, *,
     "Leasing multiple queues from different devices not supported"; the
     driver's error with "Device is unable to create a new queue" (EOPNOTSUPP
     on a netkit primary, EINVAL once every RX queue of the guest is real)."""
-    phys_ns = st.netns_id()
+    phys_ns = netns.inode()
     with _in(guest_netns):
-        guest_ns = st.netns_id()
+        guest_ns = netns.inode()
         guest_name = _ifname(guest_ifindex)
     if guest_ns == phys_ns and int(guest_ifindex) == int(phys_ifindex):
         raise NetlinkError(errno.EINVAL, _OP, "Lease ifindex cannot be the same as queue creation ifindex",

@@ -20,6 +20,7 @@ from typing import Any
 
 from devmemtcp.emulation import netkit as nk
 from devmemtcp.emulation import state as st
+from devmemtcp.host import netns
 
 #: the netdev ops the emulated NIC answers
 OPS = ("bind-rx", "bind-tx", "dev-get", "page-pool-get", "page-pool-stats-get", "qstats-get",
@@ -61,7 +62,7 @@ def _bindings(reg: dict[str, Any], ns: int, ifname: str) -> list[dict[str, Any]]
 
 def device(ifindex: int, ifname: str, directory: str | None = None) -> dict[str, Any]:
     """One interface of the calling thread's namespace as ``info`` shows it."""
-    ns = st.netns_id()
+    ns = netns.inode()
     nic = st.load_nic(ifname, directory=directory, ns=ns)
     reg = st.load_registry(directory)
     bound = st.bound_queues(reg, ns, ifname)

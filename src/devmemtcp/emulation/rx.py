@@ -62,6 +62,7 @@ from devmemtcp.emulation.pool import PoolRegistry, RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
 from devmemtcp.emulation.tokens import TokenTable, expand_runs
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 PAGE_SIZE = abi.PAGE_SIZE
 _REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
@@ -313,9 +314,18 @@ class EmulatedRx:
             return
         if s.tail_left > 0 and s.binding is not None:
             return  # data the NIC placed before the binding closed stays devmem
-        if s.ifindex is None:
-            s.ifindex = ingress_ifindex(sock)
-        ns = st.netns_id()
+        try:
+            if s.ifindex is None:
+                s.ifindex = ingress_ifindex(sock)
+            flow = flow_of(sock)
+        except OSError as exc:
+            # ENOTCONN: the peer reset the connection (getpeername of a TCP_CLOSE
+            # socket); a flow already steered stays where it was
+            if exc.errno == errno.ENOTCONN and s.mode:
+                s.checked = now
+                return
+            raise
+        ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
         if nk.is_virtual(nic):
@@ -327,7 +337,7 @@ class EmulatedRx:
                 s.mode, s.binding, s.queue, s.how, s.checked = "readable", None, 0, "netkit", now
                 return
             ns, ifname, nic = int(ls["netns"]), str(ls["ifname"]), phys
-        q, how = steer(nic, flow_of(sock))
+        q, how = steer(nic, flow)
         s.frags = self.frags or frag_mode(nic)
         s.kernel = kernel_version(nic)
         s.buf_len = int(nic["rings"].get("rx_buf_len", PAGE_SIZE))
@@ -420,14 +430,24 @@ class EmulatedRx:
         the emulated NIC presents by default, EFAULT when it presents 6.17 or
         older (``caps.kernel``); EBUSY when the socket's tokens run out
         (xa_alloc, xa_limit_31b); EAGAIN / TimeoutError as described in the
-        module docstring; ENOTCONN for an unconnected socket. MSG_PEEK on a
-        devmem flow hands out new tokens (references) for the same frags,
-        which stay queued. Bytes queued when the binding closes stay devmem
-        (:meth:`binding_closed`)."""
+        module docstring; ENOTCONN for a socket never connected. A socket
+        the peer reset before its first recvmsg gives the kernel's
+        ECONNRESET (the reset socket's own error), not getpeername's ENOTCONN.
+        MSG_PEEK on a devmem flow hands out new tokens (references) for the
+        same frags, which stay queued. Bytes queued when the binding closes
+        stay devmem (:meth:`binding_closed`)."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.state(sock)
-        self.decide(sock, s)
+        try:
+            self.decide(sock, s)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            # reset before the flow was ever steered: nothing tells the queue any
+            # more, so the real socket answers as tcp_recvmsg does (ECONNRESET
+            # once, bytes queued before the reset as readable data, then 0)
+            return sock.recv_into(buf, len(buf), flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK)), 0, 0
         nbuf = len(buf)
         if s.mode != "devmem":
             n = sock.recv_into(buf, nbuf, flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK))

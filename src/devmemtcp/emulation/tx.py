@@ -39,6 +39,7 @@ from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.steering import ingress_ifindex
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 U32_MAX = 0xFFFFFFFF
 _SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | abi.MSG_MORE
@@ -89,7 +90,7 @@ class EmulatedTx:
         b = self.netdev.tx_binding(bid)
         route = s.routes.get(bid)
         if route is None:
-            route = s.routes[bid] = (ingress_ifindex(sock), st.netns_id())
+            route = s.routes[bid] = (ingress_ifindex(sock), netns.inode())
         vdev = (b.vdev[1], b.vdev[0]) if b.vdev is not None else None
         if route != (b.ifindex, b.netns) and route != vdev:
             raise oserror(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, "
@@ -108,7 +109,7 @@ class EmulatedTx:
         binding (a new socket reads the routes again)."""
         if b.id in s.verdicts:
             return s.verdicts[b.id]
-        ns, ifindex = st.netns_id(), s.routes[b.id][0]
+        ns, ifindex = netns.inode(), s.routes[b.id][0]
         nic = self.netdev_nic(ns, ifindex)
         for _hop in range(4):
             if nic is None or nk.netmem_tx(nic) != "no_dma":
@@ -130,7 +131,7 @@ class EmulatedTx:
     def netdev_nic(self, ns: int, ifindex: int) -> dict[str, Any] | None:
         """The state of the emulated NIC with ``ifindex`` in namespace ``ns``
         (a fresh default for an interface of this namespace without state)."""
-        if ns == st.netns_id():
+        if ns == netns.inode():
             try:
                 return st.load_nic(socket.if_indextoname(ifindex), directory=self.netdev.directory, ns=ns)
             except (OSError, DevmemError):
@@ -229,6 +230,11 @@ class EmulatedTx:
             return
         raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
         outq = struct.unpack("i", raw)[0]
+        if outq > tx.sent - tx.pending[0][1] and \
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == abi.TCP_STATE_CLOSE:
+            # reset by the peer: tcp_reset -> tcp_write_queue_purge frees every skb, and
+            # freeing a zerocopy skb delivers its completion (msg_zerocopy_callback)
+            outq = 0
         while tx.pending:
             seq, end = tx.pending[0]
             # every byte of this sendmsg is acked once the unacked tail fits after it
@@ -322,7 +328,7 @@ def _route_in(ns: int, peer: str) -> int | None:
     box: list[int | None] = [None]
 
     def go() -> None:
-        from devmemtcp import netns as nsmod
+        from devmemtcp.host import netns as nsmod
 
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -361,7 +367,7 @@ def count_tx_drop(directory: str | None, ns: int, ifname: str, skbs: int) -> Non
     of namespace ``ns`` (the kernel's per-device tx_dropped, ``ip -s link``)."""
     with contextlib.suppress(OSError, DevmemError), st.locked(directory) as d:
         nic = st.read_nic(ifname, ns, d)
-        if nic is None and ns == st.netns_id():
+        if nic is None and ns == netns.inode():
             nic = st.load_nic(ifname, directory=d, ns=ns)
         if nic is not None:
             nic["tx_dropped"] = int(nic.get("tx_dropped", 0)) + skbs

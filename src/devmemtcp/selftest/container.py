@@ -27,8 +27,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from devmemtcp import netns
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 T = TypeVar("T")
 _seq = itertools.count()

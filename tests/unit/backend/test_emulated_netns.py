@@ -2,7 +2,7 @@
 
 The emulated NIC sits on veth0 inside namespace a; the peer in namespace b
 is a plain TCP socket. Threads enter the namespaces with setns
-(``devmemtcp.netns.enter``), so sockets, routes and NIC state are the
+(``devmemtcp.host.netns.enter``), so sockets, routes and NIC state are the
 namespace's own.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, codec, netns
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
+from devmemtcp.host import netns
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.types import NtupleRule
 from unit.codec.oracles import coalesce_tokens, dontneed_chunks
