@@ -18,7 +18,9 @@
 #    eth-phys) and sends a validated stream to the peer;
 # 4. with the host's route to the peer through eth-none (netmem TX NONE), the
 #    same send is dropped by validate_xmit_unreadable_skb and counted;
-# 5. everything is undone (NIC settings, lease, namespaces).
+# 5. everything is undone: `devmemtcp restore eth-phys` replays the undo
+#    journal (the lease, then header split, RSS and the rule), then the
+#    namespaces go.
 #
 # Environment: DEVMEMTCP (the command, default `devmemtcp`), KEEP=1 leaves the
 # namespaces for inspection. Exit status 0 when every step gave what it must.
@@ -209,12 +211,15 @@ fi
 kill $DROPR 2>/dev/null || true
 ip -n "$HOST" route del "$NET.1.2/32" dev eth-none
 
-say "undo: NIC settings (restore), the lease (netkit device deleted), namespaces"
+say "undo: restore eth-phys (the lease and the NIC settings, from the undo journal), the netkit pair"
 dmt restore eth-phys --netns "$HOST"
-dmt emulate netkit --netns "$HOST" --guest nk-ctr --guest-netns "$CTR" --delete
 leases=$(dmt info --backend emulated --netns "$HOST" eth-phys --json | python3 -c \
     "import json,sys; print(sum(q['lease'] is not None for q in json.load(sys.stdin)['devices'][0]['queues']))")
-[[ $leases -eq 0 ]] && ok "no lease left on eth-phys" || bad "$leases leases left on eth-phys"
+[[ $leases -eq 0 ]] && ok "restore ended the lease: no lease left on eth-phys" || bad "$leases leases left on eth-phys"
+guest_q=$(dmt info --backend emulated --netns "$CTR" nk-ctr --json | python3 -c \
+    "import json,sys; print(sum(q['type'] == 'rx' for q in json.load(sys.stdin)['devices'][0]['queues']))")
+[[ $guest_q -eq 1 ]] && ok "nk-ctr is back to 1 RX queue" || bad "nk-ctr has $guest_q RX queues"
+dmt emulate netkit --netns "$HOST" --guest nk-ctr --guest-netns "$CTR" --delete >/dev/null
 [[ -z $(ls "$DEVMEMTCP_JOURNAL_DIR" 2>/dev/null | grep "\.json$") ]] && ok "no undo journal left" || bad "journals left"
 
 if [[ $FAILED -eq 0 ]]; then say "container.sh: every step passed"; else say "container.sh: FAILED"; fi

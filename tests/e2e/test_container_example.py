@@ -28,5 +28,6 @@ def test_container_sh(tmp_path: Path) -> None:
                  "Lease device is a virtual device", "ERANGE", "Lease device queue is already leased",
                  "Lease device queue in use by memory provider", "Lease device queue in use by AF_XDP",
                  "Leasing multiple queues from different devices not supported",
-                 "Device is unable to create a new queue", "tx_dropped", "every step passed"):
+                 "Device is unable to create a new queue", "tx_dropped", "ended the lease of queue 3",
+                 "every step passed"):
         assert text in out, text

@@ -16,8 +16,9 @@ With ``--backend emulated`` the emulated NIC answers (the physical NIC an
 emulated devmem NIC, the guest an emulated netkit guest made with
 ``devmemtcp emulate netkit``): queue-create with the kernel's checks, errno
 values and extack texts (:func:`devmemtcp.emulation.netkit.queue_create`),
-the guest looked up in ``--netns NAME``. The lease ends when the netkit
-device goes (``devmemtcp emulate netkit --delete``).
+the guest looked up in ``--netns NAME``. The lease is journaled in the
+physical NIC's undo journal: ``devmemtcp restore PHYS`` ends it, and so does
+deleting the netkit device (``devmemtcp emulate netkit --delete``).
 
 Exit status: 0 leased, 2 refused (the kernel's errno and message) or no such op.
 """
@@ -119,10 +120,15 @@ def lease_emulated(guest: str, phys: str, queue: int, netns: str | None = None) 
     phys_ifindex = ifaces.ifindex(phys)
     with host_netns.maybe_enter(netns):
         guest_ifindex = ifaces.ifindex(guest)
+    from devmemtcp.setup.lease import LeaseEntry, journal_lease
+
     with EmulatedBackend() as be:
         qid = be.queue_create(guest_ifindex, phys_ifindex, queue, guest_netns=netns)
+    path = journal_lease(phys, phys_ifindex, LeaseEntry(guest=guest, guest_queue=qid, phys_queue=queue,
+                                                       guest_netns=netns), "emulated")
     return {"guest": guest, "guest_ifindex": guest_ifindex, "guest_queue": qid, "phys": phys,
-            "phys_ifindex": phys_ifindex, "phys_queue": queue, "netns": netns, "backend": "emulated"}
+            "phys_ifindex": phys_ifindex, "phys_queue": queue, "netns": netns, "backend": "emulated",
+            "journal": str(path)}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -333,3 +333,24 @@ def unlease(guest: str, *, guest_netns: str | None = None,
             with _in(guest_netns):
                 st.save_nic(g, d)
     return done
+
+
+def unlease_queue(phys: str, phys_queue: int, *, directory: str | None = None) -> dict[str, Any] | None:
+    """End the lease of RX queue ``phys_queue`` of ``phys`` (calling thread's
+    namespace); returns the guest side (``{"ifname", "ifindex", "netns",
+    "queue"}``) or None when the queue is not leased. The guest's queue goes
+    (its real RX queue count drops) when it was its last one."""
+    with st.locked(directory) as d:
+        p = st.load_nic(phys, directory=d, ns=netns.inode())
+        ls = p.get("leases", {}).pop(str(int(phys_queue)), None)
+        if ls is None:
+            return None
+        st.save_nic(p, d)
+        g = st.read_nic(str(ls["ifname"]), int(ls["netns"]), d)
+        if g is not None:
+            g.get("leases", {}).pop(str(int(ls["queue"])), None)
+            while int(g["channels"]["combined"]) > 1 and \
+                    str(int(g["channels"]["combined"]) - 1) not in g.get("leases", {}):
+                g["channels"]["combined"] = int(g["channels"]["combined"]) - 1
+            st.save_nic(g, d)
+    return dict(ls)

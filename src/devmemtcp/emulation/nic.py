@@ -56,6 +56,11 @@ class EmulatedNicControl:
         self._queues = queues
         self._ns = netns.inode()
 
+    @property
+    def directory(self) -> str | None:
+        """The state directory this control reads and writes (None: the default)."""
+        return self._dir
+
     # -- helpers -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """A copy of the NIC's current state dict."""
