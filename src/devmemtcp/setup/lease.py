@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from devmemtcp.host import netns, procs
+from devmemtcp.setup import steps as _steps  # noqa: F401  (the steps register first, in run order)
 from devmemtcp.setup.journal import Entry, Journal, journal_lock, register
 
 if TYPE_CHECKING:
