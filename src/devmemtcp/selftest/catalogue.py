@@ -270,7 +270,9 @@ def _expect_refusal(case: NetkitCase, fn: Callable[[], Any]) -> dict[str, Any]:
         result = fn()
     except (NetlinkError, OSError) as exc:
         err, msg = netlink_errno(exc)
-        seen = {"errno": errno.errorcode.get(err or 0, str(err)), "extack": msg}
+        # (glibc names 95 ENOTSUP; the kernel says EOPNOTSUPP)
+        name = "EOPNOTSUPP" if err == errno.EOPNOTSUPP else errno.errorcode.get(err or 0, str(err))
+        seen = {"errno": name, "extack": msg}
         if case.errno is None:
             raise CaseFailed(f"refused with {seen['errno']} ({msg}); it must succeed") from None
         if err != case.errno:
