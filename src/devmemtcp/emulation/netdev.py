@@ -275,6 +275,9 @@ class Netdev:
         b = EmulatedBinding(self, bid, int(ifindex), ifname, ns, "rx", tuple(sorted(wanted)), dmabuf)
         b.rx_keys = tuple(keys)
         assert b.pool is not None
+        target = nic if not keys or (keys[0][0], keys[0][1]) == (ns, ifname) else \
+            (st.read_nic(keys[0][1], keys[0][0], self.directory) or nic)
+        b.pool.ring_size = int(target["rings"]["rx"])
         self.pools.add(b.pool)
         with self._lock:
             self._bindings[bid] = b
@@ -382,17 +385,27 @@ class Netdev:
         for b in live:
             assert b.pool is not None
             if b.pool.stats:
-                nic_stats = per_nic.setdefault((b.netns, b.ifname), {})
+                # the counters belong to the physical queues (a guest's are its leases')
+                target = (b.rx_keys[0][0], b.rx_keys[0][1]) if b.rx_keys else (b.netns, b.ifname)
+                nic_stats = per_nic.setdefault(target, {})
+                nq = max(1, len(b.rx_keys))
                 for q, qs in sorted(b.pool.stats.items()):
-                    nic_stats[str(q)] = qs.as_dict()
+                    row = qs.as_dict()
+                    row["inflight"] = b.pool.kernel_inflight(q, nq)
+                    row["inflight-mem"] = row["inflight"] * PAGE_SIZE
+                    row["binding"] = b.id
+                    nic_stats[str(q)] = row
         if not per_nic:
             return
         try:
             with st.locked(self.directory) as d:
                 for (ns, ifname), qstats in per_nic.items():
                     try:
-                        nic = st.load_nic(ifname, directory=d, ns=ns, queues=self.queues)
+                        nic = (st.load_nic(ifname, directory=d, ns=ns, queues=self.queues)
+                               if ns == netns.inode() else st.read_nic(ifname, ns, d))
                     except DevmemError:
+                        continue
+                    if nic is None:
                         continue
                     nic.setdefault("stats", {}).update(qstats)
                     st.save_nic(nic, d)

@@ -76,16 +76,8 @@ def device(ifindex: int, ifname: str, directory: str | None = None) -> dict[str,
                        .get("xsk", []), "io_uring": False})
     queues += [{"type": "tx", "id": q, "napi_id": None, "dmabuf": None, "lease": None, "xsk": False,
                 "io_uring": False} for q in range(n)]
-    stats = nic.get("stats") or {}
-    pools = []
-    for q, bid in sorted(bound.items()):
-        qs = stats.get(str(q), {})
-        pools.append({"id": bid * 1000 + q, "napi_id": None, "inflight": qs.get("inflight"),
-                      "inflight_mem": qs.get("inflight_mem"), "dmabuf": bid, "detach_time": None,
-                      "queue": q, "stats": {k.replace("-", "_"): v for k, v in qs.items()
-                                            if k.startswith(("alloc", "recycle"))}})
-    qstats = [{"queue_type": "rx", "queue_id": int(q), "rx_packets": v.get("rx-packets"),
-               "rx_bytes": v.get("rx-bytes")} for q, v in sorted(stats.items(), key=lambda kv: int(kv[0]))]
+    pools = [{k: v for k, v in p.items() if k != "ifindex"} for p in _pools(ifindex, nic, bound)]
+    qstats = [{k: v for k, v in q.items() if k != "ifindex"} for q in _qstats(ifindex, nic)]
     r = nic["rings"]
     rings = {"rx": r["rx"], "rx_max": r["rx_max"], "tx": r["tx"], "tcp_data_split": r["tcp_data_split"],
              "hds_thresh": r["hds_thresh"], "hds_thresh_max": r["hds_thresh_max"]}
@@ -102,6 +94,75 @@ def device(ifindex: int, ifname: str, directory: str | None = None) -> dict[str,
         "rules": sorted(nic["rules"], key=lambda x: int(x["location"])),
         "bindings": _bindings(reg, ns, ifname),
     }
+
+
+_STAT_KEYS = ("alloc_fast", "alloc_slow", "alloc_slow_high_order", "alloc_empty", "alloc_refill",
+              "alloc_waive", "recycle_cached", "recycle_cache_full", "recycle_ring", "recycle_ring_full",
+              "recycle_released_refcnt")
+
+
+def _pool_id(binding: int, queue: int) -> int:
+    return binding * 1000 + queue + 1
+
+
+def _pools(ifindex: int, nic: dict[str, Any], bound: dict[int, int]) -> list[dict[str, Any]]:
+    stats = nic.get("stats") or {}
+    out = []
+    for q, bid in sorted(bound.items()):
+        qs = stats.get(str(q), {})
+        if qs.get("binding", bid) != bid:
+            qs = {}  # counters of an earlier binding of this queue
+        inflight = qs.get("inflight")
+        out.append({"id": _pool_id(bid, q), "ifindex": ifindex, "napi_id": None, "inflight": inflight,
+                    "inflight_mem": None if inflight is None else inflight * 4096, "dmabuf": bid,
+                    "detach_time": None, "queue": q,
+                    "stats": {k: int(qs.get(k.replace("_", "-"), 0)) for k in _STAT_KEYS}})
+    return out
+
+
+def _qstats(ifindex: int, nic: dict[str, Any]) -> list[dict[str, Any]]:
+    stats = nic.get("stats") or {}
+    return [{"ifindex": ifindex, "queue_type": "rx", "queue_id": int(q), "rx_packets": v.get("rx-packets"),
+             "rx_bytes": v.get("rx-bytes")} for q, v in sorted(stats.items(), key=lambda kv: int(kv[0]))]
+
+
+def _each(ifindex: int | None, directory: str | None) -> list[tuple[int, dict[str, Any], dict[int, int]]]:
+    ns = netns.inode()
+    reg = st.load_registry(directory)
+    out = []
+    for idx, name in sorted(socket.if_nameindex()):
+        if ifindex is not None and idx != ifindex:
+            continue
+        nic = st.load_nic(name, directory=directory, ns=ns)
+        out.append((idx, nic, st.bound_queues(reg, ns, name)))
+    return out
+
+
+def page_pool_get(ifindex: int | None = None, directory: str | None = None) -> list[dict[str, Any]]:
+    """page-pool-get (dump) for the emulated NICs of this namespace: one page
+    pool per bound RX queue, the shape of
+    :meth:`devmemtcp.netlink.netdev.NetdevClient.page_pool_get` (``id``,
+    ``ifindex``, ``napi_id``, ``inflight`` (net_iovs, see
+    :meth:`devmemtcp.emulation.pool.RxPool.kernel_inflight`; None before the
+    receiver wrote its counters), ``inflight_mem`` (bytes), ``dmabuf``,
+    ``detach_time``), plus ``queue`` and ``stats``."""
+    return [p for idx, nic, bound in _each(ifindex, directory) for p in _pools(idx, nic, bound)]
+
+
+def page_pool_stats_get(ifindex: int | None = None, directory: str | None = None) -> list[dict[str, Any]]:
+    """page-pool-stats-get (dump): ``{"info": {"id", "ifindex"}, alloc_fast,
+    alloc_slow, alloc_slow_high_order, alloc_empty, alloc_refill, alloc_waive,
+    recycle_cached, recycle_cache_full, recycle_ring, recycle_ring_full,
+    recycle_released_refcnt}`` per page pool, with the kernel's meanings
+    (:class:`devmemtcp.emulation.pool.QueueStats`)."""
+    return [{"info": {"id": p["id"], "ifindex": p["ifindex"]}, **p["stats"]}
+            for p in page_pool_get(ifindex, directory)]
+
+
+def qstats_get(ifindex: int | None = None, directory: str | None = None) -> list[dict[str, Any]]:
+    """qstats-get (dump, queue scope): ``{"ifindex", "queue_type", "queue_id",
+    "rx_packets", "rx_bytes"}`` per RX queue that received devmem traffic."""
+    return [q for idx, nic, _b in _each(ifindex, directory) for q in _qstats(idx, nic)]
 
 
 def collect_emulated(interfaces: list[tuple[int, str]], directory: str | None = None) -> dict[str, Any]:
