@@ -35,7 +35,13 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.backend import open_backend
-from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
+from devmemtcp.errors import (
+    DevmemError,
+    IncompleteStreamError,
+    ValidationError,
+    more_queues_hint,
+    stream_error,
+)
 from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator
 
@@ -161,8 +167,7 @@ def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
     if count < 2:
         raise DevmemError(
             f"{ifname} has {count} RX queue(s): devmem needs one for the flow and one for other traffic",
-            f"raise the channel count (ethtool -L {ifname} combined 2), or give --queues START:COUNT "
-            "with --no-nic-config")
+            more_queues_hint(ifname, 2, backend.name) + ", or give --queues START:COUNT with --no-nic-config")
     return count - 1, 1
 
 

@@ -481,11 +481,11 @@ def _open_rxq(op: str, reg: dict[str, Any], directory: str, ns: int, ifname: str
     setup = f"devmemtcp setup {tname} --backend emulated"
     if rings["tcp_data_split"] != "enabled":
         return NetlinkError(errno.EINVAL, op, "tcp-data-split is disabled",
-                            hint=f"enable header split on {tname}: {setup} ... (the emulated NIC's "
-                                 "rings change through devmemtcp, not ethtool)"), None
+                            hint=f"enable header split on {tname}: {setup} --listen ADDR --port PORT "
+                                 "(the emulated NIC's settings change through devmemtcp)"), None
     if rings["hds_thresh"]:
         return NetlinkError(errno.EINVAL, op, "hds-thresh is not zero",
-                            hint=f"set hds-thresh 0 on {tname}: {setup} ..."), None
+                            hint=f"set hds-thresh 0 on {tname}: {setup} --listen ADDR --port PORT"), None
     caps = target.get("caps", {})
     if caps.get("xdp"):
         return NetlinkError(errno.EEXIST, op,
