@@ -109,15 +109,12 @@ def _in(name: str | None) -> Iterator[None]:
 
 
 def _ns_path(ns: int) -> str | None:
-    """A path opening the namespace with inode ``ns``: /run/netns/NAME, else
-    the init process's namespace when it is that one."""
-    base = abi.NETNS_RUN_DIR
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(base)):
-            p = os.path.join(base, name)
-            with contextlib.suppress(OSError):
-                if os.stat(p).st_ino == ns:
-                    return p
+    """A path opening the namespace with inode ``ns``: /run/netns/NAME
+    (:func:`devmemtcp.host.netns.name_of`), else the init process's namespace
+    when it is that one."""
+    name = netns.name_of(ns)
+    if name is not None:
+        return os.path.join(abi.NETNS_RUN_DIR, name)
     with contextlib.suppress(OSError):
         if os.stat("/proc/1/ns/net").st_ino == ns:
             return "/proc/1/ns/net"

@@ -211,7 +211,7 @@ class EmulatedTx:
             # the skbs are accepted and then freed before the driver (validate_xmit_skb
             # -> dev_core_stats_tx_dropped_inc): nothing reaches the wire, no completion
             n = sum(b_ - a for a, b_ in spans)
-            if flags & abi.MSG_DONTWAIT == 0 or n:
+            if n:
                 count_tx_drop(self.netdev.directory, drop[0], drop[1], -(-n // _GSO_MAX))
             tx.blackhole = drop
             tx.zckey = (tx.zckey + 1) & U32_MAX
