@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ def _bind_in(env: Any, ns: str, ifname: str, queues: list[int] | None) -> Any:
     def go() -> Any:
         buf = _dmabuf()
         try:
-            idx = __import__("socket").if_nametoindex(ifname)
+            idx = socket.if_nametoindex(ifname)
             b = env.backend.bind_rx(idx, buf, queues) if queues is not None else env.backend.bind_tx(idx, buf)
         except BaseException:
             buf.close()
@@ -427,7 +428,6 @@ def _tx_case(case: NetkitCase, env: Any, lease: bool, ns: str, ifname: str,
 
 
 def _xmit_drop(case: NetkitCase, env: Any, mode: str) -> dict[str, Any]:
-    import socket
     import time
 
     import numpy as np
