@@ -37,19 +37,21 @@ STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("--ifname", metavar="IF", help="the NIC to qualify (not with --container)")
+    parser.add_argument("--ifname", type=common.ifname_arg, metavar="IF",
+                        help="the NIC to qualify (not with --container)")
     parser.add_argument("--container", action="store_true",
                         help="the netkit container cases (nk_devmem.py): queue leasing, bind through a "
                         "leased queue, netmem TX modes, RX/TX/TX-chunks/hds sweep in a container namespace "
                         "(namespaces made and removed by the run; needs root)")
     parser.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
                         help="auto (default): kernel when doctor finds devmem RX possible, else emulated")
-    parser.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
-    parser.add_argument("--peer-netns", metavar="NAME",
+    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
+                        help="run inside network namespace NAME")
+    parser.add_argument("--peer-netns", type=common.netns_arg, metavar="NAME",
                         help="namespace of the traffic peer (the other end of a veth); not needed on lo")
     parser.add_argument("--memory", choices=("host", "udmabuf"),
                         help="dma-buf provider (default: udmabuf for kernel, host for emulated)")
-    parser.add_argument("--bytes", type=common.parse_size, default=4 << 20, metavar="N",
+    parser.add_argument("--bytes", type=common.positive_size, default=4 << 20, metavar="N",
                         help="bytes per stream case (default 4M)")
     parser.add_argument("--case", action="append", metavar="NAME",
                         choices=[name for name, _d, _m in Selftest.CASES] + [c.name for c in NETKIT_CASES],
@@ -57,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
                         help="undo journal directory "
                         f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    common.add_output_args(parser, verbose=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                         on_case=progress)
         args.ifname = "--container"
     elif not args.ifname:
-        raise common.fail("selftest needs --ifname IF (or --container)",
+        raise common.fail("the following arguments are required: --ifname (or --container)",
                           "name the NIC to qualify, e.g. --ifname eth1, or run the netkit cases with "
                           "--container")
     else:
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", detail)
     Console().print(table)
     counts = report.counts()
-    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-          f"(backend {report.backend}: {report.backend_reason})")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
+    print(common.backend_line(report.backend, report.backend_reason, ifname=args.ifname,
+                              verbose=args.verbose))
     return 0 if report.ok else 1
