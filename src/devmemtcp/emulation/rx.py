@@ -214,7 +214,12 @@ class ShapedFill:
     it is filling. ``pending``: reserved pieces already placed but not yet
     handed to the application: the rest of a frag cut by the end of a
     recvmsg comes back in the next one with a new token for the same net_iov
-    (tcp_recvmsg_dmabuf continues inside the frag)."""
+    (tcp_recvmsg_dmabuf continues inside the frag).
+
+    Limit: the emulated NIC sees the byte stream, not the sender's packets,
+    so segments are MSS-sized cuts of what is queued: small writes that queue
+    up together (TCP_NODELAY bursts) come out as full-MSS frags, where a real
+    NIC gives one frag per packet."""
 
     mss: int
     buf_len: int

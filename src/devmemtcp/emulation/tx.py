@@ -319,7 +319,9 @@ def _norm_peer(sock: socket.socket) -> str:
 
 def _route_in(ns: int, peer: str) -> int | None:
     """ifindex of the route to ``peer`` in namespace ``ns`` (entered for the
-    lookup by a short-lived thread), None without a route or a way in."""
+    lookup by a short-lived thread), None without a route or a way in (the
+    namespace has no /run/netns name, or the caller may not setns: then the
+    forwarded skbs are not checked past the netkit device)."""
     import threading as _th
 
     path = nk._ns_path(ns)
