@@ -30,7 +30,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
@@ -500,8 +500,13 @@ def send_stream(
     idle_timeout: float | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    source: BinaryIO | None = None,
 ) -> TransferResult:
     """Send ``nbytes`` of the pattern from a dma-buf to ``addr:port`` (devmem TX).
+
+    With ``source`` (a binary file), its bytes are sent instead, until its
+    end (``nbytes`` and ``validate`` are ignored): each region of the dma-buf
+    is read into from the file once its last send completed, then sent.
 
     The dma-buf (``size`` bytes) is filled with ncdevmem's pattern of period
     ``validate`` (or :data:`DEFAULT_FILL_PERIOD` when None) and sent round and
@@ -544,7 +549,7 @@ def send_stream(
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
-        usable = _fill_pattern(dmabuf, period)
+        usable = _fill_pattern(dmabuf, period) if source is None else dmabuf.size
         binding = stack.enter_context(be.bind_tx(ifindex, dmabuf))
         result.binding_id = binding.id
         sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
@@ -572,7 +577,10 @@ def send_stream(
         if on_progress:
             on_progress(0)  # the first byte goes now: the progress clock starts with ``seconds``
         try:
-            sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            if source is None:
+                sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            else:
+                sent = _send_file_loop(tx, dmabuf, source, chunk, on_progress)
             tx.flush()
             # a reset after the last sendmsg completes the sends (the kernel frees the
             # purged skbs) but the bytes never arrived: the socket's error says so
@@ -586,7 +594,7 @@ def send_stream(
         finally:
             result.seconds = time.perf_counter() - t0
         result.bytes = sent
-        result.complete = sent == nbytes
+        result.complete = sent == nbytes if source is None else True  # a file: sent to its end
         _fill_tx_stats(result, tx)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
@@ -622,6 +630,36 @@ def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
         if on_progress:
             on_progress(sent)
     return sent
+
+
+def _send_file_loop(tx: Any, dmabuf: DmaBuf, source: BinaryIO, chunk: int,
+                    on_progress: Callable[[int], None] | None) -> int:
+    """Send ``source`` to its end through the dma-buf's regions, round and round."""
+    usable = dmabuf.size
+    regions = _regions(usable, send_region_size(usable, chunk, int(getattr(tx, "max_iov", 64))))
+    mv = dmabuf.host_view().data
+    readinto = cast(Any, source).readinto  # BinaryIO does not declare it; files and pipes have it
+    sent = 0
+    i = 0
+    while True:
+        off, length = regions[i % len(regions)]
+        tx.wait_region_free(off, length)
+        got = 0
+        while got < length:  # a pipe gives what it has: fill the region or reach the end
+            k = readinto(mv[off + got: off + length])
+            if not k:
+                break
+            got += k
+        if got:
+            starts = np.arange(off, off + got, chunk, dtype=np.uint64)
+            lens = np.minimum(np.uint64(chunk), np.uint64(off + got) - starts)
+            tx.send(np.stack((starts, lens), axis=1))
+            sent += got
+            if on_progress:
+                on_progress(sent)
+        if got < length:
+            return sent
+        i += 1
 
 
 def _fill_tx_stats(result: TransferResult, tx: Any) -> None:

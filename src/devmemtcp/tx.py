@@ -161,7 +161,7 @@ class Sender:
         return total
 
     def _send_all(self, iov: np.ndarray) -> int:
-        remaining = int(iov[:, 1].sum())
+        remaining = int(iov[0, 1]) if iov.shape[0] == 1 else int(iov[:, 1].sum())
         sent_total = 0
         while remaining > 0:
             try:
@@ -190,11 +190,22 @@ class Sender:
     def _account(self, iov: np.ndarray, ret: int) -> None:
         """Record one sendmsg of ``ret`` bytes over ``iov``: its sequence
         number, the dma-buf span it reads, and the counters."""
+        st = self.stats
+        if iov.shape[0] == 1:  # one range (the channel's chunks): plain integers, no numpy
+            off = int(iov[0, 0])
+            end = off + ret  # ret <= the iovec's length
+            seq = self._next_seq
+            self._next_seq = (seq + 1) & _SEQ_MASK
+            self._outstanding.append((seq, off, end))
+            st.bytes += ret
+            st.sendmsg_calls += 1
+            st.iovecs += 1
+            st.frags += ((end + abi.PAGE_SIZE - 1) >> _PAGE_SHIFT) - (off >> _PAGE_SHIFT)
+            return
         a = iov.view(np.int64)  # offsets and lengths fit in 63 bits (EFAULT otherwise)
         offs = a[:, 0]
         lens = a[:, 1]
         k = a.shape[0]
-        st = self.stats
         if k > 1 and not bool(((offs | lens) & (abi.PAGE_SIZE - 1)).any()):
             # whole pages (send_stream's chunks): each byte's page is read once
             total = int(lens.sum())

@@ -16,6 +16,7 @@ interrupted (the NIC is restored in every case).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 from typing import Any
@@ -30,6 +31,7 @@ examples:
       (peer: yes $(echo -e \\\\x01\\\\x02\\\\x03\\\\x04\\\\x05\\\\x06) | head -c 1G | nc -N 127.0.0.1 5201)
   devmemtcp recv -l 127.0.0.1 -p 5201 -v 7          the same with ncdevmem's short options
   devmemtcp recv --listen 192.0.2.1 --port 5201 --ifname eth1 --queues 3:1 --json
+  devmemtcp recv --listen 127.0.0.1 --port 5201 --output copy.bin   (peer: devmemtcp send ... --file F)
   devmemtcp setup eth1 ... && devmemtcp recv --listen 192.0.2.1 --port 5201 --no-nic-config
 """
 
@@ -60,6 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
                         help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
                              "carries more frags (default min(8M, --size/8); 0 leaves the socket's 1)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write the received stream, in order, to FILE ('-': stdout; the summary "
+                             "then goes to stderr)")
     common.add_backend_args(parser)
 
 
@@ -110,31 +115,65 @@ def run(args: argparse.Namespace) -> int:
     def on_ready(port: int) -> None:
         common.note(f"listening on {args.listen} port {port}")
 
+    out: Any = None
+    dmabuf: Any = None
+    sink: Any = None
+    to_stdout = args.output == "-"
+    # with --output - the stream owns stdout: every summary and error object goes to stderr
+    quiet_stdout = _stderr_if(to_stdout)
     try:
-        result = receive_stream(
-            args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
-            memory=args.memory, size=args.size, backend=args.backend,
-            nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
-            expect_bytes=args.bytes, idle_timeout=args.timeout,
-            on_ready=on_ready, on_backend=on_backend, on_progress=progress)
+        if args.output is not None:
+            from devmemtcp.cli.ncdevmem import StreamWriter
+            from devmemtcp.memory import open_dmabuf
+
+            try:
+                out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: SIM115
+            except OSError as exc:
+                raise common.fail(f"cannot write {args.output}: {exc.strerror}",
+                                  "give a writable path, or - for stdout") from None
+            # the stream is written in order straight from the RX dma-buf's frags
+            dmabuf = open_dmabuf(args.memory, args.size)
+            sink = StreamWriter(out, dmabuf.host_view())
+        with quiet_stdout:
+            result = receive_stream(
+                args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
+                memory=dmabuf if dmabuf is not None else args.memory, size=args.size, backend=args.backend,
+                nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
+                expect_bytes=args.bytes, idle_timeout=args.timeout,
+                on_ready=on_ready, on_backend=on_backend, on_progress=progress, on_batch=sink)
     except ValidationError as exc:
         progress.close()
-        return common.report_validation_failure("recv", exc, as_json=args.json)
+        with _stderr_if(to_stdout):
+            return common.report_validation_failure("recv", exc, as_json=args.json)
     except IncompleteStreamError as exc:
         progress.close()
-        common.report_incomplete("recv", exc)
-        if isinstance(exc.result, TransferResult):
-            if args.json:  # the summary (complete: false) with the error fields every command gives
-                common.print_json({**exc.result.as_dict(), "hint": exc.hint, "errno": None,
-                                   "exit_status": common.EXIT_FAILED})
-            else:
-                report(exc.result, False, "devmemtcp recv", verbose=args.verbose)
+        with _stderr_if(to_stdout):
+            common.report_incomplete("recv", exc)
+            if isinstance(exc.result, TransferResult):
+                if args.json:  # the summary (complete: false) with the error fields every command gives
+                    common.print_json({**exc.result.as_dict(), "hint": exc.hint, "errno": None,
+                                       "exit_status": common.EXIT_FAILED})
+                else:
+                    report(exc.result, False, "devmemtcp recv", verbose=args.verbose)
         return common.EXIT_FAILED
     except TimeoutError as exc:
         progress.close()
-        return common.report_error("recv", str(exc), "start the sender, or raise --timeout",
-                                   errno=errno.ETIMEDOUT, as_json=args.json)
+        with _stderr_if(to_stdout):
+            return common.report_error("recv", str(exc), "start the sender, or raise --timeout",
+                                       errno=errno.ETIMEDOUT, as_json=args.json)
     finally:
         progress.close()
-    report(result, args.json, "devmemtcp recv", verbose=args.verbose)
+        if out is not None:
+            out.flush()
+            if not to_stdout:
+                out.close()
+        if dmabuf is not None:
+            dmabuf.close()
+    with _stderr_if(to_stdout):
+        report(result, args.json, "devmemtcp recv", verbose=args.verbose)
     return 0
+
+
+def _stderr_if(cond: bool) -> Any:
+    """stdout redirected to stderr while ``cond`` (the stream owns stdout)."""
+    return contextlib.redirect_stdout(sys.stderr) if cond else contextlib.nullcontext()

@@ -16,6 +16,8 @@ or stalled past --timeout), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from devmemtcp.cli import common
 from devmemtcp.cli.recv import backend_noter, report
@@ -28,6 +30,7 @@ examples:
   devmemtcp send 192.0.2.1 --port 5201 --ifname eth1 --bytes 256M --chunk 4K --json
   devmemtcp send -s 192.0.2.1 -p 5201 -f eth1 -v 7 -z 4K   ncdevmem's short options
   devmemtcp send 127.0.0.1 -p 5201 --bytes 16M           (receiver: nc -l 127.0.0.1 5201 > out)
+  devmemtcp send 127.0.0.1 -p 5201 --file weights.bin       (or --file - to send stdin)
 """
 
 
@@ -49,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bytes per iovec (default 64K)")
     parser.add_argument("--size", type=common.dmabuf_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
                         help="dma-buf size (default 16000 pages = 62.5 MiB)")
+    parser.add_argument("--file", metavar="FILE",
+                        help="send FILE's bytes ('-': stdin) through the TX dma-buf instead of the "
+                             "pattern, until its end (--bytes and --validate do not apply)")
     parser.add_argument("--timeout", type=common.timeout_arg, default=None, metavar="SECONDS",
                         help="give up if the connection is not made within SECONDS (default 10), or "
                              "the receiver takes no data for SECONDS (default: wait forever)")
@@ -63,14 +69,26 @@ def run(args: argparse.Namespace) -> int:
     if not addr:
         raise DevmemError("no receiver address",
                           "give it as ADDR or with -s ADDR, e.g. devmemtcp send 127.0.0.1 -p 5201")
-    progress = common.TransferProgress("send", total=args.bytes)
+    source: Any = None
+    if args.file is not None:
+        if args.validate is not None:
+            raise common.fail("--file and --validate do not go together: a file is sent as it is",
+                              "drop --validate (the receiver compares the file, e.g. with sha256sum)")
+        try:
+            source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise common.fail(f"cannot read {args.file}: {exc.strerror}",
+                              "give a readable file, or - for stdin") from None
+    progress = common.TransferProgress("send", total=None if source is not None else args.bytes)
     try:
         result = send_stream(
             addr, args.port, nbytes=args.bytes, ifname=args.ifname, validate=args.validate,
             chunk=args.chunk, memory=args.memory, size=args.size, backend=args.backend,
             connect_timeout=10.0 if args.timeout is None else args.timeout, idle_timeout=args.timeout,
-            on_backend=backend_noter(args, args.ifname), on_progress=progress)
+            on_backend=backend_noter(args, args.ifname), on_progress=progress, source=source)
     finally:
         progress.close()
+        if source is not None and args.file != "-":
+            source.close()
     report(result, args.json, "devmemtcp send", verbose=args.verbose)
     return 0
