@@ -36,9 +36,15 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.backend import open_backend
-from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
+from devmemtcp.errors import (
+    DevmemError,
+    IncompleteStreamError,
+    ValidationError,
+    more_queues_hint,
+    stream_error,
+)
 from devmemtcp.host import ifaces
-from devmemtcp.validate import FragValidator
+from devmemtcp.validate import FragValidator, frag_validator
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding
@@ -88,6 +94,9 @@ class TransferResult:
     stream had exactly the expected length (``True``/``False``), ``None``
     when no length was given (recv without ``expect_bytes``).
     ``rcvlowat``: the SO_RCVLOWAT the receiver ran with (bytes; None: not set).
+    ``non_page_aligned_frags``: RX frags whose dma-buf offset is not a
+    multiple of PAGE_SIZE (ncdevmem's count); ``frag_sizes``: the RX
+    frag-size histogram ``{"LO-HI": frags}`` (bytes; None on TX).
     """
 
     role: str
@@ -109,6 +118,8 @@ class TransferResult:
     completions: int | None = None
     rcvlowat: int | None = None
     error: str | None = None
+    non_page_aligned_frags: int | None = None
+    frag_sizes: dict[str, int] | None = None
 
     @property
     def gbps(self) -> float:
@@ -129,7 +140,8 @@ class TransferResult:
         }
         for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
                     "flow_steering_errors", "validated", "complete", "role", "backend_reason", "ifname",
-                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error"):
+                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error",
+                    "non_page_aligned_frags", "frag_sizes"):
             ordered[key] = d[key]
         return ordered
 
@@ -156,8 +168,7 @@ def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
     if count < 2:
         raise DevmemError(
             f"{ifname} has {count} RX queue(s): devmem needs one for the flow and one for other traffic",
-            f"raise the channel count (ethtool -L {ifname} combined 2), or give --queues START:COUNT "
-            "with --no-nic-config")
+            more_queues_hint(ifname, 2, backend.name) + ", or give --queues START:COUNT with --no-nic-config")
     return count - 1, 1
 
 
@@ -232,7 +243,8 @@ def receive_stream(
         ifname: the devmem NIC; default the interface owning ``listen``.
         queues: ``(start, count)`` RX queues to bind; default the last queue.
         validate: pattern period N (bytes 1..N-1, 0x0a, repeating), or None.
-        memory: "host" (memfd) or "udmabuf", or a DmaBuf the caller owns.
+        memory: "host" (memfd), "udmabuf", "cuda" / "cuda:N" (GPU memory), or a
+            DmaBuf the caller owns.
         size: dma-buf size in bytes (multiple of PAGE_SIZE).
         backend: "auto", "kernel", "emulated" or a Backend object.
         nic_config: False skips NicSetup (the NIC was set up by
@@ -303,7 +315,7 @@ def receive_stream(
         flow: tuple[Any, ...] = (dst, port) if peer is None else (dst, port, peer, port)
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, flow, dmabuf, nic_config))
         result.binding_id = binding.id
-        validator = FragValidator(validate, dmabuf) if validate else None
+        validator = frag_validator(validate, dmabuf) if validate else None
         if validator is not None:
             stack.callback(validator.close)  # before the dma-buf closes: its views must go first
         if on_ready:
@@ -442,6 +454,10 @@ def _fill_rx_stats(result: TransferResult, rx: Any) -> None:
     result.tokens_released = int(st.tokens_released)
     result.release_syscalls = int(st.release_syscalls)
     result.flow_steering_errors = int(st.flow_steering_errors)
+    result.non_page_aligned_frags = int(st.non_page_aligned_frags)
+    from devmemtcp.rx import frag_size_histogram
+
+    result.frag_sizes = frag_size_histogram(rx.frag_size_hist)
 
 
 # ---------------------------------------------------------------------------
@@ -457,12 +473,11 @@ def _fill_pattern(dmabuf: DmaBuf, period: int) -> int:
     if usable <= 0:
         raise DevmemError(f"dma-buf of {dmabuf.size} bytes is smaller than the pattern period {period}",
                           "use a larger --size")
-    view = dmabuf.host_view()
     step = 16 << 20
     step -= step % period
     for start in range(0, usable, step):
         n = min(step, usable - start)
-        view[start:start + n] = np.frombuffer(pattern_bytes(period, start, n), dtype=np.uint8)
+        dmabuf.copy_in(start, pattern_bytes(period, start, n))  # device memory has no host view
     return usable
 
 
@@ -674,6 +689,7 @@ def run_demo(
     listen: str = "127.0.0.1",
     size: int = DEFAULT_DMABUF_SIZE,
     timeout: float = 30.0,
+    memory: str = "host",
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -681,7 +697,8 @@ def run_demo(
 
     The receiver runs in a thread (:func:`receive_stream`, NIC set up for
     its flow, pattern checked from its dma-buf), the sender in the caller's
-    thread (:func:`send_stream`). Returns ``{"backend", "bytes", "seconds",
+    thread (:func:`send_stream`); ``memory`` is both ends' dma-buf kind
+    ("host", "udmabuf", "cuda", "cuda:N"). Returns ``{"backend", "bytes", "seconds",
     "gbps", "validated", "complete", "recv": {...}, "send": {...}}`` where
     recv/send are the two TransferResult JSON objects; the receiver is told
     the length, so ``complete`` is checked. Raises the receiver's
@@ -705,8 +722,8 @@ def run_demo(
     def receiver() -> None:
         try:
             outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
-                                             backend=be, accept_timeout=timeout, on_ready=on_ready,
-                                             expect_bytes=nbytes, on_progress=on_progress)
+                                             memory=memory, backend=be, accept_timeout=timeout,
+                                             on_ready=on_ready, expect_bytes=nbytes, on_progress=on_progress)
         except BaseException as exc:
             outcome["recv_error"] = exc
             ready.set()
@@ -718,7 +735,7 @@ def run_demo(
         ready.wait(timeout)
         if port_box and "recv_error" not in outcome:
             sent = send_stream(listen, port_box[0], nbytes=nbytes, ifname=ifname, validate=validate,
-                               size=size, backend=be)
+                               size=size, memory=memory, backend=be)
     except BaseException:
         # the sender failed or was interrupted: let the receiver see EOF so it
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise

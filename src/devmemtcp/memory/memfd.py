@@ -7,6 +7,7 @@ and the udmabuf provider wraps the same kind of memfd into a real dma-buf.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 from typing import TYPE_CHECKING
@@ -99,6 +100,45 @@ class MemfdBuffer:
         self._check_range(offset, length)
         return self.host_view()[offset: offset + length].copy()
 
+    def _runs(self, offsets: np.ndarray, sizes: np.ndarray) -> tuple[list[int], list[int], int]:
+        offs = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        lens = np.asarray(sizes, dtype=np.int64).reshape(-1)
+        if offs.shape != lens.shape:
+            raise DevmemError(f"{offs.shape[0]} offsets but {lens.shape[0]} sizes",
+                              "give one size per offset")
+        if offs.shape[0] and (int(offs.min()) < 0 or int(lens.min()) < 0
+                              or int((offs + lens).max()) > self.size):
+            raise DevmemError(f"a range lies outside the {self.size}-byte dma-buf",
+                              "keep offsets and lengths within the buffer size")
+        return offs.tolist(), lens.tolist(), int(lens.sum())
+
+    def write_at(self, offsets: np.ndarray, sizes: np.ndarray, src: np.ndarray) -> None:
+        """Scatter ``src`` (host uint8, ``sum(sizes)`` bytes back to back) to
+        the ranges ``(offsets[i], sizes[i])``: one slice copy per range (the
+        ranges are a batch's contiguous runs, a few). DevmemError on a bad range."""
+        offs, lens, total = self._runs(offsets, sizes)
+        if src.shape[0] < total:
+            raise DevmemError(f"write_at source has {src.shape[0]} bytes, the ranges {total}",
+                              "pass a source of sum(sizes) bytes")
+        view = self.host_view()
+        pos = 0
+        for o, n in zip(offs, lens, strict=True):
+            view[o: o + n] = src[pos: pos + n]
+            pos += n
+
+    def read_at(self, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None:
+        """Copy the ranges ``(offsets[i], sizes[i])`` back to back into ``out``
+        (host uint8 of at least ``sum(sizes)`` bytes): the reverse of :meth:`write_at`."""
+        offs, lens, total = self._runs(offsets, sizes)
+        if out.shape[0] < total:
+            raise DevmemError(f"read_at destination has {out.shape[0]} bytes, the ranges {total}",
+                              "pass a destination of sum(sizes) bytes")
+        view = self.host_view()
+        pos = 0
+        for o, n in zip(offs, lens, strict=True):
+            out[pos: pos + n] = view[o: o + n]
+            pos += n
+
     def gather(self, frags: FragBatch, out: np.ndarray | None = None) -> np.ndarray:
         """Concatenate the fragments' byte ranges, in batch order, into ``out``.
 
@@ -106,7 +146,8 @@ class MemfdBuffer:
         in the dma-buf and are not included). ``out`` is a ``uint8`` array of
         at least ``frags.nbytes`` bytes (allocated if ``None``); returns the
         ``out[:frags.nbytes]`` view. Vectorised: full aligned pages are one
-        fancy-indexed take; other shapes use a strided window view and a mask.
+        fancy-indexed take; other shapes are copied by runs of contiguous
+        frags (one index array when they are scattered).
         Raises DevmemError if a fragment lies outside the buffer or ``out`` is
         too small.
         """
@@ -138,29 +179,21 @@ class MemfdBuffer:
             # np.take with out=: no n*page_size temporary
             np.take(view.reshape(-1, ps), offs // ps, axis=0, out=dst.reshape(n, ps))
             return dst
-        # windows[i] = view[i : i + maxsz]; fragments too close to the end for
-        # a full window are copied one by one (at most a few of them).
-        nwin = self.size - maxsz + 1
-        windows = np.lib.stride_tricks.as_strided(view, shape=(nwin, maxsz), strides=(1, 1))
-        tail = offs >= nwin
+        # other shapes (a real NIC's frags: not page aligned, several per page):
+        # contiguous frags merged into runs, each run one slice copy; many
+        # scattered runs at once are one fancy-indexed copy. (np.take on a
+        # strided window view copies the whole view first: never that.)
         starts = np.cumsum(sizes) - sizes
-        if int(sizes.min()) == maxsz and not tail.any():
-            np.take(windows, offs, axis=0, out=dst.reshape(n, maxsz))
+        brk = np.flatnonzero(offs[1:] != offs[:-1] + sizes[:-1]) + 1
+        if brk.shape[0] < 64:
+            edges = [0, *brk.tolist(), n]
+            for i, j in itertools.pairwise(edges):
+                o, d = int(offs[i]), int(starts[i])
+                ln = int(starts[j - 1] + sizes[j - 1]) - d
+                dst[d: d + ln] = view[o: o + ln]
             return dst
-        body = ~tail
-        if body.any():
-            rows = windows[offs[body]]
-            mask = np.arange(maxsz) < sizes[body][:, None]
-            picked = rows[mask]  # row-major: each fragment's bytes in order
-            # destination positions for the body fragments, in order
-            dpos = np.repeat(starts[body] - (np.cumsum(sizes[body]) - sizes[body]), sizes[body])
-            if not tail.any():
-                dst[:] = picked
-            else:
-                dst[np.arange(picked.shape[0]) + dpos] = picked
-        for i in np.flatnonzero(tail).tolist():
-            o, s, d = int(offs[i]), int(sizes[i]), int(starts[i])
-            dst[d: d + s] = view[o: o + s]
+        idx = np.repeat(offs - starts, sizes) + np.arange(total, dtype=np.int64)
+        np.take(view, idx, out=dst)
         return dst
 
     # -- lifetime ------------------------------------------------------------
