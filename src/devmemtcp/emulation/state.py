@@ -233,6 +233,10 @@ def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None,
         "stats": {},
         # driver capabilities: the queue management API (bind-rx) and netmem TX mode (bind-tx)
         "caps": {"queue_mgmt": True, "netmem_tx": "dma"},
+        # emulation.netkit: "physical" or a netkit end; RX queue leases; TX drops
+        "kind": "physical",
+        "leases": {},
+        "tx_dropped": 0,
     }
 
 
@@ -252,7 +256,7 @@ _RULE_SCHEMA: dict[str, Any] = {
     "location": int, "dst_ip": str, "dst_port": int, "queue": int, "src_ip": str | None,
     "src_port": int | None, "family": int,
 }
-_CAPS_SCHEMA: dict[str, Any] = {"queue_mgmt": bool, "netmem_tx": Literal["dma", "none"]}
+_CAPS_SCHEMA: dict[str, Any] = {"queue_mgmt": bool, "netmem_tx": Literal["dma", "none", "no_dma"]}
 #: Types of the binding registry's fields.
 REGISTRY_SCHEMA: dict[str, Any] = {"version": int, "next": int, "live": dict[str, dict[str, Any]]}
 _BINDING_SCHEMA: dict[str, Any] = {
@@ -305,6 +309,14 @@ def load_nic(ifname: str, *, directory: str | None = None, ns: int | None = None
     if data is None or data.get("ifindex") != ifindex:
         return default_nic(ifname, ifindex, ns, queues, d)
     return data
+
+
+def read_nic(ifname: str, ns: int, directory: str | None = None) -> dict[str, Any] | None:
+    """The saved state of the emulated NIC ``ifname`` of namespace ``ns`` as
+    written, without resolving the interface here (it may live in another
+    namespace); None when none was saved."""
+    data = _read_json(nic_path(ifname, ns, directory), NIC_SCHEMA, _check_nic(ifname, ns))
+    return data if data is not None and data.get("version") == STATE_VERSION else None
 
 
 def save_nic(state: dict[str, Any], directory: str | None = None) -> None:
@@ -397,6 +409,11 @@ def bound_queues(reg: dict[str, Any], ns: int, ifname: str) -> dict[int, int]:
     for key, b in reg["live"].items():
         if b["kind"] == "rx" and b["netns"] == ns and b["ifname"] == ifname:
             for q in b["queues"]:
+                out[int(q)] = int(key)
+        # a bind-rx on a netkit guest binds the leased physical queues
+        phys = b.get("phys")
+        if b["kind"] == "rx" and phys and phys["netns"] == ns and phys["ifname"] == ifname:
+            for q in phys["queues"]:
                 out[int(q)] = int(key)
     return out
 

@@ -226,6 +226,21 @@ def _ns_files() -> Iterator[str]:
                     yield f"/proc/{pid}/task/{tid}/ns/net"
 
 
+def path_of_cookie(ns_cookie: int) -> str | None:
+    """A path that opens the namespace with cookie ``ns_cookie``: the calling
+    thread's own, an ``ip netns`` name (/run/netns/NAME) or the init
+    process's namespace; None when none of them is it (or this process may
+    not enter them to read their cookies)."""
+    if ns_cookie == cookie():
+        return "/proc/thread-self/ns/net"
+    base = Path(abi.NETNS_RUN_DIR)
+    candidates = [str(e) for e in sorted(base.iterdir())] if base.is_dir() else []
+    for path in [*candidates, "/proc/1/ns/net"]:
+        if _cookie_of_file(path) == ns_cookie:
+            return path
+    return None
+
+
 def exists(ns_cookie: int, ns_inode: int | None = None) -> bool | None:
     """Whether the namespace with cookie ``ns_cookie`` still exists: True,
     False, or None when that cannot be told (a namespace with its inode
