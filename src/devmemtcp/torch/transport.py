@@ -1,0 +1,62 @@
+"""The byte transport under the devmem process group: what it needs from a Channel.
+
+Strategy: the process group moves tensors as flat byte payloads with a u64
+tag and nothing else (dtype, op and user tag are packed into the tag by
+:mod:`devmemtcp.torch.process_group`), so its needs fit in four calls:
+listen, connect, send a payload, take the next message whatever its tag.
+:class:`ChannelTransport` maps them onto the data API (devmemtcp.listen /
+connect / Channel); tests substitute a plain-socket transport with the same
+shape to drive the matching, timeout and failure logic without NIC set-up.
+
+Threading contract the process group relies on: per link, one thread sends
+and one other thread receives, at the same time.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import torch
+
+
+class Message(Protocol):
+    """One received message, valid inside its context: ``tag`` (u64),
+    ``nbytes`` (payload bytes); ``gather(out)`` copies the payload into
+    ``out`` (1-D contiguous torch.uint8 of exactly ``nbytes``)."""
+
+    tag: int
+    nbytes: int
+
+    def gather(self, out: torch.Tensor) -> None: ...
+
+
+class Link(Protocol):
+    """A bidirectional connection to one peer rank."""
+
+    def send(self, payload: torch.Tensor, tag: int) -> None:
+        """Send ``payload`` (1-D contiguous torch.uint8) with ``tag``; blocks until
+        handed to the transport. Raises on a broken connection."""
+
+    def next_message(self) -> AbstractContextManager[Message]:
+        """Block for the next message of any tag; the context gives its buffers
+        back on exit. Raises when the peer closes or resets."""
+
+    def close(self) -> None: ...
+
+
+class Acceptor(Protocol):
+    address: dict[str, Any]
+
+    def accept(self, timeout: float) -> Link | None:
+        """The next incoming link, or None after ``timeout`` seconds."""
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    name: str
+
+    def listen(self) -> Acceptor: ...
+
+    def connect(self, address: dict[str, Any], timeout: float) -> Link: ...

@@ -1,0 +1,98 @@
+"""A plain-socket transport with the shape of devmemtcp.torch.transport, for tests.
+
+It lets the process group's own logic (matching, tags, timeouts, a peer
+that dies) be tested without any NIC set-up, and gives the backend tests a
+second transport to compare against. Framing: u64 tag, u64 nbytes, payload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+_HDR = struct.Struct("<QQ")
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    while view.nbytes:
+        n = sock.recv_into(view)
+        if n == 0:
+            raise ConnectionError("peer closed the connection")
+        view = view[n:]
+
+
+class _Msg:
+    def __init__(self, sock: socket.socket, tag: int, nbytes: int) -> None:
+        self.sock = sock
+        self.tag = tag
+        self.nbytes = nbytes
+        self.taken = False
+
+    def gather(self, out: torch.Tensor) -> None:
+        assert out.dtype == torch.uint8 and out.is_contiguous() and out.numel() == self.nbytes
+        _recv_exact(self.sock, memoryview(out.numpy()).cast("B"))
+        self.taken = True
+
+
+class TcpLink:
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+
+    def send(self, payload: torch.Tensor, tag: int) -> None:
+        self.sock.sendall(_HDR.pack(tag, payload.numel()))
+        if payload.numel():
+            self.sock.sendall(memoryview(payload.numpy()).cast("B"))
+
+    @contextlib.contextmanager
+    def next_message(self) -> Iterator[_Msg]:
+        hdr = bytearray(_HDR.size)
+        _recv_exact(self.sock, memoryview(hdr))
+        tag, nbytes = _HDR.unpack(hdr)
+        msg = _Msg(self.sock, tag, nbytes)
+        yield msg
+        if not msg.taken and nbytes:
+            _recv_exact(self.sock, memoryview(bytearray(nbytes)))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class TcpAcceptor:
+    def __init__(self, addr: str) -> None:
+        self.sock = socket.create_server((addr, 0))
+        self.address: dict[str, Any] = {"addr": addr, "port": self.sock.getsockname()[1], "ifname": None}
+
+    def accept(self, timeout: float) -> TcpLink | None:
+        self.sock.settimeout(timeout)
+        try:
+            s, _ = self.sock.accept()
+        except TimeoutError:
+            return None
+        s.settimeout(None)
+        return TcpLink(s)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TcpTransport:
+    name = "tcp"
+
+    def __init__(self, addr: str = "127.0.0.1") -> None:
+        self.addr = addr
+
+    def listen(self) -> TcpAcceptor:
+        return TcpAcceptor(self.addr)
+
+    def connect(self, address: dict[str, Any], timeout: float) -> TcpLink:
+        s = socket.create_connection((address["addr"], address["port"]), timeout=timeout)
+        s.settimeout(None)
+        return TcpLink(s)
