@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,19 +26,6 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> None:
         view = view[n:]
 
 
-class _Msg:
-    def __init__(self, sock: socket.socket, tag: int, nbytes: int) -> None:
-        self.sock = sock
-        self.tag = tag
-        self.nbytes = nbytes
-        self.taken = False
-
-    def gather(self, out: torch.Tensor) -> None:
-        assert out.dtype == torch.uint8 and out.is_contiguous() and out.numel() == self.nbytes
-        _recv_exact(self.sock, memoryview(out.numpy()).cast("B"))
-        self.taken = True
-
-
 class TcpLink:
     def __init__(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -49,15 +36,14 @@ class TcpLink:
         if payload.numel():
             self.sock.sendall(memoryview(payload.numpy()).cast("B"))
 
-    @contextlib.contextmanager
-    def next_message(self) -> Iterator[_Msg]:
+    def recv_next(self, choose: Callable[[int, int], torch.Tensor]) -> None:
         hdr = bytearray(_HDR.size)
         _recv_exact(self.sock, memoryview(hdr))
         tag, nbytes = _HDR.unpack(hdr)
-        msg = _Msg(self.sock, tag, nbytes)
-        yield msg
-        if not msg.taken and nbytes:
-            _recv_exact(self.sock, memoryview(bytearray(nbytes)))
+        out = choose(tag, nbytes)
+        assert out.dtype == torch.uint8 and out.is_contiguous() and out.numel() == nbytes
+        if nbytes:
+            _recv_exact(self.sock, memoryview(out.numpy()).cast("B"))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 
 from devmemtcp.torch.config import Options, resolve
-from devmemtcp.torch.transport import Link, Message, Transport
+from devmemtcp.torch.transport import Link, Transport
 from devmemtcp.torch.work import DevmemTorchError, DevmemWork
 
 log = logging.getLogger("devmemtcp.torch")
@@ -167,6 +167,72 @@ class _RecvPart(_Part):
         return None
 
 
+class _Arrival:
+    """One message arriving from ``src``: :meth:`choose` (in the transport's
+    receive, header known) picks its destination, :meth:`finish` (payload
+    written) completes the part or keeps the message for a later receive."""
+
+    __slots__ = ("bad", "buf", "code", "key", "part", "pg", "seq", "src")
+
+    def __init__(self, pg: DevmemProcessGroup, src: int) -> None:
+        self.pg = pg
+        self.src = src
+        self.part: _RecvPart | None = None
+        self.bad: DevmemTorchError | None = None
+        self.buf: torch.Tensor | None = None
+        self.code = 0
+        self.key = (0, 0)
+        self.seq = 0
+
+    def choose(self, tag: int, nbytes: int) -> torch.Tensor:
+        pg = self.pg
+        kind, code, t = unpack_tag(tag)
+        self.code = code
+        self.key = (kind, t)
+        with pg._lock:
+            part = pg._match(self.src, self.key)
+            if part is None and nbytes >= _GRACE_BYTES:
+                # A receive posted a moment later still gets the payload directly.
+                end = time.monotonic() + _GRACE_S
+                while part is None and not pg._closing and (left := end - time.monotonic()) > 0:
+                    pg._posted_cv.wait(left)
+                    part = pg._match(self.src, self.key)
+            if part is None:
+                pg._arrivals += 1
+                self.seq = pg._arrivals
+        if part is not None:
+            self.part = part
+            self.bad = part.check(self.src, code, nbytes)
+            if self.bad is None:
+                return part.dest
+        # Nobody waits for it yet (or it does not fit): take it aside.
+        self.buf = torch.empty(nbytes, dtype=torch.uint8)
+        return self.buf
+
+    def finish(self) -> None:
+        pg = self.pg
+        part = self.part
+        if part is not None:
+            if self.bad is not None:
+                pg._fail_part(part, self.bad)
+            else:
+                pg._part_done(part, self.src)
+            return
+        assert self.buf is not None
+        with pg._lock:
+            part = pg._match(self.src, self.key)
+            if part is None:
+                pg._unexpected.setdefault((self.src, *self.key), collections.deque()).append(
+                    (self.seq, self.code, self.buf))
+                return
+        bad = part.check(self.src, self.code, self.buf.numel())
+        if bad is not None:
+            pg._fail_part(part, bad)
+            return
+        part.dest.copy_(self.buf)
+        pg._part_done(part, self.src)
+
+
 # ---------------------------------------------------------------------------
 # Peers (one link each)
 # ---------------------------------------------------------------------------
@@ -255,8 +321,9 @@ class _Peer:
         assert link is not None
         try:
             while not pg._closing:
-                with link.next_message() as msg:
-                    pg._deliver(self.rank, msg)
+                arrival = _Arrival(pg, self.rank)
+                link.recv_next(arrival.choose)
+                arrival.finish()
         except Exception as exc:
             if not pg._closing:
                 self.fail(exc, "receiving from")
@@ -438,13 +505,15 @@ class DevmemProcessGroup(dist.ProcessGroup):
                                  name=f"devmem-hello-{self._rank}").start()
 
     def _hello(self, link: Link) -> None:
+        buf = torch.empty(3, dtype=torch.int64)
+
+        def choose(tag: int, nbytes: int) -> torch.Tensor:
+            if unpack_tag(tag)[0] != KIND_HELLO or nbytes != 24:
+                raise DevmemTorchError("connect", None, "a connection did not start with a devmem hello")
+            return _payload(buf)
+
         try:
-            with link.next_message() as msg:
-                kind, code, _ = unpack_tag(msg.tag)
-                if kind != KIND_HELLO or msg.nbytes != 24:
-                    raise DevmemTorchError("connect", None, "a connection did not start with a devmem hello")
-                buf = torch.empty(3, dtype=torch.int64)
-                msg.gather(_payload(buf))
+            link.recv_next(choose)
             version, rank, token = (int(v) for v in buf.tolist())
             if version != HELLO_VERSION or token != self._token or not self._rank < rank < self._size:
                 raise DevmemTorchError("connect", rank if 0 <= rank < self._size else None,
@@ -571,44 +640,6 @@ class DevmemProcessGroup(dist.ProcessGroup):
             else:
                 del self._posted_any[key]
         return part
-
-    def _deliver(self, src: int, msg: Message) -> None:
-        """Reader thread: put one arrived message where it belongs."""
-        kind, code, tag = unpack_tag(msg.tag)
-        key = (kind, tag)
-        nbytes = msg.nbytes
-        with self._lock:
-            part = self._match(src, key)
-            if part is None and nbytes >= _GRACE_BYTES:
-                end = time.monotonic() + _GRACE_S
-                while part is None and not self._closing and (left := end - time.monotonic()) > 0:
-                    self._posted_cv.wait(left)
-                    part = self._match(src, key)
-            if part is None:
-                self._arrivals += 1
-                arrival = self._arrivals
-        if part is not None:
-            bad = part.check(src, code, nbytes)
-            if bad is not None:
-                self._fail_part(part, bad)
-                return
-            msg.gather(part.dest)
-            self._part_done(part, src)
-            return
-        # Nobody waits for it yet: keep a copy so the link keeps flowing.
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        msg.gather(buf)
-        with self._lock:
-            part = self._match(src, key)
-            if part is None:
-                self._unexpected.setdefault((src, kind, tag), collections.deque()).append((arrival, code, buf))
-                return
-        bad = part.check(src, code, nbytes)
-        if bad is not None:
-            self._fail_part(part, bad)
-            return
-        part.dest.copy_(buf)
-        self._part_done(part, src)
 
     def _take_posted(self, src: int) -> list[_Part]:
         """Remove and return the posted receives from ``src`` (lock held)."""

@@ -3,7 +3,8 @@
 Strategy: the process group moves tensors as flat byte payloads with a u64
 tag and nothing else (dtype, op and user tag are packed into the tag by
 :mod:`devmemtcp.torch.process_group`), so its needs fit in four calls:
-listen, connect, send a payload, take the next message whatever its tag.
+listen, connect, send a payload, receive the next message whatever its tag
+into a destination chosen from its header.
 :class:`ChannelTransport` maps them onto the data API (devmemtcp.listen /
 connect / Channel); tests substitute a plain-socket transport with the same
 shape to drive the matching, timeout and failure logic without NIC set-up.
@@ -14,21 +15,10 @@ and one other thread receives, at the same time.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-
-
-class Message(Protocol):
-    """One received message, valid inside its context: ``tag`` (u64),
-    ``nbytes`` (payload bytes); ``gather(out)`` copies the payload into
-    ``out`` (1-D contiguous torch.uint8 of exactly ``nbytes``)."""
-
-    tag: int
-    nbytes: int
-
-    def gather(self, out: torch.Tensor) -> None: ...
 
 
 class Link(Protocol):
@@ -38,9 +28,11 @@ class Link(Protocol):
         """Send ``payload`` (1-D contiguous torch.uint8) with ``tag``; blocks until
         handed to the transport. Raises on a broken connection."""
 
-    def next_message(self) -> AbstractContextManager[Message]:
-        """Block for the next message of any tag; the context gives its buffers
-        back on exit. Raises when the peer closes or resets."""
+    def recv_next(self, choose: Callable[[int, int], torch.Tensor]) -> None:
+        """Block for the next message of any tag; ``choose(tag, nbytes)`` returns
+        its destination (1-D contiguous torch.uint8 of exactly ``nbytes``) and
+        the payload is written there before this returns. Raises when the peer
+        closes or resets."""
 
     def close(self) -> None: ...
 
