@@ -70,3 +70,25 @@ class ValidationError(DevmemError):
             f"received 0x{received:02x}",
             "check the sender uses the same --validate N, or look for corruption on the path",
         )
+
+
+class ChannelError(DevmemError):
+    """A :class:`devmemtcp.channel.Channel` failed: the peer went away or broke the
+    protocol, a message does not fit its destination, or a data flow missed its
+    devmem queue.
+
+    Attributes (``None`` when they do not apply): ``tag`` (the message's tag),
+    ``received`` / ``expected`` (payload bytes received or sent of the bytes the
+    message has).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, tag: int | None = None,
+                 received: int | None = None, expected: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.tag = tag
+        self.received = received
+        self.expected = expected
+
+
+class ChannelClosed(ChannelError):
+    """The peer closed the channel in an orderly way (no message was cut short)."""

@@ -179,8 +179,12 @@ class Receiver:
         self.eof = False
 
     # -- receiving -----------------------------------------------------------
-    def recv(self) -> FragBatch | None:
+    def recv(self, max_bytes: int | None = None) -> FragBatch | None:
         """One ``recvmsg(MSG_SOCK_DEVMEM)``; the batch, or ``None`` at EOF.
+
+        ``max_bytes`` (default: the iov buffer's size) bounds the bytes this
+        call returns, device bytes included (tcp_recvmsg_dmabuf stops at the
+        call's ``len``), so a caller can stop exactly at a message boundary.
 
         The batch's arrays are new; its ``linear`` / ``readable`` views point
         into the receiver's iov buffer and are valid until the next call.
@@ -192,8 +196,11 @@ class Receiver:
         """
         if self._closed:
             raise DevmemError("recv() on a closed Receiver", "create a new Receiver for a new connection")
+        iov = self._iobuf_mv
+        if max_bytes is not None and 0 < max_bytes < len(iov):
+            iov = iov[:max_bytes]
         nbytes, controllen, msg_flags = self.backend.recvmsg(
-            self.sock, self._iobuf_mv, self._control_mv, abi.MSG_SOCK_DEVMEM
+            self.sock, iov, self._control_mv, abi.MSG_SOCK_DEVMEM
         )
         self.stats.recv_calls += 1
         if nbytes == 0 and controllen == 0:

@@ -1,0 +1,349 @@
+"""``devmemtcp bench tensor``: the data API against a plain-TCP framed channel, and the gather alone.
+
+Channel runs: a peer process (``python -m devmemtcp.bench.tensor``) sends
+``count`` messages of ``size`` bytes; this process receives each with
+``recv_into`` the same preallocated numpy destination, and the figures are
+this process's (first message to last):
+
+- devmem: :func:`devmemtcp.connect` in the peer (sending from an array of
+  :meth:`~devmemtcp.channel.Channel.empty`, so the sender copies nothing) to
+  :func:`devmemtcp.listen` here, on the emulated NIC over ``lo``;
+- plain: the obvious framed channel, the peer ``sendall`` of a 16-byte
+  header (tag, nbytes) then the payload from a preallocated buffer; here
+  ``recv_into`` the header, then ``recv_into`` the destination until full.
+
+Both move the payload into the same destination. On the emulated NIC the
+devmem path makes one host copy more (socket to dma-buf, the emulated DMA,
+then the gather into the destination; on a devmem NIC the first is the
+NIC's DMA and the second the device's copy), so ``host_copy_per_byte``
+is 1.0 for both in the receiving process' own accounting (the gather vs
+the kernel's copy to user space) and the ratio shows what the rest costs.
+
+Gather runs (one thread): a 64 MiB pool (the RX dma-buf), frags at random
+distinct pages: 4 KiB page-aligned frags, and 1448-byte frags (one per page,
+what a NIC at MTU 1500 that puts each packet in its own page gives), 16 MiB
+per pass; each candidate against ``np.copyto`` of as many contiguous bytes
+(memcpy bandwidth): the chosen gather (:mod:`devmemtcp.channel.gather`),
+its numpy fallback, ``np.take`` of pages, and ``torch.index_select`` when
+torch is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from devmemtcp import abi
+from devmemtcp.errors import DevmemError
+
+DEFAULT_SIZES = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20)
+#: payload bytes per size and kind (at least MIN_COUNT messages, at most MAX_COUNT)
+DEFAULT_BYTES = 512 << 20
+MIN_COUNT = 2
+MAX_COUNT = 20000
+HOST = "127.0.0.1"
+POOL_BYTES = 64 << 20
+GATHER_BYTES = 16 << 20
+GATHER_REPEAT = 15
+TARGET_LARGE = 0.6  # devmem / plain for messages >= 16 MiB
+TARGET_SMALL = 0.5  # at 4 KiB
+TARGET_GATHER_PAGES = 0.8
+TARGET_GATHER_1448 = 0.5
+_PLAIN_HDR = struct.Struct("<QQ")
+
+
+# ---------------------------------------------------------------------------
+# Gather
+# ---------------------------------------------------------------------------
+def _frag_set(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    pages = POOL_BYTES // abi.PAGE_SIZE
+    size = abi.PAGE_SIZE if kind == "pages" else 1448
+    n = GATHER_BYTES // size
+    if n > pages:
+        n = pages
+    idx = rng.choice(pages, size=n, replace=False).astype(np.uint64)
+    return idx * np.uint64(abi.PAGE_SIZE), np.full(n, size, dtype=np.uint32)
+
+
+def _paired(fn: Callable[[], Any], ref: Callable[[], Any], repeat: int = GATHER_REPEAT) -> tuple[float, float]:
+    """Best-of-``repeat`` seconds of ``fn`` and of ``ref``, run alternately so
+    both see the same load on a shared machine."""
+    fn()  # warm: page faults, caches, the C helper's build
+    ref()
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(repeat):
+        for f, acc in ((fn, a), (ref, b)):
+            t0 = time.perf_counter()
+            f()
+            acc.append(time.perf_counter() - t0)
+    return min(a), min(b)
+
+
+def run_gather(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Gather GB/s (10**9 bytes/s) of each candidate and np.copyto, per frag kind."""
+    from devmemtcp.channel.gather import gather, gather_backend, gather_numpy
+
+    say = progress or (lambda _m: None)
+    rng = np.random.default_rng(12)
+    pool = rng.integers(0, 256, POOL_BYTES, dtype=np.uint8)
+    torch: Any = None
+    with contextlib.suppress(ImportError):
+        import torch as _torch
+
+        torch = _torch
+    out: dict[str, Any] = {"pool_bytes": POOL_BYTES, "pass_bytes": GATHER_BYTES, "chosen": gather_backend()}
+    old_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        for kind in ("pages", "1448"):
+            say(f"gather: {kind} frags")
+            offs, sizes = _frag_set(kind, rng)
+            total = int(sizes.sum(dtype=np.int64))
+            dst = np.empty(total, np.uint8)
+            src = pool[:total]
+            ref = np.concatenate([pool[o: o + s] for o, s in zip(offs.tolist(), sizes.tolist(), strict=True)])
+            res: dict[str, Any] = {"frags": int(offs.shape[0]), "frag_bytes": int(sizes[0]), "bytes": total}
+            def copy() -> None:
+                np.copyto(dst, src)
+
+            best_copy = float("inf")
+            cands: dict[str, Callable[[], Any]] = {
+                "chosen": lambda: gather(pool, offs, sizes, dst),
+                "numpy_fallback": lambda: gather_numpy(pool, offs, sizes, dst),
+            }
+            if kind == "pages":
+                rows = (offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64)
+                pv = pool.reshape(-1, abi.PAGE_SIZE)
+                dv = dst.reshape(-1, abi.PAGE_SIZE)
+                cands["np_take"] = lambda: np.take(pv, rows, axis=0, out=dv)
+            if torch is not None:
+                tpool = torch.from_numpy(pool)
+                tidx = torch.from_numpy((offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64))
+                fs = int(sizes[0])
+                win = tpool.as_strided((POOL_BYTES // abi.PAGE_SIZE, fs), (abi.PAGE_SIZE, 1))
+                tdst = torch.from_numpy(dst).view(-1, fs)
+                cands["torch_index_select"] = lambda: torch.index_select(win, 0, tidx, out=tdst)
+            for name, fn in cands.items():
+                dst.fill(0)
+                fn()
+                if not np.array_equal(dst, ref):
+                    raise DevmemError(f"gather candidate {name} produced wrong bytes ({kind} frags)",
+                                      "this is a bug in the gather")
+                t, tc = _paired(fn, copy)
+                best_copy = min(best_copy, tc)
+                res[f"{name}_gbs"] = total / t / 1e9
+                res[f"{name}_ratio"] = tc / t  # against the copies run alternately with it
+            res["copyto_gbs"] = total / best_copy / 1e9
+            out[kind] = res
+    finally:
+        if torch is not None and old_threads:
+            torch.set_num_threads(old_threads)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Channel runs
+# ---------------------------------------------------------------------------
+def _count(size: int, nbytes: int) -> int:
+    return max(MIN_COUNT, min(MAX_COUNT, nbytes // max(size, 1)))
+
+
+def _peer(*args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", __name__, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen[str], what: str, timeout: float = 300.0) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise DevmemError(f"the {what} peer did not finish in {timeout} s", "try smaller --sizes") from None
+    if proc.returncode != 0:
+        raise DevmemError(f"the {what} peer failed: {err.strip()[-800:]}",
+                          f"run python -m {__name__} by hand to see why")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def plain_run(size: int, count: int) -> dict[str, Any]:
+    """Receive ``count`` framed messages of ``size`` bytes from a plain-TCP peer."""
+    dst = np.empty(size, np.uint8)
+    dst.fill(0)
+    dmv = memoryview(dst)
+    hdr = bytearray(_PLAIN_HDR.size)
+    hmv = memoryview(hdr)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
+        ls.bind((HOST, 0))
+        ls.listen(1)
+        proc = _peer("plain", HOST, ls.getsockname()[1], size, count)
+        try:
+            ls.settimeout(60)
+            conn, _ = ls.accept()
+            with conn:
+                conn.settimeout(None)
+                t0 = 0.0
+                for i in range(count):
+                    got = 0
+                    while got < _PLAIN_HDR.size:
+                        k = conn.recv_into(hmv[got:])
+                        if not k:
+                            raise DevmemError("plain peer closed early", "see the peer")
+                        got += k
+                    if i == 0:
+                        t0 = time.perf_counter()
+                    _tag, n = _PLAIN_HDR.unpack(hdr)
+                    got = 0
+                    while got < n:
+                        k = conn.recv_into(dmv[got:], n - got)
+                        if not k:
+                            raise DevmemError("plain peer closed mid-message", "see the peer")
+                        got += k
+                seconds = time.perf_counter() - t0
+                conn.sendall(b"k")
+        finally:
+            _finish(proc, "plain")
+    # the first message's header starts the clock: count - 1 messages and a payload are timed
+    moved = size * count
+    return {"bytes": moved, "seconds": seconds, "messages": count, "host_copy_bytes": moved}
+
+
+def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[str, Any]:
+    """Receive ``count`` messages of ``size`` bytes over a Channel from a peer process."""
+    from devmemtcp.channel import listen
+
+    dst = np.empty(size, np.uint8)
+    dst.fill(0)
+    with listen(HOST, 0, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
+                tx_dmabuf_size=8 * abi.PAGE_SIZE * 64) as lis:
+        proc = _peer("channel", HOST, lis.port, size, count, streams, dmabuf_size)
+        try:
+            with lis.accept(timeout=60) as ch:
+                t0 = 0.0
+                for i in range(count):
+                    if i == 0:
+                        # as the plain run: the clock starts when the first message is there
+                        ch._wait(lambda: bool(ch._headers) or ch.pending > 0, ch._lost_rx(None))
+                        t0 = time.perf_counter()
+                    ch.recv_into(dst)
+                seconds = time.perf_counter() - t0
+                st = ch.stats
+                ch.send(np.zeros(1, np.uint8))  # tell the peer everything arrived
+        finally:
+            peer = _finish(proc, "channel")
+    rx = st["rx"]
+    return {"bytes": size * count, "seconds": seconds, "messages": count, "host_copy_bytes": rx["host_copy_bytes"],
+            "frags": rx["frags"], "release_syscalls": rx["release_syscalls"],
+            "credit_waits_peer": peer.get("credit_waits"), "peer_host_copy_bytes": peer.get("host_copy_bytes"),
+            "stripe_unit": st["stripe_unit"]}
+
+
+def run_tensor(sizes: tuple[int, ...] = DEFAULT_SIZES, *, streams: int = 1, nbytes: int = DEFAULT_BYTES,
+               dmabuf_size: int = 64 << 20, gather_runs: bool = True,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the comparisons; return the JSON object (sizes, per-size rows, gather, targets, machine)."""
+    from devmemtcp.bench.frags import machine_info
+
+    say = progress or (lambda _m: None)
+    machine = machine_info()
+    rows = []
+    for size in sizes:
+        count = _count(size, nbytes)
+        say(f"{size} bytes x {count}: plain TCP")
+        plain = plain_run(size, count)
+        say(f"{size} bytes x {count}: devmem channel, {streams} stream(s)")
+        dev = devmem_run(size, count, streams, dmabuf_size)
+        row: dict[str, Any] = {"size": size, "count": count}
+        for name, r in (("plain", plain), ("devmem", dev)):
+            secs = r["seconds"]
+            row[name] = {
+                **r,
+                "gbps": r["bytes"] * 8 / secs / 1e9 if secs > 0 else 0.0,
+                "msg_per_s": r["messages"] / secs if secs > 0 else 0.0,
+                "us_per_msg": secs / r["messages"] * 1e6,
+                "host_copy_per_byte": r["host_copy_bytes"] / r["bytes"] if r["bytes"] else 0.0,
+            }
+        row["ratio"] = row["devmem"]["gbps"] / row["plain"]["gbps"] if row["plain"]["gbps"] else None
+        rows.append(row)
+    out: dict[str, Any] = {"sizes": list(sizes), "streams": streams, "dmabuf_bytes": dmabuf_size, "rows": rows}
+    if gather_runs:
+        out["gather"] = run_gather(progress)
+    targets: dict[str, Any] = {}
+    for row in rows:
+        if row["size"] >= 16 << 20:
+            targets[f"ratio_{row['size']}"] = {"value": row["ratio"], "target": f">= {TARGET_LARGE}",
+                                               "met": (row["ratio"] or 0) >= TARGET_LARGE}
+        if row["size"] == 4 << 10:
+            targets["ratio_4096"] = {"value": row["ratio"], "target": f">= {TARGET_SMALL}",
+                                     "met": (row["ratio"] or 0) >= TARGET_SMALL}
+    if gather_runs:
+        g = out["gather"]
+        targets["gather_pages_ratio"] = {"value": g["pages"]["chosen_ratio"], "target": f">= {TARGET_GATHER_PAGES}",
+                                         "met": g["pages"]["chosen_ratio"] >= TARGET_GATHER_PAGES}
+        targets["gather_1448_ratio"] = {"value": g["1448"]["chosen_ratio"], "target": f">= {TARGET_GATHER_1448}",
+                                        "met": g["1448"]["chosen_ratio"] >= TARGET_GATHER_1448}
+    out["targets"] = targets
+    machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    out["machine"] = machine
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The peer (python -m devmemtcp.bench.tensor ...)
+# ---------------------------------------------------------------------------
+def _peer_plain(host: str, port: int, size: int, count: int) -> dict[str, Any]:
+    payload = np.ones(size, np.uint8)
+    with socket.create_connection((host, port)) as s:
+        t0 = time.perf_counter()
+        for i in range(count):
+            s.sendall(_PLAIN_HDR.pack(i, size))
+            s.sendall(payload)
+        s.recv(1)
+        return {"seconds": time.perf_counter() - t0}
+
+
+def _peer_channel(host: str, port: int, size: int, count: int, streams: int, dmabuf_size: int) -> dict[str, Any]:
+    from devmemtcp.channel import connect
+
+    with connect(host, port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
+                 tx_dmabuf_size=max(2 * dmabuf_size, 2 * (-(-size // abi.PAGE_SIZE)) * abi.PAGE_SIZE + dmabuf_size),
+                 timeout=60) as ch:
+        buf = ch.empty(size, np.uint8)
+        buf.fill(1)
+        t0 = time.perf_counter()
+        for i in range(count):
+            ch.send(buf, tag=i & 0xFF)
+        ch.recv()  # the receiver's "done"
+        st = ch.stats
+        return {"seconds": time.perf_counter() - t0, "credit_waits": st["credit_waits"],
+                "host_copy_bytes": st["tx"]["host_copy_bytes"]}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[0] == "plain":
+        print(json.dumps(_peer_plain(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))), flush=True)
+        return 0
+    if len(argv) == 7 and argv[0] == "channel":
+        print(json.dumps(_peer_channel(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]),
+                                       int(argv[6]))), flush=True)
+        return 0
+    print(f"usage: python -m {__name__} plain HOST PORT SIZE COUNT\n"
+          f"       python -m {__name__} channel HOST PORT SIZE COUNT STREAMS DMABUF_SIZE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,43 @@
+/* devmemtcp channel gather: copy devmem frags (offset, length) from a dma-buf's
+ * host mapping into one contiguous destination, in order. Adjacent frags (one
+ * ends where the next starts, as page runs from one recvmsg usually are) are
+ * merged into one memcpy. Offsets and lengths are read through byte strides, so
+ * the strided views of a parsed control buffer need no copy.
+ *
+ * Returns the bytes copied, or -(i + 1) when frag i lies outside the dma-buf
+ * or would overflow the destination (nothing past frag i is copied). */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+int64_t dmt_gather(const uint8_t *base, uint64_t base_len,
+                   const uint8_t *offs, int64_t off_stride,
+                   const uint8_t *lens, int64_t len_stride,
+                   int64_t n, uint8_t *dst, uint64_t dst_len)
+{
+    uint64_t d = 0, run_src = 0, run_len = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t o = *(const uint64_t *)(offs + i * off_stride);
+        uint64_t l = *(const uint32_t *)(lens + i * len_stride);
+        if (o > base_len || l > base_len - o || l > dst_len - d - run_len) {
+            if (run_len)
+                memcpy(dst + d, base + run_src, run_len);
+            return -(i + 1);
+        }
+        if (run_len && o == run_src + run_len) {
+            run_len += l;
+            continue;
+        }
+        if (run_len) {
+            memcpy(dst + d, base + run_src, run_len);
+            d += run_len;
+        }
+        run_src = o;
+        run_len = l;
+    }
+    if (run_len) {
+        memcpy(dst + d, base + run_src, run_len);
+        d += run_len;
+    }
+    return (int64_t)d;
+}

@@ -1,0 +1,220 @@
+"""Gather devmem frags from a dma-buf into one contiguous destination.
+
+A received message is a list of frags ``(offset, length)`` in the RX
+dma-buf, in stream order; :func:`gather` copies them, in one pass, into a
+contiguous ``uint8`` destination. Never a Python loop per frag.
+
+Strategy (measured by ``devmemtcp bench tensor``, see bench/README): numpy's
+``take`` / fancy indexing move scattered pages at a fraction of memcpy
+bandwidth (they copy element by element through an index array), so the
+gather is a small compiled loop, ``gather.c``: one ``memcpy`` per run of
+adjacent frags, reading offsets and lengths through strides so the views of a
+parsed control buffer need no copy. It is built on first use with the C
+compiler these machines have (``$CC``, gcc or cc, ``-O2 -shared``) into
+``$XDG_CACHE_HOME/devmemtcp/gather/HASH/`` (``~/.cache`` by default; HASH
+of the source and the compiler version, so an edited source or a new
+compiler rebuilds it) and loaded with ctypes. Where no compiler is there, or
+``DEVMEMTCP_GATHER=numpy`` is set, the numpy path below is used
+(:func:`gather_backend` says which and why). Destinations that are torch CPU
+tensors are gathered into through their numpy view, by the same loop.
+
+On a device dma-buf (CUDA) the gather runs on the device (the CUDA
+provider's kernel, as NCCL's unpack does); this module is the host path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devmemtcp import abi
+from devmemtcp.errors import DevmemError
+
+__all__ = ["build_helper", "gather", "gather_backend", "gather_numpy"]
+
+SOURCE_NAME = "gather.c"
+ENV = "DEVMEMTCP_GATHER"
+_lock = threading.Lock()
+_lib: Any = None
+_reason: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where the compiled helper is kept (created on demand)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "devmemtcp" / "gather"
+
+
+def build_helper(directory: Path | None = None) -> Path:
+    """Compile ``gather.c`` into a shared library (once per source and
+    compiler) and return its path. Raises DevmemError when there is no
+    compiler or it fails (its stderr in the message)."""
+    source = resources.files("devmemtcp.channel").joinpath(SOURCE_NAME).read_bytes()
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        raise DevmemError(
+            "no C compiler found (gcc, cc, $CC) for the gather helper",
+            "install gcc (apt-get install gcc); the numpy gather is used meanwhile",
+        )
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DevmemError(f"cannot run the C compiler {cc}: {exc}", "install gcc or set CC") from None
+    digest = hashlib.sha256(source + b"\0" + version).hexdigest()[:16]
+    out_dir = (directory or cache_dir()) / digest
+    lib = out_dir / "libdmtgather.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    src = out_dir / SOURCE_NAME
+    src.write_bytes(source)
+    tmp = out_dir / f"libdmtgather.{os.getpid()}.{threading.get_ident()}.tmp"
+    proc = subprocess.run(
+        [cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(src)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise DevmemError(
+            f"compiling the gather helper {src} failed: {proc.stderr.strip()[:500]}",
+            "check that gcc and the C library headers are installed (apt-get install gcc libc6-dev)",
+        )
+    os.replace(tmp, lib)  # atomic: a concurrent process never loads a half-written library
+    return lib
+
+
+def _load() -> Any:
+    global _lib, _reason
+    with _lock:
+        if _reason is not None:
+            return _lib
+        if os.environ.get(ENV, "").lower() == "numpy":
+            _reason = f"numpy (asked for: {ENV}=numpy)"
+            return None
+        try:
+            lib = ctypes.CDLL(str(build_helper()))
+            fn = lib.dmt_gather
+            fn.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+            ]
+            fn.restype = ctypes.c_int64
+            _lib = fn
+            _reason = "c (gather.c, compiled on first use)"
+        except (DevmemError, OSError) as exc:
+            _lib = None
+            _reason = f"numpy (the C helper is unavailable: {exc})"
+        return _lib
+
+
+def gather_backend() -> str:
+    """Which gather runs: ``"c (...)"`` or ``"numpy (why)"``."""
+    _load()
+    assert _reason is not None
+    return _reason
+
+
+def _addr(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> int:
+    """Copy the frags ``(offsets[i], sizes[i])`` of ``base`` (the dma-buf's
+    ``uint8`` host view) into ``dst`` (a writable contiguous ``uint8`` array),
+    back to back, from ``dst[0]``; return the bytes copied.
+
+    ``offsets``: uint64, ``sizes``: uint32, shape ``(n,)``, any stride (the
+    views of a FragBatch). Raises DevmemError when a frag lies outside
+    ``base`` or the frags do not fit ``dst``."""
+    n = int(offsets.shape[0])
+    if n == 0:
+        return 0
+    fn = _lib if _reason is not None else _load()
+    if fn is None or offsets.dtype != np.uint64 or sizes.dtype != np.uint32:
+        return gather_numpy(base, offsets, sizes, dst)
+    got = fn(
+        _addr(base),
+        base.shape[0],
+        _addr(offsets),
+        offsets.strides[0],
+        _addr(sizes),
+        sizes.strides[0],
+        n,
+        _addr(dst),
+        dst.shape[0],
+    )
+    if got < 0:
+        i = -got - 1
+        raise DevmemError(
+            f"frag {i} (offset {int(offsets[i])}, {int(sizes[i])} bytes) lies outside the "
+            f"{base.shape[0]}-byte dma-buf or past the {dst.shape[0]}-byte destination",
+            "gather only frags received on a binding of this dma-buf, into a destination that holds them",
+        )
+    return int(got)
+
+
+def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> int:
+    """The numpy fallback of :func:`gather` (same arguments and errors).
+
+    Frags are merged into runs of adjacent ones (one numpy compare); a few
+    runs are copied as slices, whole page-aligned frags with one ``np.take``
+    of pages, anything else with one fancy-indexed copy of every byte."""
+    offs = np.asarray(offsets, dtype=np.int64)
+    lens = np.asarray(sizes, dtype=np.int64)
+    n = offs.shape[0]
+    if n == 0:
+        return 0
+    total = int(lens.sum())
+    if int(offs.min()) < 0 or int((offs + lens).max()) > base.shape[0] or total > dst.shape[0]:
+        raise DevmemError(
+            f"the frags lie outside the {base.shape[0]}-byte dma-buf or do not fit the "
+            f"{dst.shape[0]}-byte destination",
+            "gather only frags received on a binding of this dma-buf, into a destination that holds them",
+        )
+    breaks = np.flatnonzero(offs[1:] != offs[:-1] + lens[:-1]) + 1
+    if breaks.shape[0] < 64:
+        starts = np.concatenate(([0], breaks)).tolist()
+        ends = [*breaks.tolist(), n]
+        d = 0
+        ends_b = np.cumsum(lens)
+        for s, e in zip(starts, ends, strict=True):  # a loop per run of adjacent frags, not per frag
+            o = int(offs[s])
+            ln = int(ends_b[e - 1] - (ends_b[s - 1] if s else 0))
+            dst[d : d + ln] = base[o : o + ln]
+            d += ln
+        return total
+    ps = abi.PAGE_SIZE
+    if (
+        int(lens.min()) == ps
+        and int(lens.max()) == ps
+        and not (offs & (ps - 1)).any()
+        and base.shape[0] % ps == 0
+    ):
+        np.take(base.reshape(-1, ps), offs // ps, axis=0, out=dst[:total].reshape(n, ps))
+        return total
+    fs = int(lens.max())
+    if int(lens.min()) == fs and int(offs.max()) + fs <= base.shape[0]:
+        # one size (1448-byte packets): rows of a strided window view (fancy indexing: np.take
+        # would copy the whole window view first)
+        windows = np.lib.stride_tricks.as_strided(base, shape=(base.shape[0] - fs + 1, fs), strides=(1, 1))
+        dst[:total].reshape(n, fs)[...] = windows[offs]
+        return total
+    # every byte's source index: frag start repeated, plus its position in the frag
+    first = np.cumsum(lens) - lens
+    idx = np.repeat(offs - first, lens) + np.arange(total, dtype=np.int64)
+    np.take(base, idx, out=dst[:total])
+    return total
