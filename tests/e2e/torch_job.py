@@ -45,11 +45,17 @@ def run_job(scenario: str, world: int, *, transport: str = "channel", env: dict[
     """Run ``world`` ranks of ``scenario``; every rank is killed after ``timeout`` seconds."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="torchjob-") as tmp:
+        # Private NIC state unless the caller (pytest's fixture) set it: the job's emulated
+        # NICs and journals are its own.
+        private = {"DEVMEMTCP_EMU_DIR": os.path.join(tmp, "emu"),
+                   "DEVMEMTCP_JOURNAL_DIR": os.path.join(tmp, "journal")}
         out = os.path.join(tmp, "res")
         procs = []
         logs = []
         for r in range(world):
             e = dict(os.environ)
+            for k, v in private.items():
+                e.setdefault(k, v)
             e.update(env or {})
             if rank_env:
                 e.update(rank_env[r])

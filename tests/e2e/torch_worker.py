@@ -348,40 +348,44 @@ def scenario_bidir() -> dict[str, Any]:
 
 
 def scenario_kill() -> dict[str, Any]:
-    """Rank WORLD-1 dies mid-operation; every other rank must raise naming it, in time."""
+    """Rank WORLD-1 dies in the middle of sending a large tensor; every other rank
+    must raise naming it, within the timeout."""
+    import threading
+
     timeout = float(os.environ.get("TORCH_TEST_TIMEOUT", "20"))
     init(timeout=timeout)
     victim = WORLD - 1
-    # Every rank opens its link to the victim first.
+    nbytes = int(os.environ.get("TORCH_TEST_BYTES", str(256 << 20)))
+    # Links up first (one small exchange with the victim).
     if RANK == victim:
         for r in range(WORLD - 1):
-            x = torch.empty(4)
-            dist.recv(x, r)
-        # Die while the others wait for a large tensor from this rank.
-        half = torch.ones(1 << 20)
+            dist.recv(torch.empty(4), r)
+        threading.Timer(0.3, os.kill, (os.getpid(), 9)).start()
+        big = torch.ones(nbytes // 4)
         for r in range(WORLD - 1):
-            dist.isend(half, r, tag=7)
-        time.sleep(0.2)
-        os.kill(os.getpid(), 9)
-    for _ in range(1):
-        dist.send(torch.ones(4), victim)
+            dist.isend(big, r, tag=7)
+        time.sleep(60)
+        raise AssertionError("the victim outlived its kill")
+    dist.send(torch.ones(4), victim)
     t0 = time.monotonic()
     try:
-        big = torch.empty(64 << 20)
-        dist.recv(big, victim, tag=7)
+        dist.recv(torch.empty(nbytes // 4), victim, tag=7)
     except RuntimeError as exc:
         dt = time.monotonic() - t0
-        check(f"rank {victim}" in str(exc), f"error names rank {victim}: {exc}")
+        first = str(exc)
+        check(f"rank {victim}" in first, f"error names rank {victim}: {exc}")
         check(dt < timeout + 5, f"raised after {dt:.1f}s, timeout {timeout}s")
-        # Collectives that involve the dead rank fail as well, naming it.
-        try:
-            dist.broadcast(torch.empty(1 << 16), victim)
-        except RuntimeError as exc2:
-            check(f"rank {victim}" in str(exc2), f"second error names rank {victim}: {exc2}")
-        else:
-            raise AssertionError("broadcast from a dead rank did not raise") from None
-        return {"seconds": dt, "error": str(exc)}
-    raise AssertionError("receive from a dead rank did not raise")
+    else:
+        raise AssertionError("a receive from a rank killed mid-send did not raise")
+    # Later operations that need the dead rank fail at once, naming it.
+    t1 = time.monotonic()
+    try:
+        dist.broadcast(torch.empty(1 << 16), victim)
+    except RuntimeError as exc2:
+        check(f"rank {victim}" in str(exc2), f"second error names rank {victim}: {exc2}")
+    else:
+        raise AssertionError("broadcast from a dead rank did not raise")
+    return {"seconds": dt, "error": first, "after": time.monotonic() - t1}
 
 
 def scenario_timeout() -> dict[str, Any]:
@@ -389,6 +393,13 @@ def scenario_timeout() -> dict[str, Any]:
     timeout = float(os.environ.get("TORCH_TEST_TIMEOUT", "3"))
     init(timeout=timeout)
     res: dict[str, Any] = {}
+    peer = 1 - RANK
+    x = torch.zeros(4)
+    # The link is up (one exchange), then rank 0 waits for a tag rank 1 never sends.
+    if RANK == 0:
+        dist.send(x, peer)
+    else:
+        dist.recv(x, peer)
     if RANK == 0:
         t0 = time.monotonic()
         try:

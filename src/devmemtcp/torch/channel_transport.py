@@ -126,7 +126,8 @@ class ChannelAcceptor:
             try:
                 lis = self.t.listen_channel()
             except Exception as exc:
-                s.sendall((json.dumps({"error": str(exc)}) + "\n").encode())
+                msg, hint = (exc.message, exc.hint) if isinstance(exc, DevmemError) else (str(exc), None)
+                s.sendall((json.dumps({"error": msg, "hint": hint}) + "\n").encode())
                 raise
             try:
                 s.sendall((json.dumps({"port": int(lis.port)}) + "\n").encode())
@@ -197,7 +198,8 @@ class ChannelTransport:
             rep = _read_line(s)
         if "error" in rep:
             raise DevmemError(f"the peer at {addr}:{port} could not open a devmem listener: {rep['error']}",
-                              "check that peer's log and its NIC set-up (devmemtcp doctor IFNAME)")
+                              rep.get("hint") or "check that peer's log and its NIC set-up "
+                              "(devmemtcp doctor IFNAME)")
         kw = self._kwargs()
         ch = devmemtcp.connect(addr, int(rep["port"]), timeout=min(timeout, self.handshake_timeout), **kw)
         _announce(ch)

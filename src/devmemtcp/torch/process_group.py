@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from devmemtcp.errors import ChannelError, DevmemError
 from devmemtcp.torch.config import Options, resolve
 from devmemtcp.torch.transport import Link, Transport
 from devmemtcp.torch.work import DevmemTorchError, DevmemWork
@@ -269,7 +270,7 @@ class _Peer:
                     if left <= 0:
                         raise DevmemTorchError(
                             "connect", self.rank,
-                            f"rank {self.rank} did not connect within {pg._timeout_s:g}s",
+                            f"timed out after {pg._timeout_s:g}s: rank {self.rank} did not connect",
                             f"check that rank {self.rank} is alive and reaches "
                             f"{pg._address.get('addr')}:{pg._address.get('port')}")
                     self.cv.wait(min(left, 0.5))
@@ -310,7 +311,11 @@ class _Peer:
                     part = self.sends.popleft()
                 if part.done or part.work.is_completed():
                     continue
-                link.send(part.payload, part.tag)
+                try:
+                    link.send(part.payload, part.tag)
+                except Exception as exc:
+                    self.fail(exc, "sending to", inflight=part)
+                    return
                 pg._part_done(part)
         except Exception as exc:
             self.fail(exc, "sending to")
@@ -319,23 +324,32 @@ class _Peer:
         pg = self.pg
         link = self.link
         assert link is not None
+        arrival: _Arrival | None = None
         try:
             while not pg._closing:
                 arrival = _Arrival(pg, self.rank)
                 link.recv_next(arrival.choose)
                 arrival.finish()
+                arrival = None
         except Exception as exc:
             if not pg._closing:
-                self.fail(exc, "receiving from")
+                self.fail(exc, "receiving from", inflight=arrival.part if arrival is not None else None)
 
-    def fail(self, exc: BaseException, what: str) -> None:
-        """Mark the link broken; fail every part that depends on it."""
+    def fail(self, exc: BaseException, what: str, inflight: _Part | None = None) -> None:
+        """Mark the link broken; fail every part that depends on it (``inflight``:
+        the part being sent or received when it broke)."""
         pg = self.pg
         if isinstance(exc, DevmemTorchError):
             err = exc
+        elif isinstance(exc, DevmemError) and not isinstance(exc, ChannelError):
+            # Set-up refused on this host (NIC, queues, memory): its own hint says what to do.
+            err = DevmemTorchError("link", self.rank, f"{what} rank {self.rank}: {exc.message}", exc.hint)
         else:
-            err = DevmemTorchError("link", self.rank, f"{what} rank {self.rank}: {exc}",
+            msg = exc.message if isinstance(exc, DevmemError) else str(exc) or type(exc).__name__
+            err = DevmemTorchError("link", self.rank, f"{what} rank {self.rank}: {msg}",
                                    f"rank {self.rank} may have exited or crashed: check its log")
+        if inflight is not None:
+            pg._fail_part(inflight, self._op_error(inflight, err))
         with pg._lock:
             if self.error is not None:
                 return
@@ -350,10 +364,23 @@ class _Peer:
             log.debug("devmem link to rank %d closed: %s", self.rank, err.cause)
         for part in sends + recvs:
             pg._fail_part(part, self._op_error(part, err))
+        self.close_link()
+
+    def close_link(self, wait: float = 0.0) -> None:
+        """Close the link from a helper thread: a transport may block its close until
+        its reader lets go, and no caller (the watchdog above all) may hang on it."""
         link = self.link
-        if link is not None:
+        if link is None:
+            return
+
+        def close() -> None:
             with contextlib.suppress(Exception):
                 link.close()
+
+        t = threading.Thread(target=close, name=f"devmem-close-{self.pg._rank}-{self.rank}", daemon=True)
+        t.start()
+        if wait > 0:
+            t.join(wait)
 
     def _op_error(self, part: _Part, err: DevmemTorchError) -> DevmemTorchError:
         if err.op == part.work.op:
@@ -1009,10 +1036,13 @@ class DevmemProcessGroup(dist.ProcessGroup):
         err = DevmemTorchError("shutdown", None, "the process group was destroyed with this operation pending")
         for part in parts:
             part.work.fail(err)
+        closers = []
         for p in peers:
             if p.link is not None:
-                with contextlib.suppress(Exception):
-                    p.link.close()
+                closers.append(threading.Thread(target=p.close_link, args=(5.0,), daemon=True))
+                closers[-1].start()
+        for t in closers:
+            t.join(6.0)
         with contextlib.suppress(Exception):
             self._acceptor.close()
         me = threading.current_thread()
