@@ -222,10 +222,18 @@ def _collective_cases(group: Any) -> list[torch.Tensor]:
     return out
 
 
+def _links() -> dict[str, Any]:
+    from torch.distributed.distributed_c10d import _get_default_group
+
+    pg = _get_default_group()
+    return {str(k): v for k, v in pg.link_stats().items()} if isinstance(pg, DevmemProcessGroup) else {}
+
+
 def scenario_collectives() -> dict[str, Any]:
     init()
     gloo = dist.new_group(backend="gloo")
     mine = _collective_cases(None)
+    links = _links()
     ref = _collective_cases(gloo)
     check(len(mine) == len(ref), "same number of outputs")
     for i, (a, b) in enumerate(zip(mine, ref, strict=True)):
@@ -244,7 +252,7 @@ def scenario_collectives() -> dict[str, Any]:
         equal(outs[i][1], torch.tensor([i, -i], dtype=torch.float32), "all_gather_coalesced[1]")
     dist.barrier()
     dist.destroy_process_group()
-    return {"outputs": len(mine)}
+    return {"outputs": len(mine), "links": links}
 
 
 def _ddp_run(group: Any) -> list[torch.Tensor]:

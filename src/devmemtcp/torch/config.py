@@ -127,6 +127,14 @@ def route_to(addr: str) -> tuple[str, str]:
                 from None
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     with IPRoute() as ipr:
+        # MASTER_ADDR may be this host's own address (rank 0): the kernel routes it via lo,
+        # but the data flows belong on the interface that owns it.
+        if not ip.is_loopback:
+            for msg in ipr.get_addr(family=family):
+                if (msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")) == str(ip):
+                    links = ipr.get_links(msg["index"])
+                    if links:
+                        return str(links[0].get_attr("IFLA_IFNAME")), str(ip)
         try:
             routes = ipr.route("get", dst=str(ip), family=family)
         except PyrNetlinkError as exc:

@@ -749,6 +749,26 @@ class DevmemProcessGroup(dist.ProcessGroup):
     def transport_name(self) -> str:
         return self._transport.name
 
+    def link_stats(self) -> dict[int, dict[str, Any]]:
+        """Per peer rank with an open link: ``transport``, and for devmem Channels
+        ``ifname``, ``backend`` ("kernel" or "emulated"), ``rx_bytes`` / ``tx_bytes``
+        (payload bytes), ``streams``; ``error`` when the link failed."""
+        out: dict[int, dict[str, Any]] = {}
+        with self._lock:
+            peers = dict(self._peers)
+        for r, p in sorted(peers.items()):
+            d: dict[str, Any] = {"transport": self._transport.name}
+            link = p.link
+            ch = getattr(link, "ch", None)
+            if ch is not None:
+                st = ch.stats
+                d.update(ifname=ch.ifname, backend=st.get("backend"), rx_bytes=st["rx"]["bytes"],
+                         tx_bytes=st["tx"]["bytes"], streams=st.get("streams_rx"))
+            if p.error is not None:
+                d["error"] = p.error.cause
+            out[r] = d
+        return out
+
     def __repr__(self) -> str:
         return f"DevmemProcessGroup(rank={self._rank}, size={self._size}, transport={self._transport.name})"
 
