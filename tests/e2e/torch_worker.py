@@ -424,6 +424,10 @@ def scenario_timeout() -> dict[str, Any]:
 
 
 def main() -> None:
+    if os.environ.get("TORCH_TEST_DUMP"):  # debugging a hang: every thread's stack after N s
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["TORCH_TEST_DUMP"]))
     name = sys.argv[1]
     fn = globals()[f"scenario_{name}"]
     res = fn()

@@ -63,6 +63,24 @@ def _read_line(sock: socket.socket, limit: int = 4096) -> dict[str, Any]:
     return out
 
 
+def _drain_handshake(ch: Any) -> None:
+    """Dispatch control frames that arrived together with the handshake's last frame.
+
+    Channel.accept reads FLOWS through the frame decoder; a MSG the connector sent
+    right after it can sit in the same segment, and the Channel only parses its
+    decoder after its next socket read, so that message waited for the one after it
+    (a 2-rank hello hung this way under load). Harmless once the Channel dispatches
+    them itself: the decoder is empty then.
+    """
+    dec = getattr(ch, "_dec", None)
+    if dec is None:
+        return
+    with ch._cv:
+        while (fr := dec.next()) is not None:
+            ch._dispatch(*fr)
+        ch._cv.notify_all()
+
+
 class ChannelLink:
     """One Channel (and, on the accepting side, the Listener that owns its RX set-up)."""
 
@@ -135,6 +153,7 @@ class ChannelAcceptor:
             except BaseException:
                 lis.close()
                 raise
+        _drain_handshake(ch)
         _announce(ch)
         return ChannelLink(ch, lis)
 
@@ -202,6 +221,7 @@ class ChannelTransport:
                               "(devmemtcp doctor IFNAME)")
         kw = self._kwargs()
         ch = devmemtcp.connect(addr, int(rep["port"]), timeout=min(timeout, self.handshake_timeout), **kw)
+        _drain_handshake(ch)
         _announce(ch)
         with contextlib.suppress(Exception):
             log.debug("devmem channel to %s:%s up: %s", addr, rep["port"], ch)
