@@ -31,21 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute)
-_LAZY = {
-    "listen": ("devmemtcp.channel.core", "listen"),
-    "connect": ("devmemtcp.channel.core", "connect"),
-    "Channel": ("devmemtcp.channel.core", "Channel"),
-    "Listener": ("devmemtcp.channel.core", "Listener"),
-    "ChannelError": ("devmemtcp.errors", "ChannelError"),
-    "ChannelClosed": ("devmemtcp.errors", "ChannelClosed"),
-    "DevmemError": ("devmemtcp.errors", "DevmemError"),
-    "Receiver": ("devmemtcp.rx", "Receiver"),
-    "Sender": ("devmemtcp.tx", "Sender"),
-    "open_dmabuf": ("devmemtcp.memory", "open_dmabuf"),
-    "open_backend": ("devmemtcp.transfer", "select_backend"),
-}
-
 __all__ = [
     "Channel",
     "ChannelClosed",
@@ -62,22 +47,31 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from devmemtcp.backend import open_backend
     from devmemtcp.channel.core import Channel, Listener, connect, listen
     from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError
     from devmemtcp.memory import open_dmabuf
     from devmemtcp.rx import Receiver
-    from devmemtcp.transfer import select_backend as open_backend
     from devmemtcp.tx import Sender
 
 
 def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'devmemtcp' has no attribute {name!r}") from None
-    import importlib
-
-    value = getattr(importlib.import_module(module), attr)
+    # static imports on first use (no import by name: tools/check_layers.py)
+    if name in ("listen", "connect", "Channel", "Listener"):
+        from devmemtcp.channel import core as mod
+    elif name in ("ChannelError", "ChannelClosed", "DevmemError"):
+        from devmemtcp import errors as mod  # type: ignore[no-redef]
+    elif name == "Receiver":
+        from devmemtcp import rx as mod  # type: ignore[no-redef]
+    elif name == "Sender":
+        from devmemtcp import tx as mod  # type: ignore[no-redef]
+    elif name == "open_dmabuf":
+        from devmemtcp import memory as mod  # type: ignore[no-redef]
+    elif name == "open_backend":
+        from devmemtcp import backend as mod  # type: ignore[no-redef]
+    else:
+        raise AttributeError(f"module 'devmemtcp' has no attribute {name!r}")
+    value = getattr(mod, name)
     globals()[name] = value
     return value
 

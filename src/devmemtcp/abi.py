@@ -72,6 +72,7 @@ MSG_DONTWAIT: Final = 0x40
 MSG_WAITALL: Final = 0x100
 MSG_ERRQUEUE: Final = 0x2000
 MSG_NOSIGNAL: Final = 0x4000
+MSG_MORE: Final = 0x8000
 MSG_SOCK_DEVMEM: Final = 0x2000000
 MSG_ZEROCOPY: Final = 0x4000000
 
@@ -108,6 +109,7 @@ CMSGHDR_DTYPE: Final = np.dtype(
     }
 )
 CMSG_ALIGN_TO: Final = 8  # sizeof(size_t) on 64-bit
+UIO_MAXIOV: Final = 1024  # include/uapi/linux/uio.h: more iovecs per sendmsg is EMSGSIZE
 
 # struct dmabuf_cmsg: payload of SCM_DEVMEM_DMABUF and SCM_DEVMEM_LINEAR on RX.
 DMABUF_CMSG_DTYPE: Final = np.dtype(
@@ -573,3 +575,8 @@ NETNS_RUN_DIR: Final = "/run/netns"  # iproute2's named namespaces (ip netns add
 # include/uapi/linux/sockios.h, include/uapi/linux/if.h
 SIOCGIFFLAGS: Final = 0x8913
 IFF_UP: Final = 0x1
+
+# ---------------------------------------------------------------------------
+# include/uapi/linux/capability.h
+# ---------------------------------------------------------------------------
+CAP_NET_ADMIN: Final = 12

@@ -30,8 +30,6 @@ from devmemtcp.netlink.netdev import NetdevClient, bind_rx, bind_tx
 
 Status = Literal["pass", "fail", "unknown"]
 
-CAP_NET_ADMIN = 12  # include/uapi/linux/capability.h
-
 #: checks that must not fail for devmem RX to be possible on the interface
 RX_REQUIRED = ("kernel-bind-rx", "cap-net-admin", "queue-management-api", "header-split", "hds-thresh",
                "ntuple", "rss", "rx-queues")
@@ -99,7 +97,7 @@ def has_cap_net_admin() -> bool:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+                    return bool(int(line.split()[1], 16) >> abi.CAP_NET_ADMIN & 1)
     except OSError:
         pass
     return os.geteuid() == 0

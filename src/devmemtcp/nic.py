@@ -54,6 +54,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError
 from devmemtcp.types import NtupleRule
 
@@ -775,19 +776,6 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def backend_by_name(name: str) -> Backend:
-    """The backend a journal names: ``"kernel"`` or ``"emulated"``."""
-    if name == "kernel":
-        from devmemtcp.backend.kernel import KernelBackend
-
-        return KernelBackend()
-    if name == "emulated":
-        from devmemtcp.backend.emulated import EmulatedBackend
-
-        return EmulatedBackend()
-    raise DevmemError(f"unknown backend {name!r} in the journal", "use kernel or emulated")
-
-
 def journals(journal_dir: Path | str | None = None, ifname: str | None = None) -> list[Path]:
     """The undo journals in ``journal_dir`` (of ``ifname`` only, in any
     namespace, when given), sorted by name."""
@@ -836,7 +824,10 @@ def restore(ifname: str, *, journal_dir: Path | str | None = None, backend: Back
                 e["owner"] = live[0]
         if force:
             j.meta["members"] = []
-        be = backend or backend_by_name(str(j.meta.get("backend", "kernel")))
+        name = str(j.meta.get("backend", "kernel"))
+        if name not in ("kernel", "emulated"):
+            raise DevmemError(f"unknown backend {name!r} in the journal", "use kernel or emulated")
+        be = backend or open_backend(name)[0]
         return undo_journal(j, be.nic(ifname), select=gone)
 
 
@@ -889,7 +880,6 @@ __all__ = [
     "Journal",
     "NicSetup",
     "UndoResult",
-    "backend_by_name",
     "call_in_netns",
     "default_journal_dir",
     "journals",

@@ -29,7 +29,7 @@ import contextlib
 import mmap
 import socket
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class Receiver:
         self,
         backend: Backend,
         sock: socket.socket,
-        binding: Binding | Any,
+        binding: Binding,
         *,
         control_size: int = DEFAULT_CONTROL_SIZE,
         linear_buf_size: int | None = None,
@@ -136,10 +136,10 @@ class Receiver:
         self.binding = binding
         self.binding_id = int(binding.id)
         self.check_dmabuf_id = check_dmabuf_id
-        dmabuf = getattr(binding, "dmabuf", None)
-        size = getattr(dmabuf, "size", None)
-        page = getattr(dmabuf, "page_size", abi.PAGE_SIZE) or abi.PAGE_SIZE
-        pool_pages = int(size) // int(page) if size else None
+        dmabuf = binding.dmabuf
+        pool_pages = None  # a binding from a bare fd: its size is not known here
+        if dmabuf is not None and dmabuf.size:
+            pool_pages = int(dmabuf.size) // int(dmabuf.page_size or abi.PAGE_SIZE)
         if release_threshold is None:
             release_threshold = abi.MAX_DONTNEED_FRAGS
             if pool_pages:

@@ -27,11 +27,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
 from devmemtcp import abi
+from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, ValidationError
 from devmemtcp.validate import FragValidator
 
@@ -212,74 +213,6 @@ def _ifindex(ifname: str) -> int:
                           "`ip netns exec NS devmemtcp ...`)") from None
 
 
-def select_backend(choice: str | Backend, ifname: str, *, direction: str = "rx") -> tuple[Backend, str]:
-    """Pick the backend: returns ``(backend, reason)``.
-
-    ``choice`` is ``"kernel"``, ``"emulated"``, ``"auto"`` or a Backend
-    object (returned as is). ``auto`` asks :func:`devmemtcp.doctor.diagnose`
-    whether devmem ``direction`` (``"rx"`` or ``"tx"``) is possible on
-    ``ifname`` and picks the kernel when it is, the emulated NIC otherwise;
-    ``reason`` says why (for the stderr line and the JSON's
-    ``backend_reason``).
-    """
-    if not isinstance(choice, str):
-        return choice, "given by the caller"
-    if choice == "emulated":
-        from devmemtcp.backend.emulated import EmulatedBackend
-
-        return EmulatedBackend(), "asked for (--backend emulated)"
-    if choice == "kernel":
-        from devmemtcp.backend.kernel import KernelBackend
-
-        return cast("Backend", KernelBackend()), "asked for (--backend kernel)"
-    if choice != "auto":
-        raise DevmemError(f"unknown backend {choice!r}", "use auto, kernel or emulated")
-    reason: str
-    try:
-        from devmemtcp.doctor import diagnose
-
-        report = diagnose(ifname)
-        ok = bool(report.rx_supported if direction == "rx" else report.tx_supported)
-        if ok:
-            from devmemtcp.backend.kernel import KernelBackend
-
-            why_ok = f"doctor: devmem {direction.upper()} is possible on {ifname}"
-            return cast("Backend", KernelBackend()), why_ok
-        why = _doctor_reason(report, direction)
-        reason = f"doctor: no devmem {direction.upper()} on {ifname} ({why})"
-    except DevmemError as exc:
-        reason = f"doctor could not check {ifname} ({exc.message})"
-    except ImportError as exc:
-        reason = f"doctor unavailable ({exc})"
-    from devmemtcp.backend.emulated import EmulatedBackend
-
-    return EmulatedBackend(), reason
-
-
-# doctor checks that decide devmem RX / TX, most telling first
-_DECISIVE = {
-    "rx": ("kernel-bind-rx", "cap-net-admin", "queue-management-api", "header-split", "hds-thresh",
-           "ntuple", "rss", "rx-queues"),
-    "tx": ("kernel-bind-tx", "netmem-tx"),
-}
-
-
-def _doctor_reason(report: Any, direction: str) -> str:
-    failed = {c.name: c for c in getattr(report, "checks", []) if getattr(c, "status", "") == "fail"}
-    for name in _DECISIVE.get(direction, ()):
-        if name in failed:
-            return f"{name}: {failed[name].detail}"
-    return "not supported"
-
-
-def _close_later(stack: contextlib.ExitStack, backend: Backend) -> None:
-    """Close a backend this module created (the emulated one unbinds what it
-    bound and returns every socket's tokens) when ``stack`` unwinds."""
-    close = getattr(backend, "close", None)
-    if callable(close):
-        stack.callback(close)
-
-
 def _open_dmabuf(memory: str | DmaBuf, size: int) -> DmaBuf:
     if not isinstance(memory, str):
         return memory
@@ -359,6 +292,7 @@ def receive_stream(
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    output: BinaryIO | None = None,
 ) -> TransferResult:
     """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
 
@@ -383,6 +317,9 @@ def receive_stream(
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
         on_progress(bytes): called after each batch.
+        output: a binary file the received stream is written to, in order
+            (each batch's frags gathered from the dma-buf, then its tokens
+            given back); None: the bytes are only counted (and validated).
 
     Returns a TransferResult (``validated`` True when a pattern was checked
     to the end). Raises ValidationError (offset, expected, received) at the
@@ -397,13 +334,13 @@ def receive_stream(
         raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
     ifname = ifname or interface_of_address(listen)
     _ifindex(ifname)
-    be, reason = select_backend(backend, ifname, direction="rx")
+    be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
     result = TransferResult(role="recv", backend=be.name, backend_reason=reason, ifname=ifname)
     with contextlib.ExitStack() as stack:
         if isinstance(backend, str):
-            _close_later(stack, be)
+            stack.callback(be.close)
         lsock = stack.enter_context(_listen_socket(listen, port))
         port = lsock.getsockname()[1]
         q = queues if queues is not None else _default_queues(be, ifname)
@@ -435,7 +372,7 @@ def receive_stream(
         t0 = time.perf_counter()
         rx = stack.enter_context(Receiver(be, conn, binding))
         try:
-            _receive_loop(rx, validator, on_progress)
+            _receive_loop(rx, validator, on_progress, _Writer(dmabuf, output) if output is not None else None)
         except ValidationError as exc:
             result.validated = False
             result.error = exc.message
@@ -452,8 +389,31 @@ def receive_stream(
     return result
 
 
+class _Writer:
+    """Write each batch's bytes, in stream order, to a file: gathered from the
+    dma-buf (:func:`devmemtcp.channel.gather.gather_batch`) into one buffer
+    reused across batches."""
+
+    def __init__(self, dmabuf: DmaBuf, out: BinaryIO) -> None:
+        self.base = dmabuf.host_view()
+        self.out = out
+        self.buf = np.empty(0, np.uint8)
+
+    def __call__(self, batch: Any) -> None:
+        from devmemtcp.channel.gather import gather_batch
+
+        n = _batch_bytes(batch)
+        if n > self.buf.shape[0]:
+            self.buf = np.empty(max(n, 1 << 20), np.uint8)
+        got = gather_batch(self.base, batch, self.buf)
+        view = self.buf.data[:got]
+        while view:
+            k = self.out.write(view)
+            view = view[k if k is not None else len(view):]
+
+
 def _receive_loop(rx: Any, validator: FragValidator | None,
-                  on_progress: Callable[[int], None] | None) -> None:
+                  on_progress: Callable[[int], None] | None, writer: _Writer | None = None) -> None:
     total = 0
     while True:
         batch = rx.recv()
@@ -461,6 +421,8 @@ def _receive_loop(rx: Any, validator: FragValidator | None,
             break
         if validator is not None:
             validator.check_batch(batch)
+        if writer is not None:
+            writer(batch)
         total += _batch_bytes(batch)
         rx.release(batch)
         if on_progress:
@@ -521,8 +483,13 @@ def send_stream(
     connect_timeout: float = 10.0,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    source: BinaryIO | None = None,
 ) -> TransferResult:
     """Send ``nbytes`` of the pattern from a dma-buf to ``addr:port`` (devmem TX).
+
+    With ``source`` (a binary file), its bytes are sent instead, until its
+    end (``nbytes`` and ``validate`` are ignored): each region of the dma-buf
+    is read into from the file once its last send completed, then sent.
 
     The dma-buf (``size`` bytes) is filled with ncdevmem's pattern of period
     ``validate`` (or :data:`DEFAULT_FILL_PERIOD` when None) and sent round and
@@ -547,7 +514,7 @@ def send_stream(
     family = _family(addr)
     ifname = ifname or interface_of_route(addr)
     ifindex = _ifindex(ifname)
-    be, reason = select_backend(backend, ifname, direction="tx")
+    be, reason = open_backend(backend, ifname, direction="tx")
     if on_backend:
         on_backend(be.name, reason)
     # validated stays None: the pattern is checked by the receiver
@@ -555,11 +522,11 @@ def send_stream(
                             tokens_released=None, release_syscalls=None)
     with contextlib.ExitStack() as stack:
         if isinstance(backend, str):
-            _close_later(stack, be)
+            stack.callback(be.close)
         dmabuf = _open_dmabuf(memory, size)
         if isinstance(memory, str):
             stack.callback(dmabuf.close)
-        usable = _fill_pattern(dmabuf, period)
+        usable = _fill_pattern(dmabuf, period) if source is None else dmabuf.size
         binding = stack.enter_context(be.bind_tx(ifindex, dmabuf))
         result.binding_id = binding.id
         sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
@@ -578,7 +545,10 @@ def send_stream(
         tx = stack.enter_context(Sender(be, sock, binding))
         t0 = time.perf_counter()
         try:
-            sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            if source is None:
+                sent = _send_loop(tx, nbytes, usable, chunk, on_progress)
+            else:
+                sent = _send_file_loop(tx, dmabuf, source, chunk, on_progress)
             tx.flush()
         except ConnectionError as exc:
             raise DevmemError(
@@ -625,6 +595,36 @@ def _send_loop(tx: Any, nbytes: int, usable: int, chunk: int,
     return sent
 
 
+def _send_file_loop(tx: Any, dmabuf: DmaBuf, source: BinaryIO, chunk: int,
+                    on_progress: Callable[[int], None] | None) -> int:
+    """Send ``source`` to its end through the dma-buf's regions, round and round."""
+    usable = dmabuf.size
+    regions = _regions(usable, send_region_size(usable, chunk, int(getattr(tx, "max_iov", 64))))
+    mv = dmabuf.host_view().data
+    readinto = cast(Any, source).readinto  # BinaryIO does not declare it; files and pipes have it
+    sent = 0
+    i = 0
+    while True:
+        off, length = regions[i % len(regions)]
+        tx.wait_region_free(off, length)
+        got = 0
+        while got < length:  # a pipe gives what it has: fill the region or reach the end
+            k = readinto(mv[off + got: off + length])
+            if not k:
+                break
+            got += k
+        if got:
+            starts = np.arange(off, off + got, chunk, dtype=np.uint64)
+            lens = np.minimum(np.uint64(chunk), np.uint64(off + got) - starts)
+            tx.send(np.stack((starts, lens), axis=1))
+            sent += got
+            if on_progress:
+                on_progress(sent)
+        if got < length:
+            return sent
+        i += 1
+
+
 def _fill_tx_stats(result: TransferResult, tx: Any) -> None:
     st = getattr(tx, "stats", None)
     if st is not None:
@@ -667,7 +667,7 @@ def run_demo(
     import threading
 
     ifname = interface_of_address(listen)
-    be, reason = select_backend(backend, ifname, direction="rx")
+    be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
     ready = threading.Event()
@@ -706,9 +706,7 @@ def run_demo(
     finally:
         thread.join(timeout if sent is None else None)
         if isinstance(backend, str) and not thread.is_alive():
-            close = getattr(be, "close", None)
-            if callable(close):
-                close()
+            be.close()
     if "recv_error" in outcome:
         raise outcome["recv_error"]
     if sent is None or "recv" not in outcome:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import select
 import socket
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
+from devmemtcp.abi import UIO_MAXIOV  # re-exported: more iovecs per sendmsg is EMSGSIZE
 from devmemtcp.cmsg import ControlBufferError, build_tx_cmsg, parse_zerocopy_completions
 from devmemtcp.errors import DevmemError
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["UIO_MAXIOV", "SendError", "Sender", "SenderStats"]
 
-UIO_MAXIOV = 1024  # include/uapi/linux/uio.h: more iovecs per sendmsg is EMSGSIZE
 _SEQ_MASK = 0xFFFFFFFF
 _PAGE_SHIFT = abi.PAGE_SIZE.bit_length() - 1
 
@@ -110,7 +109,7 @@ class Sender:
         self,
         backend: Backend,
         sock: socket.socket,
-        binding: Binding | Any,
+        binding: Binding,
         *,
         max_iov: int = 64,
         completion_timeout: float = 10.0,
@@ -162,7 +161,7 @@ class Sender:
         return total
 
     def _send_all(self, iov: np.ndarray) -> int:
-        remaining = int(iov[:, 1].sum())
+        remaining = int(iov[0, 1]) if iov.shape[0] == 1 else int(iov[:, 1].sum())
         sent_total = 0
         while remaining > 0:
             try:
@@ -191,11 +190,22 @@ class Sender:
     def _account(self, iov: np.ndarray, ret: int) -> None:
         """Record one sendmsg of ``ret`` bytes over ``iov``: its sequence
         number, the dma-buf span it reads, and the counters."""
+        st = self.stats
+        if iov.shape[0] == 1:  # one range (the channel's chunks): plain integers, no numpy
+            off = int(iov[0, 0])
+            end = off + ret  # ret <= the iovec's length
+            seq = self._next_seq
+            self._next_seq = (seq + 1) & _SEQ_MASK
+            self._outstanding.append((seq, off, end))
+            st.bytes += ret
+            st.sendmsg_calls += 1
+            st.iovecs += 1
+            st.frags += ((end + abi.PAGE_SIZE - 1) >> _PAGE_SHIFT) - (off >> _PAGE_SHIFT)
+            return
         a = iov.view(np.int64)  # offsets and lengths fit in 63 bits (EFAULT otherwise)
         offs = a[:, 0]
         lens = a[:, 1]
         k = a.shape[0]
-        st = self.stats
         if k > 1 and not bool(((offs | lens) & (abi.PAGE_SIZE - 1)).any()):
             # whole pages (send_stream's chunks): each byte's page is read once
             total = int(lens.sum())
@@ -303,13 +313,7 @@ class Sender:
 
     def _wait_once(self, timeout: float) -> None:
         """Block until the error queue may have something, at most ``timeout`` s."""
-        waiter = getattr(self.backend, "wait_errqueue", None)
-        if waiter is not None:
-            waiter(self.sock, timeout)
-            return
-        p = select.poll()
-        p.register(self.sock.fileno(), 0)  # POLLERR is always reported
-        p.poll(max(0, int(timeout * 1000)))
+        self.backend.wait_errqueue(self.sock, timeout)
 
     def wait_region_free(self, offset: int, length: int, timeout: float | None = None) -> None:
         """Block until no incomplete sendmsg covers dma-buf bytes

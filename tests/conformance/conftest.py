@@ -92,5 +92,4 @@ def nic_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[NicCa
             restore["hds_thresh"] = before.hds_thresh
         if restore:
             nic.set_rings(**restore)
-        if hasattr(be, "close"):
-            be.close()
+        be.close()

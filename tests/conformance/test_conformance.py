@@ -17,6 +17,7 @@ import pytest
 
 from devmemtcp import abi, cmsg
 from devmemtcp.errors import NetlinkError
+from devmemtcp.selftest.catalogue import BIND_RX_CASES, BindRxCase, CaseFailed, check_bind_rx
 
 PS = abi.PAGE_SIZE
 
@@ -173,36 +174,21 @@ def nl_errno(fn: Any, *args: Any) -> NetlinkError:
     return ei.value
 
 
-def test_bind_rx_empty_queue_list(nic_backend: Any) -> None:
-    with nic_backend.dmabuf(16 * PS) as buf:
-        assert nl_errno(nic_backend.backend.bind_rx, nic_backend.ifindex, buf, []).errno == errno.EINVAL
-
-
-def test_bind_rx_queue_out_of_range(nic_backend: Any) -> None:
-    with nic_backend.dmabuf(16 * PS) as buf:
-        e = nl_errno(nic_backend.backend.bind_rx, nic_backend.ifindex, buf, [nic_backend.queues])
-        assert e.errno == errno.EINVAL
-
-
-def test_bind_rx_queue_already_bound(nic_backend: Any) -> None:
-    q = nic_backend.queues - 1
-    with nic_backend.dmabuf(16 * PS) as a, nic_backend.dmabuf(16 * PS) as b, \
-            nic_backend.backend.bind_rx(nic_backend.ifindex, a, [q]) as first:
-        assert first.id >= 1
-        e = nl_errno(nic_backend.backend.bind_rx, nic_backend.ifindex, b, [q])
-        assert (e.errno, e.extack) == (errno.EEXIST, "designated queue already memory provider bound")
-
-
-def test_bind_rx_needs_header_split(nic_backend: Any) -> None:
+@pytest.mark.parametrize("case", BIND_RX_CASES, ids=[c.name for c in BIND_RX_CASES])
+def test_bind_rx_catalogue(nic_backend: Any, case: BindRxCase) -> None:
+    """The selftest catalogue's bind-rx cases (one definition, both runners)."""
     nic = nic_backend.backend.nic(nic_backend.ifname)
-    nic.set_rings(tcp_data_split="disabled")
-    with nic_backend.dmabuf(16 * PS) as buf:
-        e = nl_errno(nic_backend.backend.bind_rx, nic_backend.ifindex, buf, [nic_backend.queues - 1])
-        assert (e.errno, e.extack) == (errno.EINVAL, "tcp-data-split is disabled")
-    nic.set_rings(tcp_data_split="enabled", hds_thresh=64)
-    with nic_backend.dmabuf(16 * PS) as buf:
-        e = nl_errno(nic_backend.backend.bind_rx, nic_backend.ifindex, buf, [nic_backend.queues - 1])
-        assert (e.errno, e.extack) == (errno.EINVAL, "hds-thresh is not zero")
+    hds = min(case.hds_thresh, nic.get_rings().hds_thresh_max or case.hds_thresh)
+    nic.set_rings(tcp_data_split=case.tcp_data_split, hds_thresh=hds)
+    try:
+        seen = check_bind_rx(case, nic_backend.backend, nic_backend.ifindex, nic_backend.queues,
+                             lambda: nic_backend.dmabuf(16 * PS))
+    except CaseFailed as exc:
+        pytest.fail(f"{case.name}: {exc}")
+    if case.must_fail:
+        assert errno.errorcode[case.errnos[0]] == seen["errno"] or nic_backend.backend.name == "kernel"
+    else:
+        assert seen["binding_id"] >= 1 and seen["queues"] == case.queues(nic_backend.queues)
 
 
 def test_bound_queue_blocks_disabling_header_split(nic_backend: Any) -> None:

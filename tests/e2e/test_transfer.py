@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmemtcp import transfer
+from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, ValidationError
 from devmemtcp.validate import FragValidator
 
@@ -57,7 +58,7 @@ def test_interface_of_address_and_route() -> None:
 
 
 def test_auto_backend_on_lo_is_emulated_and_says_why() -> None:
-    backend, reason = transfer.select_backend("auto", "lo")
+    backend, reason = open_backend("auto", "lo")
     assert backend.name == "emulated"
     assert "lo" in reason and reason  # doctor's verdict, not a silent default
 

@@ -6,6 +6,10 @@ the software NIC (:class:`~devmemtcp.backend.emulated.EmulatedBackend`). Both
 speak kernel bytes: control buffers in the kernel's cmsg layout, errors as
 ``OSError`` with the kernel's errno, netlink failures as
 :class:`~devmemtcp.errors.NetlinkError` carrying the kernel's extack text.
+
+Both are checked against these protocols by mypy (``_conforms`` at the end of
+kernel.py and emulated.py); :func:`devmemtcp.backend.open_backend` makes one.
+Callers use only what is declared here, never probe with ``getattr``.
 """
 
 from __future__ import annotations
@@ -26,14 +30,31 @@ class Binding(Protocol):
     """A dma-buf bound to a device (bind-rx or bind-tx).
 
     The binding lives as long as its owner (the netlink socket in the kernel):
-    ``close()`` unbinds. Usable as a context manager.
+    ``close()`` unbinds (idempotent). Usable as a context manager. The
+    attributes are read-only for callers.
     """
 
-    id: int  # binding (dmabuf) id, shared RX/TX id space, from 1
-    ifindex: int
-    kind: Literal["rx", "tx"]
-    queues: tuple[int, ...]  # RX queue ids (empty for TX)
-    dmabuf: DmaBuf
+    @property
+    def id(self) -> int:
+        """Binding (dmabuf) id, from 1; RX and TX share one id space."""
+        ...
+
+    @property
+    def ifindex(self) -> int: ...
+
+    @property
+    def kind(self) -> Literal["rx", "tx"]: ...
+
+    @property
+    def queues(self) -> tuple[int, ...]:
+        """RX queue ids, ascending (empty for TX)."""
+        ...
+
+    @property
+    def dmabuf(self) -> DmaBuf | None:
+        """The memory provider object; None for a binding made from a bare fd
+        (:func:`devmemtcp.netlink.netdev.bind_rx` without ``dmabuf=``)."""
+        ...
 
     def close(self) -> None: ...
     def __enter__(self) -> Binding: ...
@@ -66,9 +87,24 @@ class NicControl(Protocol):
 
 
 class Backend(Protocol):
-    """The devmem boundary. ``name`` is ``"kernel"`` or ``"emulated"``."""
+    """The devmem boundary. ``name`` is ``"kernel"`` or ``"emulated"``.
 
-    name: str
+    Use as a context manager, or call :meth:`close`, when done with it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    # -- lifetime ------------------------------------------------------------
+    def close(self) -> None:
+        """Give back what this backend holds on behalf of its caller
+        (idempotent). The emulated NIC unbinds its bindings and returns every
+        socket's tokens; the kernel backend holds nothing (a kernel binding is
+        owned by its netlink socket, tokens by their TCP socket)."""
+        ...
+
+    def __enter__(self) -> Backend: ...
+    def __exit__(self, *exc: object) -> None: ...
 
     # -- netlink -----------------------------------------------------------
     def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[int]) -> Binding:
@@ -110,4 +146,11 @@ class Backend(Protocol):
 
         Returns ``(controllen, msg_flags)``; raises BlockingIOError when the
         error queue is empty."""
+        ...
+
+    def wait_errqueue(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds (>= 0) until :meth:`recv_errqueue`
+        has a zerocopy completion to read; True if it may have one, False on
+        timeout. (The kernel reports a queued completion as POLLERR,
+        net/core/sock.c ``sock_queue_err_skb``.)"""
         ...

@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import importlib
 import os
 import select
 import socket
@@ -41,10 +40,11 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.netlink import ethtool, netdev, ntuple
+from devmemtcp.netlink.netdev import KernelBinding
 from devmemtcp.types import Channels, NtupleRule, Rings
 
 if TYPE_CHECKING:
-    from devmemtcp.backend.base import Binding
     from devmemtcp.memory.base import DmaBuf
 
 # ---------------------------------------------------------------------------
@@ -272,26 +272,9 @@ def libc_sendmsg(sock: socket.socket, iov: np.ndarray, control: bytes | bytearra
         del ckeep, ikeep
 
 
-def tx_cmsg(binding_id: int) -> bytes:
-    """The SCM_DEVMEM_DMABUF cmsg for devmem TX: level SOL_SOCKET, a bare u32
-    binding id, ``cmsg_len == CMSG_LEN(4)`` (net/core/sock.c)."""
-    hdr = np.zeros(1, dtype=abi.CMSGHDR_DTYPE)
-    hdr["cmsg_len"] = abi.cmsg_len(abi.TX_CMSG_PAYLOAD_SIZE)
-    hdr["cmsg_level"] = abi.SOL_SOCKET
-    hdr["cmsg_type"] = abi.SCM_DEVMEM_DMABUF
-    payload = np.array([binding_id], dtype="<u4").tobytes()
-    raw = hdr.tobytes() + payload
-    return raw + b"\0" * (abi.cmsg_space(abi.TX_CMSG_PAYLOAD_SIZE) - len(raw))
-
-
 # ---------------------------------------------------------------------------
 # NicControl on the real kernel
 # ---------------------------------------------------------------------------
-
-
-def _netlink(name: str) -> Any:
-    """Import ``devmemtcp.netlink.<name>`` lazily (keeps ``import`` of this module cheap)."""
-    return importlib.import_module(f"devmemtcp.netlink.{name}")
 
 
 class KernelNicControl:
@@ -315,23 +298,8 @@ class KernelNicControl:
             ) from None
         self.ifname = ifname
 
-    # ethtool netlink, resolved lazily so that importing this module stays cheap
-    @staticmethod
-    def _eth() -> Any:
-        return _netlink("ethtool")
-
-    def _netlink_else_ioctl(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ethtool netlink ``op``; on EOPNOTSUPP (an op the kernel or driver
-        lacks over netlink) the SIOCETHTOOL ioctl of the same name."""
-        try:
-            return getattr(self._eth(), op)(self.ifname, *args, **kwargs)
-        except NetlinkError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
-        return getattr(_netlink("ntuple"), op)(self.ifname, *args, **kwargs)
-
     def driver(self) -> str:
-        return str(_netlink("ntuple").driver_name(self.ifname))
+        return ntuple.driver_name(self.ifname)
 
     def rx_queue_count(self) -> int:
         """RX queues: rx + combined channels, else the ``rx-*`` queues in sysfs."""
@@ -342,55 +310,68 @@ class KernelNicControl:
         counts = [c for c in (ch.rx, ch.combined) if c]
         if counts:
             return int(sum(counts))
-        return int(self._eth().rx_queue_count(self.ifname))
+        return ethtool.rx_queue_count(self.ifname)
 
     def get_rings(self) -> Rings:
-        return self._eth().get_rings(self.ifname)
+        return ethtool.get_rings(self.ifname)
 
     def set_rings(self, *, tcp_data_split: str | None = None, hds_thresh: int | None = None) -> None:
-        self._eth().set_rings(self.ifname, tcp_data_split=tcp_data_split, hds_thresh=hds_thresh)
+        ethtool.set_rings(self.ifname, tcp_data_split=tcp_data_split, hds_thresh=hds_thresh)
 
+    # Channels and the RSS table: ethtool netlink, and on EOPNOTSUPP (an op the
+    # kernel or driver lacks over netlink) the SIOCETHTOOL ioctl.
     def get_channels(self) -> Channels:
-        return self._netlink_else_ioctl("get_channels")
+        try:
+            return ethtool.get_channels(self.ifname)
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        return ntuple.get_channels(self.ifname)
 
     def set_channels(self, *, rx: int | None = None, tx: int | None = None,
                      combined: int | None = None) -> None:
-        self._netlink_else_ioctl("set_channels", rx=rx, tx=tx, combined=combined)
+        try:
+            ethtool.set_channels(self.ifname, rx=rx, tx=tx, combined=combined)
+            return
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        ntuple.set_channels(self.ifname, rx=rx, tx=tx, combined=combined)
 
     def get_rss_indir(self) -> list[int]:
-        return list(self._netlink_else_ioctl("get_rss_indir"))
+        try:
+            return list(ethtool.get_rss_indir(self.ifname))
+        except NetlinkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        return list(ntuple.get_rss_indir(self.ifname))
 
     def set_rss_indir(self, table: list[int]) -> None:
         """Write the RSS table; ``[]`` resets it to the driver default (ETHTOOL_SRXFHINDIR
         with size 0, include/uapi/linux/ethtool.h), clearing "user configured"."""
-        if not table:
-            _netlink("ntuple").set_rss_indir(self.ifname, [])
-            return
-        self._netlink_else_ioctl("set_rss_indir", table)
+        if table:
+            try:
+                ethtool.set_rss_indir(self.ifname, table)
+                return
+            except NetlinkError as exc:
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise
+        ntuple.set_rss_indir(self.ifname, table)
 
+    # ntuple rules have no netlink op: always the ioctl
     def list_rules(self) -> list[NtupleRule]:
-        ntuple = _netlink("ntuple")
         return ntuple.list_rules(self.ifname)
 
     def add_rule(self, rule: NtupleRule) -> NtupleRule:
-        ntuple = _netlink("ntuple")
         return ntuple.add_rule(self.ifname, rule, location=ntuple.location_policy(self.driver()))
 
     def delete_rule(self, location: int) -> None:
-        ntuple = _netlink("ntuple")
         ntuple.delete_rule(self.ifname, location)
 
 
 # ---------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------
-
-
-def _attach(binding: Any, dmabuf: DmaBuf) -> Binding:
-    """Record the DmaBuf on a netlink binding (netlink.netdev binds by fd)."""
-    if getattr(binding, "dmabuf", None) is None:
-        binding.dmabuf = dmabuf
-    return binding
 
 
 _TOKEN = abi.DMABUF_TOKEN_DTYPE
@@ -405,19 +386,27 @@ class KernelBackend:
     name: str = "kernel"
 
     # -- netlink -----------------------------------------------------------
-    def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[int]) -> Binding:
+    # -- lifetime ------------------------------------------------------------
+    def close(self) -> None:
+        """Nothing to give back: each KernelBinding owns its netlink socket
+        (closing it unbinds) and the kernel frees a socket's tokens with it."""
+
+    def __enter__(self) -> KernelBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- netlink -----------------------------------------------------------
+    def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[int]) -> KernelBinding:
         """bind-rx ``dmabuf`` to RX ``queues`` of ``ifindex``; raises NetlinkError
         with the kernel's errno and extack (net/core/netdev-genl.c)."""
-        netdev = _netlink("netdev")
-        binding = netdev.bind_rx(ifindex, dmabuf.fd, [int(q) for q in queues], dmabuf=dmabuf)
-        return _attach(binding, dmabuf)
+        return netdev.bind_rx(ifindex, dmabuf.fd, [int(q) for q in queues], dmabuf=dmabuf)
 
-    def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> Binding:
+    def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> KernelBinding:
         """bind-tx ``dmabuf`` to ``ifindex``; raises NetlinkError (EOPNOTSUPP
         "Driver does not support netmem TX" on NICs without netmem TX)."""
-        netdev = _netlink("netdev")
-        binding = netdev.bind_tx(ifindex, dmabuf.fd, dmabuf=dmabuf)
-        return _attach(binding, dmabuf)
+        return netdev.bind_tx(ifindex, dmabuf.fd, dmabuf=dmabuf)
 
     def nic(self, ifname: str) -> KernelNicControl:
         """ethtool control of ``ifname``; DevmemError if there is no such interface."""
@@ -458,9 +447,17 @@ class KernelBackend:
         _n, clen, mflags = libc_recvmsg(sock, None, control, abi.MSG_ERRQUEUE | abi.MSG_DONTWAIT)
         return clen, mflags
 
+    def wait_errqueue(self, sock: socket.socket, timeout: float) -> bool:
+        """poll(2) ``sock`` up to ``timeout`` seconds for POLLERR, which a
+        queued zerocopy completion raises (net/core/sock.c
+        ``sock_queue_err_skb``, net/ipv4/tcp.c ``tcp_poll``); True if it did."""
+        return _wait(sock.fileno(), 0, timeout)  # POLLERR is reported without asking
+
 
 if TYPE_CHECKING:
-    from devmemtcp.backend.base import Backend, NicControl
+    from devmemtcp.backend.base import Backend, Binding, NicControl
 
-    def _conforms(kb: KernelBackend, nic: KernelNicControl) -> tuple[Backend, NicControl]:
-        return kb, nic  # mypy checks KernelBackend/KernelNicControl against the protocols
+    def _conforms(kb: KernelBackend, nic: KernelNicControl,
+                  b: KernelBinding) -> tuple[Backend, NicControl, Binding]:
+        """Never called: mypy fails here when a class drifts from its protocol."""
+        return kb, nic, b

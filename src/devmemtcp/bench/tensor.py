@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -66,17 +65,21 @@ _PLAIN_HDR = struct.Struct("<QQ")
 # ---------------------------------------------------------------------------
 # Gather
 # ---------------------------------------------------------------------------
-def _frag_set(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    pages = POOL_BYTES // abi.PAGE_SIZE
+def _frag_set(
+    kind: str, rng: np.random.Generator, pool_bytes: int, pass_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    pages = pool_bytes // abi.PAGE_SIZE
     size = abi.PAGE_SIZE if kind == "pages" else 1448
-    n = GATHER_BYTES // size
+    n = pass_bytes // size
     if n > pages:
         n = pages
     idx = rng.choice(pages, size=n, replace=False).astype(np.uint64)
     return idx * np.uint64(abi.PAGE_SIZE), np.full(n, size, dtype=np.uint32)
 
 
-def _paired(fn: Callable[[], Any], ref: Callable[[], Any], repeat: int = GATHER_REPEAT) -> tuple[float, float]:
+def _paired(
+    fn: Callable[[], Any], ref: Callable[[], Any], repeat: int = GATHER_REPEAT
+) -> tuple[float, float]:
     """Best-of-``repeat`` seconds of ``fn`` and of ``ref``, run alternately so
     both see the same load on a shared machine."""
     fn()  # warm: page faults, caches, the C helper's build
@@ -91,63 +94,86 @@ def _paired(fn: Callable[[], Any], ref: Callable[[], Any], repeat: int = GATHER_
     return min(a), min(b)
 
 
-def run_gather(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Gather GB/s (10**9 bytes/s) of each candidate and np.copyto, per frag kind."""
-    from devmemtcp.channel.gather import gather, gather_backend, gather_numpy
+def _gather_kind(
+    kind: str, pool: np.ndarray, rng: np.random.Generator, torch: Any, pass_bytes: int, repeat: int
+) -> dict[str, Any]:
+    """One frag kind: every candidate's GB/s and its ratio to the np.copyto run alternately with it."""
+    from devmemtcp.channel.gather import gather, gather_numpy
+
+    offs, sizes = _frag_set(kind, rng, pool.shape[0], pass_bytes)
+    total = int(sizes.sum(dtype=np.int64))
+    dst = np.empty(total, np.uint8)
+    src = pool[:total]
+    ref = np.concatenate([pool[o : o + s] for o, s in zip(offs.tolist(), sizes.tolist(), strict=True)])
+    res: dict[str, Any] = {"frags": int(offs.shape[0]), "frag_bytes": int(sizes[0]), "bytes": total}
+
+    def copy() -> None:
+        np.copyto(dst, src)
+
+    best_copy = float("inf")
+    cands: dict[str, Callable[[], Any]] = {
+        "chosen": lambda: gather(pool, offs, sizes, dst),
+        "numpy_fallback": lambda: gather_numpy(pool, offs, sizes, dst),
+    }
+    if kind == "pages":
+        rows = (offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64)
+        pv = pool.reshape(-1, abi.PAGE_SIZE)
+        dv = dst.reshape(-1, abi.PAGE_SIZE)
+        cands["np_take"] = lambda: np.take(pv, rows, axis=0, out=dv)
+    if torch is not None:
+        tpool = torch.from_numpy(pool)
+        tidx = torch.from_numpy((offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64))
+        fs = int(sizes[0])
+        win = tpool.as_strided((pool.shape[0] // abi.PAGE_SIZE, fs), (abi.PAGE_SIZE, 1))
+        tdst = torch.from_numpy(dst).view(-1, fs)
+        cands["torch_index_select"] = lambda: torch.index_select(win, 0, tidx, out=tdst)
+    for name, fn in cands.items():
+        dst.fill(0)
+        fn()
+        if not np.array_equal(dst, ref):
+            raise DevmemError(
+                f"gather candidate {name} produced wrong bytes ({kind} frags)", "this is a bug in the gather"
+            )
+        t, tc = _paired(fn, copy, repeat)
+        best_copy = min(best_copy, tc)
+        res[f"{name}_gbs"] = total / t / 1e9
+        res[f"{name}_ratio"] = tc / t  # against the copies run alternately with it
+    res["copyto_gbs"] = total / best_copy / 1e9
+    return res
+
+
+def run_gather(
+    progress: Callable[[str], None] | None = None,
+    *,
+    pool_bytes: int = POOL_BYTES,
+    pass_bytes: int = GATHER_BYTES,
+    repeat: int = GATHER_REPEAT,
+) -> dict[str, Any]:
+    """Gather GB/s (10**9 bytes/s) of each candidate and np.copyto, per frag kind.
+
+    Keys: pool_bytes, pass_bytes, chosen (:func:`~devmemtcp.channel.gather.gather_backend`),
+    and per kind ("pages", "1448"): frags, frag_bytes, bytes, copyto_gbs, and
+    ``NAME_gbs`` / ``NAME_ratio`` for NAME in chosen, numpy_fallback, np_take
+    (pages only), torch_index_select (with torch). Each ratio is against the
+    np.copyto runs alternated with that candidate (best of ``repeat`` each)."""
+    from devmemtcp.channel.gather import gather_backend
 
     say = progress or (lambda _m: None)
     rng = np.random.default_rng(12)
-    pool = rng.integers(0, 256, POOL_BYTES, dtype=np.uint8)
+    pool = rng.integers(0, 256, pool_bytes, dtype=np.uint8)
     torch: Any = None
     with contextlib.suppress(ImportError):
         import torch as _torch
 
         torch = _torch
-    out: dict[str, Any] = {"pool_bytes": POOL_BYTES, "pass_bytes": GATHER_BYTES, "chosen": gather_backend()}
+    out: dict[str, Any] = {"pool_bytes": pool_bytes, "pass_bytes": pass_bytes, "chosen": gather_backend()}
     old_threads = torch.get_num_threads() if torch is not None else None
     if torch is not None:
         torch.set_num_threads(1)
     try:
         for kind in ("pages", "1448"):
             say(f"gather: {kind} frags")
-            offs, sizes = _frag_set(kind, rng)
-            total = int(sizes.sum(dtype=np.int64))
-            dst = np.empty(total, np.uint8)
-            src = pool[:total]
-            ref = np.concatenate([pool[o: o + s] for o, s in zip(offs.tolist(), sizes.tolist(), strict=True)])
-            res: dict[str, Any] = {"frags": int(offs.shape[0]), "frag_bytes": int(sizes[0]), "bytes": total}
-            def copy() -> None:
-                np.copyto(dst, src)
-
-            best_copy = float("inf")
-            cands: dict[str, Callable[[], Any]] = {
-                "chosen": lambda: gather(pool, offs, sizes, dst),
-                "numpy_fallback": lambda: gather_numpy(pool, offs, sizes, dst),
-            }
-            if kind == "pages":
-                rows = (offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64)
-                pv = pool.reshape(-1, abi.PAGE_SIZE)
-                dv = dst.reshape(-1, abi.PAGE_SIZE)
-                cands["np_take"] = lambda: np.take(pv, rows, axis=0, out=dv)
-            if torch is not None:
-                tpool = torch.from_numpy(pool)
-                tidx = torch.from_numpy((offs // np.uint64(abi.PAGE_SIZE)).astype(np.int64))
-                fs = int(sizes[0])
-                win = tpool.as_strided((POOL_BYTES // abi.PAGE_SIZE, fs), (abi.PAGE_SIZE, 1))
-                tdst = torch.from_numpy(dst).view(-1, fs)
-                cands["torch_index_select"] = lambda: torch.index_select(win, 0, tidx, out=tdst)
-            for name, fn in cands.items():
-                dst.fill(0)
-                fn()
-                if not np.array_equal(dst, ref):
-                    raise DevmemError(f"gather candidate {name} produced wrong bytes ({kind} frags)",
-                                      "this is a bug in the gather")
-                t, tc = _paired(fn, copy)
-                best_copy = min(best_copy, tc)
-                res[f"{name}_gbs"] = total / t / 1e9
-                res[f"{name}_ratio"] = tc / t  # against the copies run alternately with it
-            res["copyto_gbs"] = total / best_copy / 1e9
-            out[kind] = res
+            out[kind] = _gather_kind(kind, pool, rng, torch, pass_bytes, repeat)
     finally:
         if torch is not None and old_threads:
             torch.set_num_threads(old_threads)
@@ -162,8 +188,12 @@ def _count(size: int, nbytes: int) -> int:
 
 
 def _peer(*args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", __name__, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen[str], what: str, timeout: float = 300.0) -> dict[str, Any]:
@@ -174,8 +204,9 @@ def _finish(proc: subprocess.Popen[str], what: str, timeout: float = 300.0) -> d
         proc.communicate()
         raise DevmemError(f"the {what} peer did not finish in {timeout} s", "try smaller --sizes") from None
     if proc.returncode != 0:
-        raise DevmemError(f"the {what} peer failed: {err.strip()[-800:]}",
-                          f"run python -m {__name__} by hand to see why")
+        raise DevmemError(
+            f"the {what} peer failed: {err.strip()[-800:]}", f"run python -m {__name__} by hand to see why"
+        )
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
@@ -183,7 +214,7 @@ def plain_run(size: int, count: int) -> dict[str, Any]:
     """Receive ``count`` framed messages of ``size`` bytes from a plain-TCP peer."""
     dst = np.empty(size, np.uint8)
     dst.fill(0)
-    dmv = memoryview(dst)
+    dmv = dst.data
     hdr = bytearray(_PLAIN_HDR.size)
     hmv = memoryview(hdr)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
@@ -227,8 +258,14 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
 
     dst = np.empty(size, np.uint8)
     dst.fill(0)
-    with listen(HOST, 0, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
-                tx_dmabuf_size=8 * abi.PAGE_SIZE * 64) as lis:
+    with listen(
+        HOST,
+        0,
+        backend="emulated",
+        streams=streams,
+        dmabuf_size=dmabuf_size,
+        tx_dmabuf_size=8 * abi.PAGE_SIZE * 64,
+    ) as lis:
         proc = _peer("channel", HOST, lis.port, size, count, streams, dmabuf_size)
         try:
             with lis.accept(timeout=60) as ch:
@@ -245,15 +282,28 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
         finally:
             peer = _finish(proc, "channel")
     rx = st["rx"]
-    return {"bytes": size * count, "seconds": seconds, "messages": count, "host_copy_bytes": rx["host_copy_bytes"],
-            "frags": rx["frags"], "release_syscalls": rx["release_syscalls"],
-            "credit_waits_peer": peer.get("credit_waits"), "peer_host_copy_bytes": peer.get("host_copy_bytes"),
-            "stripe_unit": st["stripe_unit"]}
+    return {
+        "bytes": size * count,
+        "seconds": seconds,
+        "messages": count,
+        "host_copy_bytes": rx["host_copy_bytes"],
+        "frags": rx["frags"],
+        "release_syscalls": rx["release_syscalls"],
+        "credit_waits_peer": peer.get("credit_waits"),
+        "peer_host_copy_bytes": peer.get("host_copy_bytes"),
+        "stripe_unit": st["stripe_unit"],
+    }
 
 
-def run_tensor(sizes: tuple[int, ...] = DEFAULT_SIZES, *, streams: int = 1, nbytes: int = DEFAULT_BYTES,
-               dmabuf_size: int = 64 << 20, gather_runs: bool = True,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_tensor(
+    sizes: tuple[int, ...] = DEFAULT_SIZES,
+    *,
+    streams: int = 1,
+    nbytes: int = DEFAULT_BYTES,
+    dmabuf_size: int = 64 << 20,
+    gather_runs: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the comparisons; return the JSON object (sizes, per-size rows, gather, targets, machine)."""
     from devmemtcp.bench.frags import machine_info
 
@@ -278,23 +328,40 @@ def run_tensor(sizes: tuple[int, ...] = DEFAULT_SIZES, *, streams: int = 1, nbyt
             }
         row["ratio"] = row["devmem"]["gbps"] / row["plain"]["gbps"] if row["plain"]["gbps"] else None
         rows.append(row)
-    out: dict[str, Any] = {"sizes": list(sizes), "streams": streams, "dmabuf_bytes": dmabuf_size, "rows": rows}
+    out: dict[str, Any] = {
+        "sizes": list(sizes),
+        "streams": streams,
+        "dmabuf_bytes": dmabuf_size,
+        "rows": rows,
+    }
     if gather_runs:
         out["gather"] = run_gather(progress)
     targets: dict[str, Any] = {}
     for row in rows:
         if row["size"] >= 16 << 20:
-            targets[f"ratio_{row['size']}"] = {"value": row["ratio"], "target": f">= {TARGET_LARGE}",
-                                               "met": (row["ratio"] or 0) >= TARGET_LARGE}
+            targets[f"ratio_{row['size']}"] = {
+                "value": row["ratio"],
+                "target": f">= {TARGET_LARGE}",
+                "met": (row["ratio"] or 0) >= TARGET_LARGE,
+            }
         if row["size"] == 4 << 10:
-            targets["ratio_4096"] = {"value": row["ratio"], "target": f">= {TARGET_SMALL}",
-                                     "met": (row["ratio"] or 0) >= TARGET_SMALL}
+            targets["ratio_4096"] = {
+                "value": row["ratio"],
+                "target": f">= {TARGET_SMALL}",
+                "met": (row["ratio"] or 0) >= TARGET_SMALL,
+            }
     if gather_runs:
         g = out["gather"]
-        targets["gather_pages_ratio"] = {"value": g["pages"]["chosen_ratio"], "target": f">= {TARGET_GATHER_PAGES}",
-                                         "met": g["pages"]["chosen_ratio"] >= TARGET_GATHER_PAGES}
-        targets["gather_1448_ratio"] = {"value": g["1448"]["chosen_ratio"], "target": f">= {TARGET_GATHER_1448}",
-                                        "met": g["1448"]["chosen_ratio"] >= TARGET_GATHER_1448}
+        targets["gather_pages_ratio"] = {
+            "value": g["pages"]["chosen_ratio"],
+            "target": f">= {TARGET_GATHER_PAGES}",
+            "met": g["pages"]["chosen_ratio"] >= TARGET_GATHER_PAGES,
+        }
+        targets["gather_1448_ratio"] = {
+            "value": g["1448"]["chosen_ratio"],
+            "target": f">= {TARGET_GATHER_1448}",
+            "met": g["1448"]["chosen_ratio"] >= TARGET_GATHER_1448,
+        }
     out["targets"] = targets
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out["machine"] = machine
@@ -310,17 +377,25 @@ def _peer_plain(host: str, port: int, size: int, count: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         for i in range(count):
             s.sendall(_PLAIN_HDR.pack(i, size))
-            s.sendall(payload)
+            s.sendall(payload.data)
         s.recv(1)
         return {"seconds": time.perf_counter() - t0}
 
 
-def _peer_channel(host: str, port: int, size: int, count: int, streams: int, dmabuf_size: int) -> dict[str, Any]:
+def _peer_channel(
+    host: str, port: int, size: int, count: int, streams: int, dmabuf_size: int
+) -> dict[str, Any]:
     from devmemtcp.channel import connect
 
-    with connect(host, port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
-                 tx_dmabuf_size=max(2 * dmabuf_size, 2 * (-(-size // abi.PAGE_SIZE)) * abi.PAGE_SIZE + dmabuf_size),
-                 timeout=60) as ch:
+    with connect(
+        host,
+        port,
+        backend="emulated",
+        streams=streams,
+        dmabuf_size=dmabuf_size,
+        tx_dmabuf_size=max(2 * dmabuf_size, 2 * (-(-size // abi.PAGE_SIZE)) * abi.PAGE_SIZE + dmabuf_size),
+        timeout=60,
+    ) as ch:
         buf = ch.empty(size, np.uint8)
         buf.fill(1)
         t0 = time.perf_counter()
@@ -328,8 +403,11 @@ def _peer_channel(host: str, port: int, size: int, count: int, streams: int, dma
             ch.send(buf, tag=i & 0xFF)
         ch.recv()  # the receiver's "done"
         st = ch.stats
-        return {"seconds": time.perf_counter() - t0, "credit_waits": st["credit_waits"],
-                "host_copy_bytes": st["tx"]["host_copy_bytes"]}
+        return {
+            "seconds": time.perf_counter() - t0,
+            "credit_waits": st["credit_waits"],
+            "host_copy_bytes": st["tx"]["host_copy_bytes"],
+        }
 
 
 def main(argv: list[str]) -> int:
@@ -337,11 +415,18 @@ def main(argv: list[str]) -> int:
         print(json.dumps(_peer_plain(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))), flush=True)
         return 0
     if len(argv) == 7 and argv[0] == "channel":
-        print(json.dumps(_peer_channel(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]),
-                                       int(argv[6]))), flush=True)
+        print(
+            json.dumps(
+                _peer_channel(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]), int(argv[6]))
+            ),
+            flush=True,
+        )
         return 0
-    print(f"usage: python -m {__name__} plain HOST PORT SIZE COUNT\n"
-          f"       python -m {__name__} channel HOST PORT SIZE COUNT STREAMS DMABUF_SIZE", file=sys.stderr)
+    print(
+        f"usage: python -m {__name__} plain HOST PORT SIZE COUNT\n"
+        f"       python -m {__name__} channel HOST PORT SIZE COUNT STREAMS DMABUF_SIZE",
+        file=sys.stderr,
+    )
     return 2
 
 

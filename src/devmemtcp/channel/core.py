@@ -47,7 +47,7 @@ import numpy as np
 
 from devmemtcp import __version__, abi
 from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, max_unit, plan_window
-from devmemtcp.channel.gather import gather
+from devmemtcp.channel.gather import gather_batch
 from devmemtcp.channel.header import (
     DL_BFLOAT,
     PROTOCOL_VERSION,
@@ -60,8 +60,8 @@ from devmemtcp.channel.header import (
     decode_json,
     encode_credit,
     encode_frame,
-    encode_header,
     encode_json,
+    encode_msg,
 )
 from devmemtcp.cmsg import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
@@ -95,14 +95,14 @@ def _open_backend(choice: str | Backend, ifname: str) -> tuple[Backend, str]:
     dma-buf of the backend object that bound its queue, so every channel of a
     process shares one EmulatedBackend (both ends of a loopback test included)."""
     global _shared_emulated
-    from devmemtcp.transfer import select_backend
+    from devmemtcp.backend import open_backend
 
     if not isinstance(choice, str):
         return choice, "given by the caller"
     if choice == "emulated":
         be, reason = None, "asked for (backend='emulated')"
     else:
-        be, reason = select_backend(choice, ifname, direction="rx")
+        be, reason = open_backend(choice, ifname, direction="rx")
         if be.name != "emulated":
             return be, reason
     with _shared_lock:
@@ -725,7 +725,7 @@ def _payload(obj: Any) -> tuple[np.ndarray, DType, tuple[int, ...], int]:
         arr = np.ascontiguousarray(arr)
         copied = arr.nbytes
     u8 = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
-    return u8, spec, tuple(int(d) for d in arr.shape), copied
+    return u8, spec, arr.shape, copied
 
 
 def _writable_view(out: Any, nbytes: int, tag: int) -> np.ndarray:
@@ -925,6 +925,7 @@ class Channel:
             for s in rx_socks
         ]
         self._lowat = [1] * len(rx_socks)
+        self._rcvbuf = [0] * len(rx_socks)
         self._senders: list[Sender] = [stack.enter_context(Sender(backend, s, tx_binding)) for s in tx_socks]
         self._rx_socks = rx_socks
         self._tx_socks = tx_socks
@@ -955,6 +956,7 @@ class Channel:
         self._rx_lock = threading.Lock()
         self._wlock = threading.Lock()
         self._tx_seq = 0
+        self._iov = np.empty((1, 2), dtype=np.uint64)
         self._rx_seq = 0
         self._rr = 0
         self._tx_stats = _DirStats()
@@ -1032,7 +1034,15 @@ class Channel:
     def _give_credit(self, force: bool = False) -> None:
         led = self._ledger
         if led.owed and (force or led.owed >= led.flush_at):
-            self._write(encode_frame(FrameType.CREDIT, encode_credit(led.take_owed())))
+            frame = encode_frame(FrameType.CREDIT, encode_credit(led.take_owed()))
+            if self._ctl_eof or self._ctl_error is not None:
+                return  # the peer is gone: what it sent is still read to the end (or the cut)
+            try:
+                self._write(frame)
+            except ChannelError:
+                # reported by the data flow's end (which names the message) or the next control read
+                with self._cv:
+                    self._ctl_eof = True
 
     # -- sending -------------------------------------------------------------
     def empty(self, shape: int | Sequence[int], dtype: Any = np.uint8) -> np.ndarray:
@@ -1147,23 +1157,19 @@ class Channel:
             nflows = len(self._senders)
             first = self._rr
             self._rr = (first + 1) % nflows
-            h = MessageHeader(
-                tag=tag,
-                nbytes=nbytes,
-                seq=seq,
-                dtype=spec,
-                shape=shape,
-                unit=self._unit,
-                first=first,
-                nflows=nflows,
+            unit = self._unit
+            self._write(
+                encode_frame(FrameType.MSG, encode_msg(tag, nbytes, seq, unit, first, nflows, spec, shape))
             )
-            self._write(encode_frame(FrameType.MSG, encode_header(h)))
             sent = 0
-            iov = np.empty((1, 2), dtype=np.uint64)
+            iov = self._iov
+            bpp = self._peer_bpp
             try:
-                for i in range(h.nchunks):
-                    f, start, ln = h.chunk(i)
-                    cost = chunk_pages(ln, self._peer_bpp)
+                for i in range(-(-nbytes // unit) if nbytes else 0):
+                    f = (first + i) % nflows
+                    start = i * unit
+                    ln = min(unit, nbytes - start)
+                    cost = chunk_pages(ln, bpp)
                     if not self._credit.can_take(cost):
                         self.credit_waits += 1
                         self._wait(
@@ -1313,23 +1319,7 @@ class Channel:
         self._rx_stats.host_copy_bytes += pos
 
     def _gather_batch(self, batch: FragBatch, dst: np.ndarray) -> int:
-        if not batch.linear_bytes:
-            return gather(self._rx_base, batch.offset, batch.size, dst)
-        # SCM_DEVMEM_LINEAR pieces (a real NIC that could not split a packet) interleaved with frags
-        pos = 0
-        lin = 0
-        done = 0
-        for size, at in zip(batch.linear_sizes.tolist(), batch.linear_at.tolist(), strict=True):
-            if at > done:
-                pos += gather(self._rx_base, batch.offset[done:at], batch.size[done:at], dst[pos:])
-                done = at
-            dst[pos : pos + size] = batch.linear[lin : lin + size]
-            pos += size
-            lin += size
-        n = batch.offset.shape[0]
-        if n > done:
-            pos += gather(self._rx_base, batch.offset[done:], batch.size[done:], dst[pos:])
-        return pos
+        return gather_batch(self._rx_base, batch, dst)
 
     def _receive(self, h: MessageHeader, dst: np.ndarray | None, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
@@ -1337,6 +1327,7 @@ class Channel:
         chunk's credit once it is done. Else keep the batches in ``held``."""
         self._rx_seq += 1
         converted = -1
+        held_frags = 0
         got = 0
         st = self._rx_stats
         bpp = self._rx.bytes_per_page
@@ -1351,7 +1342,7 @@ class Channel:
                     )
                 rx = self._receivers[f]
                 need = ln
-                low = min(need, RCVLOWAT_CAP)
+                low = self._low_water(f, need)
                 if low != self._lowat[f]:
                     self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
                     self._lowat[f] = low
@@ -1378,7 +1369,10 @@ class Channel:
                     else:
                         assert held is not None
                         held.parts.append((rx, batch))
-                        if batch.linear_bytes:  # linear bytes live in the iov buffer: copy the message out
+                        held_frags += batch.token.shape[0]
+                        # linear bytes live in the iov buffer, and a message must not hold more
+                        # net_iovs than it was charged: copy the message out of the dma-buf
+                        if batch.linear_bytes or held_frags > held.pages:
                             data = np.empty(nbytes, np.uint8)
                             pos = 0
                             for _r, b in held.parts:
@@ -1409,6 +1403,19 @@ class Channel:
             ) from None
         st.bytes += nbytes
         st.messages += 1
+
+    def _low_water(self, f: int, need: int) -> int:
+        """SO_RCVLOWAT for reading ``need`` more bytes of a chunk on flow ``f``:
+        one recvmsg per chunk where the data is there, but at most a quarter of
+        the socket's receive buffer. tcp_set_rcvlowat (net/ipv4/tcp.c) grows
+        the buffer and clamps the advertised window to the low-water mark when
+        the mark does not fit: waiting for as much as the window lets in can
+        then hang, as it did here with a 1 MiB mark."""
+        low = min(need, RCVLOWAT_CAP)
+        if low > abi.PAGE_SIZE and low > self._rcvbuf[f] // 4:
+            self._rcvbuf[f] = self._rx_socks[f].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            low = max(1, min(low, self._rcvbuf[f] // 4))
+        return low
 
     def _steering_error(self, f: int, batch: FragBatch) -> None:
         rule = self._rx.rules[f] if f < len(self._rx.rules) else None

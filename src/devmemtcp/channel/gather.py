@@ -32,14 +32,17 @@ import subprocess
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError
 
-__all__ = ["build_helper", "gather", "gather_backend", "gather_numpy"]
+if TYPE_CHECKING:
+    from devmemtcp.cmsg import FragBatch
+
+__all__ = ["build_helper", "gather", "gather_backend", "gather_batch", "gather_numpy"]
 
 SOURCE_NAME = "gather.c"
 ENV = "DEVMEMTCP_GATHER"
@@ -218,3 +221,28 @@ def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: 
     idx = np.repeat(offs - first, lens) + np.arange(total, dtype=np.int64)
     np.take(base, idx, out=dst[:total])
     return total
+
+
+def gather_batch(base: np.ndarray, batch: FragBatch, dst: np.ndarray) -> int:
+    """One received batch in stream order into ``dst``: its frags, with its
+    SCM_DEVMEM_LINEAR pieces (bytes a real NIC could not split, in the
+    Receiver's iov buffer: ``batch.linear``) put back where ``linear_at``
+    says, and readable bytes (a flow on an ordinary queue) as they are.
+    Returns the bytes written. A loop per linear piece (rare), never per frag."""
+    if batch.readable.shape[0]:
+        n = batch.readable.shape[0]
+        dst[:n] = batch.readable
+        return n
+    if not batch.linear_bytes:
+        return gather(base, batch.offset, batch.size, dst)
+    pos = lin = done = 0
+    for size, at in zip(batch.linear_sizes.tolist(), batch.linear_at.tolist(), strict=True):
+        if at > done:
+            pos += gather(base, batch.offset[done:at], batch.size[done:at], dst[pos:])
+            done = at
+        dst[pos : pos + size] = batch.linear[lin : lin + size]
+        pos += size
+        lin += size
+    if batch.offset.shape[0] > done:
+        pos += gather(base, batch.offset[done:], batch.size[done:], dst[pos:])
+    return pos

@@ -26,7 +26,7 @@ import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,7 @@ __all__ = [
     "encode_frame",
     "encode_header",
     "encode_json",
+    "encode_msg",
 ]
 
 PROTOCOL_VERSION = 1
@@ -82,6 +83,11 @@ class FrameType(IntEnum):
     ERROR = 6  #: JSON {"message"}: the peer failed and is closing
 
 
+#: dtype conversions seen so far (a header per message: decoding a descr costs more than the rest)
+_OF_NUMPY: dict[Any, DType] = {}
+_TO_NUMPY: dict[str, Any] = {}
+
+
 @dataclass(frozen=True)
 class DType:
     """A message's element type: ``descr`` (a numpy dtype descr: ``'<f4'``,
@@ -95,13 +101,19 @@ class DType:
     def of_numpy(cls, dtype: np.dtype[Any]) -> DType:
         """The DType of a numpy dtype; ChannelError for object dtypes (Python
         objects have no bytes to send)."""
+        hit = _OF_NUMPY.get(dtype)
+        if hit is not None:
+            return hit
         if dtype.hasobject:
             raise ChannelError(
                 f"cannot send arrays of dtype {dtype}: they hold Python objects, not bytes",
                 "convert to a numeric, bytes or unicode dtype first",
             )
         descr = np.lib.format.dtype_to_descr(dtype)
-        return cls(descr=descr if isinstance(descr, str) else repr(descr))
+        spec = cls(descr=descr if isinstance(descr, str) else repr(descr))
+        if len(_OF_NUMPY) < 256:
+            _OF_NUMPY[dtype] = spec
+        return spec
 
     def numpy(self) -> np.dtype[Any]:
         """The numpy dtype; ChannelError when there is none (bfloat16) or the
@@ -119,10 +131,16 @@ class DType:
                 f"dtype {self} has no numpy equivalent",
                 "receive it with like='torch', or as raw bytes with recv_into(uint8 array)",
             )
+        hit = _TO_NUMPY.get(self.descr)
+        if hit is not None:
+            return hit
         try:
             text = self.descr
             descr: Any = ast.literal_eval(text) if text.startswith("[") else text
-            return np.lib.format.descr_to_dtype(descr)
+            dt = np.lib.format.descr_to_dtype(descr)
+            if len(_TO_NUMPY) < 256:
+                _TO_NUMPY[text] = dt
+            return dt
         except (ValueError, TypeError, SyntaxError) as exc:
             raise ChannelError(
                 f"unknown dtype {self.descr!r} in a message header: {exc}",
@@ -145,8 +163,7 @@ class DType:
         return name if lanes == 1 else f"{name}x{lanes}"
 
 
-@dataclass(frozen=True)
-class MessageHeader:
+class MessageHeader(NamedTuple):
     """One message: ``tag`` (u64), ``nbytes`` (payload bytes), ``seq`` (the
     sender's message number, from 0), ``dtype``, ``shape`` (element counts),
     and its striping: ``unit`` (bytes per chunk), ``first`` (flow of chunk 0)
@@ -246,21 +263,37 @@ class FrameDecoder:
 # ---------------------------------------------------------------------------
 def encode_header(h: MessageHeader) -> bytes:
     """The ``MSG`` frame body of ``h``."""
-    if len(h.shape) > MAX_NDIM:
+    return encode_msg(h.tag, h.nbytes, h.seq, h.unit, h.first, h.nflows, h.dtype, h.shape)
+
+
+def encode_msg(
+    tag: int, nbytes: int, seq: int, unit: int, first: int, nflows: int, dtype: DType, shape: tuple[int, ...]
+) -> bytes:
+    """:func:`encode_header` from the fields (the send path builds no MessageHeader)."""
+    ndim = len(shape)
+    if ndim > MAX_NDIM:
         raise ChannelError(
-            f"{len(h.shape)} dimensions: at most {MAX_NDIM} are supported", "reshape the array before sending"
+            f"{ndim} dimensions: at most {MAX_NDIM} are supported", "reshape the array before sending"
         )
-    if h.dtype.descr is not None:
-        kind, dt = 0, h.dtype.descr.encode()
-    else:
-        assert h.dtype.dlpack is not None
-        code, bits, lanes = h.dtype.dlpack
-        kind, dt = 1, struct.pack("<BBH", code, bits, lanes)
+    dt = _DT_BYTES.get(dtype)
+    if dt is None:
+        if dtype.descr is not None:
+            dt = (0, dtype.descr.encode())
+        else:
+            assert dtype.dlpack is not None
+            dt = (1, struct.pack("<BBH", *dtype.dlpack))
+        if len(_DT_BYTES) < 256:
+            _DT_BYTES[dtype] = dt
+    kind, raw = dt
     return (
-        _MSG.pack(h.tag, h.nbytes, h.seq, h.unit, h.first, h.nflows, kind, len(h.shape), len(dt))
-        + struct.pack(f"<{len(h.shape)}Q", *h.shape)
-        + dt
+        _MSG.pack(tag, nbytes, seq, unit, first, nflows, kind, ndim, len(raw))
+        + struct.pack(f"<{ndim}Q", *shape)
+        + raw
     )
+
+
+_DT_BYTES: dict[DType, tuple[int, bytes]] = {}
+_DT_OF_RAW: dict[tuple[int, bytes], DType] = {}
 
 
 def decode_header(body: bytes) -> MessageHeader:
@@ -298,13 +331,19 @@ def decode_header(body: bytes) -> MessageHeader:
             f"message header with bad striping (unit {unit}, first {first}, flows {nflows})",
             "the peer is broken",
         )
+    try:
+        itemsize = dtype.itemsize
+    except ChannelError:
+        # a dtype this end's numpy does not know: recv_into() of raw bytes still works,
+        # recv() of an array names the dtype then
+        return h
     n = 1
     for d in shape:
         n *= d
-    if n * dtype.itemsize != nbytes:
+    if n * itemsize != nbytes:
         raise ChannelError(
             f"message header for tag {tag}: shape {tuple(shape)} of {dtype} is "
-            f"{n * dtype.itemsize} bytes but the payload is {nbytes}",
+            f"{n * itemsize} bytes but the payload is {nbytes}",
             "the peer is broken",
         )
     return h

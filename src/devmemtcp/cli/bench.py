@@ -1,4 +1,4 @@
-"""``devmemtcp bench frags | stream | report``: measure the fragment path and stream throughput.
+"""``devmemtcp bench frags | stream | tensor | report``: measure the fragment path and stream throughput.
 
 Each subcommand prints readable tables (progress on stderr) or, with
 ``--json``, one JSON object on stdout. Exit status 0 when the benchmark ran
@@ -23,6 +23,7 @@ examples:
   devmemtcp bench frags                    Receiver pipeline vs the C walks, 10 M frags
   devmemtcp bench frags --frags 2000000 --per-call 400 --json
   devmemtcp bench stream --bytes 512M      raw Python TCP vs the emulated devmem path on lo
+  devmemtcp bench tensor --sizes 4K,1M,16M --streams 2   the data API vs plain TCP, and the gather
   devmemtcp bench report --out bench-out   both, plus bench-out/bench.json and bench-out/bench.png
 
 What the figures mean: bench/README.md in the source tree.
@@ -44,6 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        description="Receive and send over lo: raw Python sockets vs the emulated devmem "
                        "NIC (Receiver / Sender), same peer process, medians of --repeat runs.")
     _stream_args(p)
+    _common_args(p)
+
+    p = sub.add_parser("tensor", help="the data API (Channel) vs a plain-TCP framed channel; the gather",
+                       description="Messages of each --sizes from a peer process, received with recv_into "
+                       "one preallocated numpy array: the devmem Channel on the emulated NIC over lo "
+                       "against a plain-TCP framed channel; then the gather alone against np.copyto.")
+    _tensor_args(p)
     _common_args(p)
 
     p = sub.add_parser("report", help="run frags and stream, write bench.json and a bench.png plot",
@@ -87,6 +95,30 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                         "iperf3 -A, applies to raw and devmem runs alike and cuts the run-to-run noise)")
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(parse_size(x) for x in text.split(",") if x.strip())
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise argparse.ArgumentTypeError(f"bad --sizes {text!r}: {exc}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("--sizes needs positive sizes, e.g. 4K,1M,16M")
+    return sizes
+
+
+def _tensor_args(p: argparse.ArgumentParser) -> None:
+    from devmemtcp.bench.tensor import DEFAULT_BYTES
+
+    p.add_argument("--sizes", type=_sizes, default=(4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20),
+                   metavar="LIST", help="message sizes, comma separated (default 4K,64K,1M,16M,256M)")
+    p.add_argument("--streams", type=positive_int, default=1, metavar="N",
+                   help="data flows per direction of the devmem channel (default 1)")
+    p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
+                   help="payload per size and kind (default 512M; at least 2, at most 20000 messages)")
+    p.add_argument("--dmabuf-size", type=parse_size, default=64 << 20, metavar="N",
+                   help="RX dma-buf of each channel end (default 64M)")
+    p.add_argument("--no-gather", action="store_true", help="skip the gather measurements")
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
@@ -117,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
                             pin=not args.no_pin,
                             progress=progress)
         _emit(args, result, lambda c: print_stream(c, result))
+        return _status(args, result.get("targets", {}))
+    if cmd == "tensor":
+        from devmemtcp.bench.tensor import run_tensor
+
+        result = run_tensor(args.sizes, streams=args.streams, nbytes=args.bytes, dmabuf_size=args.dmabuf_size,
+                            gather_runs=not args.no_gather, progress=progress)
+        _emit(args, result, lambda c: print_tensor(c, result))
         return _status(args, result.get("targets", {}))
     from devmemtcp.bench.report import run_report
 
@@ -257,6 +296,47 @@ def print_stream(console: Console, r: dict[str, Any]) -> None:
                   f"for {r['bytes']:,} bytes, "
                   f"{_n(quarter / mib if quarter else None, '.1f')} MiB for a quarter of that "
                   f"(growth {_n(growth / mib if growth is not None else None, '+.1f')} MiB)")
+    console.print(_targets_table(r["targets"]))
+    m = r["machine"]
+    console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
+                  f"{m.get('loadavg_after')}[/dim]")
+
+
+def print_tensor(console: Console, r: dict[str, Any]) -> None:
+    """The tensor benchmark as tables: per size devmem vs plain, the gather, the targets."""
+    from devmemtcp.cli.common import format_bytes
+
+    t = Table(title=f"data API over lo: devmem Channel ({r['streams']} stream(s), emulated NIC, "
+              f"{r['dmabuf_bytes'] >> 20} MiB dma-buf) vs plain-TCP framed channel, recv_into one array",
+              title_justify="left")
+    for col in ("size", "msgs", "plain Gbit/s", "devmem Gbit/s", "ratio", "plain msg/s", "devmem msg/s",
+                "devmem us/msg", "host copy/B plain", "host copy/B devmem"):
+        t.add_column(col, justify="right")
+    for row in r["rows"]:
+        p, d = row["plain"], row["devmem"]
+        t.add_row(format_bytes(row["size"]), _n(row["count"]), _n(p["gbps"], ".2f"), _n(d["gbps"], ".2f"),
+                  _n(row["ratio"], ".3f"), _n(p["msg_per_s"]), _n(d["msg_per_s"]), _n(d["us_per_msg"], ".1f"),
+                  _n(p["host_copy_per_byte"], ".2f"), _n(d["host_copy_per_byte"], ".2f"))
+    console.print(t)
+    console.print("host copy/B: bytes the receiving process's CPU copies per payload byte (plain: the "
+                  "kernel's copy to user space; devmem: the gather from the dma-buf; on the emulated NIC "
+                  "the socket -> dma-buf copy stands in for the NIC's DMA and is not counted). The devmem "
+                  "sender "
+                  "sends from Channel.empty() (no host copy).")
+    g = r.get("gather")
+    if g:
+        gt = Table(title=f"gather, one thread: {g['pass_bytes'] >> 20} MiB per pass from a "
+                   f"{g['pool_bytes'] >> 20} MiB pool, frags at random pages; chosen: {g['chosen']}",
+                   title_justify="left")
+        for col in ("frags", "np.copyto GB/s", "candidate", "GB/s", "vs copyto"):
+            gt.add_column(col, justify="right")
+        for kind, label in (("pages", "4 KiB page-aligned"), ("1448", "1448-byte")):
+            e = g[kind]
+            for name in ("chosen", "numpy_fallback", "np_take", "torch_index_select"):
+                if f"{name}_gbs" in e:
+                    gt.add_row(f"{label} x {e['frags']:,}", _n(e["copyto_gbs"], ".2f"), name,
+                               _n(e[f"{name}_gbs"], ".2f"), _n(e[f"{name}_ratio"], ".3f"))
+        console.print(gt)
     console.print(_targets_table(r["targets"]))
     m = r["machine"]
     console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "

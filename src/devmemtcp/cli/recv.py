@@ -24,6 +24,7 @@ examples:
   devmemtcp recv --listen 127.0.0.1 --port 5201 --validate 7
       (peer: yes $(echo -e \\\\x01\\\\x02\\\\x03\\\\x04\\\\x05\\\\x06) | head -c 1G | nc 127.0.0.1 5201)
   devmemtcp recv --listen 192.0.2.1 --port 5201 --ifname eth1 --queues 3:1 --json
+  devmemtcp recv --listen 127.0.0.1 --port 5201 --output copy.bin   (peer: devmemtcp send ... --file F)
   devmemtcp setup eth1 ... && devmemtcp recv --listen 192.0.2.1 --port 5201 --no-nic-config
 """
 
@@ -48,6 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
                         help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
                              "carries more frags (default min(8M, --size/8); 0 leaves the socket's 1)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write the received stream, in order, to FILE ('-': stdout; the summary "
+                             "then goes to stderr)")
     common.add_backend_args(parser)
 
 
@@ -65,12 +69,13 @@ def table_rows(d: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
-def report(result: TransferResult, as_json: bool, title: str) -> None:
-    """Print the summary of one transfer (table on stdout, or one JSON object)."""
+def report(result: TransferResult, as_json: bool, title: str, stream: Any = None) -> None:
+    """Print the summary of one transfer (table on stdout, or one JSON object;
+    on ``stream`` when given)."""
     if as_json:
-        common.print_json(result.as_dict())
+        common.print_json(result.as_dict(), stream)
     else:
-        common.print_summary(title, table_rows(result.as_dict()))
+        common.print_summary(title, table_rows(result.as_dict()), stream)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,12 +87,20 @@ def run(args: argparse.Namespace) -> int:
     def on_ready(port: int) -> None:
         common.note(f"listening on {args.listen} port {port}")
 
+    out: Any = None
+    to_stdout = args.output == "-"
     try:
+        if args.output is not None:
+            try:
+                out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: SIM115
+            except OSError as exc:
+                raise common.fail(f"cannot write {args.output}: {exc.strerror}",
+                                  "give a writable path, or - for stdout") from None
         result = receive_stream(
             args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
             memory=args.memory, size=args.size, backend=args.backend,
             nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
-            on_ready=on_ready, on_backend=on_backend, on_progress=progress)
+            on_ready=on_ready, on_backend=on_backend, on_progress=progress, output=out)
     except ValidationError as exc:
         progress.close()
         return common.report_validation_failure("recv", exc, as_json=args.json)
@@ -96,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"devmemtcp recv: error: {exc}", file=sys.stderr)
         print("hint: start the sender, or raise --timeout", file=sys.stderr)
         return 2
+    finally:
+        if out is not None:
+            out.flush()
+            if not to_stdout:
+                out.close()
     progress.close()
-    report(result, args.json, "devmemtcp recv")
+    report(result, args.json, "devmemtcp recv", sys.stderr if to_stdout else None)
     return 0

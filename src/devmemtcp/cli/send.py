@@ -12,6 +12,8 @@ Exit status: 0 sent, 2 setup or environment error, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from devmemtcp.cli import common
 from devmemtcp.cli.recv import report
@@ -21,6 +23,7 @@ EXAMPLES = """\
 examples:
   devmemtcp send 127.0.0.1 --port 5201 --bytes 1G --validate 7
   devmemtcp send 192.0.2.1 --port 5201 --ifname eth1 --bytes 256M --chunk 4K --json
+  devmemtcp send 127.0.0.1 --port 5201 --file weights.bin        (or --file - to send stdin)
 """
 
 
@@ -38,11 +41,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bytes per iovec (default 64K)")
     parser.add_argument("--size", type=common.parse_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
                         help="dma-buf size (default 16000 pages = 62.5 MiB)")
+    parser.add_argument("--file", metavar="FILE",
+                        help="send FILE's bytes ('-': stdin) through the TX dma-buf instead of the "
+                             "pattern, until its end (--bytes and --validate do not apply)")
     common.add_backend_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = common.ProgressLine("send", total=args.bytes)
+    source: Any = None
+    if args.file is not None:
+        if args.validate is not None:
+            raise common.fail("--file and --validate do not go together: a file is sent as it is",
+                              "drop --validate (the receiver compares the file, e.g. with sha256sum)")
+        try:
+            source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise common.fail(f"cannot read {args.file}: {exc.strerror}",
+                              "give a readable file, or - for stdin") from None
+    progress = common.ProgressLine("send", total=None if source is not None else args.bytes)
 
     def on_backend(name: str, reason: str) -> None:
         common.note(f"backend {name}: {reason}")
@@ -51,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
         result = send_stream(
             args.addr, args.port, nbytes=args.bytes, ifname=args.ifname, validate=args.validate,
             chunk=args.chunk, memory=args.memory, size=args.size, backend=args.backend,
-            on_backend=on_backend, on_progress=progress)
+            on_backend=on_backend, on_progress=progress, source=source)
     finally:
         progress.close()
+        if source is not None and args.file != "-":
+            source.close()
     report(result, args.json, "devmemtcp send")
     return 0

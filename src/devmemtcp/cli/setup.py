@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from devmemtcp.backend import open_backend
 from devmemtcp.cli import common
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import DEFAULT_JOURNAL_DIR, STEPS, NicSetup, backend_by_name, call_in_netns
+from devmemtcp.nic import DEFAULT_JOURNAL_DIR, STEPS, NicSetup, call_in_netns
 
 EXAMPLES = """\
 examples:
@@ -63,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def setup_nic(args: argparse.Namespace) -> dict[str, Any]:
     """Run the steps and keep them; returns the JSON-able report."""
-    backend = backend_by_name(args.backend)
+    backend, _reason = open_backend(args.backend)
     queues = args.queues
     if queues is None:
         n = backend.nic(args.ifname).rx_queue_count() if args.channels is None else args.channels

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.emulation.tokens import expand_runs, page_runs
+from devmemtcp.emulation.tokens import PageRun, expand_runs, page_runs
 
 PP_ALLOC_CACHE_REFILL = 64  # include/net/page_pool/types.h
 _SCAN_CHUNK = 4096  # free-map entries scanned per numpy call when allocating
@@ -244,3 +244,71 @@ class RxPool:
             self._first_free = low
         if self.waiters:
             self.cond.notify_all()
+
+
+class PoolRegistry:
+    """The page pools of one process's RX bindings, by binding id.
+
+    A binding's pool lives while the binding is bound or the application
+    still holds frags of it, and goes with the last of the two: net/core/devmem.c
+    keeps an unbound binding (and its chunk pool) alive through the references
+    its in-flight net_iovs hold (``net_devmem_dmabuf_binding_put``), then
+    frees it. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._pools: dict[int, RxPool] = {}
+        self._retired: set[int] = set()  # unbound, frags still held
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def __contains__(self, binding_id: object) -> bool:
+        return binding_id in self._pools
+
+    def add(self, pool: RxPool) -> None:
+        with self._lock:
+            self._pools[pool.binding_id] = pool
+            self._retired.discard(pool.binding_id)
+
+    def get(self, binding_id: int) -> RxPool | None:
+        return self._pools.get(binding_id)
+
+    def items(self) -> list[tuple[int, RxPool]]:
+        """``[(binding id, pool), ...]``: a snapshot."""
+        with self._lock:
+            return list(self._pools.items())
+
+    def retire(self, binding_id: int) -> None:
+        """The binding was unbound: drop its pool now if no frag of it is
+        held, else once the last one comes back (:meth:`return_pages`)."""
+        with self._lock:
+            pool = self._pools.get(binding_id)
+            if pool is None:
+                return
+            if pool.inflight == 0:
+                del self._pools[binding_id]
+            else:
+                self._retired.add(binding_id)
+
+    def return_pages(self, runs: list[PageRun]) -> None:
+        """Give erased tokens' net_iovs (``(first, count, binding, queue)``
+        runs) back to their bindings' pools; a retired pool whose last frag
+        came back goes."""
+        if not runs:
+            return
+        first = runs[0][2]
+        if all(r[2] == first for r in runs):
+            pool = self._pools.get(first)
+            if pool is not None:
+                pool.release_runs(runs)
+        else:
+            for bid in sorted({r[2] for r in runs}):
+                pool = self._pools.get(bid)
+                if pool is not None:
+                    pool.release_runs([r for r in runs if r[2] == bid])
+        if self._retired:
+            with self._lock:
+                for bid in [b for b in self._retired if self._pools[b].inflight == 0]:
+                    self._retired.discard(bid)
+                    del self._pools[bid]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp.backend.kernel import KernelBackend, libc_recvmsg, libc_setsockopt, tx_cmsg
+from devmemtcp.backend.kernel import KernelBackend, libc_recvmsg, libc_setsockopt
+from devmemtcp.cmsg import build_tx_cmsg
 
 kb = KernelBackend()
 
@@ -175,7 +177,7 @@ def test_recvmsg_numpy_buffers(tcp_pair: tuple[socket.socket, socket.socket]) ->
 # -- sendmsg ------------------------------------------------------------------
 
 def test_tx_cmsg_layout() -> None:
-    raw = tx_cmsg(7)
+    raw = build_tx_cmsg(7)
     assert len(raw) == abi.cmsg_space(4) == 24
     hdr = np.frombuffer(raw[:16], dtype=abi.CMSGHDR_DTYPE)[0]
     assert (int(hdr["cmsg_len"]), int(hdr["cmsg_level"]), int(hdr["cmsg_type"])) == (
@@ -191,14 +193,14 @@ def test_sendmsg_unknown_binding_id_einval(tcp_pair: tuple[socket.socket, socket
         client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
     iov = np.array([[0, 4096]], dtype=np.uint64)
     with pytest.raises(OSError) as exc:
-        kb.sendmsg(client, iov, tx_cmsg(424242), abi.MSG_ZEROCOPY)
+        kb.sendmsg(client, iov, build_tx_cmsg(424242), abi.MSG_ZEROCOPY)
     assert exc.value.errno == errno.EINVAL
 
 
 def test_sendmsg_bad_cmsg_len_einval(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client, _ = tcp_pair
     client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-    bad = (abi.cmsg_len(4) + 4).to_bytes(8, "little") + tx_cmsg(1)[8:] + b"\0" * 8
+    bad = (abi.cmsg_len(4) + 4).to_bytes(8, "little") + build_tx_cmsg(1)[8:] + b"\0" * 8
     with pytest.raises(OSError) as exc:
         kb.sendmsg(client, np.array([[0, 16]], dtype=np.uint64), bad, abi.MSG_ZEROCOPY)
     assert exc.value.errno == errno.EINVAL
@@ -209,7 +211,7 @@ def test_sendmsg_binding_id_zero_is_plain_zerocopy(tcp_pair: tuple[socket.socket
     client, _ = tcp_pair
     client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
     with pytest.raises(OSError) as exc:
-        kb.sendmsg(client, np.array([[0, 16]], dtype=np.uint64), tx_cmsg(0), abi.MSG_ZEROCOPY)
+        kb.sendmsg(client, np.array([[0, 16]], dtype=np.uint64), build_tx_cmsg(0), abi.MSG_ZEROCOPY)
     assert exc.value.errno == errno.EFAULT
 
 
@@ -234,6 +236,28 @@ def test_sendmsg_gathers_host_iovecs_and_zerocopy_completion(
     assert clen >= 32
     with pytest.raises(BlockingIOError):
         kb.recv_errqueue(client, memoryview(ctl))
+
+
+def test_wait_errqueue_polls_for_the_zerocopy_completion(
+        tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = tcp_pair
+    client.setsockopt(abi.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
+    t0 = time.monotonic()
+    assert kb.wait_errqueue(client, 0.05) is False  # nothing sent: the timeout runs out
+    assert time.monotonic() - t0 >= 0.04
+    a = np.frombuffer(b"ping", np.uint8)
+    iov = np.array([[a.ctypes.data, a.size]], dtype=np.uint64)
+    assert kb.sendmsg(client, iov, b"", abi.MSG_ZEROCOPY) == 4
+    assert recv_all(server, 4, 0)[0] == b"ping"
+    assert kb.wait_errqueue(client, 5.0) is True
+    clen, flags = kb.recv_errqueue(client, memoryview(bytearray(256)))
+    assert clen >= 32 and flags & abi.MSG_ERRQUEUE
+
+
+def test_kernel_backend_close_is_idempotent_and_keeps_bindings_to_their_owners() -> None:
+    with KernelBackend() as be:
+        be.close()
+    be.close()
 
 
 def test_sendmsg_rejects_bad_iov_shape(tcp_pair: tuple[socket.socket, socket.socket]) -> None:

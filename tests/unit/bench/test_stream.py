@@ -24,8 +24,14 @@ KEYS = {"bytes", "validate", "repeat", "raw_recv_gbps", "emulated_recv_gbps", "r
 
 
 @pytest.fixture(scope="module")
-def result() -> dict:
-    return stream.run_stream(NBYTES, 7, repeat=1)
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # module scope runs before the autouse per-test state directories: give it its own,
+    # so a devmemtcp flow elsewhere on the machine (on lo, in /run/devmemtcp) cannot collide
+    base = tmp_path_factory.mktemp("stream-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEVMEMTCP_JOURNAL_DIR", str(base / "journal"))
+        mp.setenv("DEVMEMTCP_EMU_DIR", str(base / "emu"))
+        return stream.run_stream(NBYTES, 7, repeat=1)
 
 
 def test_schema(result: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,6 +32,7 @@ C_SOURCE = r"""
 #include <stdint.h>
 #include <sys/socket.h>
 #include <linux/errqueue.h>
+#include <linux/capability.h>
 struct dmabuf_cmsg { uint64_t frag_offset; uint32_t frag_size; uint32_t frag_token;
                      uint32_t dmabuf_id; uint32_t flags; };
 struct dmabuf_token { uint32_t token_start; uint32_t token_count; };
@@ -48,6 +50,7 @@ int main(void) {
   S(udmabuf_create); F(udmabuf_create, memfd); F(udmabuf_create, flags);
   F(udmabuf_create, offset); F(udmabuf_create, size);
   printf("CMSG_LEN4 %zu\nCMSG_SPACE24 %zu\n", (size_t)CMSG_LEN(4), (size_t)CMSG_SPACE(24));
+  printf("CAP_NET_ADMIN %d\nMSG_MORE %d\n", CAP_NET_ADMIN, (int)MSG_MORE);
   return 0;
 }
 """
@@ -82,6 +85,10 @@ def test_layouts_match_c_compiler(tmp_path: Path) -> None:
             assert seen[(name, field)] == dtype.fields[field][1] == off, (name, field)
     assert seen[("CMSG_LEN4", "")] == abi.cmsg_len(4)
     assert seen[("CMSG_SPACE24", "")] == abi.cmsg_space(24) == abi.DMABUF_CMSG_SPACE
+    # (linux/uio.h clashes with sys/socket.h in one unit: UIO_MAXIOV via libc's IOV_MAX)
+    assert os.sysconf("SC_IOV_MAX") == abi.UIO_MAXIOV
+    assert seen[("CAP_NET_ADMIN", "")] == abi.CAP_NET_ADMIN
+    assert seen[("MSG_MORE", "")] == abi.MSG_MORE
 
 
 def test_socket_constants_generic() -> None:

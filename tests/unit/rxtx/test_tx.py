@@ -101,6 +101,9 @@ class TxModel:
         control[:len(msg)] = msg
         return len(msg), 0
 
+    def wait_errqueue(self, sock: socket.socket, timeout: float) -> bool:
+        return bool(self.errq)  # completions are queued synchronously: nothing to wait for
+
 
 @pytest.fixture
 def env() -> Iterator[tuple[socket.socket, MemfdBuffer, TxModel]]:

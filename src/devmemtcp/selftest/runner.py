@@ -22,6 +22,7 @@ the interface (a veth pair), or the RX/TX cases are skipped ("needs a peer").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -38,6 +39,14 @@ from typing import Any
 
 from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.nic import Journal, NicSetup, call_in_netns, default_journal_dir, netns_id, undo_journal
+from devmemtcp.selftest.catalogue import (
+    BIND_RX_CASES,
+    BindRxCase,
+    CaseFailed,
+    CaseSkipped,
+    check_bind_rx,
+    netlink_errno,
+)
 
 VALIDATE = 7  # ncdevmem's --validate period used by the stream cases
 HDS_SIZES: tuple[int, ...] = tuple(sorted(
@@ -84,14 +93,6 @@ class SelftestReport:
         return d
 
 
-class CaseFailed(Exception):
-    """A case's expectation was not met (the message is the reason)."""
-
-
-class CaseSkipped(Exception):
-    """A case cannot run here (the message is the reason)."""
-
-
 # ---------------------------------------------------------------------------
 # Addresses (ip -j addr, in the calling thread's namespace)
 # ---------------------------------------------------------------------------
@@ -136,14 +137,6 @@ def _peer_address(local: str, peer_netns: str) -> str | None:
 # ---------------------------------------------------------------------------
 
 
-def _netlink_errno(exc: BaseException) -> tuple[int | None, str | None]:
-    if isinstance(exc, NetlinkError):
-        return exc.errno, exc.extack
-    if isinstance(exc, OSError):
-        return exc.errno, None
-    return None, None
-
-
 def _describe(exc: BaseException) -> str:
     return exc.message if isinstance(exc, DevmemError) else f"{type(exc).__name__}: {exc}"
 
@@ -182,14 +175,14 @@ class Selftest:
 
     # -- environment ----------------------------------------------------------------
     def _prepare(self) -> None:
-        from devmemtcp.transfer import select_backend
+        from devmemtcp.backend import open_backend
 
         try:
             self.ifindex = socket.if_nametoindex(self.ifname)
         except OSError:
             raise DevmemError(f"no network interface named {self.ifname!r} in this network namespace",
                               "list interfaces with 'ip link' (or pass --netns NAME)") from None
-        self.backend, self.backend_reason = select_backend(self.backend_choice, self.ifname, direction="rx")
+        self.backend, self.backend_reason = open_backend(self.backend_choice, self.ifname, direction="rx")
         self.memory = self.memory_choice or ("udmabuf" if self.backend.name == "kernel" else "host")
         self.nic = self.backend.nic(self.ifname)
         self.doctor: dict[str, Any] = {}
@@ -213,7 +206,7 @@ class Selftest:
             try:
                 return fn()
             except (NetlinkError, OSError) as exc:
-                return f"refused: {errno.errorcode.get(_netlink_errno(exc)[0] or 0, '?')}"
+                return f"refused: {errno.errorcode.get(netlink_errno(exc)[0] or 0, '?')}"
         return {"channels": read(self.nic.get_channels), "rings": read(self.nic.get_rings),
                 "rss": read(self.nic.get_rss_indir), "rules": read(self.nic.list_rules)}
 
@@ -279,29 +272,30 @@ class Selftest:
         return self._changed(entry, lambda: self.nic.set_rings(tcp_data_split=want_split,
                                                                hds_thresh=want_hds))
 
-    def _expect_bind_error(self, queues: list[int], errnos: tuple[int, ...], extack: str | None,
-                           dmabuf: Any) -> dict[str, Any]:
-        try:
-            binding = self.backend.bind_rx(self.ifindex, dmabuf, queues)
-        except (NetlinkError, OSError) as exc:
-            err, msg = _netlink_errno(exc)
-            seen = {"errno": errno.errorcode.get(err or 0, str(err)), "extack": msg}
-            if err not in errnos:
-                raise CaseFailed(f"bind-rx failed with {seen['errno']} ({msg}), expected "
-                                 + " or ".join(errno.errorcode[e] for e in errnos)) from None
-            if extack and self.backend.name == "emulated" and msg != extack:
-                raise CaseFailed(f"extack {msg!r}, expected {extack!r}") from None
-            return seen
-        binding.close()
-        raise CaseFailed(f"bind-rx of queues {queues} succeeded (binding {binding.id}); it must fail")
-
     # -- cases ------------------------------------------------------------------------
-    def case_bind_empty_queues(self) -> dict[str, Any]:
-        self._require("kernel-bind-rx", "cap-net-admin")
-        # the queue list is checked before the dma-buf: any memory shows the refusal
-        memory = self.memory if self.memory in self._ok_memory() else "host"
-        with self._dmabuf(memory) as b:
-            return self._expect_bind_error([], (errno.EINVAL,), None, b)
+    def _bind_case(self, case: BindRxCase) -> dict[str, Any]:
+        """A catalogue case (devmemtcp.selftest.catalogue), with this NIC's rings changed as it asks."""
+        self._require(*case.doctor)
+        if not case.needs_queues:
+            # the queue list is checked before the dma-buf: any memory shows the refusal
+            memory = self.memory if self.memory in self._ok_memory() else "host"
+            return check_bind_rx(case, self.backend, self.ifindex, self.nic.rx_queue_count(),
+                                 lambda: self._dmabuf(memory))
+        if self.memory == "udmabuf":
+            self._require("udmabuf")
+        n = self._require_queues()
+        if case.hds_thresh:
+            hmax = self.nic.get_rings().hds_thresh_max
+            if not hmax:
+                raise CaseSkipped("the driver reports no hds-thresh-max: hds-thresh cannot be raised")
+            case = dataclasses.replace(case, hds_thresh=min(case.hds_thresh, hmax))
+        with self._rings(case.tcp_data_split, case.hds_thresh):
+            details = check_bind_rx(case, self.backend, self.ifindex, n, self._dmabuf)
+        if case.hds_thresh:
+            details["hds_thresh"] = case.hds_thresh
+        if case.name == "bind-queue-out-of-range":
+            details["queue"] = n
+        return details
 
     def _ok_memory(self) -> set[str]:
         c = self.doctor.get("udmabuf")
@@ -312,47 +306,6 @@ class Selftest:
         if self.memory == "udmabuf":
             self._require("udmabuf")
         return self._require_queues()
-
-    def case_bind_header_split_off(self) -> dict[str, Any]:
-        n = self._bind_prereqs()
-        with self._rings("disabled", 0), self._dmabuf() as b:
-            return self._expect_bind_error([n - 1], (errno.EINVAL,), "tcp-data-split is disabled", b)
-
-    def case_bind_hds_thresh_nonzero(self) -> dict[str, Any]:
-        n = self._bind_prereqs()
-        self._require("hds-thresh")
-        hmax = self.nic.get_rings().hds_thresh_max
-        if not hmax:
-            raise CaseSkipped("the driver reports no hds-thresh-max: hds-thresh cannot be raised")
-        with self._rings("enabled", min(256, hmax)), self._dmabuf() as b:
-            d = self._expect_bind_error([n - 1], (errno.EINVAL,), "hds-thresh is not zero", b)
-        return dict(d, hds_thresh=min(256, hmax))
-
-    def case_bind_queue_out_of_range(self) -> dict[str, Any]:
-        n = self._bind_prereqs()
-        with self._rings("enabled", 0), self._dmabuf() as b:
-            # 6.18+: EINVAL from netdev_nl_read_rxq_bitmap; older: ERANGE "rx queue index out of range"
-            return dict(self._expect_bind_error([n], (errno.EINVAL, errno.ERANGE), None, b), queue=n)
-
-    def case_bind_twice(self) -> dict[str, Any]:
-        n = self._bind_prereqs()
-        with self._rings("enabled", 0), self._dmabuf() as b, \
-                self.backend.bind_rx(self.ifindex, b, [n - 1]) as first:
-            d = self._expect_bind_error([n - 1], (errno.EEXIST,),
-                                        "designated queue already memory provider bound", b)
-            return dict(d, first_binding=first.id)
-
-    def case_bind_ok(self) -> dict[str, Any]:
-        n = self._bind_prereqs()
-        with self._rings("enabled", 0), self._dmabuf() as b:
-            try:
-                binding = self.backend.bind_rx(self.ifindex, b, [n - 1])
-            except (NetlinkError, OSError) as exc:
-                raise CaseFailed(f"bind-rx with header split on failed: {_describe(exc)}") from None
-            with binding:
-                if binding.id < 1:
-                    raise CaseFailed(f"binding id {binding.id}: ids start at 1")
-                return {"binding_id": binding.id, "queues": list(binding.queues)}
 
     def case_channels_below_bound_queue(self) -> dict[str, Any]:
         n = self._bind_prereqs()
@@ -367,7 +320,7 @@ class Selftest:
                 try:
                     self.nic.set_channels(**{field_name: n - 1})
                 except (NetlinkError, OSError) as exc:
-                    err, msg = _netlink_errno(exc)
+                    err, msg = netlink_errno(exc)
                     seen.update(errno=errno.errorcode.get(err or 0, str(err)), extack=msg)
             with self._changed(entry, shrink):
                 after = self.nic.get_channels()
@@ -541,15 +494,7 @@ class Selftest:
         return {"compared": sorted(after)}
 
     CASES: tuple[tuple[str, str, str], ...] = (
-        ("bind-empty-queues", "bind-rx with an empty queue list fails (EINVAL)", "case_bind_empty_queues"),
-        ("bind-header-split-off", "bind-rx with header split off fails (EINVAL)",
-         "case_bind_header_split_off"),
-        ("bind-hds-thresh-nonzero", "bind-rx with hds-thresh > 0 fails (EINVAL)",
-         "case_bind_hds_thresh_nonzero"),
-        ("bind-queue-out-of-range", "bind-rx of a queue >= the RX queue count fails",
-         "case_bind_queue_out_of_range"),
-        ("bind-twice", "bind-rx twice on one queue fails (EEXIST)", "case_bind_twice"),
-        ("bind-ok", "bind-rx with header split on and hds-thresh 0 succeeds", "case_bind_ok"),
+        *((c.name, c.description, "bind:" + c.name) for c in BIND_RX_CASES),
         ("channels-below-bound-queue", "shrinking channels below a bound queue fails",
          "case_channels_below_bound_queue"),
         ("rx", "RX of a validated stream into the dma-buf", "case_rx"),
@@ -559,6 +504,13 @@ class Selftest:
         ("tokens-returned", "every RX token is given back", "case_tokens_returned"),
         ("nic-restored", "the NIC is as it was before the suite", "case_nic_restored"),
     )
+
+    def _case(self, method: str) -> Callable[[], dict[str, Any]]:
+        if method.startswith("bind:"):
+            case = next(c for c in BIND_RX_CASES if c.name == method[5:])
+            return lambda: self._bind_case(case)
+        fn: Callable[[], dict[str, Any]] = getattr(self, method)
+        return fn
 
     def run(self, only: list[str] | None = None) -> SelftestReport:
         """Run the cases (all, or those named in ``only``) and return the report.
@@ -573,7 +525,7 @@ class Selftest:
                 case = CaseResult(name, description)
                 t0 = time.perf_counter()
                 try:
-                    case.details = getattr(self, method)() or {}
+                    case.details = self._case(method)() or {}
                     case.status = "pass"
                 except CaseSkipped as exc:
                     case.status, case.reason = "skip", str(exc)
@@ -586,9 +538,8 @@ class Selftest:
                 if self.on_case:
                     self.on_case(case)
         finally:
-            close = getattr(self.backend, "close", None)
-            if callable(close) and self.backend_choice != self.backend:
-                close()
+            if self.backend_choice is not self.backend:
+                self.backend.close()
         return report
 
 

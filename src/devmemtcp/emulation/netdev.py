@@ -1,0 +1,349 @@
+"""The netdev side of the emulated NIC: bind-rx, bind-tx and the binding registry.
+
+bind-rx and bind-tx are checked in the kernel's order with its errno and
+extack texts (net/core/netdev-genl.c ``netdev_nl_bind_rx_doit`` /
+``netdev_nl_bind_tx_doit``, net/core/devmem.c ``net_devmem_bind_dmabuf``,
+net/core/netdev_rx_queue.c ``__net_mp_open_rxq``). Binding ids come from the
+machine-wide registry of :mod:`devmemtcp.emulation.state` (one cyclic id
+space for RX and TX, as the kernel's ``net_devmem_dmabuf_bindings`` xarray).
+
+:class:`Netdev` is one process's view: its live bindings, which of them owns
+each bound RX queue, and the page pools of its RX bindings
+(:class:`~devmemtcp.emulation.pool.PoolRegistry`). The RX and TX paths
+(:mod:`devmemtcp.emulation.rx`, :mod:`devmemtcp.emulation.tx`) look bindings
+up here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Literal
+
+from devmemtcp import abi
+from devmemtcp.emulation import state as st
+from devmemtcp.emulation.nic import EmulatedNicControl
+from devmemtcp.emulation.pool import PoolRegistry, RxPool
+from devmemtcp.errors import DevmemError, NetlinkError
+
+if TYPE_CHECKING:
+    from devmemtcp.memory.base import DmaBuf
+
+PAGE_SIZE = abi.PAGE_SIZE
+U32_MAX = 0xFFFFFFFF
+
+
+def oserror(code: int, what: str | None = None) -> OSError:
+    """The ``OSError`` a syscall failing with ``code`` raises (BlockingIOError
+    for EAGAIN), its message the errno text plus ``what``."""
+    msg = os.strerror(code) if what is None else f"{os.strerror(code)}: {what}"
+    if code == errno.EAGAIN:
+        return BlockingIOError(code, msg)
+    return OSError(code, msg)
+
+
+class EmulatedBinding:
+    """A dma-buf bound to the emulated NIC (bind-rx or bind-tx).
+
+    Lives until :meth:`close` (or garbage collection, or its process's
+    death), like a kernel binding lives as long as its netlink socket.
+    Closing an RX binding gives its queues back to ordinary page pools:
+    flows steered there become readable. Frags the application still holds
+    stay valid and can be given back with SO_DEVMEM_DONTNEED; the binding's
+    page pool goes when the last of them comes back."""
+
+    def __init__(self, netdev: Netdev, binding_id: int, ifindex: int, ifname: str, ns: int,
+                 kind: Literal["rx", "tx"], queues: tuple[int, ...], dmabuf: DmaBuf) -> None:
+        self.id = binding_id
+        self.ifindex = ifindex
+        self.ifname = ifname
+        self.netns = ns
+        self.kind: Literal["rx", "tx"] = kind
+        self.queues = queues
+        self.dmabuf = dmabuf
+        self.size = int(dmabuf.size)
+        self.pool: RxPool | None = RxPool(binding_id, self.size // PAGE_SIZE) if kind == "rx" else None
+        self._view: memoryview | None = None
+        self.closed = False
+        self._finalizer = weakref.finalize(self, _unregister, netdev.directory, binding_id)
+        self._netdev = weakref.ref(netdev)
+
+    @property
+    def view(self) -> memoryview:
+        """Writable byte view of the dma-buf's host memory (cached)."""
+        if self._view is None:
+            arr = self.dmabuf.host_view()
+            self._view = memoryview(arr).cast("B")  # type: ignore[arg-type]
+        return self._view
+
+    def close(self) -> None:
+        """Unbind (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        nd = self._netdev()
+        if nd is not None:
+            nd.forget(self)
+        self._finalizer()
+
+    def __enter__(self) -> EmulatedBinding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        q = f" queues={list(self.queues)}" if self.queues else ""
+        tail = " closed" if self.closed else ""
+        return f"<EmulatedBinding id={self.id} {self.kind} {self.ifname}{q}{tail}>"
+
+
+def _unregister(directory: str | None, binding_id: int) -> None:
+    try:
+        with st.locked(directory) as d:
+            reg = st.load_registry(d)
+            if reg["live"].pop(str(binding_id), None) is not None:
+                st.save_registry(reg, d)
+    except (OSError, DevmemError):
+        pass
+
+
+class Netdev:
+    """One process's bindings on the emulated NIC (see the module docstring).
+
+    ``directory``: state directory (default :func:`devmemtcp.emulation.state.state_dir`);
+    ``queues``: RX queue count of NICs that have no state yet. Thread-safe."""
+
+    def __init__(self, directory: str | None = None, queues: int | None = None) -> None:
+        self.directory = directory
+        self.queues = queues
+        self.pools = PoolRegistry()
+        self._lock = threading.Lock()
+        self._bindings: dict[int, EmulatedBinding] = {}
+        self._rx_by_queue: dict[tuple[int, str, int], EmulatedBinding] = {}
+
+    def close(self) -> None:
+        """Close every binding of this process."""
+        for b in list(self._bindings.values()):
+            b.close()
+
+    def nic(self, ifname: str) -> EmulatedNicControl:
+        """ethtool control of the emulated NIC on ``ifname`` (DevmemError if no such interface)."""
+        return EmulatedNicControl(ifname, directory=self.directory, queues=self.queues)
+
+    # -- lookups -------------------------------------------------------------
+    def rx_binding(self, ns: int, ifname: str, queue: int) -> EmulatedBinding | None:
+        """This process's live RX binding of ``queue`` on ``(ns, ifname)``."""
+        b = self._rx_by_queue.get((ns, ifname, queue))
+        return None if b is None or b.closed else b
+
+    def foreign_rx_binding(self, ns: int, ifname: str, queue: int) -> int | None:
+        """The id of another process's live RX binding of ``queue``, if any."""
+        return st.bound_queues(st.load_registry(self.directory), ns, ifname).get(queue)
+
+    def tx_binding(self, bid: int) -> EmulatedBinding:
+        """net_devmem_get_binding's first check: EINVAL unless ``bid`` is a live
+        TX binding; DevmemError when another process owns it (its dma-buf is
+        out of reach of the emulated NIC)."""
+        b = self._bindings.get(bid)
+        if b is None or b.kind != "tx" or b.closed:
+            if b is None and str(bid) in st.load_registry(self.directory)["live"]:
+                raise DevmemError(
+                    f"binding {bid} belongs to another process: the emulated NIC cannot read its dma-buf",
+                    "bind-tx in the process that sends")
+            raise oserror(errno.EINVAL, f"binding {bid} is not a TX binding")
+        return b
+
+    # -- bind ----------------------------------------------------------------
+    def _check_dmabuf(self, op: str, dmabuf: DmaBuf) -> None:
+        """net_devmem_bind_dmabuf's checks of the dma-buf itself."""
+        try:
+            os.fstat(int(dmabuf.fd))
+        except (OSError, ValueError, TypeError):
+            # dma_buf_get() on a bad fd
+            raise NetlinkError(errno.EBADF, op, hint="pass the fd of an open dma-buf") from None
+        size = int(dmabuf.size)
+        if size % PAGE_SIZE:
+            raise NetlinkError(errno.EINVAL, op, f"dmabuf size {size} not aligned to niov size {PAGE_SIZE}",
+                               hint=f"allocate the dma-buf in multiples of {PAGE_SIZE} bytes")
+        if size >> 12 > U32_MAX:
+            raise NetlinkError(errno.E2BIG, op, "dmabuf contains too many net_iovs",
+                               hint="use a dma-buf below 16 TiB")
+
+    def _nic_of(self, op: str, ifindex: int) -> tuple[int, str, dict[str, Any]]:
+        """(netns id, ifname, NIC state) of ``ifindex``; ENODEV as the kernel's
+        netdev_get_by_index when no interface has it in this namespace."""
+        ns = st.netns_id()
+        try:
+            ifname = socket.if_indextoname(int(ifindex))
+        except OSError:
+            raise NetlinkError(errno.ENODEV, op,
+                               hint="pass the ifindex of an interface in this network namespace") from None
+        return ns, ifname, st.load_nic(ifname, directory=self.directory, ns=ns, queues=self.queues)
+
+    def bind_rx(self, ifindex: int, dmabuf: DmaBuf, queues: list[Any]) -> EmulatedBinding:
+        """bind-rx ``dmabuf`` to RX ``queues`` of the emulated NIC on ``ifindex``.
+
+        ``queues``: queue ids, or ``(id, type)`` pairs to send another queue
+        type. Checks, in netdev_nl_bind_rx_doit's order (errno, extack):
+        no queues (EINVAL, missing attribute "queues"); unknown ifindex
+        (ENODEV); a driver without the queue management API (EOPNOTSUPP, see
+        ``EmulatedNicControl.set_capabilities``); a queue type other than rx
+        or an id >= the RX queue count
+        (EINVAL, bad attribute; netdev_nl_read_rxq_bitmap, 6.18+: the later
+        ERANGE "rx queue index out of range" of __net_mp_open_rxq is then
+        unreachable); the dma-buf: bad fd (EBADF), "dmabuf size N not
+        aligned to niov size 4096" (EINVAL), "dmabuf contains too many
+        net_iovs" (E2BIG); then an id is allocated (cyclically, machine-wide)
+        and each queue, ascending, is opened: "tcp-data-split is disabled"
+        (EINVAL), "hds-thresh is not zero" (EINVAL), "designated queue
+        already memory provider bound" (EEXIST). A failed queue undoes the
+        binding, but its id stays consumed, as in the kernel."""
+        op = "bind-rx"
+        if not queues:
+            raise NetlinkError(errno.EINVAL, op, bad_attr="queues (missing)",
+                               hint="name at least one RX queue to bind")
+        ns, ifname, nic = self._nic_of(op, ifindex)
+        if not nic.get("caps", {}).get("queue_mgmt", True):
+            # netdev_need_ops_lock() false: a driver without the queue management API
+            raise NetlinkError(errno.EOPNOTSUPP, op, bad_attr="ifindex",
+                               hint=f"{ifname}'s driver cannot restart queues with a memory provider")
+        nrx = int(nic["channels"]["combined"])
+        wanted: set[int] = set()
+        for q in queues:
+            qid, qtype = (int(q[0]), int(q[1])) if isinstance(q, (tuple, list)) else (int(q), 0)
+            if qtype != abi.NETDEV_QUEUE_TYPE_RX:
+                raise NetlinkError(errno.EINVAL, op, bad_attr="queue-id.type",
+                                   hint="bind-rx binds RX queues (type rx)")
+            if not 0 <= qid < nrx:
+                raise NetlinkError(errno.EINVAL, op, bad_attr="queue-id.id",
+                                   hint=f"{ifname} has RX queues 0..{nrx - 1}")
+            wanted.add(qid)
+        self._check_dmabuf(op, dmabuf)
+        pid, start = st.self_owner()
+        with st.locked(self.directory) as d:
+            reg = st.load_registry(d)
+            bid = st.alloc_binding_id(reg)
+            nic = st.load_nic(ifname, directory=d, ns=ns, queues=self.queues)
+            bound = st.bound_queues(reg, ns, ifname)
+            rings = nic["rings"]
+            failure: NetlinkError | None = None
+            for qid in sorted(wanted):
+                if rings["tcp_data_split"] != "enabled":
+                    failure = NetlinkError(errno.EINVAL, op, "tcp-data-split is disabled",
+                                           hint=f"enable header split: ethtool -G {ifname} tcp-data-split on "
+                                                "(or devmemtcp setup)")
+                elif rings["hds_thresh"]:
+                    failure = NetlinkError(errno.EINVAL, op, "hds-thresh is not zero",
+                                           hint=f"ethtool -G {ifname} hds-thresh 0 (or devmemtcp setup)")
+                elif qid in bound:
+                    failure = NetlinkError(errno.EEXIST, op, "designated queue already memory provider bound",
+                                           hint=f"queue {qid} is bound by binding {bound[qid]}; "
+                                                "pick another queue or close that binding")
+                if failure is not None:
+                    break
+            if failure is None:
+                reg["live"][str(bid)] = {"pid": pid, "start": start, "kind": "rx", "ifindex": int(ifindex),
+                                         "ifname": ifname, "netns": ns, "queues": sorted(wanted)}
+            st.save_registry(reg, d)  # the cyclic cursor moved even on failure
+            if not os.path.exists(st.nic_path(ifname, ns, d)):
+                st.save_nic(nic, d)
+        if failure is not None:
+            raise failure
+        b = EmulatedBinding(self, bid, int(ifindex), ifname, ns, "rx", tuple(sorted(wanted)), dmabuf)
+        assert b.pool is not None
+        self.pools.add(b.pool)
+        with self._lock:
+            self._bindings[bid] = b
+            for qid in b.queues:
+                self._rx_by_queue[(ns, ifname, qid)] = b
+        return b
+
+    def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> EmulatedBinding:
+        """bind-tx ``dmabuf`` to the emulated NIC on ``ifindex`` (netmem TX
+        mode DMA). Errors (netdev_nl_bind_tx_doit): unknown ifindex (ENODEV);
+        netmem TX mode "none" (EOPNOTSUPP "Driver does not support netmem
+        TX"); then the dma-buf checks of :meth:`bind_rx` (EBADF, EINVAL, E2BIG)."""
+        op = "bind-tx"
+        ns, ifname, nic = self._nic_of(op, ifindex)
+        if nic.get("caps", {}).get("netmem_tx", "dma") == "none":
+            raise NetlinkError(errno.EOPNOTSUPP, op, "Driver does not support netmem TX",
+                               hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")
+        self._check_dmabuf(op, dmabuf)
+        pid, start = st.self_owner()
+        with st.locked(self.directory) as d:
+            reg = st.load_registry(d)
+            bid = st.alloc_binding_id(reg)
+            reg["live"][str(bid)] = {"pid": pid, "start": start, "kind": "tx", "ifindex": int(ifindex),
+                                     "ifname": ifname, "netns": ns, "queues": []}
+            st.save_registry(reg, d)
+        b = EmulatedBinding(self, bid, int(ifindex), ifname, ns, "tx", (), dmabuf)
+        with self._lock:
+            self._bindings[bid] = b
+        return b
+
+    def forget(self, b: EmulatedBinding) -> None:
+        """``b`` was closed: its queues are free, its counters go to the NIC
+        state file, its page pool goes once no frag of it is held."""
+        if b.kind == "rx":
+            self.flush_stats(only=b.id)
+        with self._lock:
+            self._bindings.pop(b.id, None)
+            for qid in b.queues:
+                if self._rx_by_queue.get((b.netns, b.ifname, qid)) is b:
+                    del self._rx_by_queue[(b.netns, b.ifname, qid)]
+        if b.kind == "rx":
+            self.pools.retire(b.id)
+
+    # -- stats -----------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters of this process's bindings: ``{"bindings": [{"id", "kind",
+        "ifname", "queues", "pages", "free", "inflight", "queue_stats": {q:
+        {alloc-fast, alloc-slow, alloc-empty, recycle-released-refcnt,
+        rx-packets, rx-bytes}}}]}``; closed RX bindings whose frags are still
+        held are included with ``"closed": true``."""
+        out = []
+        items = self.pools.items()
+        with self._lock:
+            live = dict(self._bindings)
+        for bid, pool in items:
+            b = live.get(bid)
+            out.append({"id": bid, "kind": "rx", "closed": b is None,
+                        "ifname": b.ifname if b else None, "queues": list(b.queues) if b else [],
+                        "pages": pool.pages, "free": pool.nfree, "inflight": pool.inflight,
+                        "queue_stats": {q: qs.as_dict() for q, qs in sorted(pool.stats.items())}})
+        for bid, b in live.items():
+            if b.kind == "tx":
+                out.append({"id": bid, "kind": "tx", "closed": False, "ifname": b.ifname, "queues": [],
+                            "pages": b.size // PAGE_SIZE})
+        return {"bindings": sorted(out, key=lambda x: x["id"])}
+
+    def flush_stats(self, only: int | None = None) -> None:
+        """Add this process's per-queue counters (of binding ``only``, else of
+        every live RX binding) to each NIC's state file (``stats`` key:
+        ``{queue: {counter: value}}``), for ``info`` in another process."""
+        per_nic: dict[tuple[int, str], dict[str, dict[str, int]]] = {}
+        with self._lock:
+            live = [b for b in self._bindings.values() if b.kind == "rx" and (only is None or b.id == only)]
+        for b in live:
+            assert b.pool is not None
+            if b.pool.stats:
+                nic_stats = per_nic.setdefault((b.netns, b.ifname), {})
+                for q, qs in sorted(b.pool.stats.items()):
+                    nic_stats[str(q)] = qs.as_dict()
+        if not per_nic:
+            return
+        try:
+            with st.locked(self.directory) as d:
+                for (ns, ifname), qstats in per_nic.items():
+                    try:
+                        nic = st.load_nic(ifname, directory=d, ns=ns, queues=self.queues)
+                    except DevmemError:
+                        continue
+                    nic.setdefault("stats", {}).update(qstats)
+                    st.save_nic(nic, d)
+        except OSError:
+            pass

@@ -1,0 +1,489 @@
+"""The RX path of the emulated NIC: steering decision, buffer fill, cmsgs, DONTNEED.
+
+Follows net/ipv4/tcp.c ``tcp_recvmsg_dmabuf`` for one connected TCP socket:
+
+* **Steering** (:mod:`devmemtcp.emulation.steering`): the flow lands on the
+  queue an ntuple rule names, else on the RSS indirection table entry of its
+  Toeplitz hash. A flow on a queue bound by this process is *devmem*; any
+  other flow is *readable*. The decision is re-read from the NIC state at
+  most every ``recheck_s`` seconds, so rules and bindings made by another
+  process take effect like they would on a NIC.
+* **Fill**: a devmem flow's payload is received straight into the dma-buf's
+  memory at the offsets of free net_iovs (one ``recv_into`` per contiguous
+  run, no extra copy), cut into frags of at most PAGE_SIZE, each given a
+  token from the socket's table (from 1, lowest free first).
+* **cmsgs**: one SCM_DEVMEM_DMABUF cmsg per frag in the control buffer
+  (:func:`encode_frags`, the bytes of ``devmemtcp.cmsg.encode_rx_control``).
+  Header split is always on with hds-thresh 0 for a bound queue (bind-rx
+  requires it, and ethtool refuses to change it while bound), so all payload
+  goes to frags: the emulated NIC never produces SCM_DEVMEM_LINEAR.
+* **SO_DEVMEM_DONTNEED** (net/core/sock.c ``sock_devmem_dontneed``): tokens
+  go back, their net_iovs to the binding's page pool.
+
+Timeouts follow CPython's socket timeout (``TimeoutError`` carrying EAGAIN,
+like the kernel backend); on a blocking socket with SO_RCVTIMEO a stalled
+flow gives BlockingIOError(EAGAIN) after that time; a non-blocking call
+(timeout 0 or MSG_DONTWAIT) gives BlockingIOError. SO_RCVLOWAT: on a
+blocking socket the real socket's own recv does the waiting
+(tcp_recvmsg_locked and tcp_data_ready, the devmem path's code); with a
+Python timeout, the wait is a poll (tcp_poll honours the low-water mark) and
+the receive returns what is there when the timeout expires.
+
+A flow steered to a queue bound by *another* process cannot be received
+here (the dma-buf memory lives in that process): that is a clear
+DevmemError.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import termios
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from devmemtcp import abi, cmsg
+from devmemtcp.emulation import state as st
+from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
+from devmemtcp.emulation.pool import PoolRegistry, RxPool
+from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
+from devmemtcp.emulation.tokens import TokenTable, expand_runs
+from devmemtcp.errors import DevmemError
+
+PAGE_SIZE = abi.PAGE_SIZE
+_REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
+_SO_PROTOCOL = socket.SO_PROTOCOL
+_SO_RCVTIMEO = socket.SO_RCVTIMEO
+_RECV_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_WAITALL
+_KEY_DMABUF = np.uint64(abi.SOL_SOCKET | (abi.SCM_DEVMEM_DMABUF << 32))
+_REC_WORDS = _REC // 8
+_PAGE_SHIFT = abi.PAGE_SIZE.bit_length() - 1
+
+
+#: records with the fields that do not change within a binding filled in
+#: (cmsg_len, level, type, frag_size = PAGE_SIZE, dmabuf_id), by binding id
+_templates: dict[int, np.ndarray] = {}
+
+
+def _template(binding_id: int, n: int) -> np.ndarray:
+    t = _templates.get(binding_id)
+    if t is None or t.shape[0] < n:
+        t = np.zeros((max(n, 2048), _REC_WORDS), dtype=np.uint64)
+        t[:, 0] = _REC
+        t[:, 1] = _KEY_DMABUF
+        t[:, 3] = PAGE_SIZE  # frag_size in the low half; the token goes in the high half
+        t[:, 4] = binding_id
+        if len(_templates) > 64:
+            _templates.clear()
+        _templates[binding_id] = t
+    return t
+
+
+#: k * PAGE_SIZE (u64) and k (u32) for k = 0, 1, 2, ...: a run of frag offsets or
+#: tokens is one numpy add of its first value to a prefix of these
+_offset_ramp = np.arange(4096, dtype=np.uint64) << _PAGE_SHIFT
+_token_ramp = np.arange(4096, dtype=np.uint32)
+
+
+def _ramps(n: int) -> tuple[np.ndarray, np.ndarray]:
+    global _offset_ramp, _token_ramp
+    if _token_ramp.shape[0] < n:
+        _token_ramp = np.arange(max(n, 2 * _token_ramp.shape[0]), dtype=np.uint32)
+        _offset_ramp = _token_ramp.astype(np.uint64) << _PAGE_SHIFT
+    return _offset_ramp, _token_ramp
+
+
+def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
+                 tokens: list[tuple[int, int]], binding_id: int) -> int:
+    """The SCM_DEVMEM_DMABUF cmsgs of ``total`` bytes received into the
+    net_iovs of ``pages`` (runs ``[(first, count), ...]`` in frag order; whole
+    PAGE_SIZE frags, the last one partial), tokens ``tokens`` (runs, in frag
+    order); returns the control length. The same bytes as
+    :func:`devmemtcp.cmsg.encode_rx_control` (which it falls back to for a
+    misaligned buffer) with a few numpy calls per run: it runs once per
+    recvmsg. A record is 5 little-endian u64 words: cmsg_len,
+    level | type << 32, frag_offset, frag_size | frag_token << 32,
+    dmabuf_id | flags << 32."""
+    n = pages[0][1] if len(pages) == 1 else sum(c for _, c in pages)
+    need = n * _REC
+    if len(control) < need:
+        raise oserror(errno.EFAULT, "control buffer too small")
+    w = np.frombuffer(control, dtype=np.uint8, count=need).view(np.uint64)
+    if not w.flags.aligned:  # (.ctypes.data costs more than the whole encode)
+        sizes = np.full(n, PAGE_SIZE, dtype=np.uint32)
+        sizes[-1] = total - (n - 1) * PAGE_SIZE
+        return cmsg.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
+                                      expand_runs(tokens, np.uint32), binding_id)
+    w = w.reshape(n, _REC_WORDS)
+    w[:] = _template(binding_id, n)[:n]
+    offsets, ramp = _ramps(n)
+    i = 0
+    for first, c in pages:
+        np.add(offsets[:c], first << _PAGE_SHIFT, out=w[i : i + c, 2])
+        i += c
+    tok_col = w.view(np.uint32)[:, 7]
+    i = 0
+    for first, c in tokens:
+        np.add(ramp[:c], first, out=tok_col[i : i + c])
+        i += c
+    w[-1, 3] = (int(tok_col[-1]) << 32) | (total - (n - 1) * PAGE_SIZE)
+    return need
+
+
+def _split_runs(runs: list[tuple[int, int]], used: int, pool: RxPool, queue: int) -> list[tuple[int, int]]:
+    """The first ``used`` net_iovs of ``runs``; the rest go back to ``pool``."""
+    if len(runs) == 1:
+        first, cnt = runs[0]
+        if cnt > used:
+            pool.give_back_runs([(first + used, cnt - used)], queue)
+            return [(first, used)]
+        return runs
+    got: list[tuple[int, int]] = []
+    rest: list[tuple[int, int]] = []
+    left = used
+    for first, cnt in runs:
+        take = min(cnt, left)
+        if take:
+            got.append((first, take))
+        if cnt > take:
+            rest.append((first + take, cnt - take))
+        left -= take
+    if rest:
+        pool.give_back_runs(rest, queue)
+    return got
+
+
+def _is_tcp(sock: socket.socket) -> bool:
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL) == socket.IPPROTO_TCP
+    except OSError:
+        return False
+
+# ---------------------------------------------------------------------------
+# per-socket state
+# ---------------------------------------------------------------------------
+@dataclass
+class RxSocket:
+    """What the emulated NIC keeps for one receiving socket: its token table
+    (sk_user_frags) and its steering decision."""
+
+    tokens: TokenTable = field(default_factory=TokenTable)
+    ifindex: int | None = None
+    mode: str = ""  # "devmem" | "readable" | "" (undecided)
+    binding: EmulatedBinding | None = None
+    queue: int = -1
+    how: str = ""
+    checked: float = -1e9
+    tcp: bool = False
+    fionread: array.array[int] = field(default_factory=lambda: array.array("i", [0]))
+
+
+def _release_socket_tokens(tokens: TokenTable, pools: PoolRegistry) -> None:
+    pools.return_pages(tokens.erase_all_runs())
+
+
+# ---------------------------------------------------------------------------
+# the RX path
+# ---------------------------------------------------------------------------
+class EmulatedRx:
+    """recvmsg and SO_DEVMEM_DONTNEED of the emulated NIC over ``netdev``'s
+    bindings (see the module docstring). ``recheck_s``: how often a socket's
+    steering is re-read from the NIC state; ``stats_interval_s``: how often
+    receiving writes the per-queue counters to the NIC state file (None:
+    only when a binding closes). Thread-safe."""
+
+    def __init__(self, netdev: Netdev, recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
+        self.netdev = netdev
+        self.recheck_s = recheck_s
+        self.stats_interval_s = stats_interval_s
+        self.sockets: weakref.WeakKeyDictionary[socket.socket, RxSocket] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._stats_flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Give back every tracked socket's frags."""
+        for sock in list(self.sockets.keys()):
+            self.release_socket(sock)
+
+    def state(self, sock: socket.socket) -> RxSocket:
+        """``sock``'s state, created on first use."""
+        s = self.sockets.get(sock)
+        if s is None:
+            s = RxSocket()
+            with self._lock:
+                self.sockets[sock] = s
+                # the kernel releases a socket's frags when it is destroyed
+                weakref.finalize(sock, _release_socket_tokens, s.tokens, self.netdev.pools)
+        return s
+
+    def decide(self, sock: socket.socket, s: RxSocket) -> None:
+        """Steer ``sock``'s flow (at most every ``recheck_s`` seconds, and at
+        once when its binding closed): devmem when it lands on a queue this
+        process bound, readable on any other queue; DevmemError when another
+        process's binding holds that queue."""
+        now = time.monotonic()
+        if s.mode and now - s.checked < self.recheck_s and (s.binding is None or not s.binding.closed):
+            return
+        if s.ifindex is None:
+            s.ifindex = ingress_ifindex(sock)
+        ns = st.netns_id()
+        ifname = ifname_of(s.ifindex)
+        nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
+        q, how = steer(nic, flow_of(sock))
+        b = self.netdev.rx_binding(ns, ifname, q)
+        if b is not None:
+            s.mode, s.binding = "devmem", b
+        else:
+            other = self.netdev.foreign_rx_binding(ns, ifname, q)
+            if other is not None:
+                raise DevmemError(
+                    f"the flow of this socket lands on {ifname} queue {q} ({how}), which binding {other} "
+                    "of another process holds: the emulated NIC cannot place its data in that process's "
+                    "dma-buf",
+                    "receive in the process that bound the queue, or steer the flow to a queue this "
+                    "process bound",
+                )
+            s.mode, s.binding = "readable", None
+        s.queue, s.how, s.checked = q, how, now
+
+    def flow_info(self, sock: socket.socket) -> dict[str, Any]:
+        """How the emulated NIC steers ``sock``'s flow: ``{"mode": "devmem" |
+        "readable", "queue": int, "how": "rule@LOC" | "rss", "binding": id | None,
+        "ifname": str}`` (decided now)."""
+        s = self.state(sock)
+        s.checked = -1e9
+        self.decide(sock, s)
+        return {"mode": s.mode, "queue": s.queue, "how": s.how,
+                "binding": s.binding.id if s.binding is not None else None,
+                "ifname": ifname_of(s.ifindex) if s.ifindex is not None else None}
+
+    # -- RX ------------------------------------------------------------------
+    def _deadline(self, sock: socket.socket, s: RxSocket, flags: int) -> tuple[float | None, bool]:
+        """(deadline for a stalled flow, whether expiry is a Python timeout)."""
+        timeout = sock.gettimeout()
+        if flags & abi.MSG_DONTWAIT or timeout == 0:
+            return time.monotonic(), False
+        if timeout is not None:
+            return time.monotonic() + timeout, True
+        # only a stalled flow gets here: read SO_RCVTIMEO now (struct timeval)
+        sec, usec = struct.unpack("qq", sock.getsockopt(socket.SOL_SOCKET, _SO_RCVTIMEO, 16))
+        rcvtimeo = sec + usec / 1e6
+        return (time.monotonic() + rcvtimeo if rcvtimeo > 0 else None), False
+
+    def _wait_lowat(self, sock: socket.socket, s: RxSocket, flags: int, target: int, avail: int) -> int:
+        """Wait until ``target`` bytes are queued, EOF or the receive timeout
+        (tcp_poll reports readable exactly then: ``tcp_stream_is_readable``
+        with the socket's SO_RCVLOWAT); returns the bytes queued, at least
+        ``avail``. Like tcp_recvmsg, a timeout returns what is there."""
+        deadline, _ = self._deadline(sock, s, flags)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        while True:
+            wait_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = poller.poll(wait_ms)
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, s.fionread, True)
+            avail = max(avail, s.fionread[0])
+            if ready or avail >= target or wait_ms == 0:
+                return avail
+
+    def _wait_data(self, sock: socket.socket, flags: int) -> int:
+        """Block like recvmsg until data or EOF is there; 0 at EOF, else 1."""
+        return len(sock.recv(1, socket.MSG_PEEK | (flags & abi.MSG_DONTWAIT)))
+
+    def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,
+                flags: int) -> tuple[int, int, int]:
+        """recvmsg(2) through the emulated NIC: ``(nbytes, controllen, msg_flags)``.
+
+        Readable flow: bytes copied into ``buf``, no cmsg. Devmem flow with
+        MSG_SOCK_DEVMEM: payload placed in the dma-buf, one 40-byte cmsg per
+        frag in ``control``, ``nbytes <= len(buf)``. Errors: EFAULT for a
+        devmem flow without MSG_SOCK_DEVMEM or with a control buffer too
+        small for one cmsg (once data is there; 0 at EOF); EINVAL for
+        MSG_PEEK on a devmem flow; EAGAIN / TimeoutError as described in the
+        module docstring; ENOTCONN for an unconnected socket."""
+        if sock.fileno() < 0:
+            raise oserror(errno.EBADF)
+        s = self.state(sock)
+        self.decide(sock, s)
+        nbuf = len(buf)
+        if s.mode != "devmem":
+            n = sock.recv_into(buf, nbuf, flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK))
+            return n, 0, 0
+        if not flags & abi.MSG_SOCK_DEVMEM:
+            # unreadable skbs without MSG_SOCK_DEVMEM: EFAULT (tcp_recvmsg_locked)
+            if self._wait_data(sock, flags) == 0:
+                return 0, 0, 0
+            raise oserror(errno.EFAULT, "devmem data needs MSG_SOCK_DEVMEM")
+        if flags & abi.MSG_PEEK:
+            raise oserror(errno.EINVAL, "MSG_PEEK is not supported on devmem flows by the emulated NIC")
+        if nbuf == 0:
+            return 0, 0, 0
+        room = len(control) // _REC
+        if room == 0:
+            if self._wait_data(sock, flags) == 0:
+                return 0, 0, 0
+            raise oserror(errno.EFAULT, "control buffer too small for one devmem cmsg (40 bytes)")
+        b = s.binding
+        assert b is not None and b.pool is not None
+        pool = b.pool
+        # size the buffers by what is queued (FIONREAD), so no net_iov is taken in vain
+        fionread = s.fionread
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, fionread, True)
+        avail = fionread[0]
+        if avail == 0:
+            # nothing queued: wait like recvmsg (timeout, SO_RCVTIMEO, MSG_DONTWAIT)
+            # before taking any net_iov, so a waiting socket holds no buffers
+            try:
+                if self._wait_data(sock, flags) == 0:
+                    return 0, 0, 0
+            except TimeoutError:
+                raise TimeoutError(errno.EAGAIN, "timed out") from None
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, fionread, True)
+            avail = max(1, fionread[0])
+        if avail < nbuf and not flags & abi.MSG_DONTWAIT:
+            # SO_RCVLOWAT: tcp_recvmsg returns once min(sk_rcvlowat, len) bytes are there
+            target = min(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT), nbuf)
+            if avail < target:
+                if sock.gettimeout() is None:
+                    # the real socket has the same SO_RCVLOWAT: its recv_into waits for it
+                    avail = target
+                else:
+                    avail = self._wait_lowat(sock, s, flags, target, avail)
+        want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
+        runs = pool.alloc_runs(want_pages, s.queue, time.monotonic())
+        if not runs:
+            deadline, py_timeout = self._deadline(sock, s, flags)
+            runs = pool.alloc_runs(want_pages, s.queue, deadline)
+            if not runs:
+                if py_timeout:
+                    raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
+                raise oserror(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
+        total = self._fill(sock, b.view, runs, nbuf, flags, pool, s.queue)
+        if total == 0:
+            return 0, 0, 0
+        used = -(-total // PAGE_SIZE)
+        got = _split_runs(runs, used, pool, s.queue)
+        try:
+            tokens = s.tokens.alloc_runs(got, b.id, s.queue)
+        except OSError:
+            pool.give_back_runs(got, s.queue)  # ENOMEM (2**31 tokens held): no net_iov stays taken
+            raise
+        clen = encode_frags(control, got, total, tokens, b.id)
+        qs = pool.queue_stats(s.queue)
+        qs.rx_packets += used
+        qs.rx_bytes += total
+        if self.stats_interval_s is not None:
+            now = time.monotonic()
+            if now - self._stats_flushed >= self.stats_interval_s:
+                self._stats_flushed = now
+                self.netdev.flush_stats()
+        return total, clen, 0
+
+    @staticmethod
+    def _fill(sock: socket.socket, view: memoryview, runs: list[tuple[int, int]], nbuf: int, flags: int,
+              pool: RxPool, queue: int) -> int:
+        """recv_into the dma-buf at the net_iov ``runs``, one call per run;
+        returns bytes received (0 at EOF). Gives every net_iov back on error."""
+        total = 0
+        left = nbuf
+        first_flags = flags & _RECV_PASS_FLAGS
+        # Bytes are queued (the caller saw FIONREAD > 0). A socket with a Python
+        # timeout is O_NONBLOCK, and CPython polls it before recv_into: that poll
+        # honours SO_RCVLOWAT and could wait for bytes the caller does not want,
+        # so such a socket is read with readv(2), which does not poll.
+        timeout = sock.gettimeout()
+        direct = timeout is not None and timeout > 0 and not flags & abi.MSG_WAITALL
+        fd = sock.fileno()
+        for i, (p0, cnt) in enumerate(runs):
+            want = min(cnt * PAGE_SIZE, left)
+            off = p0 * PAGE_SIZE
+            try:
+                if direct:
+                    got = os.readv(fd, [view[off : off + want]])
+                else:
+                    fl = first_flags if i == 0 else abi.MSG_DONTWAIT
+                    got = sock.recv_into(view[off : off + want], want, fl)
+            except (BlockingIOError, InterruptedError):
+                if i == 0:
+                    pool.give_back_runs(runs, queue)
+                    raise
+                break
+            except TimeoutError:
+                pool.give_back_runs(runs, queue)
+                raise TimeoutError(errno.EAGAIN, "timed out") from None
+            except BaseException:
+                pool.give_back_runs(runs, queue)
+                raise
+            total += got
+            left -= got
+            if got < want or left == 0:
+                break
+        if total == 0:
+            pool.give_back_runs(runs, queue)
+        return total
+
+    # -- SO_DEVMEM_DONTNEED ----------------------------------------------------
+    def dontneed(self, sock: socket.socket, tokens: np.ndarray | bytes | bytearray | memoryview) -> int:
+        """setsockopt(SO_DEVMEM_DONTNEED) as net/core/sock.c does it.
+
+        ``tokens``: a ``DMABUF_TOKEN_DTYPE`` array, or raw bytes (any length,
+        to exercise optlen checks). Non-TCP socket: EBADF; optlen below
+        sizeof(int), not a multiple of 8 or above 128 ranges: EINVAL. Walks
+        the ranges in order and stops after 1024 frags (unknown tokens
+        count toward that limit and are skipped). Returns the number of frags
+        freed; their net_iovs go back to the binding's free list."""
+        if sock.fileno() < 0:
+            raise oserror(errno.EBADF)
+        s = self.sockets.get(sock)
+        if s is None or not s.tcp:
+            if not _is_tcp(sock):
+                raise oserror(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
+            if s is not None:
+                s.tcp = True
+        if isinstance(tokens, np.ndarray) and tokens.dtype == abi.DMABUF_TOKEN_DTYPE and tokens.ndim == 1:
+            ranges = tokens  # the Receiver's chunks: no byte view needed
+            optlen = tokens.nbytes
+        else:
+            if isinstance(tokens, np.ndarray):
+                raw = np.ascontiguousarray(tokens).view(np.uint8).reshape(-1)
+            else:
+                raw = np.frombuffer(bytes(tokens), dtype=np.uint8)
+            optlen = int(raw.shape[0])
+            ranges = None
+        isz = abi.DMABUF_TOKEN_DTYPE.itemsize
+        if optlen < 4 or optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
+            raise oserror(errno.EINVAL, f"optlen {optlen}")
+        if s is None or s.tokens.outstanding == 0:
+            return 0
+        runs = s.tokens.dontneed_runs(raw.view(abi.DMABUF_TOKEN_DTYPE) if ranges is None else ranges)
+        self.netdev.pools.return_pages(runs)
+        return sum(r[1] for r in runs)
+
+    def release_socket(self, sock: socket.socket) -> int:
+        """Give back every frag ``sock`` still holds (what the kernel does when
+        the socket is destroyed) and forget the socket; returns frags freed.
+        Also happens automatically when the socket object is garbage collected."""
+        s = self.sockets.pop(sock, None)
+        if s is None:
+            return 0
+        n = s.tokens.outstanding
+        self.netdev.pools.return_pages(s.tokens.erase_all_runs())
+        return n
+
+    def outstanding(self, sock: socket.socket) -> int:
+        """Frags ``sock`` holds (tokens not given back)."""
+        s = self.sockets.get(sock)
+        return 0 if s is None else s.tokens.outstanding
+

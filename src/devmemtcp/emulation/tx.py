@@ -1,0 +1,242 @@
+"""The TX path of the emulated NIC: sendmsg validation and zerocopy completions.
+
+Follows net/ipv4/tcp.c ``tcp_sendmsg_locked``, net/core/devmem.c
+``net_devmem_get_binding`` and net/core/datagram.c
+``zerocopy_fill_skb_from_devmem``: the SCM_DEVMEM_DMABUF cmsg names a TX
+binding of :class:`~devmemtcp.emulation.netdev.Netdev`; the iovecs' bases are
+offsets into its dma-buf, whose bytes are sent on the real TCP socket (the
+copy stands in for the NIC's DMA). MSG_ZEROCOPY completions
+(net/core/skbuff.c ``__msg_zerocopy_callback``): a sendmsg's sequence number
+completes once TCP has acknowledged all of its bytes (SIOCOUTQ), and
+consecutive completions are merged into one ``[lo, hi]`` notification as the
+kernel merges them.
+
+A TX binding is usable only by the process that created it (its dma-buf
+lives there): another process's binding id is a clear DevmemError.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import socket
+import struct
+import termios
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from devmemtcp import abi, cmsg
+from devmemtcp.emulation import state as st
+from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
+from devmemtcp.emulation.steering import ingress_ifindex
+
+U32_MAX = 0xFFFFFFFF
+_SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | abi.MSG_MORE
+
+
+@dataclass
+class TxSocket:
+    """What the emulated NIC keeps for one sending socket."""
+
+    family: int = socket.AF_INET
+    zckey: int = 0  # next sendmsg sequence number (sk->sk_zckey)
+    sent: int = 0  # payload bytes sent through the emulated devmem path
+    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (seq, cumulative end byte)
+    done_lo: int | None = None  # completed, not yet reported range
+    done_hi: int = 0
+    routes: dict[int, tuple[int, int]] = field(default_factory=dict)  # binding id -> (ifindex, netns)
+    ctl: bytes = b""  # last control buffer parsed, and its binding id
+    ctl_id: int = 0
+
+
+class EmulatedTx:
+    """sendmsg, the error queue and its wait over ``netdev``'s TX bindings
+    (see the module docstring). Distinct sockets may send from distinct
+    threads; one socket has one sender at a time."""
+
+    def __init__(self, netdev: Netdev) -> None:
+        self.netdev = netdev
+        self.sockets: weakref.WeakKeyDictionary[socket.socket, TxSocket] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def state(self, sock: socket.socket) -> TxSocket:
+        """``sock``'s state, created on first use."""
+        s = self.sockets.get(sock)
+        if s is None:
+            s = TxSocket(family=sock.family)
+            with self._lock:
+                self.sockets[sock] = s
+        return s
+
+    def binding(self, sock: socket.socket, s: TxSocket, bid: int) -> EmulatedBinding:
+        """net_devmem_get_binding: EINVAL unless ``bid`` is a live TX binding,
+        EHOSTUNREACH without a route, ENODEV when the route's device is not
+        the binding's."""
+        b = self.netdev.tx_binding(bid)
+        route = s.routes.get(bid)
+        if route is None:
+            route = s.routes[bid] = (ingress_ifindex(sock), st.netns_id())
+        if route != (b.ifindex, b.netns):
+            raise oserror(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, "
+                                        f"binding {bid} is on {b.ifname} (ifindex {b.ifindex})")
+        return b
+
+    def sendmsg(self, sock: socket.socket, iov: np.ndarray, control: bytes, flags: int) -> int:
+        """Devmem sendmsg: ``iov`` an ``(n, 2)`` uint64 array of (dma-buf offset,
+        length), ``control`` the SCM_DEVMEM_DMABUF cmsg. Returns bytes sent.
+
+        Order of checks (tcp_sendmsg_locked): the cmsg is parsed
+        (``cmsg.parse_tx_cmsg``; its EINVAL is reported last); with
+        MSG_ZEROCOPY, SO_ZEROCOPY and a non-empty iov the binding is looked up
+        (EINVAL unknown/RX id, EHOSTUNREACH, ENODEV wrong device); a binding
+        id without MSG_ZEROCOPY or SO_ZEROCOPY is EINVAL. Without a binding
+        the offsets would be user pointers: EFAULT. An offset at or past the
+        dma-buf's end is EFAULT (or a short count once bytes went out);
+        bytes past the end of the dma-buf are not sent. Each successful call
+        takes the next zerocopy sequence number."""
+        if sock.fileno() < 0:
+            raise oserror(errno.EBADF)
+        arr = np.ascontiguousarray(iov, dtype=np.uint64).reshape(-1, 2)
+        if arr.shape[0] > abi.UIO_MAXIOV:
+            raise oserror(errno.EMSGSIZE, f"{arr.shape[0]} iovecs (at most {abi.UIO_MAXIOV})")
+        size = int(arr[:, 1].sum()) if arr.shape[0] else 0
+        tx = self.state(sock)
+        sockc_err: OSError | None = None
+        bid = 0
+        if control and control == tx.ctl:
+            bid = tx.ctl_id
+        else:
+            try:
+                bid = cmsg.parse_tx_cmsg(control) if control else 0
+                tx.ctl, tx.ctl_id = bytes(control), bid
+            except OSError as exc:
+                sockc_err = exc
+        zc = bool(flags & abi.MSG_ZEROCOPY) and bool(
+            sock.getsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY))
+        binding: EmulatedBinding | None = None
+        if zc and size and sockc_err is None and bid:
+            binding = self.binding(sock, tx, bid)
+        if sockc_err is None and bid and not zc:
+            raise oserror(errno.EINVAL, "a devmem sendmsg needs SO_ZEROCOPY on the socket and MSG_ZEROCOPY")
+        if sockc_err is not None:
+            raise sockc_err
+        if size == 0:
+            return 0
+        if binding is None:
+            raise oserror(errno.EFAULT, "iov_base values are dma-buf offsets only with SCM_DEVMEM_DMABUF")
+        view = binding.view
+        bsize = binding.size
+        # the byte ranges to send, adjacent iovecs merged: the copy is the emulated
+        # NIC's DMA, and one long iovec is copied faster than many short ones
+        spans: list[list[int]] = []
+        offs, lens = arr[:, 0], arr[:, 1]
+        first, end = int(offs[0]), int(offs[-1]) + int(lens[-1])
+        # (lengths within the dma-buf, at most UIO_MAXIOV of them: the sums cannot wrap)
+        if first < end <= bsize and int(lens.max()) <= bsize and bool((lens != 0).all()) \
+                and bool((offs[1:] == offs[:-1] + lens[:-1]).all()):
+            spans.append([first, end])  # one contiguous run inside the dma-buf (the usual case)
+        for off, ln in ([] if spans else arr.tolist()):
+            if ln == 0:
+                continue
+            if off >= bsize:
+                break
+            end = min(off + ln, bsize)
+            if spans and spans[-1][1] == off:
+                spans[-1][1] = end
+            else:
+                spans.append([off, end])
+            if end < off + ln:
+                break
+        if not spans:
+            raise oserror(errno.EFAULT, f"dma-buf offset past the end of binding {bid} ({bsize} bytes)")
+        n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
+        seq = tx.zckey
+        tx.zckey = (seq + 1) & U32_MAX
+        tx.sent += n
+        tx.pending.append((seq, tx.sent))
+        return n
+
+    def complete(self, sock: socket.socket, tx: TxSocket) -> None:
+        """Move the sendmsg calls whose bytes TCP has all acknowledged (SIOCOUTQ)
+        to the completed range."""
+        if not tx.pending:
+            return
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
+        outq = struct.unpack("i", raw)[0]
+        while tx.pending:
+            seq, end = tx.pending[0]
+            # every byte of this sendmsg is acked once the unacked tail fits after it
+            if outq > tx.sent - end:
+                break
+            tx.pending.popleft()
+            if tx.done_lo is None:
+                tx.done_lo = seq
+            tx.done_hi = seq
+
+    def recv_errqueue(self, sock: socket.socket, control: memoryview) -> tuple[int, int]:
+        """recvmsg(MSG_ERRQUEUE): one MSG_ZEROCOPY completion covering every
+        sendmsg completed since the last read (ee_info = first, ee_data = last
+        sequence number, ee_code 0: devmem is never copied). Returns
+        ``(controllen, msg_flags)`` with MSG_ERRQUEUE set (MSG_CTRUNC if
+        ``control`` is too small: the notification is consumed anyway, like
+        put_cmsg); BlockingIOError when nothing completed."""
+        if sock.fileno() < 0:
+            raise oserror(errno.EBADF)
+        tx = self.sockets.get(sock)
+        if tx is None:
+            raise oserror(errno.EAGAIN)
+        self.complete(sock, tx)
+        if tx.done_lo is None:
+            raise oserror(errno.EAGAIN)
+        data = cmsg.encode_zerocopy_completion(tx.done_lo, tx.done_hi, copied=False, family=tx.family)
+        tx.done_lo = None
+        mflags = abi.MSG_ERRQUEUE
+        cap = len(control)
+        hdr = abi.CMSGHDR_DTYPE.itemsize
+        if cap < hdr:
+            return 0, mflags | abi.MSG_CTRUNC
+        clen = struct.unpack_from("<Q", data)[0]
+        if cap < clen:
+            mflags |= abi.MSG_CTRUNC
+            out = bytearray(data[:cap])
+            struct.pack_into("<Q", out, 0, cap)
+            control[:cap] = out
+            return cap, mflags
+        n = min(len(data), cap)
+        control[:n] = data[:n]
+        return n, mflags
+
+    def wait_errqueue(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a zerocopy completion of ``sock``
+        can be read with :meth:`recv_errqueue`; True if one can. (The real
+        socket's error queue stays empty, so poll(2) cannot tell: the
+        acknowledged byte count is re-read with backoff from 20 us to 1 ms.)"""
+        tx = self.sockets.get(sock)
+        if tx is None:
+            return False
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = 20e-6
+        while True:
+            if sock.fileno() < 0:
+                return False
+            self.complete(sock, tx)
+            if tx.done_lo is not None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or not tx.pending:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 1e-3)
+
+    def pending_completions(self, sock: socket.socket) -> int:
+        """sendmsg calls on ``sock`` not yet reported as completed."""
+        tx = self.sockets.get(sock)
+        if tx is None:
+            return 0
+        extra = 0 if tx.done_lo is None else (tx.done_hi - tx.done_lo) % (U32_MAX + 1) + 1
+        return len(tx.pending) + extra

@@ -1,0 +1,480 @@
+"""The data API (devmemtcp.listen / connect / Channel) on the emulated NIC over lo.
+
+Both ends run in this process (the listener's accept in a thread), sharing
+the process's emulated backend, each end with its own RX queues, rules and
+dma-bufs on lo. Peers killed mid-message run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import devmemtcp
+from devmemtcp.channel.header import FrameType, encode_frame, encode_json
+from devmemtcp.errors import ChannelClosed, ChannelError
+
+pytestmark = pytest.mark.root  # the emulated NIC and NIC set-up keep state under /run (per test here)
+
+HOST = "127.0.0.1"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+class Bg:
+    """Run ``fn`` in a thread; ``result()`` joins and re-raises."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.value = fn()
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float = 120) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "background call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _nic_clean(peer_killed: bool = False) -> None:
+    """Nothing left on lo: no journal, no ntuple rule, no live binding. After
+    a peer was killed (-9) its own set-up is left, journaled: ``restore``
+    (what ``devmemtcp restore lo`` runs) undoes it, nothing of ours is left."""
+    from devmemtcp.backend.emulated import EmulatedBackend
+    from devmemtcp.emulation import state as st
+    from devmemtcp.nic import Journal, restore
+
+    if peer_killed:
+        j = Journal("lo")
+        if j.exists():
+            j = Journal.load(j.path)
+            assert all(e.get("owner", {}).get("pid") != os.getpid() for e in j.entries)
+        assert restore("lo", backend=EmulatedBackend()).ok
+
+    jdir = Path(os.environ["DEVMEMTCP_JOURNAL_DIR"])
+    assert not list(jdir.glob("*.json")) if jdir.exists() else True
+    nic = EmulatedBackend().nic("lo")
+    assert nic.list_rules() == []
+    reg = st.load_registry(None)
+    assert not [b for b in reg.get("live", {}).values() if b.get("pid") == os.getpid()]
+
+
+@contextlib.contextmanager
+def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None,
+         **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
+    lis = devmemtcp.listen(HOST, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
+                           **kw)
+    try:
+        acc = Bg(lambda: lis.accept(timeout=30))
+        cli = devmemtcp.connect(HOST, lis.port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
+                                **kw)
+        srv = acc.result()
+        try:
+            yield srv, cli
+        finally:
+            cli.close()
+            srv.close()
+    finally:
+        lis.close()
+    _nic_clean()
+
+
+def roundtrip(a: devmemtcp.Channel, b: devmemtcp.Channel, obj: Any, **recv_kw: Any) -> Any:
+    snd = Bg(lambda: a.send(obj))
+    got = b.recv(**recv_kw)
+    snd.result()
+    return got
+
+
+DTYPES = ["?", "i1", "<i2", ">i4", "<i8", "u1", "<u2", "<u4", "<u8", "<f2", "<f4", ">f8", "<c8", "<c16",
+          np.longdouble, np.clongdouble, "S5", "<U3", "<M8[ns]", "<m8[s]", "V7",
+          [("a", "<i4"), ("b", ">f8", (2,))]]
+
+
+def _sample(dtype: np.dtype[Any], shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    raw = np.random.default_rng(seed).integers(0, 256, int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+    arr = raw.view(dtype).reshape(shape)
+    if dtype.kind in "fc":  # no NaN payloads: compare by value
+        arr = np.asarray(np.arange(arr.size).reshape(shape) / 3).astype(dtype)
+    if dtype.kind == "b":
+        arr = (raw[: arr.size] & 1).astype(bool).reshape(shape)
+    return arr
+
+
+def test_every_numpy_dtype_zero_d_and_empty() -> None:
+    with pair() as (srv, cli):
+        for i, dt in enumerate(DTYPES):
+            dtype = np.dtype(dt)  # type: ignore[call-overload]
+            for shape in ((3, 5), (), (0,), (2, 0, 3)):
+                arr = _sample(dtype, shape, i)
+                got = roundtrip(cli, srv, arr)
+                assert got.dtype == dtype and got.shape == shape
+                assert got.tobytes() == arr.tobytes()
+        # and the other way
+        back = roundtrip(srv, cli, np.arange(7, dtype=np.int16))
+        assert back.tolist() == list(range(7))
+
+
+def test_non_contiguous_and_fortran_sources_arrive_contiguous() -> None:
+    base = np.arange(6 * 8 * 10, dtype=np.float64).reshape(6, 8, 10)
+    with pair() as (srv, cli):
+        for src in (base[::2, :, 1::3], base.T, np.asfortranarray(base), base[:, 3]):
+            got = roundtrip(cli, srv, src)
+            assert got.flags.c_contiguous and got.shape == src.shape
+            assert np.array_equal(got, src)
+        assert cli.stats["tx"]["host_copy_bytes"] > 0
+
+
+def test_buffer_protocol_and_dlpack_objects() -> None:
+    with pair() as (srv, cli):
+        assert roundtrip(cli, srv, b"hello world").tobytes() == b"hello world"
+        assert roundtrip(cli, srv, bytearray(b"\x01\x02")).tolist() == [1, 2]
+        mv = memoryview(np.arange(4, dtype=np.int32))
+        assert roundtrip(cli, srv, mv).tolist() == [0, 1, 2, 3]
+
+        class Dl:
+            def __init__(self) -> None:
+                self.a = np.arange(3, dtype=np.uint16)
+
+            def __dlpack__(self, **kw: Any) -> Any:
+                return self.a.__dlpack__(**kw)
+
+            def __dlpack_device__(self) -> Any:
+                return self.a.__dlpack_device__()
+
+        assert roundtrip(cli, srv, Dl()).tolist() == [0, 1, 2]
+        with pytest.raises(ChannelError, match="not an array, tensor or buffer"):
+            cli.send(object())
+        with pytest.raises(ChannelError, match="Python objects"):
+            cli.send(np.array([None, 1], dtype=object))
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+def test_large_messages_stripe_and_tags_arrive_in_order(streams: int) -> None:
+    with pair(streams=streams, dmabuf_size=16 << 20) as (srv, cli):
+        big = np.random.default_rng(streams).integers(0, 2**63, (20 << 20) // 8, dtype=np.int64)
+        got = roundtrip(cli, srv, big)
+        assert np.array_equal(got, big)
+        st = srv.stats
+        assert st["rx"]["bytes"] == big.nbytes and st["streams_rx"] == streams
+        if streams > 1:  # striped: every flow carried part of it
+            assert all(r.stats.bytes > 0 for r in srv._receivers)
+        # back the other way, through the connector's own flows
+        got2 = roundtrip(srv, cli, big[::-1])
+        assert np.array_equal(got2, big[::-1])
+
+
+def test_300_mib_message_through_a_64_mib_dmabuf() -> None:
+    n = 300 << 20
+    src = np.arange(n // 8, dtype=np.uint64)
+    with pair(dmabuf_size=64 << 20) as (srv, cli):
+        got = roundtrip(cli, srv, src)
+        assert got.nbytes == n and np.array_equal(got, src)
+        st = cli.stats
+        assert st["credit_waits"] > 0  # the message streamed through the smaller dma-buf
+        del got
+
+
+def test_ten_thousand_small_messages() -> None:
+    count = 10_000
+    with pair() as (srv, cli):
+
+        def sender() -> None:
+            for i in range(count):
+                cli.send(np.array([i, i * 7], dtype=np.int64), tag=i % 3)
+
+        snd = Bg(sender)
+        out = np.empty(2, np.int64)
+        for i in range(count):
+            assert srv.recv_into(out) == 16
+            assert out[0] == i and out[1] == 7 * i
+        snd.result()
+        st = srv.stats["rx"]
+        assert st["messages"] == count
+        # tokens go back in batches, not one syscall per message
+        assert st["release_syscalls"] < count // 10
+
+
+def test_tags_out_of_order_fifo_per_tag() -> None:
+    with pair() as (srv, cli):
+        for tag, val in ((1, 10), (2, 20), (3, 30), (1, 11), (2, 21)):
+            cli.send(np.full(1000, val, dtype=np.int32), tag=tag)
+        assert srv.recv(tag=3)[0] == 30
+        assert srv.pending == 2  # the two before it are held (frags in the dma-buf); the rest not read yet
+        assert srv.stats["parked"] == 2 and srv.stats["spilled"] == 0
+        assert srv.recv(tag=2)[0] == 20
+        assert srv.recv(tag=2)[0] == 21
+        assert srv.recv()[0] == 10  # any tag: the oldest
+        assert srv.recv(tag=1)[0] == 11
+        assert srv.pending == 0
+
+
+def test_unmatched_messages_are_copied_out_when_the_window_fills() -> None:
+    with pair(dmabuf_size=4 << 20) as (srv, cli):
+        parts = [np.full((1 << 20) // 4, i, dtype=np.int32) for i in range(6)]
+
+        def sender() -> None:
+            for i, p in enumerate(parts):
+                cli.send(p, tag=100 + i)
+            cli.send(np.array([42]), tag=7)
+
+        snd = Bg(sender)
+        assert srv.recv(tag=7)[0] == 42  # behind 6 MiB of others on a 4 MiB dma-buf
+        snd.result()
+        assert srv.stats["spilled"] > 0
+        for i in range(6):
+            assert np.array_equal(srv.recv(tag=100 + i), parts[i])
+
+
+def test_recv_frags_zero_copy_and_empty_sends_without_copy() -> None:
+    with pair() as (srv, cli):
+        buf = cli.empty((256, 1024), np.float32)
+        buf[:] = np.arange(buf.size, dtype=np.float32).reshape(buf.shape)
+        cli.send(buf, tag=5)
+        assert cli.stats["tx"]["host_copy_bytes"] == 0
+        with srv.recv_frags(tag=5) as msg:
+            assert msg.nbytes == buf.nbytes and msg.shape == (256, 1024) and msg.dtype == np.float32
+            assert msg.frags.nbytes == buf.nbytes and len(msg.frags) >= buf.nbytes // 4096
+            held = sum(r.held for r in srv._receivers)
+            assert held == len(msg.frags)
+            out = msg.gather()
+            assert np.array_equal(out, buf)
+        assert sum(r.held for r in srv._receivers) == 0
+        cli.flush()
+        del buf
+        cli.empty(1 << 20)  # the dropped array's region came back
+
+
+def test_bad_out_raises_before_consuming_and_the_message_stays() -> None:
+    with pair() as (srv, cli):
+        arr = np.arange(100, dtype=np.int64)
+        cli.send(arr, tag=1)
+        too_small = r"out holds 400 bytes, too small: the message \(tag 1\) has 800"
+        with pytest.raises(ChannelError, match=too_small):
+            srv.recv_into(np.empty(50, np.int64))
+        ro = np.empty(100, np.int64)
+        ro.flags.writeable = False
+        with pytest.raises(ChannelError, match="not writable"):
+            srv.recv(out=ro)
+        with pytest.raises(ChannelError, match="not C-contiguous"):
+            srv.recv_into(np.empty((100, 2), np.int64)[:, 0])
+        with pytest.raises(ChannelError, match="read-only buffer"):
+            srv.recv_into(bytes(800))
+        assert srv.stats["rx"]["bytes"] == 0  # nothing consumed
+        out = bytearray(800)
+        assert srv.recv_into(out) == 800
+        assert np.array_equal(np.frombuffer(out, np.int64), arr)
+        # a held message too: out checked before its frags are touched
+        cli.send(arr, tag=2)
+        cli.send(np.array([1]), tag=3)
+        srv.recv(tag=3)
+        with pytest.raises(ChannelError, match="too small"):
+            srv.recv(tag=2, out=np.empty(1, np.int64))
+        assert np.array_equal(srv.recv(tag=2), arr)
+
+
+def test_torch_tensors() -> None:
+    torch = pytest.importorskip("torch", reason="torch is an optional extra (pip install torch==2.13.0)")
+    with pair() as (srv, cli):
+        for t in (torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.tensor([True, False]),
+                  torch.arange(6, dtype=torch.int64).reshape(2, 3).t(),
+                  torch.randn(5, 3).to(torch.bfloat16), torch.tensor(3.5, dtype=torch.float16)):
+            got = roundtrip(cli, srv, t, like="torch")
+            assert isinstance(got, torch.Tensor) and got.dtype == t.dtype and got.shape == t.shape
+            assert torch.equal(got, t.contiguous())
+        out = torch.empty(3, 4)
+        res = roundtrip(cli, srv, np.ones((3, 4), np.float32), out=out)
+        assert res is out and bool((out == 1).all())
+        got = roundtrip(cli, srv, torch.ones(2, requires_grad=True))
+        assert isinstance(got, np.ndarray) and got.tolist() == [1.0, 1.0]
+        cli.send(torch.zeros(2, dtype=torch.bfloat16))
+        with pytest.raises(ChannelError, match="bfloat16 has no numpy equivalent"):
+            srv.recv()
+        assert srv.recv(like="torch").dtype == torch.bfloat16
+
+
+def test_peer_closing_ends_recv_cleanly() -> None:
+    with pair() as (srv, cli):
+        cli.send(np.array([1, 2]))
+        cli.close()
+        assert srv.recv().tolist() == [1, 2]  # sent before the close: still delivered
+        with pytest.raises(ChannelClosed, match="peer closed the channel"):
+            srv.recv()
+
+
+def test_header_version_mismatch_names_both_versions() -> None:
+    with socket.socket() as ls:
+        ls.bind((HOST, 0))
+        ls.listen(1)
+
+        def fake() -> None:
+            conn, _ = ls.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(encode_frame(FrameType.HELLO, encode_json({"protocol": 99}), version=99))
+                conn.recv(1)
+
+        bg = Bg(fake)
+        with pytest.raises(ChannelError, match="the peer speaks version 99, this end version 1"):
+            devmemtcp.connect(HOST, ls.getsockname()[1], backend="emulated")
+        bg.result()
+    _nic_clean()
+
+
+def test_listener_refuses_a_peer_of_another_version() -> None:
+    with devmemtcp.listen(HOST, 0, backend="emulated") as lis:
+
+        def fake() -> bytes:
+            with socket.create_connection((HOST, lis.port)) as s:
+                s.sendall(encode_frame(FrameType.HELLO, encode_json({"protocol": 2}), version=1))
+                return s.recv(65536)
+
+        bg = Bg(fake)
+        with pytest.raises(ChannelError, match="speaks version 2, this end version 1"):
+            lis.accept(timeout=10)
+        assert b"version" in bg.result()
+    _nic_clean()
+
+
+def test_flow_steering_error_names_the_rule() -> None:
+    from devmemtcp.backend.emulated import EmulatedBackend
+
+    with pair() as (srv, cli):
+        rule = srv._rx.rules[0]
+        EmulatedBackend().nic("lo").delete_rule(rule.location)
+        time.sleep(0.3)  # the emulated NIC re-reads steering every 0.1 s
+        cli.send(np.arange(1000, dtype=np.int32))
+        with pytest.raises(ChannelError, match=f"ntuple rule {rule.location} \\(TCP to 127.0.0.1:"
+                                               f"{rule.dst_port} -> queue {rule.queue}\\)"):
+            srv.recv()
+        assert srv.stats["rx"]["flow_steering_errors"] > 0
+
+
+def test_slow_consumer_holds_the_sender_back() -> None:
+    msg = np.ones(4 << 20, np.uint8)
+    count = 12  # 48 MiB against a 8 MiB dma-buf
+    with pair(dmabuf_size=8 << 20) as (srv, cli):
+        sent: list[float] = []
+
+        def sender() -> None:
+            for i in range(count):
+                msg[0] = i
+                cli.send(msg)
+                sent.append(time.monotonic())
+
+        snd = Bg(sender)
+        time.sleep(1.0)
+        early = len(sent)
+        assert early < count  # held back by credits, not buffered without limit
+        out = np.empty_like(msg)
+        for i in range(count):
+            srv.recv_into(out)
+            assert out[0] == i
+        snd.result()
+        assert cli.stats["credit_waits"] > 0
+        window_bytes = cli._credit.window * 4096
+        assert early * msg.nbytes <= window_bytes + msg.nbytes
+
+
+_PEER = textwrap.dedent("""
+    import sys, numpy as np, devmemtcp
+    role, port = sys.argv[1], int(sys.argv[2])
+    ch = devmemtcp.connect("127.0.0.1", port, backend="emulated", dmabuf_size=8 << 20)
+    print("connected", flush=True)
+    if role == "send":
+        ch.send(np.ones(200 << 20, np.uint8), tag=77)  # killed while this is under way
+    else:
+        sys.stdin.readline()  # never receives: killed with the message in flight
+""")
+
+
+def _peer(role: str, port: int) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.Popen([sys.executable, "-c", _PEER, role, str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return proc
+
+
+def test_sender_killed_mid_message() -> None:
+    with devmemtcp.listen(HOST, 0, backend="emulated", dmabuf_size=8 << 20) as lis:
+        proc = _peer("send", lis.port)
+        try:
+            with lis.accept(timeout=30) as ch:
+                ch._wait(lambda: bool(ch._headers), ch._lost_rx(None))
+                killer = threading.Timer(0.3, lambda: proc.send_signal(signal.SIGKILL))
+                killer.start()
+                with pytest.raises(ChannelError) as ei:
+                    ch.recv()
+                killer.join()
+                e = ei.value
+                assert e.tag == 77 and e.expected == 200 << 20 and 0 <= (e.received or 0) < 200 << 20
+                assert f"tag 77: {e.received} of {200 << 20} bytes received" in e.message
+        finally:
+            proc.kill()
+            proc.communicate()
+    _nic_clean(peer_killed=True)
+
+
+def test_receiver_killed_mid_message() -> None:
+    with devmemtcp.listen(HOST, 0, backend="emulated", dmabuf_size=8 << 20) as lis:
+        proc = _peer("recv", lis.port)
+        try:
+            with lis.accept(timeout=30) as ch:
+                killer = threading.Timer(0.5, lambda: proc.send_signal(signal.SIGKILL))
+                killer.start()
+                with pytest.raises(ChannelError) as ei:
+                    ch.send(np.ones(100 << 20, np.uint8), tag=5)
+                killer.join()
+                e = ei.value
+                assert e.tag == 5 and e.expected == 100 << 20
+                assert f"{e.received} of {100 << 20} bytes sent" in e.message
+        finally:
+            proc.kill()
+            proc.communicate()
+    _nic_clean(peer_killed=True)
+
+
+def test_accept_refuses_a_second_channel_while_one_is_open() -> None:
+    with devmemtcp.listen(HOST, 0, backend="emulated") as lis:
+        for round_ in range(2):
+            acc = Bg(lambda: lis.accept(timeout=30))
+            cli = devmemtcp.connect(HOST, lis.port, backend="emulated")
+            srv = acc.result()
+            with cli, srv:
+                if round_ == 0:
+                    with pytest.raises(ChannelError, match="still open"):
+                        lis.accept(timeout=1)
+                assert roundtrip(cli, srv, np.array([round_])).tolist() == [round_]
+    _nic_clean()
+
+
+def test_package_exports_are_lazy_and_documented() -> None:
+    code = ("import sys, devmemtcp; assert 'numpy' not in sys.modules and 'torch' not in sys.modules; "
+            "assert callable(devmemtcp.listen) and devmemtcp.Receiver and devmemtcp.Sender; "
+            "assert devmemtcp.open_dmabuf and devmemtcp.open_backend and devmemtcp.ChannelError; "
+            "assert 'torch' not in sys.modules; print(devmemtcp.__doc__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=SRC), check=True).stdout
+    assert "listen" in out and "connect" in out and "recv" in out
+    assert issubclass(devmemtcp.ChannelError, devmemtcp.DevmemError)

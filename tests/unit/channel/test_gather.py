@@ -1,0 +1,101 @@
+"""Gather of devmem frags into a contiguous destination (devmemtcp.channel.gather)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devmemtcp.channel import gather as g
+from devmemtcp.errors import DevmemError
+
+POOL = np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8)
+
+
+def _ref(offs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    parts = [POOL[o : o + s] for o, s in zip(offs.tolist(), sizes.tolist(), strict=True)]
+    return np.concatenate(parts) if parts else np.empty(0, np.uint8)
+
+
+frag_lists = st.lists(st.tuples(st.integers(0, (1 << 20) - 4096), st.integers(0, 4096)), max_size=80)
+
+
+@settings(max_examples=60)
+@given(frag_lists, st.booleans())
+def test_both_paths_equal_the_reference(frags: list[tuple[int, int]], adjacent: bool) -> None:
+    if adjacent and frags:  # runs of adjacent frags, as one recvmsg on the emulated NIC gives
+        start = frags[0][0] // 2
+        sizes = [s for _, s in frags]
+        offs = np.cumsum([start, *sizes[:-1]]).astype(np.uint64)
+        if int(offs[-1]) + sizes[-1] > POOL.shape[0]:
+            return
+    else:
+        offs = np.array([o for o, _ in frags], dtype=np.uint64)
+        sizes = [s for _, s in frags]
+    sz = np.array(sizes, dtype=np.uint32)
+    want = _ref(offs, sz)
+    for fn in (g.gather, g.gather_numpy):
+        dst = np.zeros(want.shape[0] + 5, np.uint8)
+        assert fn(POOL, offs, sz, dst) == want.shape[0]
+        assert np.array_equal(dst[: want.shape[0]], want)
+        assert not dst[want.shape[0] :].any()
+
+
+def test_strided_frag_arrays_as_a_fragbatch_has() -> None:
+    rec = np.zeros((50, 5), dtype=np.uint64)
+    offs = (np.random.default_rng(1).choice(255, 50, replace=False) * 4096).astype(np.uint64)
+    rec[:, 2] = offs
+    sizes_view = rec.view(np.uint32)[:, 6]
+    sizes_view[:] = 1448
+    assert not rec[:, 2].flags.c_contiguous
+    dst = np.empty(50 * 1448, np.uint8)
+    assert g.gather(POOL, rec[:, 2], sizes_view, dst) == dst.shape[0]
+    assert np.array_equal(dst, _ref(offs, np.full(50, 1448, np.uint32)))
+
+
+def test_page_aligned_pages_take_path() -> None:
+    offs = (np.random.default_rng(2).choice(256, 100, replace=False) * 4096).astype(np.uint64)
+    sizes = np.full(100, 4096, np.uint32)
+    dst = np.empty(100 * 4096, np.uint8)
+    assert g.gather_numpy(POOL, offs, sizes, dst) == dst.shape[0]
+    assert np.array_equal(dst, _ref(offs, sizes))
+
+
+@pytest.mark.parametrize("fn", [g.gather, g.gather_numpy])
+def test_out_of_range_and_too_small(fn: object) -> None:
+    f = fn  # type: ignore[assignment]
+    offs = np.array([POOL.shape[0] - 10], dtype=np.uint64)
+    with pytest.raises(DevmemError, match="outside"):
+        f(POOL, offs, np.array([11], np.uint32), np.empty(64, np.uint8))  # type: ignore[operator]
+    with pytest.raises(DevmemError, match="destination"):
+        f(
+            POOL,
+            np.array([0, 8192], np.uint64),
+            np.array([100, 100], np.uint32),  # type: ignore[operator]
+            np.empty(150, np.uint8),
+        )
+
+
+def test_backend_is_reported_and_env_forces_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert g.gather_backend().startswith(("c ", "numpy "))
+    monkeypatch.setattr(g, "_reason", None)
+    monkeypatch.setattr(g, "_lib", None)
+    monkeypatch.setenv(g.ENV, "numpy")
+    assert g.gather_backend().startswith("numpy (asked for")
+    dst = np.empty(10, np.uint8)
+    assert g.gather(POOL, np.array([5], np.uint64), np.array([10], np.uint32), dst) == 10
+    assert np.array_equal(dst, POOL[5:15])
+
+
+def test_helper_builds_into_the_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    if not (shutil.which("gcc") or shutil.which("cc")):
+        pytest.skip("needs a C compiler (gcc)")
+    lib = g.build_helper(tmp_path)  # type: ignore[arg-type]
+    assert lib.exists() and lib.name == "libdmtgather.so"
+    assert g.build_helper(tmp_path) == lib  # type: ignore[arg-type]
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(DevmemError, match="cannot run the C compiler"):
+        g.build_helper(tmp_path / "other")  # type: ignore[operator]
