@@ -423,6 +423,23 @@ def scenario_timeout() -> dict[str, Any]:
     return res
 
 
+def scenario_stress() -> dict[str, Any]:
+    """Many simultaneous exchanges both ways (all_gather and bidirectional isend/irecv)."""
+    init(timeout=float(os.environ.get("TORCH_TEST_TIMEOUT", "60")))
+    n = int(os.environ.get("TORCH_TEST_ITERS", "200"))
+    size = int(os.environ.get("TORCH_TEST_BYTES", str(1 << 20)))
+    inp = torch.full((size,), RANK + 1, dtype=torch.uint8)
+    out = torch.empty(WORLD * size, dtype=torch.uint8)
+    for i in range(n):
+        inp[0] = i % 256
+        dist.all_gather_into_tensor(out, inp)
+        for r in range(WORLD):
+            check(int(out[r * size]) == i % 256 and int(out[r * size + 1]) == r + 1, f"iteration {i} rank {r}")
+    dist.barrier()
+    dist.destroy_process_group()
+    return {"iters": n}
+
+
 def main() -> None:
     if os.environ.get("TORCH_TEST_DUMP"):  # debugging a hang: every thread's stack after N s
         import faulthandler
