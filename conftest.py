@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+# tests/ on the path: shared test helpers import as ``unit.codec.oracles`` (import-mode=importlib)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 
 def _can_netns() -> str | None:

@@ -29,6 +29,9 @@ NETLINK_GET_STRICT_CHK: Final = 12
 
 SO_ZEROCOPY: Final = 60
 SO_BINDTODEVICE: Final = 25
+#: tcp_info.tcpi_state of a socket that is closed (reset by the peer, or done):
+#: TCP_CLOSE in include/net/tcp_states.h
+TCP_STATE_CLOSE: Final = 7
 SO_RCVBUF: Final = 8
 
 # (SO_DEVMEM_LINEAR, SO_DEVMEM_DMABUF, SO_DEVMEM_DONTNEED) per architecture:

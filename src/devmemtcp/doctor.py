@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import ifaces
 from devmemtcp.netlink import ethtool
 from devmemtcp.netlink.netdev import NetdevClient, bind_rx, bind_tx
 
@@ -324,16 +325,12 @@ def _cuda_check() -> Check:
 
 def diagnose(ifname: str) -> DoctorReport:
     """Check every devmem RX/TX prerequisite of ``ifname`` in the current
-    network namespace (enter another with :func:`devmemtcp.netns.enter`).
+    network namespace (enter another with :func:`devmemtcp.host.netns.enter`).
 
     Raises DevmemError when ``ifname`` does not exist. Never binds anything
     for longer than the probe call itself (see the module docstring).
     """
-    try:
-        ifindex = socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(f"no network interface named {ifname!r} in this namespace",
-                          "list interfaces with `ip link` (or pass --netns NAME)") from None
+    ifindex = ifaces.ifindex(ifname)
     checks: list[Check] = []
     ops: set[str] | None = None
     ops_err: DevmemError | None = None

@@ -92,3 +92,77 @@ class ChannelError(DevmemError):
 
 class ChannelClosed(ChannelError):
     """The peer closed the channel in an orderly way (no message was cut short)."""
+
+
+class IncompleteStreamError(DevmemError):
+    """A stream whose length was known ended short of it, or ran past it.
+
+    Attributes: ``expected`` (bytes the stream had to have), ``received``
+    (bytes read before the receiver stopped), ``overrun_at`` (stream offset
+    of the first byte past ``expected``; ``None`` when the stream was short),
+    ``result`` (the transfer's summary object, filled in, when a caller has
+    one). The CLI reports it as "did not validate or was incomplete" (exit 1).
+    """
+
+    def __init__(self, expected: int, received: int, *, overrun_at: int | None = None,
+                 result: object = None) -> None:
+        self.expected = expected
+        self.received = received
+        self.overrun_at = overrun_at
+        self.result = result
+        if overrun_at is None:
+            message = f"stream ended after {received} of {expected} bytes"
+            hint = ("the sender stopped early (killed, or closed before its end): check its output "
+                    "and send the whole stream again")
+        else:
+            message = (f"stream overran its expected length: byte at stream offset {overrun_at} is past "
+                       f"the {expected} bytes expected ({received} bytes received)")
+            hint = "give recv the same --bytes N as the sender"
+        super().__init__(message, hint)
+
+
+class StreamError(DevmemError):
+    """A socket error on a stream's data path (reset, broken pipe, timeout).
+
+    Attributes: ``errno`` (positive errno value, or ``None``), ``bytes_done``
+    (bytes received or sent before the error). The CLI reports it as an
+    error (exit 2), one line and a hint, never a traceback.
+    """
+
+    def __init__(self, message: str, hint: str | None, *, err: int | None, bytes_done: int) -> None:
+        self.errno = err
+        self.bytes_done = bytes_done
+        super().__init__(message, hint)
+
+
+def stream_error(exc: OSError, *, role: str, peer: str, bytes_done: int,
+                 timeout: float | None = None) -> StreamError:
+    """The :class:`StreamError` for an OSError a stream's socket raised.
+
+    ``role`` is ``"recv"`` or ``"send"``; ``peer`` ``ADDR:PORT`` (may be
+    empty); ``bytes_done`` the bytes moved before it; ``timeout`` the stall
+    limit in seconds, named when the error is EAGAIN / a timeout. A socket
+    whose peer reset it before the first read answers ENOTCONN
+    (tcp_recvmsg_locked on a TCP_CLOSE socket, net/ipv4/tcp.c); it is
+    reported as the reset it is."""
+    err = exc.errno
+    who = f"the peer {peer}" if peer else "the peer"
+    if isinstance(exc, TimeoutError) or err in (_errno.EAGAIN, _errno.EWOULDBLOCK, _errno.ETIMEDOUT):
+        limit = f" for {timeout:g} s" if timeout is not None else ""
+        what = f"no data from {who}{limit}" if role == "recv" else f"{who} took no data{limit}"
+        return StreamError(
+            f"{what} after {bytes_done} bytes: gave up",
+            "check that the other end is running and not stopped (or raise --timeout for a slow peer)",
+            err=err, bytes_done=bytes_done)
+    if err in (_errno.ECONNRESET, _errno.ENOTCONN, _errno.ECONNABORTED):
+        message = f"connection reset by {who} after {bytes_done} bytes"
+    elif err == _errno.EPIPE:
+        message = f"connection closed by {who} after {bytes_done} bytes (broken pipe)"
+    else:
+        name = _errno.errorcode.get(err or 0, str(err))
+        message = (f"{'recvmsg' if role == 'recv' else 'sendmsg'} failed after {bytes_done} bytes: "
+                   f"{name} ({exc.strerror or exc})")
+    hint = ("check the sender's output; the stream was cut before its end" if role == "recv" else
+            "check the receiver's output (a receiver that finds a validation error or an overrun "
+            "closes the connection)")
+    return StreamError(message, hint, err=err, bytes_done=bytes_done)

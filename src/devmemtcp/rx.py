@@ -4,11 +4,12 @@ One :class:`Receiver` wraps a connected TCP socket whose flow lands on RX
 queues bound to a dma-buf. Each :meth:`Receiver.recv` is one
 ``recvmsg(MSG_SOCK_DEVMEM)`` (``tcp_recvmsg_dmabuf`` in net/ipv4/tcp.c) into
 an iov buffer and a control buffer allocated once, parsed by
-:func:`devmemtcp.cmsg.parse_rx_control` into a :class:`~devmemtcp.cmsg.FragBatch`.
+:func:`devmemtcp.codec.parse_rx_control` into a :class:`~devmemtcp.codec.FragBatch`.
 
 Tokens the application is done with go back through
-:meth:`Receiver.release`: they are queued (as runs of consecutive tokens
-while there are few, the steady state, else as a sorted array), coalesced
+:meth:`Receiver.release`: they are queued in a
+:class:`~devmemtcp.codec.ReleaseQueue` (as runs of consecutive tokens
+while there are few, the steady state, else as an array), coalesced
 into ``dmabuf_token`` ranges and handed to ``SO_DEVMEM_DONTNEED``
 (``sock_devmem_dontneed`` in net/core/sock.c) in calls of exactly 1024 frags
 (or 128 ranges) where possible, the rest staying queued for the next call:
@@ -34,15 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.cmsg import (
-    FragBatch,
-    drop_tokens,
-    merge_runs,
-    parse_rx_uniform,
-    plan_dontneed,
-    plan_runs,
-    token_runs,
-)
+from devmemtcp.codec import FragBatch, FragRecordError, KernelInvariantError, ReleaseQueue, parse_rx_batch
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
@@ -86,7 +79,7 @@ class ReceiverStats:
 
 
 class Receiver:
-    """Receive a devmem flow as :class:`~devmemtcp.cmsg.FragBatch` objects.
+    """Receive a devmem flow as :class:`~devmemtcp.codec.FragBatch` objects.
 
     Args:
         backend: the :class:`~devmemtcp.backend.base.Backend` (kernel or emulated).
@@ -140,6 +133,7 @@ class Receiver:
         pool_pages = None  # a binding from a bare fd: its size is not known here
         if dmabuf is not None and dmabuf.size:
             pool_pages = int(dmabuf.size) // int(dmabuf.page_size or abi.PAGE_SIZE)
+        self._dmabuf_size = int(dmabuf.size) if dmabuf is not None and dmabuf.size else None
         if release_threshold is None:
             release_threshold = abi.MAX_DONTNEED_FRAGS
             if pool_pages:
@@ -162,19 +156,14 @@ class Receiver:
         self._iobuf = mmap.mmap(-1, max(linear_buf_size, 1))
         self._iobuf_np = np.frombuffer(self._iobuf, np.uint8)[:linear_buf_size]
         self._iobuf_mv = memoryview(self._iobuf)[:linear_buf_size]
-        # token accounting: the token arrays of delivered batches the application
-        # still holds, by batch serial (one dict operation per batch, none per token)
-        self._live: dict[int, np.ndarray] = {}
+        # token accounting: the token arrays of delivered batches the application still holds
+        # (with their runs when the parser found few), by batch serial: one dict operation per
+        # batch, none per token
+        self._live: dict[int, tuple[np.ndarray, list[int] | None]] = {}
         self._serial = 0
         self._nheld = 0
-        # the queue of released tokens: while it is a few runs of consecutive tokens (the steady
-        # state: the kernel hands out the lowest free ids) it is kept as runs, ``_runs`` (flat
-        # [start, count, ...], ascending, disjoint), and nothing is copied or sorted per token;
-        # otherwise (``_runs`` None) as an array, ``_pending[:_npending]``. ``_npending`` counts
-        # every token released, duplicates included, in both forms (they go at the next flush).
-        self._runs: list[int] | None = []
-        self._pending = np.empty(4 * abi.MAX_DONTNEED_FRAGS, dtype=np.uint32)
-        self._npending = 0
+        # released tokens not yet given to the kernel (counts duplicates until a flush drops them)
+        self._queue = ReleaseQueue()
         self._closed = False
         self.eof = False
 
@@ -190,8 +179,9 @@ class Receiver:
         into the receiver's iov buffer and are valid until the next call.
         Raises OSError from the backend (EAGAIN on a socket timeout, EFAULT
         if the control buffer cannot hold one cmsg),
-        :class:`~devmemtcp.cmsg.ControlBufferError` for MSG_CTRUNC or a
-        malformed buffer, DevmemError for fragments of another binding.
+        :class:`~devmemtcp.codec.ControlBufferError` for MSG_CTRUNC or a
+        malformed buffer (:class:`~devmemtcp.codec.FragRecordError` for values
+        the kernel never writes), DevmemError for fragments of another binding.
         At EOF every queued token is given back.
         """
         if self._closed:
@@ -205,7 +195,7 @@ class Receiver:
         self.stats.recv_calls += 1
         if nbytes == 0 and controllen == 0:
             self.eof = True
-            if self._npending:
+            if self._queue.queued:
                 self.stats.forced_flushes += 1
                 self._flush(everything=True)
             return None
@@ -221,8 +211,23 @@ class Receiver:
         ``nbytes`` what recvmsg returned. Data with no devmem cmsg is
         readable data: counted in ``stats.flow_steering_errors`` and exposed
         as ``batch.readable`` (a view of the iov buffer).
+
+        A record the kernel never writes (a token 0, above 2**31 - 1 or
+        twice, an empty fragment or one past the dma-buf, sizes that do not
+        add up to ``nbytes``) raises
+        :class:`~devmemtcp.codec.FragRecordError`, or on the kernel backend
+        :class:`~devmemtcp.codec.KernelInvariantError` (a kernel or driver
+        fault, with the raw record); the batch's tokens that the kernel may
+        hold are given back first.
         """
-        batch, dmabuf_id = parse_rx_uniform(control, controllen, msg_flags)
+        try:
+            batch, dmabuf_id, runs = parse_rx_batch(control, controllen, msg_flags, nbytes,
+                                                    self._dmabuf_size)
+        except FragRecordError as err:
+            self._give_back_now(err.tokens)
+            if self.backend.name == "kernel":
+                raise KernelInvariantError(err) from err
+            raise
         st = self.stats
         st.bytes += nbytes
         n = batch.token.shape[0]
@@ -241,7 +246,7 @@ class Receiver:
         if n:
             self._serial = serial = self._serial + 1
             batch.serial = serial
-            self._live[serial] = batch.token
+            self._live[serial] = (batch.token, runs)
             self._nheld += n
             # parse_rx_uniform gave the id when all fragments share it: one comparison per batch
             if dmabuf_id != self.binding_id and self.check_dmabuf_id:
@@ -264,7 +269,7 @@ class Receiver:
     @property
     def pending(self) -> int:
         """Tokens released by the application, not yet given to the kernel."""
-        return self._npending
+        return self._queue.queued
 
     def release(self, batch_or_tokens: FragBatch | np.ndarray) -> None:
         """Give fragments back (a FragBatch, or an array of token numbers).
@@ -278,23 +283,27 @@ class Receiver:
         ``max_held`` flushes everything. Raises OSError from the backend (the
         unsent tokens stay queued).
         """
+        runs: list[int] | None = None
         if isinstance(batch_or_tokens, FragBatch):
             serial = batch_or_tokens.serial
-            tokens = self._live.pop(serial, None)
-            if tokens is None:
+            live = self._live.pop(serial, None)
+            if live is None:
                 if serial:  # ours, already given back in full: token numbers may be reused since
                     return
                 tokens = self._take_tokens(batch_or_tokens.token)  # a batch built elsewhere
+            else:
+                tokens, runs = live
         else:
             tokens = self._take_tokens(np.asarray(batch_or_tokens, dtype=np.uint32).reshape(-1))
         k = tokens.shape[0]
         if k == 0:
             return
         self._nheld -= k
-        self._enqueue(tokens)
-        if self._npending >= self.release_threshold:
+        q = self._queue
+        q.add(tokens, runs)
+        if q.queued >= self.release_threshold:
             self._flush(everything=self.release_threshold < abi.MAX_DONTNEED_FRAGS)
-        elif self._npending + self._nheld >= self.max_held:
+        elif q.queued + self._nheld >= self.max_held:
             self.stats.forced_flushes += 1
             self._flush(everything=True)
 
@@ -305,13 +314,13 @@ class Receiver:
             return tokens[:0]
         want = np.unique(tokens)
         taken: list[np.ndarray] = []
-        for serial, arr in list(self._live.items()):
+        for serial, (arr, _runs) in list(self._live.items()):
             hit = np.isin(arr, want)
             if hit.any():
                 taken.append(arr[hit])
                 rest = arr[~hit]
                 if rest.shape[0]:
-                    self._live[serial] = rest
+                    self._live[serial] = (rest, None)
                 else:
                     del self._live[serial]
         if not taken:
@@ -320,67 +329,26 @@ class Receiver:
 
     def flush(self) -> None:
         """Give every queued token back now."""
-        if self._npending:
+        if self._queue.queued:
             self._flush(everything=True)
 
-    def _enqueue(self, tokens: np.ndarray) -> None:
-        runs = self._runs
-        if runs is not None:
-            new = token_runs(tokens)
-            if new is not None:
-                merged = merge_runs(runs, new)
-                if merged is not None:
-                    self._runs = merged
-                    self._npending += tokens.shape[0]
-                    return
-            self._runs_to_array()
-        end = self._npending + tokens.shape[0]
-        if end > self._pending.shape[0]:
-            grown = np.empty(max(2 * self._pending.shape[0], end), dtype=np.uint32)
-            grown[: self._npending] = self._pending[: self._npending]
-            self._pending = grown
-        self._pending[self._npending: end] = tokens
-        self._npending = end
-
-    def _runs_to_array(self) -> None:
-        """Switch the queue to its array form (too many runs to keep as runs).
-
-        The runs hold each queued token once; the ``_npending - len`` tokens
-        queued twice are written as repeats of the first token, so the array
-        holds the same set and the same count (what a flush depends on)."""
-        runs = self._runs
-        assert runs is not None
-        self._runs = None
-        n = self._npending
-        if n > self._pending.shape[0]:
-            self._pending = np.empty(max(2 * self._pending.shape[0], n), dtype=np.uint32)
-        pos = 0
-        for i in range(0, len(runs), 2):  # a loop per run (fewer than cmsg._FEW_RUNS)
-            s, c = runs[i], runs[i + 1]
-            self._pending[pos: pos + c] = np.arange(s, s + c, dtype=np.uint32)
-            pos += c
-        if pos < n:
-            self._pending[pos:n] = runs[0]
+    def _give_back_now(self, tokens: np.ndarray) -> None:
+        """Queue ``tokens`` (of a batch that is not delivered) and flush them;
+        a failing release leaves them queued for :meth:`close`."""
+        if tokens.shape[0]:
+            self._queue.add(tokens)
+            with contextlib.suppress(OSError):
+                self._flush(everything=True)
 
     def _flush(self, everything: bool) -> None:
-        """Coalesce the queued tokens and issue SO_DEVMEM_DONTNEED calls.
+        """Issue the SO_DEVMEM_DONTNEED calls the queue plans
+        (:meth:`~devmemtcp.codec.ReleaseQueue.plan`).
 
         ``everything=False`` keeps the last chunk queued unless it is full
         (1024 frags or 128 ranges), so steady state stays at one call per
-        1024 fragments. The plan is :func:`devmemtcp.cmsg.plan_runs` for a
-        queue of runs, :func:`devmemtcp.cmsg.plan_dontneed` for an array
-        (the same chunks as ``dontneed_chunks(coalesce_tokens(...))``)."""
-        runs = self._runs
-        if runs is not None:
-            chunks, ends = plan_runs(runs[0::2], runs[1::2], not everything)
-            total = sum(runs[1::2])
-        else:
-            n = self._npending
-            toks = self._pending[:n]
-            # a few sorted runs: a stable (merge) sort is near-linear; in place, no copy
-            toks.sort(kind="stable")
-            toks, chunks, ends = plan_dontneed(toks, not everything)
-            total = toks.shape[0]
+        1024 fragments."""
+        q = self._queue
+        chunks, ends = q.plan(full_only=not everything)
         sent = 0
         st = self.stats
         dontneed = self.backend.dontneed
@@ -395,16 +363,7 @@ class Receiver:
                 sent = end
         finally:
             # the chunks cover the sorted distinct tokens in order: the unsent tail stays queued
-            self._npending = total - sent
-            if runs is not None:
-                self._runs = drop_tokens(runs, sent)
-            else:
-                # toks is the queue itself unless duplicates were dropped; numpy copies overlaps safely
-                if sent or total != n:
-                    self._pending[: total - sent] = toks[sent:]
-                rest = token_runs(self._pending[: total - sent])  # few runs again: back to runs
-                if rest is not None:
-                    self._runs = merge_runs([], rest)
+            q.consume(sent)
 
     # -- lifetime ------------------------------------------------------------
     @property
@@ -424,15 +383,14 @@ class Receiver:
             if self.sock.fileno() < 0:
                 return
             if self._live:
-                held = np.concatenate(list(self._live.values()))
+                held = np.concatenate([arr for arr, _runs in self._live.values()])
                 self._live.clear()
                 self._nheld = 0
-                self._enqueue(held)
-            if self._npending:
+                self._queue.add(held)
+            if self._queue.queued:
                 self._flush(everything=True)
         finally:
-            self._npending = 0
-            self._runs = []
+            self._queue.clear()
             self._nheld = 0
             self._live.clear()
 
@@ -449,5 +407,5 @@ class Receiver:
                 self.close()
 
     def __repr__(self) -> str:
-        return (f"<Receiver binding={self.binding_id} held={self._nheld} pending={self._npending} "
+        return (f"<Receiver binding={self.binding_id} held={self._nheld} pending={self._queue.queued} "
                 f"frags={self.stats.frags}>")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,8 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.backend import open_backend
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
+from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator
 
 if TYPE_CHECKING:
@@ -78,7 +81,11 @@ class TransferResult:
     / ``release_syscalls``: frags given back and SO_DEVMEM_DONTNEED calls (RX;
     ``None`` on TX). ``flow_steering_errors``: readable bytes that should have
     been devmem (the flow landed on an ordinary queue). ``validated``:
-    ``True``/``False`` when a pattern was checked, ``None`` when not asked.
+    ``True``/``False`` when a pattern was checked, ``None`` when not asked;
+    when the stream's length is known it is ``True`` only for a complete
+    stream (a pattern check alone accepts any prefix). ``complete``: the
+    stream had exactly the expected length (``True``/``False``), ``None``
+    when no length was given (recv without ``expect_bytes``).
     ``rcvlowat``: the SO_RCVLOWAT the receiver ran with (bytes; None: not set).
     """
 
@@ -92,6 +99,7 @@ class TransferResult:
     release_syscalls: int | None = 0
     flow_steering_errors: int = 0
     validated: bool | None = None
+    complete: bool | None = None
     backend_reason: str = ""
     ifname: str = ""
     queues: list[int] = field(default_factory=list)
@@ -109,7 +117,7 @@ class TransferResult:
     def as_dict(self) -> dict[str, Any]:
         """The documented JSON object: backend, bytes, seconds, gbps, frags,
         linear_bytes, tokens_released, release_syscalls, flow_steering_errors,
-        validated, then the context fields (role, backend_reason, ifname,
+        validated, complete, then the context fields (role, backend_reason, ifname,
         queues, binding_id, peer, completions, rcvlowat, error)."""
         d = asdict(self)
         ordered: dict[str, Any] = {
@@ -119,98 +127,15 @@ class TransferResult:
             "gbps": round(self.gbps, 4),
         }
         for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
-                    "flow_steering_errors", "validated", "role", "backend_reason", "ifname",
+                    "flow_steering_errors", "validated", "complete", "role", "backend_reason", "ifname",
                     "queues", "binding_id", "peer", "completions", "rcvlowat", "error"):
             ordered[key] = d[key]
         return ordered
 
 
 # ---------------------------------------------------------------------------
-# Interfaces and backends
+# Backends
 # ---------------------------------------------------------------------------
-def _family(addr: str) -> socket.AddressFamily:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise DevmemError(f"not an IP address: {addr!r}",
-                          "give a numeric IPv4 or IPv6 address, e.g. 127.0.0.1 or ::1") from None
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-
-
-def interface_of_address(addr: str) -> str:
-    """The interface that owns local address ``addr`` (``lo`` for 127.0.0.1).
-
-    Reads the current network namespace's addresses over rtnetlink
-    (RTM_GETADDR). Any address in 127.0.0.0/8 or ::1 maps to ``lo``.
-    Raises DevmemError when no interface has the address or it is a wildcard.
-    """
-    _family(addr)
-    ip = ipaddress.ip_address(addr)
-    if ip.is_unspecified:
-        raise DevmemError(
-            f"cannot tell the interface from the wildcard address {addr}",
-            "give --ifname IF (the devmem NIC), or --listen with that NIC's own address")
-    if ip.is_loopback:
-        return "lo"
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=_family(addr)):
-            if msg.get_attr("IFA_ADDRESS") == str(ip) or msg.get_attr("IFA_LOCAL") == str(ip):
-                links = ipr.get_links(msg["index"])
-                if links:
-                    return str(links[0].get_attr("IFLA_IFNAME"))
-    raise DevmemError(f"no interface in this network namespace has address {addr}",
-                      "check `ip -br addr`, or give --ifname IF")
-
-
-def address_of_interface(ifname: str, family: int = socket.AF_INET) -> str:
-    """The first ``family`` address of ``ifname`` (RTM_GETADDR), for the
-    ntuple rule of a receiver listening on a wildcard address. Raises
-    DevmemError when the interface has none."""
-    from pyroute2 import IPRoute
-
-    index = _ifindex(ifname)
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=family, index=index):
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if addr and not ipaddress.ip_address(addr).is_link_local:
-                return str(addr)
-    raise DevmemError(f"{ifname} has no {'IPv6' if family == socket.AF_INET6 else 'IPv4'} address "
-                      "to steer the flow to",
-                      f"add one (ip addr add ADDR/LEN dev {ifname}) or --listen on a specific address")
-
-
-def interface_of_route(addr: str) -> str:
-    """The interface the kernel routes ``addr`` through (RTM_GETROUTE, like
-    ``ip route get ADDR``). Raises DevmemError when there is no route."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
-
-    _family(addr)
-    ip = ipaddress.ip_address(addr)
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=str(ip), family=_family(addr))
-        except PyrNetlinkError as exc:
-            raise DevmemError(f"no route to {addr}: {exc}",
-                              "check `ip route get " + addr + "`, or give --ifname IF") from None
-        for r in routes:
-            oif = r.get_attr("RTA_OIF")
-            if oif:
-                links = ipr.get_links(oif)
-                if links:
-                    return str(links[0].get_attr("IFLA_IFNAME"))
-    raise DevmemError(f"no route to {addr}", "check `ip route get " + addr + "`, or give --ifname IF")
-
-
-def _ifindex(ifname: str) -> int:
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(f"no interface named {ifname!r} in this network namespace",
-                          "check `ip -br link` (or run inside the right namespace with "
-                          "`ip netns exec NS devmemtcp ...`)") from None
 
 
 def _open_dmabuf(memory: str | DmaBuf, size: int) -> DmaBuf:
@@ -239,7 +164,7 @@ def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
 # Receive
 # ---------------------------------------------------------------------------
 def _listen_socket(listen: str, port: int) -> socket.socket:
-    fam = _family(listen)
+    fam = ifaces.family_of(listen)
     sock = socket.socket(fam, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -255,7 +180,7 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 @contextlib.contextmanager
 def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
                   dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
-    """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.nic.NicSetup`
+    """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.setup.NicSetup`
     (header split, RSS spread below the queues, ntuple rule for
     ``listen:port``; journaled, undone in reverse order on exit, on errors
     and on SIGINT/SIGTERM when run from the main thread) unless
@@ -264,10 +189,10 @@ def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen
 
     start, count = queues
     if not nic_config:
-        with backend.bind_rx(_ifindex(ifname), dmabuf, list(range(start, start + count))) as binding:
+        with backend.bind_rx(ifaces.ifindex(ifname), dmabuf, list(range(start, start + count))) as binding:
             yield binding
         return
-    from devmemtcp.nic import NicSetup
+    from devmemtcp.setup import NicSetup
 
     setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
                      handle_signals=threading.current_thread() is threading.main_thread())
@@ -289,6 +214,8 @@ def receive_stream(
     nic_config: bool = True,
     accept_timeout: float | None = None,
     rcvlowat: int | None = None,
+    expect_bytes: int | None = None,
+    idle_timeout: float | None = None,
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -314,6 +241,15 @@ def receive_stream(
             it wait until more arrive or the sender closes (tcp_data_ready
             wakes the reader only then), so keep it 0 for a sender that
             pauses mid-stream and expects to be seen.
+        expect_bytes: the stream's exact length in bytes, or None (not
+            checked: ``complete`` stays None). A stream that ends short of
+            it, or runs past it (the receiver stops at the first byte too
+            many), raises IncompleteStreamError.
+        idle_timeout: seconds the connection may stay silent mid-stream
+            (None: wait forever); past it StreamError. Each recvmsg waits
+            at most a quarter of it (SO_RCVTIMEO; a recvmsg short of
+            ``rcvlowat`` returns what it has only then, tcp_recvmsg_locked),
+            so a silence is given up on after 1 to 1.25 times it.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
         on_progress(bytes): called after each batch.
@@ -322,18 +258,24 @@ def receive_stream(
             given back); None: the bytes are only counted (and validated).
 
     Returns a TransferResult (``validated`` True when a pattern was checked
-    to the end). Raises ValidationError (offset, expected, received) at the
-    first mismatching byte, DevmemError/NetlinkError for setup problems,
-    TimeoutError when nobody connects in time. Every resource (socket,
-    binding, tokens, NIC settings, dma-buf) is released on every path.
+    to the end, and the stream was complete when ``expect_bytes`` was
+    given). Raises ValidationError (offset, expected, received) at the first
+    mismatching byte, IncompleteStreamError (its ``result`` the summary) for
+    a stream of the wrong length, StreamError for a socket error on the data
+    path (reset by the peer, broken pipe, ``idle_timeout``),
+    DevmemError/NetlinkError for setup problems, TimeoutError when nobody
+    connects in time. Every resource (socket, binding, tokens, NIC settings,
+    dma-buf) is released on every path.
     """
     from devmemtcp.rx import Receiver
 
-    _family(listen)  # a clear error for a non-numeric address, before anything is set up
+    ifaces.family_of(listen)  # a clear error for a non-numeric address, before anything is set up
     if rcvlowat is not None and rcvlowat < 0:
         raise DevmemError(f"rcvlowat {rcvlowat} is negative", "give a size in bytes, or 0 to leave it unset")
-    ifname = ifname or interface_of_address(listen)
-    _ifindex(ifname)
+    if expect_bytes is not None and expect_bytes < 0:
+        raise DevmemError(f"cannot expect {expect_bytes} bytes", "give --bytes >= 0")
+    ifname = ifname or ifaces.interface_of_address(listen)
+    ifaces.ifindex(ifname)
     be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
@@ -350,10 +292,12 @@ def receive_stream(
             stack.callback(dmabuf.close)
         # a wildcard listener's flow is steered by the interface's own address
         dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
-            else address_of_interface(ifname, _family(listen))
+            else ifaces.address_of_interface(ifname, ifaces.family_of(listen))
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = FragValidator(validate, dmabuf) if validate else None
+        if validator is not None:
+            stack.callback(validator.close)  # before the dma-buf closes: its views must go first
         if on_ready:
             on_ready(port)
         lsock.settimeout(accept_timeout)
@@ -364,26 +308,40 @@ def receive_stream(
         stack.enter_context(conn)
         conn.settimeout(None)
         lsock.close()
-        low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
-        if low > 1:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
-            result.rcvlowat = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
         result.peer = f"{peer[0]}:{peer[1]}"
         t0 = time.perf_counter()
-        rx = stack.enter_context(Receiver(be, conn, binding))
+        rx = None
         try:
-            _receive_loop(rx, validator, on_progress, _Writer(dmabuf, output) if output is not None else None)
+            low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
+            if low > 1:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+                result.rcvlowat = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+            if idle_timeout is not None:
+                _set_timeo(conn, socket.SO_RCVTIMEO, idle_timeout / _IDLE_SLICES)
+            rx = stack.enter_context(Receiver(be, conn, binding))
+            _receive_loop(rx, validator, expect_bytes, idle_timeout, on_progress,
+                          _Writer(dmabuf, output) if output is not None else None)
         except ValidationError as exc:
             result.validated = False
             result.error = exc.message
             raise
-        except ConnectionError as exc:
-            raise DevmemError(f"connection from {result.peer} lost after {rx.stats.bytes} bytes: {exc}",
-                              "check the sender's output; the stream was cut before its end") from None
+        except IncompleteStreamError as exc:
+            result.complete = False
+            result.validated = False if validator is not None else None
+            result.error = exc.message
+            exc.result = result
+            raise
+        except OSError as exc:
+            # reset, broken pipe, SO_RCVTIMEO...: one clear error, never a traceback
+            raise stream_error(exc, role="recv", peer=result.peer, timeout=idle_timeout,
+                               bytes_done=int(rx.stats.bytes) if rx is not None else 0) from None
         finally:
             result.seconds = time.perf_counter() - t0
-            rx.close()
-            _fill_rx_stats(result, rx)
+            if rx is not None:
+                rx.close()
+                _fill_rx_stats(result, rx)
+        if expect_bytes is not None:
+            result.complete = True  # _receive_loop raised otherwise
         if validator is not None:
             result.validated = True
     return result
@@ -412,21 +370,57 @@ class _Writer:
             view = view[k if k is not None else len(view):]
 
 
-def _receive_loop(rx: Any, validator: FragValidator | None,
+def _set_timeo(sock: socket.socket, opt: int, seconds: float) -> None:
+    """SO_RCVTIMEO / SO_SNDTIMEO (struct timeval) of ``seconds``: the kernel
+    then ends a blocked recvmsg/sendmsg with EAGAIN (sock_rcvtimeo, sock_sndtimeo
+    in include/net/sock.h); 0 would mean forever, so it is raised to 1 us."""
+    usec = max(1, round(seconds * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, opt, struct.pack("qq", usec // 1_000_000, usec % 1_000_000))
+
+
+#: SO_RCVTIMEO is this fraction of the receiver's idle timeout (see receive_stream)
+_IDLE_SLICES = 4
+
+
+def _receive_loop(rx: Any, validator: FragValidator | None, expect: int | None, idle: float | None,
                   on_progress: Callable[[int], None] | None, writer: _Writer | None = None) -> None:
+    """Receive to EOF, validating each batch; with ``expect`` (bytes) raise
+    IncompleteStreamError at EOF short of it, or at the first batch that
+    carries a byte past it (a mismatch before that offset is reported
+    first, as the earlier fault). A recvmsg that times out (EAGAIN, no byte
+    taken) is retried until ``idle`` seconds passed since the last batch.
+    ``writer`` gets every batch within the expected length, in order."""
     total = 0
+    last = time.monotonic()
     while True:
-        batch = rx.recv()
+        try:
+            batch = rx.recv()
+        except BlockingIOError:
+            if idle is not None and time.monotonic() - last < idle:
+                continue
+            raise
+        last = time.monotonic()
         if batch is None:
             break
+        n = _batch_bytes(batch)
         if validator is not None:
-            validator.check_batch(batch)
+            try:
+                validator.check_batch(batch)
+            except ValidationError as exc:
+                if expect is None or exc.offset < expect:
+                    raise
+                # a mismatch past the end: the overrun is the fault
+        if expect is not None and total + n > expect:
+            rx.release(batch)
+            raise IncompleteStreamError(expect, total + n, overrun_at=expect)
         if writer is not None:
             writer(batch)
-        total += _batch_bytes(batch)
+        total += n
         rx.release(batch)
         if on_progress:
             on_progress(total)
+    if expect is not None and total != expect:
+        raise IncompleteStreamError(expect, total)
 
 
 def _batch_bytes(batch: Any) -> int:
@@ -481,6 +475,7 @@ def send_stream(
     size: int = DEFAULT_DMABUF_SIZE,
     backend: str | Backend = "auto",
     connect_timeout: float = 10.0,
+    idle_timeout: float | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     source: BinaryIO | None = None,
@@ -498,11 +493,17 @@ def send_stream(
     sendmsg's zerocopy completion arrived. The receiver sees exactly the
     pattern stream (any plain TCP receiver will do).
 
-    ``ifname`` defaults to the interface of the route to ``addr``. Returns a
-    TransferResult (``tokens_released``/``release_syscalls`` None: they are RX
-    notions; ``completions`` counts completed sendmsg calls). Raises
-    DevmemError/NetlinkError for setup problems (bind-tx refused, no route),
-    ConnectionError when the peer goes away.
+    ``ifname`` defaults to the interface of the route to ``addr``.
+    ``idle_timeout``: seconds a sendmsg may stay blocked on a receiver that
+    takes no data (SO_SNDTIMEO; a sendmsg that moved part of its bytes
+    returns them only then, so a stopped receiver is given up on after one
+    to two times it), and the Sender's completion timeout (None: sendmsg
+    waits forever, completions 10 s). Returns a TransferResult
+    (``tokens_released``/``release_syscalls`` None: they are RX notions;
+    ``completions`` counts completed sendmsg calls; ``complete`` True: every
+    byte went out). Raises DevmemError/NetlinkError for setup problems
+    (bind-tx refused, no route), StreamError for a socket error on the data
+    path (reset by the peer, broken pipe, ``idle_timeout``).
     """
     from devmemtcp.tx import Sender
 
@@ -511,9 +512,9 @@ def send_stream(
     if chunk <= 0:
         raise DevmemError(f"--chunk {chunk} must be positive", "use e.g. --chunk 64K")
     period = validate or DEFAULT_FILL_PERIOD
-    family = _family(addr)
-    ifname = ifname or interface_of_route(addr)
-    ifindex = _ifindex(ifname)
+    family = ifaces.family_of(addr)
+    ifname = ifname or ifaces.interface_of_route(addr)
+    ifindex = ifaces.ifindex(ifname)
     be, reason = open_backend(backend, ifname, direction="tx")
     if on_backend:
         on_backend(be.name, reason)
@@ -540,9 +541,16 @@ def send_stream(
             raise DevmemError(f"cannot connect to {addr} port {port}: {exc.strerror or exc}",
                               "start the receiver first (devmemtcp recv --listen ADDR --port PORT)") from None
         sock.settimeout(None)
-        peer = sock.getpeername()
-        result.peer = f"{peer[0]}:{peer[1]}"
-        tx = stack.enter_context(Sender(be, sock, binding))
+        try:
+            peer = sock.getpeername()
+            result.peer = f"{peer[0]}:{peer[1]}"
+        except OSError:  # ENOTCONN: the peer reset it already; sendmsg reports that
+            result.peer = f"{addr}:{port}"
+        if idle_timeout is not None:
+            _set_timeo(sock, socket.SO_SNDTIMEO, idle_timeout)
+        # a receiver that takes nothing: sendmsg blocks (SO_SNDTIMEO), or no region completes
+        tx = stack.enter_context(Sender(be, sock, binding) if idle_timeout is None else
+                                 Sender(be, sock, binding, completion_timeout=idle_timeout))
         t0 = time.perf_counter()
         try:
             if source is None:
@@ -550,14 +558,19 @@ def send_stream(
             else:
                 sent = _send_file_loop(tx, dmabuf, source, chunk, on_progress)
             tx.flush()
-        except ConnectionError as exc:
-            raise DevmemError(
-                f"connection to {result.peer} lost after {tx.stats.bytes} bytes: {exc}",
-                "check the receiver's output (a receiver that finds a validation error closes the "
-                "connection)") from None
+            # a reset after the last sendmsg completes the sends (the kernel frees the
+            # purged skbs) but the bytes never arrived: the socket's error says so
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+        except OSError as exc:
+            # reset, broken pipe, SO_SNDTIMEO...: one clear error, never a traceback
+            raise stream_error(exc, role="send", peer=result.peer, timeout=idle_timeout,
+                               bytes_done=int(tx.stats.bytes)) from None
         finally:
             result.seconds = time.perf_counter() - t0
         result.bytes = sent
+        result.complete = sent == nbytes if source is None else True  # a file: sent to its end
         _fill_tx_stats(result, tx)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
@@ -660,13 +673,15 @@ def run_demo(
     The receiver runs in a thread (:func:`receive_stream`, NIC set up for
     its flow, pattern checked from its dma-buf), the sender in the caller's
     thread (:func:`send_stream`). Returns ``{"backend", "bytes", "seconds",
-    "gbps", "validated", "recv": {...}, "send": {...}}`` where recv/send are
-    the two TransferResult JSON objects. Raises the receiver's
-    ValidationError on a mismatch, or the first setup error of either end.
+    "gbps", "validated", "complete", "recv": {...}, "send": {...}}`` where
+    recv/send are the two TransferResult JSON objects; the receiver is told
+    the length, so ``complete`` is checked. Raises the receiver's
+    ValidationError on a mismatch, IncompleteStreamError on a stream of
+    the wrong length, or the first setup error of either end.
     """
     import threading
 
-    ifname = interface_of_address(listen)
+    ifname = ifaces.interface_of_address(listen)
     be, reason = open_backend(backend, ifname, direction="rx")
     if on_backend:
         on_backend(be.name, reason)
@@ -682,7 +697,7 @@ def run_demo(
         try:
             outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
                                              backend=be, accept_timeout=timeout, on_ready=on_ready,
-                                             on_progress=on_progress)
+                                             expect_bytes=nbytes, on_progress=on_progress)
         except BaseException as exc:
             outcome["recv_error"] = exc
             ready.set()
@@ -700,8 +715,12 @@ def run_demo(
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise
         _unblock(listen, port_box)
         thread.join(timeout)
-        if isinstance(outcome.get("recv_error"), ValidationError):
-            raise outcome["recv_error"] from None
+        # the receiver's mismatch or overrun made the sender fail; a stream cut
+        # short is the sender's failure (or Ctrl-C), reported as such
+        rerr = outcome.get("recv_error")
+        if isinstance(rerr, ValidationError) or (
+                isinstance(rerr, IncompleteStreamError) and rerr.overrun_at is not None):
+            raise rerr from None
         raise
     finally:
         thread.join(timeout if sent is None else None)
@@ -714,7 +733,8 @@ def run_demo(
                           "run `devmemtcp recv --listen 127.0.0.1 --port 5201` by hand to see why")
     recv: TransferResult = outcome["recv"]
     recv.backend_reason = sent.backend_reason = reason
-    received_ok = bool(recv.validated) and recv.bytes == sent.bytes == nbytes
+    complete = bool(recv.complete) and recv.bytes == sent.bytes == nbytes
+    received_ok = bool(recv.validated) and complete
     seconds = max(recv.seconds, sent.seconds)
     return {
         "backend": be.name,
@@ -723,6 +743,7 @@ def run_demo(
         "seconds": round(seconds, 6),
         "gbps": round(recv.bytes * 8 / seconds / 1e9, 4) if seconds > 0 else 0.0,
         "validated": received_ok,
+        "complete": complete,
         "recv": recv.as_dict(),
         "send": sent.as_dict(),
     }

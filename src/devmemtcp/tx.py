@@ -29,7 +29,7 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.abi import UIO_MAXIOV  # re-exported: more iovecs per sendmsg is EMSGSIZE
-from devmemtcp.cmsg import ControlBufferError, build_tx_cmsg, parse_zerocopy_completions
+from devmemtcp.codec import ControlBufferError, build_tx_cmsg, parse_zerocopy_completions
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:

@@ -45,6 +45,17 @@ class FragValidator:
         self.scratch = np.empty(0, dtype=np.uint8)
         self._base = self.view.__array_interface__["data"][0]  # the view keeps the mapping alive
 
+    def close(self) -> None:
+        """Drop the views of the dma-buf (idempotent), so closing the dma-buf
+        really unmaps it (and closes the fd Python's mmap holds) even while
+        something, e.g. an exception's traceback, still references this
+        validator. Do not check with it after close."""
+        empty = np.empty(0, dtype=np.uint8)
+        self.view = empty
+        self.pages = empty.reshape(0, abi.PAGE_SIZE)
+        self.scratch = empty
+        self._base = 0
+
     def _check_run(self, a: int, b: int) -> None:
         """Check dma-buf bytes ``a .. b-1`` in place (ValidationError at the first bad one)."""
         if b > self.view.size or a < 0:

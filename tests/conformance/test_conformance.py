@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.errors import NetlinkError
 from devmemtcp.selftest.catalogue import BIND_RX_CASES, BindRxCase, CaseFailed, check_bind_rx
 
@@ -99,18 +99,18 @@ UNKNOWN_ID = 0x7FFFFFF0
 def test_tx_unknown_binding_is_einval(sock_backend: Any, tcp: Any) -> None:
     cli = tcp[0]
     cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-    ctl = cmsg.build_tx_cmsg(UNKNOWN_ID)
+    ctl = codec.build_tx_cmsg(UNKNOWN_ID)
     assert errno_of(sock_backend.sendmsg, cli, IOV, ctl, abi.MSG_ZEROCOPY) == errno.EINVAL
 
 
 def test_tx_binding_without_msg_zerocopy_is_einval(sock_backend: Any, tcp: Any) -> None:
     cli = tcp[0]
     cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-    assert errno_of(sock_backend.sendmsg, cli, IOV, cmsg.build_tx_cmsg(UNKNOWN_ID), 0) == errno.EINVAL
+    assert errno_of(sock_backend.sendmsg, cli, IOV, codec.build_tx_cmsg(UNKNOWN_ID), 0) == errno.EINVAL
 
 
 def test_tx_binding_without_so_zerocopy_is_einval(sock_backend: Any, tcp: Any) -> None:
-    ctl = cmsg.build_tx_cmsg(UNKNOWN_ID)
+    ctl = codec.build_tx_cmsg(UNKNOWN_ID)
     assert errno_of(sock_backend.sendmsg, tcp[0], IOV, ctl, abi.MSG_ZEROCOPY) == errno.EINVAL
 
 
@@ -118,7 +118,7 @@ def test_tx_binding_without_so_zerocopy_is_einval(sock_backend: Any, tcp: Any) -
 def test_tx_cmsg_len_must_be_cmsg_len_4(sock_backend: Any, tcp: Any, cmsg_len: int) -> None:
     cli = tcp[0]
     cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-    raw = bytearray(cmsg.build_tx_cmsg(1)) + bytes(8)
+    raw = bytearray(codec.build_tx_cmsg(1)) + bytes(8)
     raw[0:8] = cmsg_len.to_bytes(8, "little")
     assert errno_of(sock_backend.sendmsg, cli, IOV, bytes(raw), abi.MSG_ZEROCOPY) == errno.EINVAL
 

@@ -63,13 +63,13 @@ def _nic_clean(peer_killed: bool = False) -> None:
     (what ``devmemtcp restore lo`` runs) undoes it, nothing of ours is left."""
     from devmemtcp.backend.emulated import EmulatedBackend
     from devmemtcp.emulation import state as st
-    from devmemtcp.nic import Journal, restore
+    from devmemtcp.setup import Journal, restore
 
     if peer_killed:
         j = Journal("lo")
         if j.exists():
             j = Journal.load(j.path)
-            assert all(e.get("owner", {}).get("pid") != os.getpid() for e in j.entries)
+            assert all((e.owner or {}).get("pid") != os.getpid() for e in j.entries)
         assert restore("lo", backend=EmulatedBackend()).ok
 
     jdir = Path(os.environ["DEVMEMTCP_JOURNAL_DIR"])
@@ -214,6 +214,26 @@ def test_ten_thousand_small_messages() -> None:
         assert st["messages"] == count
         # tokens go back in batches, not one syscall per message
         assert st["release_syscalls"] < count // 10
+
+
+def test_both_directions_at_once_from_two_threads_each() -> None:
+    """Bulk traffic both ways at the same time: each end sends from one thread
+    and receives in another (a send waiting for credit does not receive)."""
+    msgs = [np.full((3 << 20) // 8, i, dtype=np.int64) for i in range(8)]  # 24 MiB each way, 8 MiB dma-bufs
+    with pair(streams=2, dmabuf_size=8 << 20) as (srv, cli):
+
+        def sender(ch: devmemtcp.Channel) -> None:
+            for i, m in enumerate(msgs):
+                ch.send(m, tag=i % 2)
+
+        def receiver(ch: devmemtcp.Channel) -> list[bool]:
+            return [bool(np.array_equal(ch.recv(tag=i % 2), m)) for i, m in enumerate(msgs)]
+
+        jobs = [Bg(lambda: sender(srv)), Bg(lambda: sender(cli)), Bg(lambda: receiver(srv)),
+                Bg(lambda: receiver(cli))]
+        results = [j.result() for j in jobs]
+        assert results[2] == [True] * 8 and results[3] == [True] * 8
+        assert srv.stats["credit_waits"] > 0 and cli.stats["credit_waits"] > 0
 
 
 def test_tags_out_of_order_fifo_per_tag() -> None:
@@ -453,6 +473,30 @@ def test_receiver_killed_mid_message() -> None:
             proc.kill()
             proc.communicate()
     _nic_clean(peer_killed=True)
+
+
+def test_sigterm_while_listening_undoes_the_nic_setup() -> None:
+    code = textwrap.dedent("""
+        import devmemtcp
+        with devmemtcp.listen("127.0.0.1", 0, backend="emulated", streams=2) as lis:
+            print(lis.queues, flush=True)
+            lis.accept()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=SRC))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("["), proc.stderr.read() if proc.stderr else ""
+        from devmemtcp.backend.emulated import EmulatedBackend
+
+        assert len(EmulatedBackend().nic("lo").list_rules()) == 2  # one per data flow, while it listens
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    _nic_clean()  # rules, RSS/header split journal and binding all undone by the signal
 
 
 def test_accept_refuses_a_second_channel_while_one_is_open() -> None:

@@ -133,8 +133,8 @@ def test_doctor_in_netns(netns_pair):
 
 
 @pytest.mark.parametrize("args, message, hint", [
-    (("info", "nosuchdev0"), "no network interface named 'nosuchdev0'", "ip link"),
-    (("doctor", "nosuchdev0"), "no network interface named 'nosuchdev0'", "ip link"),
+    (("info", "nosuchdev0"), "no interface named 'nosuchdev0'", "ip link"),
+    (("doctor", "nosuchdev0"), "no interface named 'nosuchdev0'", "ip link"),
     (("info", "--netns", "devmemtcp-no-such-ns"), "network namespace 'devmemtcp-no-such-ns' does not exist",
      "ip netns add devmemtcp-no-such-ns"),
     (("doctor", "--netns", "devmemtcp-no-such-ns", "lo"),

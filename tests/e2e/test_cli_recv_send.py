@@ -415,4 +415,121 @@ def test_mismatched_periods_fail_on_both_ends_without_tracebacks() -> None:
     assert snd.returncode in (0, 2), snd.stderr  # 0 only if everything fit in socket buffers
     assert "Traceback" not in snd.stderr and "Traceback" not in err
     if snd.returncode == 2:
-        assert "connection to 127.0.0.1" in snd.stderr and "lost" in snd.stderr
+        assert re.search(r"connection (reset|closed) by the peer 127\.0\.0\.1:\d+ after \d+ bytes",
+                         snd.stderr), snd.stderr
+
+
+# ---------------------------------------------------------------------------
+# recv --bytes N (issue 11 item 1), data-path errors (item 4), exit statuses
+# ---------------------------------------------------------------------------
+def test_recv_bytes_short_stream_exits_1_incomplete() -> None:
+    n = 8 << 20
+    proc = _recv("--validate", "7", "--bytes", "8M", "--json")
+    port, _early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, 5 * (1 << 20) + 3)  # a clean close, mid-period
+    rc, out, err = _finish(proc)
+    assert rc == 1, err
+    assert f"stream ended after {5 * (1 << 20) + 3} of {n} bytes" in err and "Traceback" not in err
+    res = json.loads(out)
+    assert res["validated"] is False and res["complete"] is False
+    assert res["bytes"] == 5 * (1 << 20) + 3 and res["tokens_released"] == res["frags"]
+
+
+def test_recv_bytes_zero_byte_stream_is_incomplete() -> None:
+    proc = _recv("--validate", "7", "--bytes", "1M")
+    port, _early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, 0)
+    rc, out, err = _finish(proc)
+    assert rc == 1, err
+    assert "stream ended after 0 of 1048576 bytes" in err
+    assert re.search(r"complete\s*│\s*no", out) and re.search(r"validated\s*│\s*no", out), out
+
+
+def test_recv_bytes_overrun_exits_1_naming_the_offset() -> None:
+    proc = _recv("--validate", "7", "--bytes", "1000", "--json")
+    port, _early = wait_listening(proc)
+    with contextlib.suppress(OSError):
+        plain_send("127.0.0.1", port, 7, 1 << 20)
+    rc, out, err = _finish(proc)
+    assert rc == 1, err
+    assert "byte at stream offset 1000 is past the 1000 bytes expected" in err and "Traceback" not in err
+    res = json.loads(out)
+    assert res["complete"] is False and res["validated"] is False
+
+
+def test_recv_bytes_exact_is_complete_and_without_it_the_table_says_not_checked() -> None:
+    proc = _recv("--validate", "7", "--bytes", "1003", "--json")
+    port, _early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, 1003)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["complete"] is True and res["validated"] is True
+    proc = _recv("--validate", "7", "--json")
+    port, _early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, 1003)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["validated"] is True and res["complete"] is None
+    proc = _recv("--validate", "7")
+    port, _early = wait_listening(proc)
+    plain_send("127.0.0.1", port, 7, 1003)
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    assert "length not checked" in out
+
+
+def _unacked(sock: object) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # type: ignore[attr-defined]
+    return int(struct.unpack("i", raw)[0])
+
+
+@pytest.mark.parametrize("before", [0, 2 << 20])
+def test_recv_reset_by_the_peer_is_one_line_and_exit_2(before: int) -> None:
+    import socket
+    import struct
+
+    proc = _recv("--validate", "7", "--bytes", "64M", "--rcvlowat", "0")
+    port, _early = wait_listening(proc)
+    s = socket.create_connection(("127.0.0.1", port))
+    if before:
+        s.sendall(reference_pattern(7, 0, before))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _unacked(s):
+            time.sleep(0.01)  # every byte acked (so not dropped by the reset) before the reset
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    rc, out, err = _finish(proc)
+    assert rc == 2, err
+    assert re.search(rf"error: connection reset by the peer 127\.0\.0\.1:\d+ after {before} bytes\n",
+                     err), err
+    assert "Traceback" not in err and out == ""
+
+
+def test_send_and_demo_summaries_say_complete() -> None:
+    peer = PlainReceiver(period=7, keep=False)
+    res = subprocess.run([*CLI, "send", "127.0.0.1", "--port", str(peer.port), "--bytes", "1M",
+                          "--validate", "7", "--json"], capture_output=True, text=True, timeout=120)
+    peer.join()
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["complete"] is True
+    res = subprocess.run([*CLI, "demo", "--bytes", "4M", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["complete"] is True and out["recv"]["complete"] is True and out["send"]["complete"] is True
+
+
+@pytest.mark.parametrize("command", ["recv", "send", "demo"])
+def test_help_documents_the_exit_statuses(command: str) -> None:
+    res = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for line in ("0 ok", "1 the data did not validate, or the stream was incomplete", "2 error",
+                 "130 interrupted"):
+        assert line in text, (line, res.stdout)

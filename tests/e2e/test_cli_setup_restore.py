@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 
-from devmemtcp.nic import Journal, call_in_netns, journals
+from devmemtcp.host import netns as host_netns
+from devmemtcp.setup import Journal, journals
 
 CLI = [sys.executable, "-m", "devmemtcp.cli.main"]
 
 # A setup process that SIGKILLs itself when NicSetup reports (stage, step).
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from devmemtcp.nic import NicSetup
+    from devmemtcp.setup import NicSetup
     backend_name, ifname, jdir, stage, step = sys.argv[1:6]
     start, count, channels = (int(x) for x in sys.argv[6:9])
     if backend_name == "emulated":
@@ -122,7 +123,7 @@ def test_setup_refuses_queue_zero_for_rss(tmp_path: Path, emu_env: dict[str, str
 def veth_channels(ns: str, dev: str) -> Any:
     from devmemtcp.backend.kernel import KernelBackend
 
-    return call_in_netns(ns, lambda: KernelBackend().nic(dev).get_channels())
+    return host_netns.run_in(ns, lambda: KernelBackend().nic(dev).get_channels())
 
 
 @pytest.mark.root
@@ -194,12 +195,12 @@ def test_lease_peer_namespace_id(netns_pair: Any) -> None:
     # moving veth1 from ns_a to ns_b made the kernel assign ids between the two
     fd = os.open(f"/run/netns/{netns_pair.ns_b}", os.O_RDONLY)
     try:
-        assert call_in_netns(netns_pair.ns_a, _peer_nsid, fd) >= 0
+        assert host_netns.run_in(netns_pair.ns_a, _peer_nsid, fd) >= 0
     finally:
         os.close(fd)
     fd = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
         with pytest.raises(DevmemError, match="has no id for the host namespace"):
-            call_in_netns(netns_pair.ns_a, _peer_nsid, fd)
+            host_netns.run_in(netns_pair.ns_a, _peer_nsid, fd)
     finally:
         os.close(fd)

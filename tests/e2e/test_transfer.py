@@ -7,10 +7,14 @@ devmemtcp socket only, so any TCP sender/receiver interoperates.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import socket
+import struct
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +23,8 @@ from hypothesis import strategies as st
 
 from devmemtcp import transfer
 from devmemtcp.backend import open_backend
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, StreamError, ValidationError
+from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -39,22 +44,12 @@ def test_result_json_has_the_documented_fields() -> None:
     r = transfer.TransferResult(role="recv", backend="emulated", bytes=1 << 30, seconds=2.0, frags=262144,
                                 validated=True)
     d = r.as_dict()
-    assert list(d)[:10] == ["backend", "bytes", "seconds", "gbps", "frags", "linear_bytes",
-                            "tokens_released", "release_syscalls", "flow_steering_errors", "validated"]
+    assert list(d)[:11] == ["backend", "bytes", "seconds", "gbps", "frags", "linear_bytes",
+                            "tokens_released", "release_syscalls", "flow_steering_errors", "validated",
+                            "complete"]
+    assert d["complete"] is None  # no length given
     assert d["gbps"] == pytest.approx((1 << 30) * 8 / 2.0 / 1e9, rel=1e-4)
     assert transfer.TransferResult(role="send", backend="kernel").gbps == 0.0
-
-
-def test_interface_of_address_and_route() -> None:
-    assert transfer.interface_of_address("127.0.0.1") == "lo"
-    assert transfer.interface_of_address("::1") == "lo"
-    assert transfer.interface_of_route("127.0.0.1") == "lo"
-    with pytest.raises(DevmemError, match="wildcard"):
-        transfer.interface_of_address("0.0.0.0")
-    with pytest.raises(DevmemError, match="no interface"):
-        transfer.interface_of_address("198.51.100.77")
-    with pytest.raises(DevmemError, match="not an IP address"):
-        transfer.interface_of_address("localhost")
 
 
 def test_auto_backend_on_lo_is_emulated_and_says_why() -> None:
@@ -190,7 +185,7 @@ def test_bad_inputs_say_what_to_do() -> None:
 def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
     """A batch with SCM_DEVMEM_LINEAR pieces between frags is checked in
     stream order (linear_at tells how many frags precede each piece)."""
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     period = 7
@@ -218,7 +213,7 @@ def test_validator_interleaves_linear_pieces_in_stream_order() -> None:
 
 
 def test_validator_refuses_frags_outside_the_dmabuf() -> None:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     with open_dmabuf("host", 2 * 4096) as buf:
@@ -249,7 +244,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
     """Frags scattered over the dma-buf in any order (whole pages, partial
     pages, contiguous runs or not) validate when they hold the stream, and a
     single flipped byte is reported at its exact stream offset."""
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
     from devmemtcp.memory import open_dmabuf
 
     period = data.draw(st.integers(2, 256), label="period")
@@ -293,7 +288,7 @@ def test_validator_property_any_frag_layout(data: st.DataObject) -> None:
 def test_wildcard_listener_is_steered_by_the_interfaces_address() -> None:
     """--listen 0.0.0.0 --ifname lo: the ntuple rule takes lo's own address
     (127.0.0.1), so a connection to 127.0.0.1 still lands on the devmem queue."""
-    assert transfer.address_of_interface("lo") == "127.0.0.1"
+    assert ifaces.address_of_interface("lo") == "127.0.0.1"
     box: dict[str, object] = {}
     ready = threading.Event()
 
@@ -315,3 +310,192 @@ def test_wildcard_listener_is_steered_by_the_interfaces_address() -> None:
     r = box["result"]
     assert isinstance(r, transfer.TransferResult)
     assert r.validated is True and r.flow_steering_errors == 0 and r.frags >= (4 << 20) // 4096
+
+
+# ---------------------------------------------------------------------------
+# A stream's length (issue 11 item 1) and data-path socket errors (item 4)
+# ---------------------------------------------------------------------------
+def _reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("sent", [0, 1000, 3 * (1 << 20) + 5])
+def test_a_stream_cut_short_is_incomplete_never_validated(sent: int) -> None:
+    """A pattern prefix (even mid-period, or nothing at all) is not the stream."""
+    n = 4 << 20
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, expect_bytes=n)
+    plain_send("127.0.0.1", int(box["port"]), 7, sent)  # type: ignore[call-overload]
+    t.join(60)
+    err = box.get("error")
+    assert isinstance(err, IncompleteStreamError), box
+    assert err.message == f"stream ended after {sent} of {n} bytes"
+    assert err.expected == n and err.received == sent and err.overrun_at is None
+    r = err.result
+    assert isinstance(r, transfer.TransferResult)
+    assert r.complete is False and r.validated is False and r.bytes == sent
+    assert r.tokens_released == r.frags  # every token given back on this path too
+
+
+def test_a_stream_past_its_length_names_the_overrun_offset() -> None:
+    n = 1 << 20
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, expect_bytes=n)
+    with contextlib.suppress(OSError):  # the receiver stops reading at the overrun
+        plain_send("127.0.0.1", int(box["port"]), 7, n + 1)  # type: ignore[call-overload]
+    t.join(60)
+    err = box.get("error")
+    assert isinstance(err, IncompleteStreamError), box
+    assert err.overrun_at == n and f"stream offset {n}" in err.message and err.received > n
+    assert isinstance(err.result, transfer.TransferResult) and err.result.complete is False
+
+
+def test_a_mismatch_before_the_end_beats_the_overrun() -> None:
+    n, bad = 1 << 20, 1000
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, expect_bytes=n)
+    with contextlib.suppress(OSError):
+        plain_send("127.0.0.1", int(box["port"]), 7, 2 * n, corrupt_at=bad)  # type: ignore[call-overload]
+    t.join(60)
+    err = box.get("error")
+    assert isinstance(err, ValidationError) and err.offset == bad, box
+
+
+def test_exact_length_is_complete_and_no_length_is_not_checked() -> None:
+    n = 2 * (1 << 20) + 3  # mid-period end
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, expect_bytes=n)
+    plain_send("127.0.0.1", int(box["port"]), 7, n)  # type: ignore[call-overload]
+    t.join(60)
+    r = box.get("result")
+    assert isinstance(r, transfer.TransferResult), box
+    assert r.complete is True and r.validated is True and r.as_dict()["complete"] is True
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20)
+    plain_send("127.0.0.1", int(box["port"]), 7, n)  # type: ignore[call-overload]
+    t.join(60)
+    r = box.get("result")
+    assert isinstance(r, transfer.TransferResult), box
+    assert r.complete is None and r.validated is True
+
+
+def test_a_length_without_validation_is_still_checked() -> None:
+    t, box, _ = _recv_in_thread(size=4 << 20, expect_bytes=5000)
+    plain_send("127.0.0.1", int(box["port"]), 7, 4999)  # type: ignore[call-overload]
+    t.join(60)
+    err = box.get("error")
+    assert isinstance(err, IncompleteStreamError) and err.received == 4999, box
+    assert isinstance(err.result, transfer.TransferResult) and err.result.validated is None
+
+
+@pytest.mark.parametrize("before", [0, 3 << 20])
+def test_a_reset_is_a_stream_error_naming_the_bytes(before: int) -> None:
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, expect_bytes=64 << 20, rcvlowat=0)
+    s = socket.create_connection(("127.0.0.1", int(box["port"])))  # type: ignore[call-overload]
+    if before:
+        s.sendall(reference_pattern(7, 0, before))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _queued(s):
+            time.sleep(0.01)  # let the receiver read it all before the reset
+    _reset(s)
+    t.join(60)
+    err = box.get("error")
+    assert isinstance(err, StreamError), box
+    assert err.message.startswith("connection reset by the peer 127.0.0.1:")
+    assert err.message.endswith(f" after {before} bytes") and err.bytes_done == before
+
+
+def _queued(s: socket.socket) -> int:
+    import fcntl
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+def test_a_silent_sender_past_idle_timeout_is_a_stream_error() -> None:
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, idle_timeout=0.5, rcvlowat=0)
+    with socket.create_connection(("127.0.0.1", int(box["port"]))) as s:  # type: ignore[call-overload]
+        s.sendall(reference_pattern(7, 0, 10000))
+        t.join(30)
+    err = box.get("error")
+    assert isinstance(err, StreamError), box
+    assert "no data from the peer" in err.message and "for 0.5 s after 10000 bytes" in err.message
+
+
+def test_send_to_a_receiver_that_resets_is_a_stream_error() -> None:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+
+    def reset_after_a_little() -> None:
+        conn, _ = ls.accept()
+        conn.recv(1 << 16)
+        _reset(conn)
+
+    th = threading.Thread(target=reset_after_a_little, daemon=True)
+    th.start()
+    with pytest.raises(StreamError) as ei:
+        transfer.send_stream("127.0.0.1", ls.getsockname()[1], nbytes=1 << 30, validate=7,
+                             backend="emulated", size=1 << 20)
+    th.join(10)
+    ls.close()
+    assert ei.value.errno in (errno.ECONNRESET, errno.EPIPE)
+    assert re.match(r"connection (reset|closed) by the peer 127\.0\.0\.1:\d+ after \d+ bytes",
+                    ei.value.message), ei.value.message
+
+
+def test_send_to_a_receiver_that_takes_nothing_times_out() -> None:
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    t0 = time.monotonic()
+    # a 64 MiB dma-buf: the socket buffer (at most 4 MiB) fills before the regions run out
+    # (sendmsg blocks); a 64 KiB one is one region, reused only once acked (the Sender waits)
+    for size, needle in ((64 << 20, "took no data for 0.5 s after"), (64 << 10, "not completed after 0.5 s")):
+        with pytest.raises(DevmemError) as ei:
+            transfer.send_stream("127.0.0.1", ls.getsockname()[1], nbytes=1 << 30, validate=7,
+                                 backend="emulated", size=size, idle_timeout=0.5)
+        assert needle in ei.value.message, ei.value.message
+    took = time.monotonic() - t0
+    ls.close()
+    assert took < 30
+
+
+def test_a_reset_after_the_last_sendmsg_is_not_a_complete_send() -> None:
+    """Every byte handed to the kernel, none read, then the peer resets: the
+    sends complete (the purged skbs are freed) but the stream is not complete."""
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+
+    def reset_unread() -> None:
+        conn, _ = ls.accept()
+        time.sleep(0.5)  # the sender is waiting for its completions by now
+        _reset(conn)
+
+    th = threading.Thread(target=reset_unread, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    with pytest.raises(StreamError) as ei:
+        transfer.send_stream("127.0.0.1", ls.getsockname()[1], nbytes=8 << 10, validate=7,
+                             backend="emulated", size=1 << 20)
+    took = time.monotonic() - t0
+    th.join(10)
+    ls.close()
+    assert ei.value.errno == errno.ECONNRESET, ei.value.message
+    assert re.match(r"connection reset by the peer 127\.0\.0\.1:\d+ after 8192 bytes", ei.value.message)
+    assert took < 5  # not the 10 s completion timeout
+
+
+def test_idle_timeout_counts_silence_not_recvmsg_calls() -> None:
+    """1000 bytes (under the default SO_RCVLOWAT) then silence: the receiver
+    gives up after about idle_timeout, not after a wait for the low-water
+    mark plus another full timeout."""
+    t, box, _ = _recv_in_thread(validate=7, size=4 << 20, idle_timeout=2.0)
+    with socket.create_connection(("127.0.0.1", int(box["port"]))) as s:  # type: ignore[call-overload]
+        s.sendall(reference_pattern(7, 0, 1000))
+        t0 = time.monotonic()
+        t.join(30)
+        took = time.monotonic() - t0
+    err = box.get("error")
+    assert isinstance(err, StreamError) and "for 2 s after 1000 bytes" in err.message, box
+    assert 2.0 <= took < 3.5, took

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import abi
-from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.errors import NetlinkError
+from devmemtcp.host import ifaces
 from devmemtcp.netlink import ethtool, netdev, ntuple
 from devmemtcp.netlink.netdev import KernelBinding
 from devmemtcp.types import Channels, NtupleRule, Rings
@@ -289,13 +290,7 @@ class KernelNicControl:
     """
 
     def __init__(self, ifname: str) -> None:
-        try:
-            self.ifindex = socket.if_nametoindex(ifname)
-        except OSError:
-            raise DevmemError(
-                f"no network interface named {ifname!r} in this network namespace",
-                "list interfaces with 'ip link' (inside the right namespace: ip netns exec NS ...)",
-            ) from None
+        self.ifindex = ifaces.ifindex(ifname)
         self.ifname = ifname
 
     def driver(self) -> str:

@@ -3,7 +3,7 @@
 What is measured: the per-batch work userspace does for devmem RX, which is
 all of it (the payload never touches the CPU): :class:`devmemtcp.rx.Receiver`
 takes a control buffer in the kernel's layout (one 40-byte SCM_DEVMEM_DMABUF
-cmsg per fragment), parses it (:func:`devmemtcp.cmsg.parse_rx_control`),
+cmsg per fragment), parses it (:func:`devmemtcp.codec.parse_rx_control`),
 accounts it, coalesces the tokens and gives them back with
 ``setsockopt(SO_DEVMEM_DONTNEED)`` through libc
 (:meth:`devmemtcp.backend.kernel.KernelBackend.dontneed`) on a real connected
@@ -19,7 +19,7 @@ How the control buffers are made, in two passes:
    (``xa_alloc`` on the socket's ``sk_user_frags`` table with
    ``XA_FLAGS_ALLOC1`` and ``xa_limit_31b``: the lowest free id from 1, ids
    reused once given back; :class:`TokenTableModel`) and writes the cmsgs with
-   :func:`devmemtcp.cmsg.encode_rx_control`; its ``dontneed`` frees tokens in
+   :func:`devmemtcp.codec.encode_rx_control`; its ``dontneed`` frees tokens in
    the model with the kernel's rules (1024 frags per call, unknown tokens
    skipped). The control buffers are recorded. This pass also checks that the
    Receiver gave back every token it was handed.
@@ -184,7 +184,7 @@ class ModelBackend(_NoTx):
 
     def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,
                 flags: int) -> tuple[int, int, int]:
-        from devmemtcp.cmsg import encode_rx_control
+        from devmemtcp.codec import encode_rx_control
 
         n = len(self.records)
         if n and n >= self.min_records and self.table.outstanding == 0:

@@ -55,6 +55,7 @@ HOST = "127.0.0.1"
 POOL_BYTES = 64 << 20
 GATHER_BYTES = 16 << 20
 GATHER_REPEAT = 15
+DEFAULT_REPEAT = 3
 TARGET_LARGE = 0.6  # devmem / plain for messages >= 16 MiB
 TARGET_SMALL = 0.5  # at 4 KiB
 TARGET_GATHER_PAGES = 0.8
@@ -292,6 +293,18 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
         "credit_waits_peer": peer.get("credit_waits"),
         "peer_host_copy_bytes": peer.get("host_copy_bytes"),
         "stripe_unit": st["stripe_unit"],
+        "rx_timeouts": st["rx_timeouts"],
+    }
+
+
+def _figures(r: dict[str, Any]) -> dict[str, Any]:
+    secs = r["seconds"]
+    return {
+        **r,
+        "gbps": r["bytes"] * 8 / secs / 1e9 if secs > 0 else 0.0,
+        "msg_per_s": r["messages"] / secs if secs > 0 else 0.0,
+        "us_per_msg": secs / r["messages"] * 1e6,
+        "host_copy_per_byte": r["host_copy_bytes"] / r["bytes"] if r["bytes"] else 0.0,
     }
 
 
@@ -301,10 +314,19 @@ def run_tensor(
     streams: int = 1,
     nbytes: int = DEFAULT_BYTES,
     dmabuf_size: int = 64 << 20,
+    repeat: int = DEFAULT_REPEAT,
     gather_runs: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the comparisons; return the JSON object (sizes, per-size rows, gather, targets, machine)."""
+    """Run the comparisons; return the JSON object.
+
+    Per size, ``repeat`` plain and devmem runs alternate (the machine's load
+    changes under both alike) and each kind's median run (by Gbit/s) is
+    reported. Keys: sizes, streams, dmabuf_bytes, repeat, rows (per size:
+    size, count, plain and devmem with bytes, seconds, messages,
+    host_copy_bytes, gbps, msg_per_s, us_per_msg, host_copy_per_byte, and
+    ``gbps_runs`` every run's Gbit/s; ratio = devmem / plain median Gbit/s),
+    gather (:func:`run_gather`), targets, machine."""
     from devmemtcp.bench.frags import machine_info
 
     say = progress or (lambda _m: None)
@@ -312,26 +334,22 @@ def run_tensor(
     rows = []
     for size in sizes:
         count = _count(size, nbytes)
-        say(f"{size} bytes x {count}: plain TCP")
-        plain = plain_run(size, count)
-        say(f"{size} bytes x {count}: devmem channel, {streams} stream(s)")
-        dev = devmem_run(size, count, streams, dmabuf_size)
+        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "devmem": []}
+        for i in range(repeat):
+            say(f"{size} bytes x {count} ({i + 1}/{repeat}): plain TCP, devmem channel ({streams} stream(s))")
+            runs["plain"].append(_figures(plain_run(size, count)))
+            runs["devmem"].append(_figures(devmem_run(size, count, streams, dmabuf_size)))
         row: dict[str, Any] = {"size": size, "count": count}
-        for name, r in (("plain", plain), ("devmem", dev)):
-            secs = r["seconds"]
-            row[name] = {
-                **r,
-                "gbps": r["bytes"] * 8 / secs / 1e9 if secs > 0 else 0.0,
-                "msg_per_s": r["messages"] / secs if secs > 0 else 0.0,
-                "us_per_msg": secs / r["messages"] * 1e6,
-                "host_copy_per_byte": r["host_copy_bytes"] / r["bytes"] if r["bytes"] else 0.0,
-            }
+        for name, rs in runs.items():
+            ranked = sorted(rs, key=lambda x: x["gbps"])
+            row[name] = {**ranked[len(ranked) // 2], "gbps_runs": [round(x["gbps"], 3) for x in rs]}
         row["ratio"] = row["devmem"]["gbps"] / row["plain"]["gbps"] if row["plain"]["gbps"] else None
         rows.append(row)
     out: dict[str, Any] = {
         "sizes": list(sizes),
         "streams": streams,
         "dmabuf_bytes": dmabuf_size,
+        "repeat": repeat,
         "rows": rows,
     }
     if gather_runs:

@@ -3,7 +3,7 @@
 A Channel is one control connection (ordinary TCP, never steered) plus, per
 direction, N data flows (devmem TCP). Each end receives on the data flows it
 set up: one ntuple rule per flow steering it to its own devmem RX queue, all
-those queues bound to one RX dma-buf (:class:`~devmemtcp.nic.NicSetup`
+those queues bound to one RX dma-buf (:class:`~devmemtcp.setup.NicSetup`
 journals every change and undoes it on close, on errors and on signals). It
 sends on the peer's data flows from a TX dma-buf bound with bind-tx
 (:class:`~devmemtcp.tx.Sender`, MSG_ZEROCOPY from dma-buf offsets).
@@ -24,6 +24,17 @@ gives the striping), under the receiver's credits
 recvmsg calls that stop at the chunk's end (so a frag never holds two
 messages), gathers the frags into the destination
 (:mod:`devmemtcp.channel.gather`) and gives their tokens back in batches.
+
+Limits, each with its reason: a Listener's RX dma-buf and queues serve one
+accepted channel at a time (its rules steer the data ports, whoever
+connects); every message costs each end a fixed amount of Python (a header,
+a sendmsg, a recvmsg and its token bookkeeping), so small messages run far
+below a plain socket's rate (see ``devmemtcp bench tensor``); a thread
+waiting in ``send`` for credit reads control frames but no payload, so bulk
+traffic in both directions at once needs a sending and a receiving thread
+per end. Receiving data flows carry SO_RCVLOWAT (one recvmsg per chunk where
+the bytes are there) bounded by the receive buffer, and SO_RCVTIMEO so that
+a mark the TCP window cannot reach never hangs a receive.
 """
 
 from __future__ import annotations
@@ -63,8 +74,9 @@ from devmemtcp.channel.header import (
     encode_json,
     encode_msg,
 )
-from devmemtcp.cmsg import FragBatch
+from devmemtcp.codec import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
+from devmemtcp.host import ifaces
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend
@@ -78,6 +90,8 @@ __all__ = ["DEFAULT_DMABUF_SIZE", "Channel", "Listener", "Message", "connect", "
 DEFAULT_DMABUF_SIZE = 64 << 20
 #: a chunk's recvmsg waits for at most this many bytes at once (SO_RCVLOWAT)
 RCVLOWAT_CAP = 1 << 20
+#: SO_RCVTIMEO of the receiving data flows (seconds), see Channel._low_water
+RCVTIMEO_S = 0.02
 HANDSHAKE_TIMEOUT = 10.0
 _PREAMBLE = struct.Struct("<4s16sH")  # b"DMTF", channel id, flow index
 _PREAMBLE_MAGIC = b"DMTF"
@@ -163,8 +177,7 @@ def _setup_rx(
     """RX dma-buf, header split and RSS (shared with any other flow on the NIC),
     the binding, and one ntuple rule per data flow (``local_ip:ports[i]`` ->
     queue i), all undone when ``stack`` unwinds."""
-    from devmemtcp.nic import NicSetup
-    from devmemtcp.transfer import _ifindex, _open_dmabuf
+    from devmemtcp.setup import NicSetup
 
     streams = len(ports)
     handle = threading.current_thread() is threading.main_thread()
@@ -196,7 +209,7 @@ def _setup_rx(
     stack.enter_context(
         NicSetup(be, ifname, queues=(start, span), steps=steps, channels=channels, handle_signals=handle)
     )
-    ifindex = _ifindex(ifname)
+    ifindex = ifaces.ifindex(ifname)
     binding = None
     if queues is not None:
         binding = be.bind_rx(ifindex, dmabuf, qlist)
@@ -237,20 +250,40 @@ def _setup_rx(
 def _setup_tx(
     stack: contextlib.ExitStack, be: Backend, ifname: str, size: int, memory: str | DmaBuf
 ) -> tuple[Any, Any]:
-    from devmemtcp.transfer import _ifindex, _open_dmabuf
-
     dmabuf = _open_dmabuf(memory, size)
     if isinstance(memory, str):
         stack.callback(dmabuf.close)
-    binding = be.bind_tx(_ifindex(ifname), dmabuf)
+    binding = be.bind_tx(ifaces.ifindex(ifname), dmabuf)
     stack.callback(binding.close)
     return dmabuf, binding
 
 
 def _family(addr: str) -> socket.AddressFamily:
-    from devmemtcp.transfer import _family as fam
+    return ifaces.family_of(addr)
 
-    return fam(addr)
+
+def _open_dmabuf(memory: str | DmaBuf, size: int) -> Any:
+    if not isinstance(memory, str):
+        return memory
+    if size <= 0 or size % abi.PAGE_SIZE:
+        raise ChannelError(f"dma-buf size {size} is not a positive multiple of {abi.PAGE_SIZE}",
+                           f"use a size like 64M (a multiple of {abi.PAGE_SIZE} bytes)")
+    from devmemtcp.memory import open_dmabuf
+
+    return open_dmabuf(memory, size)
+
+
+def _listen_socket(addr: str, port: int, backlog: int) -> socket.socket:
+    sock = socket.socket(_family(addr), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ChannelError(f"cannot listen on {addr} port {port}: {exc.strerror or exc}",
+                           "pick another port, or an address this namespace owns (ip -br addr)") from None
+    return sock
 
 
 def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
@@ -410,9 +443,7 @@ def connect(
             ) from None
         _nodelay(ctl)
         local_ip = ctl.getsockname()[0]
-        from devmemtcp.transfer import interface_of_address
-
-        ifname = ifname or interface_of_address(local_ip)
+        ifname = ifname or ifaces.interface_of_address(local_ip)
         be, reason = _open_backend(backend, ifname)
         # receiving sockets: bound now so their rules exist before any byte flows
         rsocks = []
@@ -493,8 +524,6 @@ class Listener:
         dmabuf_size: int | None,
         tx_dmabuf_size: int | None,
     ) -> None:
-        from devmemtcp.transfer import _listen_socket, address_of_interface, interface_of_address
-
         if streams < 1:
             raise ChannelError(
                 f"streams={streams}: a channel needs at least one data flow", "use streams >= 1"
@@ -507,19 +536,17 @@ class Listener:
         self._stack = contextlib.ExitStack()
         self._active: weakref.ref[Channel] | None = None
         try:
-            self.ifname = ifname or interface_of_address(addr)
+            self.ifname = ifname or ifaces.interface_of_address(addr)
             self.backend, self.backend_reason = _open_backend(backend, self.ifname)
-            self._ctl = self._stack.enter_context(_listen_socket(addr, port))
-            self._ctl.listen(8)
+            self._ctl = self._stack.enter_context(_listen_socket(addr, port, 8))
             self.port = int(self._ctl.getsockname()[1])
-            self._ret = self._stack.enter_context(_listen_socket(addr, 0))
-            self._ret.listen(max(8, 2 * streams))
-            self._data = [self._stack.enter_context(_listen_socket(addr, 0)) for _ in range(streams)]
+            self._ret = self._stack.enter_context(_listen_socket(addr, 0, max(8, 2 * streams)))
+            self._data = [self._stack.enter_context(_listen_socket(addr, 0, 8)) for _ in range(streams)]
             self.data_ports = [int(s.getsockname()[1]) for s in self._data]
             local = (
                 addr
                 if not ipaddress.ip_address(addr).is_unspecified
-                else address_of_interface(self.ifname, fam)
+                else ifaces.address_of_interface(self.ifname, fam)
             )
             self._rx = _setup_rx(
                 self._stack,
@@ -926,6 +953,12 @@ class Channel:
         ]
         self._lowat = [1] * len(rx_socks)
         self._rcvbuf = [0] * len(rx_socks)
+        self._lowat_cap = [RCVLOWAT_CAP] * len(rx_socks)
+        # a receive timeout on the data flows: a low-water mark the window cannot reach returns
+        # what is there after RCVTIMEO_S instead of waiting forever (then the mark is halved)
+        tv = struct.pack("ll", 0, int(RCVTIMEO_S * 1e6))
+        for sk in rx_socks:
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         self._senders: list[Sender] = [stack.enter_context(Sender(backend, s, tx_binding)) for s in tx_socks]
         self._rx_socks = rx_socks
         self._tx_socks = tx_socks
@@ -962,6 +995,7 @@ class Channel:
         self._tx_stats = _DirStats()
         self._rx_stats = _DirStats()
         self.credit_waits = 0
+        self.rx_timeouts = 0
         self.spilled = 0
         self.parked = 0
         self._closed = False
@@ -1349,7 +1383,18 @@ class Channel:
                 while need:
                     if self._ledger.owed:
                         self._give_credit()
-                    batch = rx.recv(need)
+                    try:
+                        batch = rx.recv(need)
+                    except (BlockingIOError, TimeoutError, InterruptedError):
+                        # SO_RCVTIMEO: the mark was not reached (or nothing came) in time
+                        self.rx_timeouts += 1
+                        self._give_credit(force=True)
+                        if self._lowat[f] > abi.PAGE_SIZE:
+                            self._lowat_cap[f] = max(abi.PAGE_SIZE, self._lowat[f] // 2)
+                            low = min(need, self._lowat_cap[f])
+                            self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+                            self._lowat[f] = low
+                        continue
                     if batch is None:
                         raise ChannelError(
                             f"the peer closed data flow {f} in the middle of message tag {h.tag}: "
@@ -1406,15 +1451,16 @@ class Channel:
 
     def _low_water(self, f: int, need: int) -> int:
         """SO_RCVLOWAT for reading ``need`` more bytes of a chunk on flow ``f``:
-        one recvmsg per chunk where the data is there, but at most a quarter of
-        the socket's receive buffer. tcp_set_rcvlowat (net/ipv4/tcp.c) grows
-        the buffer and clamps the advertised window to the low-water mark when
-        the mark does not fit: waiting for as much as the window lets in can
-        then hang, as it did here with a 1 MiB mark."""
-        low = min(need, RCVLOWAT_CAP)
-        if low > abi.PAGE_SIZE and low > self._rcvbuf[f] // 4:
+        one recvmsg per chunk where the data is there, but at most an eighth of
+        the socket's receive buffer and the flow's cap. tcp_set_rcvlowat
+        (net/ipv4/tcp.c) grows the buffer and clamps the window to a mark that
+        does not fit, and a window rounded below the mark never lets it be
+        reached (seen here with 1 MiB on lo): the data flows also have
+        SO_RCVTIMEO, and a receive that times out halves the flow's cap."""
+        low = min(need, self._lowat_cap[f])
+        if low > abi.PAGE_SIZE and low > self._rcvbuf[f] // 8:
             self._rcvbuf[f] = self._rx_socks[f].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            low = max(1, min(low, self._rcvbuf[f] // 4))
+            low = max(abi.PAGE_SIZE, min(low, self._rcvbuf[f] // 8))
         return low
 
     def _steering_error(self, f: int, batch: FragBatch) -> None:
@@ -1549,9 +1595,9 @@ class Channel:
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also
-        ``credit_waits`` (sends that waited for credit), ``parked`` /
-        ``spilled`` (messages held in the dma-buf / copied out of it),
-        ``pending``."""
+        ``credit_waits`` (sends that waited for credit), ``rx_timeouts``
+        (receives that hit SO_RCVTIMEO), ``parked`` / ``spilled`` (messages
+        held in the dma-buf / copied out of it), ``pending``."""
 
         def d(s: _DirStats) -> dict[str, Any]:
             return {
@@ -1573,6 +1619,7 @@ class Channel:
             "rx": rx,
             "tx": tx,
             "credit_waits": self.credit_waits,
+            "rx_timeouts": self.rx_timeouts,
             "parked": self.parked,
             "spilled": self.spilled,
             "pending": self.pending,

@@ -40,7 +40,7 @@ from devmemtcp import abi
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
 
 __all__ = ["build_helper", "gather", "gather_backend", "gather_batch", "gather_numpy"]
 

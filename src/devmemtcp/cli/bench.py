@@ -123,6 +123,8 @@ def _tensor_args(p: argparse.ArgumentParser) -> None:
                    help="payload per size and kind (default 512M; at least 2, at most 20000 messages)")
     p.add_argument("--dmabuf-size", type=parse_size, default=64 << 20, metavar="N",
                    help="RX dma-buf of each channel end (default 64M)")
+    p.add_argument("--repeat", type=positive_int, default=3, metavar="R",
+                   help="runs of each kind per size, alternated, medians reported (default 3)")
     p.add_argument("--no-gather", action="store_true", help="skip the gather measurements")
 
 
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         from devmemtcp.bench.tensor import run_tensor
 
         result = run_tensor(args.sizes, streams=args.streams, nbytes=args.bytes, dmabuf_size=args.dmabuf_size,
-                            gather_runs=not args.no_gather, progress=progress)
+                            repeat=args.repeat, gather_runs=not args.no_gather, progress=progress)
         _emit(args, result, lambda c: print_tensor(c, result))
         return _status(args, result.get("targets", {}))
     if cmd == "torch":
@@ -329,27 +331,31 @@ def print_stream(console: Console, r: dict[str, Any]) -> None:
                   f"{m.get('loadavg_after')}[/dim]")
 
 
+def _size_label(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
 def print_tensor(console: Console, r: dict[str, Any]) -> None:
     """The tensor benchmark as tables: per size devmem vs plain, the gather, the targets."""
-    from devmemtcp.cli.common import format_bytes
-
     t = Table(title=f"data API over lo: devmem Channel ({r['streams']} stream(s), emulated NIC, "
-              f"{r['dmabuf_bytes'] >> 20} MiB dma-buf) vs plain-TCP framed channel, recv_into one array",
-              title_justify="left")
-    for col in ("size", "msgs", "plain Gbit/s", "devmem Gbit/s", "ratio", "plain msg/s", "devmem msg/s",
-                "devmem us/msg", "host copy/B plain", "host copy/B devmem"):
+              f"{r['dmabuf_bytes'] >> 20} MiB dma-buf) vs plain-TCP framed channel, recv_into one array, "
+              f"median of {r.get('repeat', 1)}", title_justify="left")
+    for col in ("size", "msgs", "plain Gb/s", "devmem Gb/s", "ratio", "plain msg/s", "devmem msg/s",
+                "devmem µs/msg", "copy/B"):
         t.add_column(col, justify="right")
     for row in r["rows"]:
         p, d = row["plain"], row["devmem"]
-        t.add_row(format_bytes(row["size"]), _n(row["count"]), _n(p["gbps"], ".2f"), _n(d["gbps"], ".2f"),
+        t.add_row(_size_label(row["size"]), _n(row["count"]), _n(p["gbps"], ".2f"), _n(d["gbps"], ".2f"),
                   _n(row["ratio"], ".3f"), _n(p["msg_per_s"]), _n(d["msg_per_s"]), _n(d["us_per_msg"], ".1f"),
-                  _n(p["host_copy_per_byte"], ".2f"), _n(d["host_copy_per_byte"], ".2f"))
+                  f"{p['host_copy_per_byte']:.1f}/{d['host_copy_per_byte']:.1f}")
     console.print(t)
-    console.print("host copy/B: bytes the receiving process's CPU copies per payload byte (plain: the "
-                  "kernel's copy to user space; devmem: the gather from the dma-buf; on the emulated NIC "
-                  "the socket -> dma-buf copy stands in for the NIC's DMA and is not counted). The devmem "
-                  "sender "
-                  "sends from Channel.empty() (no host copy).")
+    console.print("copy/B (plain/devmem): bytes the receiving process's CPU copies per payload byte "
+                  "(plain: the kernel's copy to user space; devmem: the gather from the dma-buf; on the "
+                  "emulated NIC the socket -> dma-buf copy stands in for the NIC's DMA and is not counted). "
+                  "The devmem sender sends from Channel.empty() (no host copy).")
     g = r.get("gather")
     if g:
         gt = Table(title=f"gather, one thread: {g['pass_bytes'] >> 20} MiB per pass from a "
@@ -357,7 +363,7 @@ def print_tensor(console: Console, r: dict[str, Any]) -> None:
                    title_justify="left")
         for col in ("frags", "np.copyto GB/s", "candidate", "GB/s", "vs copyto"):
             gt.add_column(col, justify="right")
-        for kind, label in (("pages", "4 KiB page-aligned"), ("1448", "1448-byte")):
+        for kind, label in (("pages", "4K pages"), ("1448", "1448 B")):
             e = g[kind]
             for name in ("chosen", "numpy_fallback", "np_take", "torch_index_select"):
                 if f"{name}_gbs" in e:

@@ -18,7 +18,16 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from devmemtcp.errors import DevmemError, ValidationError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError
+
+#: The exit statuses of the transfer commands (recv, send, demo), for their --help.
+TRANSFER_EXIT_STATUS = """\
+exit status:
+  0    ok (received, sent; validated and complete where checked)
+  1    the data did not validate, or the stream was incomplete (cut short or too long)
+  2    error (bad input, environment, setup; a connection reset, closed or stalled)
+  130  interrupted (Ctrl-C); the NIC is restored in every case
+"""
 
 _UNITS: dict[str, int] = {
     "": 1,
@@ -224,3 +233,12 @@ def report_validation_failure(command: str, exc: ValidationError, *, as_json: bo
         print_json({"validated": False, "error": exc.message, "offset": exc.offset,
                     "expected": exc.expected, "received": exc.received})
     return 1
+
+
+def report_incomplete(command: str, exc: IncompleteStreamError) -> None:
+    """Print a stream of the wrong length (``stream ended after K of N
+    bytes``, or the overrun offset) and its hint on stderr; the caller prints
+    the summary (``complete`` false) and exits with status 1."""
+    print(f"devmemtcp {command}: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)

@@ -6,7 +6,8 @@ send``'s code) sends N bytes of ncdevmem's pattern (period 7) from another
 dma-buf; the receiver checks every byte straight from its dma-buf. On a
 machine without a devmem NIC both ends run on the emulated NIC.
 
-Exit status: 0 validated, 1 validation mismatch, 2 setup error.
+Exit status: 0 validated and complete, 1 validation mismatch or an incomplete
+stream (the receiver is told the length), 2 error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import argparse
 
 from devmemtcp.cli import common
 from devmemtcp.cli.recv import table_rows
-from devmemtcp.errors import ValidationError
+from devmemtcp.errors import IncompleteStreamError, ValidationError
 from devmemtcp.transfer import run_demo
 
 DEMO_PERIOD = 7
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = common.TRANSFER_EXIT_STATUS
     parser.add_argument("--bytes", type=common.parse_size, default=1 << 30, metavar="N",
                         help="bytes to transfer (default 1G = 2**30)")
     parser.add_argument("--validate", type=common.validate_arg, default=DEMO_PERIOD, metavar="N",
@@ -43,13 +45,20 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         progress.close()
         return common.report_validation_failure("demo", exc, as_json=args.json)
+    except IncompleteStreamError as exc:
+        progress.close()
+        common.report_incomplete("demo", exc)
+        if args.json:
+            common.print_json({"validated": False, "complete": False, "error": exc.message,
+                               "bytes": exc.received, "expected_bytes": exc.expected})
+        return 1
     progress.close()
     if args.json:
         common.print_json(demo)
     else:
         common.print_summary("devmemtcp demo: receiver", table_rows(demo["recv"]))
         common.print_summary("devmemtcp demo: sender", table_rows(demo["send"]))
-        verdict = "validated" if demo["validated"] else "NOT validated"
+        verdict = "validated and complete" if demo["validated"] else "NOT validated"
         print(f"{common.format_bytes(demo['bytes'])} over loopback on the {demo['backend']} backend "
               f"in {demo['seconds']:.2f} s ({demo['gbps']:.2f} Gbit/s), {verdict}")
     return 0 if demo["validated"] else 1

@@ -17,8 +17,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from devmemtcp import netns
 from devmemtcp.doctor import DoctorReport, default_ifname, diagnose
+from devmemtcp.host import netns
 
 _STYLE = {"pass": "green", "fail": "red", "unknown": "yellow"}
 

@@ -31,8 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from devmemtcp import abi, netns
-from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp import abi
+from devmemtcp.errors import NetlinkError
+from devmemtcp.host import ifaces, netns
 from devmemtcp.netlink import ethtool
 from devmemtcp.netlink.netdev import NetdevClient
 
@@ -51,10 +52,7 @@ def _interfaces(wanted: list[str]) -> list[tuple[int, str]]:
     out = []
     for name in wanted:
         if name not in by_name:
-            where = f"namespace {netns.current()!r}" if netns.current() else "this namespace"
-            listing = f"ip -n {netns.current()} link" if netns.current() else "ip link"
-            raise DevmemError(f"no network interface named {name!r} in {where}",
-                              f"list interfaces with `{listing}`")
+            raise ifaces.unknown_interface(name)
         out.append((by_name[name], name))
     return out
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 from typing import Any
 
 from devmemtcp.cli import common
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import call_in_netns
+from devmemtcp.host import ifaces
+from devmemtcp.host import netns as host_netns
 
 QUEUE_CREATE = "queue-create"
 UNASSIGNED_NSID = (1 << 32) - 1  # NETNSA_NSID_NOT_ASSIGNED (-1) as pyroute2 reports it
@@ -45,14 +45,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the physical RX queue to lease")
     parser.add_argument("--netns", metavar="NAME", help="network namespace of the guest device")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-def _ifindex(ifname: str, where: str) -> int:
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(f"no network interface named {ifname!r} {where}",
-                          "check the name with 'ip link' (ip -n NS link for a namespace)") from None
 
 
 def check_queue_create() -> None:
@@ -88,10 +80,10 @@ def lease(guest: str, phys: str, queue: int, netns: str | None = None) -> dict[s
     (``guest_queue`` is the new queue id on the guest). Raises DevmemError/NetlinkError."""
     from devmemtcp.netlink.netdev import NetdevClient
 
+    phys_ifindex = ifaces.ifindex(phys)  # a misspelt name first: it is the user's to fix
     check_queue_create()
-    phys_ifindex = _ifindex(phys, "in this network namespace")
     if netns is None:
-        guest_ifindex = _ifindex(guest, "in this network namespace")
+        guest_ifindex = ifaces.ifindex(guest)
         with NetdevClient() as client:
             qid = client.queue_create(guest_ifindex, phys_ifindex, queue)
         return {"guest": guest, "guest_ifindex": guest_ifindex, "guest_queue": qid, "phys": phys,
@@ -99,13 +91,13 @@ def lease(guest: str, phys: str, queue: int, netns: str | None = None) -> dict[s
     host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         def in_guest() -> dict[str, Any]:
-            guest_ifindex = _ifindex(guest, f"in network namespace {netns}")
+            guest_ifindex = ifaces.ifindex(guest)
             nsid = _peer_nsid(host_fd)
             with NetdevClient() as client:
                 qid = client.queue_create(guest_ifindex, phys_ifindex, queue, netns_id=nsid)
             return {"guest": guest, "guest_ifindex": guest_ifindex, "guest_queue": qid, "phys": phys,
                     "phys_ifindex": phys_ifindex, "phys_queue": queue, "netns": netns, "netns_id": nsid}
-        return call_in_netns(netns, in_guest)
+        return host_netns.run_in(netns, in_guest)
     finally:
         os.close(host_fd)
 

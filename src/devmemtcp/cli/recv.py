@@ -5,8 +5,10 @@ Compatible in spirit with the kernel's ncdevmem server (``ncdevmem -l -s ADDR
 one connection, receive until EOF, optionally validate ncdevmem's pattern,
 give every token back, undo the setup, print a summary.
 
-Exit status: 0 received (and validated), 1 validation mismatch, 2 setup or
-environment error, 130 interrupted (the NIC is restored in every case).
+Exit status: 0 received (validated and complete where checked), 1 the data
+did not validate or the stream was incomplete (``--bytes N``: exactly N bytes
+expected), 2 error (setup, environment, a connection reset or stalled), 130
+interrupted (the NIC is restored in every case).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import sys
 from typing import Any
 
 from devmemtcp.cli import common
-from devmemtcp.errors import ValidationError
+from devmemtcp.errors import IncompleteStreamError, ValidationError
 from devmemtcp.transfer import DEFAULT_DMABUF_SIZE, TransferResult, receive_stream
 
 EXAMPLES = """\
 examples:
-  devmemtcp recv --listen 127.0.0.1 --port 5201 --validate 7
+  devmemtcp recv --listen 127.0.0.1 --port 5201 --validate 7 --bytes 1G
       (peer: yes $(echo -e \\\\x01\\\\x02\\\\x03\\\\x04\\\\x05\\\\x06) | head -c 1G | nc 127.0.0.1 5201)
   devmemtcp recv --listen 192.0.2.1 --port 5201 --ifname eth1 --queues 3:1 --json
   devmemtcp recv --listen 127.0.0.1 --port 5201 --output copy.bin   (peer: devmemtcp send ... --file F)
@@ -30,7 +32,7 @@ examples:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EXAMPLES
+    parser.epilog = EXAMPLES + "\n" + common.TRANSFER_EXIT_STATUS
     parser.add_argument("--listen", required=True, metavar="ADDR",
                         help="local IPv4/IPv6 address to listen on (e.g. 127.0.0.1)")
     parser.add_argument("--port", required=True, type=int, metavar="PORT", help="TCP port")
@@ -40,12 +42,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="RX queues to bind (default: the last RX queue, like ncdevmem)")
     parser.add_argument("--validate", type=common.validate_arg, metavar="N",
                         help="check ncdevmem's pattern: bytes 1..N-1 then 0x0a, repeating")
+    parser.add_argument("--bytes", type=common.parse_size, default=None, metavar="N",
+                        help="the stream must be exactly N bytes (units K, M, G, T): fewer or more is "
+                             "exit 1; without it the length is not checked and the stream is not "
+                             "reported complete")
     parser.add_argument("--size", type=common.parse_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
                         help="dma-buf size (default 16000 pages = 62.5 MiB, as ncdevmem)")
     parser.add_argument("--no-nic-config", action="store_true",
                         help="do not change the NIC (use a set-up made by `devmemtcp setup`); still binds")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="give up if no connection arrives within SECONDS (default: wait forever)")
+                        help="give up if no connection arrives within SECONDS, or the connection "
+                             "goes silent for SECONDS (default: wait forever)")
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
                         help="SO_RCVLOWAT: wake the receiver once BYTES are queued, so each recvmsg "
                              "carries more frags (default min(8M, --size/8); 0 leaves the socket's 1)")
@@ -63,6 +70,8 @@ def table_rows(d: dict[str, Any]) -> dict[str, Any]:
         rows.pop("error", None)
     if rows.get("role") == "recv":
         rows.pop("completions", None)
+        if rows.get("complete") is None:
+            rows["complete"] = "length not checked (no --bytes)"
     else:
         rows.pop("queues", None)
         rows.pop("rcvlowat", None)
@@ -79,7 +88,7 @@ def report(result: TransferResult, as_json: bool, title: str, stream: Any = None
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = common.ProgressLine("recv")
+    progress = common.ProgressLine("recv", total=args.bytes)
 
     def on_backend(name: str, reason: str) -> None:
         common.note(f"backend {name}: {reason}")
@@ -100,10 +109,17 @@ def run(args: argparse.Namespace) -> int:
             args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
             memory=args.memory, size=args.size, backend=args.backend,
             nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
+            expect_bytes=args.bytes, idle_timeout=args.timeout,
             on_ready=on_ready, on_backend=on_backend, on_progress=progress, output=out)
     except ValidationError as exc:
         progress.close()
         return common.report_validation_failure("recv", exc, as_json=args.json)
+    except IncompleteStreamError as exc:
+        progress.close()
+        common.report_incomplete("recv", exc)
+        if isinstance(exc.result, TransferResult):
+            report(exc.result, args.json, "devmemtcp recv", sys.stderr if to_stdout else None)
+        return 1
     except TimeoutError as exc:
         progress.close()
         print(f"devmemtcp recv: error: {exc}", file=sys.stderr)

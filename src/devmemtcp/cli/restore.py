@@ -22,16 +22,8 @@ from typing import Any
 from devmemtcp.cli import common
 from devmemtcp.cli.setup import add_common
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import (
-    Journal,
-    call_in_netns,
-    default_journal_dir,
-    journal_name,
-    journals,
-    netns_id,
-    netns_name,
-    restore,
-)
+from devmemtcp.host import netns as host_netns
+from devmemtcp.setup import Journal, default_journal_dir, journal_name, journals, restore
 
 EXAMPLES = """\
 examples:
@@ -56,8 +48,8 @@ def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
     ifname = j.ifname
     if netns is None:
         ns = j.meta.get("netns")
-        if isinstance(ns, int) and ns != netns_id():
-            netns = netns_name(ns)
+        if isinstance(ns, int) and ns != host_netns.inode():
+            netns = host_netns.name_of(ns)
             if netns is None:
                 raise DevmemError(
                     f"the journal {path} belongs to network namespace net:[{ns}], which has no "
@@ -65,7 +57,7 @@ def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
                     f"run restore inside it (nsenter --net=/proc/PID/ns/net devmemtcp restore {ifname}); "
                     "if the namespace is gone its interfaces are too: delete the journal")
     if netns:
-        result = call_in_netns(netns, restore, ifname, journal_dir=path.parent, force=force)
+        result = host_netns.run_in(netns, restore, ifname, journal_dir=path.parent, force=force)
     else:
         result = restore(ifname, journal_dir=path.parent, force=force)
     return {"ifname": ifname, "netns": netns, "journal": str(path), "done": [list(x) for x in result.done],
@@ -75,7 +67,7 @@ def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     paths = journals(args.journal_dir, args.ifname)
     if args.netns:  # only the journals written in that namespace
-        inode = call_in_netns(args.netns, netns_id)
+        inode = host_netns.run_in(args.netns, host_netns.inode)
         paths = [p for p in paths if p.name == journal_name(p.stem.split("@")[0], inode)]
     reports = [restore_one(p, args.netns, args.force) for p in paths]
     ok = all(r["restored"] for r in reports)

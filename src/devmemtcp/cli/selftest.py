@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from devmemtcp.cli import common
-from devmemtcp.nic import DEFAULT_JOURNAL_DIR
 from devmemtcp.selftest import Selftest, run_selftest
+from devmemtcp.setup import DEFAULT_JOURNAL_DIR
 
 EXAMPLES = """\
 examples:

@@ -6,7 +6,8 @@ with ncdevmem's pattern (bytes 1..N-1 then 0x0a, repeating; period 256 when
 MSG_ZEROCOPY; a region is reused only after its completion. Any TCP receiver
 works on the other end (``devmemtcp recv``, ncdevmem, ``nc``).
 
-Exit status: 0 sent, 2 setup or environment error, 130 interrupted.
+Exit status: 0 sent, 2 error (setup, environment, a connection reset, closed
+or stalled past --timeout), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ examples:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EXAMPLES
+    parser.epilog = EXAMPLES + "\n" + common.TRANSFER_EXIT_STATUS
     parser.add_argument("addr", metavar="ADDR", help="receiver's IPv4/IPv6 address")
     parser.add_argument("--port", required=True, type=int, metavar="PORT", help="receiver's TCP port")
     parser.add_argument("--ifname", metavar="IF",
@@ -44,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", metavar="FILE",
                         help="send FILE's bytes ('-': stdin) through the TX dma-buf instead of the "
                              "pattern, until its end (--bytes and --validate do not apply)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up if the connection is not made within SECONDS (default 10), or "
+                             "the receiver takes no data for SECONDS (default: wait forever)")
     common.add_backend_args(parser)
 
 
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         result = send_stream(
             args.addr, args.port, nbytes=args.bytes, ifname=args.ifname, validate=args.validate,
             chunk=args.chunk, memory=args.memory, size=args.size, backend=args.backend,
+            connect_timeout=10.0 if args.timeout is None else args.timeout, idle_timeout=args.timeout,
             on_backend=on_backend, on_progress=progress, source=source)
     finally:
         progress.close()

@@ -22,7 +22,8 @@ from typing import Any
 from devmemtcp.backend import open_backend
 from devmemtcp.cli import common
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import DEFAULT_JOURNAL_DIR, STEPS, NicSetup, call_in_netns
+from devmemtcp.host import netns
+from devmemtcp.setup import DEFAULT_JOURNAL_DIR, STEPS, NicSetup
 
 EXAMPLES = """\
 examples:
@@ -83,7 +84,7 @@ def setup_nic(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if args.peer_port is not None and args.peer is None:
         raise DevmemError("--peer-port needs --peer", "give the sender's address with --peer ADDR")
-    report = call_in_netns(args.netns, setup_nic, args) if args.netns else setup_nic(args)
+    report = netns.run_in(args.netns, setup_nic, args) if args.netns else setup_nic(args)
     if args.json:
         common.print_json(report)
         return 0

@@ -28,6 +28,7 @@ from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.pool import PoolRegistry, RxPool
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns, procs
 
 if TYPE_CHECKING:
     from devmemtcp.memory.base import DmaBuf
@@ -84,6 +85,9 @@ class EmulatedBinding:
         if self.closed:
             return
         self.closed = True
+        # the view would keep the dma-buf mapped (and its fd open) while anything,
+        # e.g. a traceback, still references this binding; data lands here no more
+        self._view = None
         nd = self._netdev()
         if nd is not None:
             nd.forget(self)
@@ -176,7 +180,7 @@ class Netdev:
     def _nic_of(self, op: str, ifindex: int) -> tuple[int, str, dict[str, Any]]:
         """(netns id, ifname, NIC state) of ``ifindex``; ENODEV as the kernel's
         netdev_get_by_index when no interface has it in this namespace."""
-        ns = st.netns_id()
+        ns = netns.inode()
         try:
             ifname = socket.if_indextoname(int(ifindex))
         except OSError:
@@ -223,7 +227,7 @@ class Netdev:
                                    hint=f"{ifname} has RX queues 0..{nrx - 1}")
             wanted.add(qid)
         self._check_dmabuf(op, dmabuf)
-        pid, start = st.self_owner()
+        pid, start = procs.me()
         with st.locked(self.directory) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)
@@ -273,7 +277,7 @@ class Netdev:
             raise NetlinkError(errno.EOPNOTSUPP, op, "Driver does not support netmem TX",
                                hint="devmem TX needs a NIC with netmem TX (gve, mlx5, bnxt, fbnic)")
         self._check_dmabuf(op, dmabuf)
-        pid, start = st.self_owner()
+        pid, start = procs.me()
         with st.locked(self.directory) as d:
             reg = st.load_registry(d)
             bid = st.alloc_binding_id(reg)

@@ -32,6 +32,7 @@ from typing import Any
 
 from devmemtcp.emulation import state as st
 from devmemtcp.errors import NetlinkError
+from devmemtcp.host import ifaces, netns
 from devmemtcp.types import Channels, NtupleRule, Rings
 
 _SPLIT_VALUES = ("unknown", "disabled", "enabled")
@@ -48,11 +49,11 @@ class EmulatedNicControl:
     count used when the NIC has no state yet."""
 
     def __init__(self, ifname: str, *, directory: str | None = None, queues: int | None = None) -> None:
-        self.ifindex = st.resolve_ifname(ifname)
+        self.ifindex = ifaces.ifindex(ifname)
         self.ifname = ifname
         self._dir = directory
         self._queues = queues
-        self._ns = st.netns_id()
+        self._ns = netns.inode()
 
     # -- helpers -------------------------------------------------------------
     def state(self) -> dict[str, Any]:

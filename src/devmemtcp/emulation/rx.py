@@ -13,7 +13,7 @@ Follows net/ipv4/tcp.c ``tcp_recvmsg_dmabuf`` for one connected TCP socket:
   run, no extra copy), cut into frags of at most PAGE_SIZE, each given a
   token from the socket's table (from 1, lowest free first).
 * **cmsgs**: one SCM_DEVMEM_DMABUF cmsg per frag in the control buffer
-  (:func:`encode_frags`, the bytes of ``devmemtcp.cmsg.encode_rx_control``).
+  (:func:`encode_frags`, the bytes of ``devmemtcp.codec.encode_rx_control``).
   Header split is always on with hds-thresh 0 for a bound queue (bind-rx
   requires it, and ethtool refuses to change it while bound), so all payload
   goes to frags: the emulated NIC never produces SCM_DEVMEM_LINEAR.
@@ -52,13 +52,14 @@ from typing import Any
 
 import numpy as np
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.pool import PoolRegistry, RxPool
 from devmemtcp.emulation.steering import flow_of, ifname_of, ingress_ifindex, steer
 from devmemtcp.emulation.tokens import TokenTable, expand_runs
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 PAGE_SIZE = abi.PAGE_SIZE
 _REC = abi.DMABUF_CMSG_SPACE  # 40 control bytes per frag
@@ -109,7 +110,7 @@ def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
     net_iovs of ``pages`` (runs ``[(first, count), ...]`` in frag order; whole
     PAGE_SIZE frags, the last one partial), tokens ``tokens`` (runs, in frag
     order); returns the control length. The same bytes as
-    :func:`devmemtcp.cmsg.encode_rx_control` (which it falls back to for a
+    :func:`devmemtcp.codec.encode_rx_control` (which it falls back to for a
     misaligned buffer) with a few numpy calls per run: it runs once per
     recvmsg. A record is 5 little-endian u64 words: cmsg_len,
     level | type << 32, frag_offset, frag_size | frag_token << 32,
@@ -122,7 +123,7 @@ def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
     if not w.flags.aligned:  # (.ctypes.data costs more than the whole encode)
         sizes = np.full(n, PAGE_SIZE, dtype=np.uint32)
         sizes[-1] = total - (n - 1) * PAGE_SIZE
-        return cmsg.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
+        return codec.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
                                       expand_runs(tokens, np.uint32), binding_id)
     w = w.reshape(n, _REC_WORDS)
     w[:] = _template(binding_id, n)[:n]
@@ -236,12 +237,21 @@ class EmulatedRx:
         now = time.monotonic()
         if s.mode and now - s.checked < self.recheck_s and (s.binding is None or not s.binding.closed):
             return
-        if s.ifindex is None:
-            s.ifindex = ingress_ifindex(sock)
-        ns = st.netns_id()
+        try:
+            if s.ifindex is None:
+                s.ifindex = ingress_ifindex(sock)
+            flow = flow_of(sock)
+        except OSError as exc:
+            # ENOTCONN: the peer reset the connection (getpeername of a TCP_CLOSE
+            # socket); a flow already steered stays where it was
+            if exc.errno == errno.ENOTCONN and s.mode:
+                s.checked = now
+                return
+            raise
+        ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
-        q, how = steer(nic, flow_of(sock))
+        q, how = steer(nic, flow)
         b = self.netdev.rx_binding(ns, ifname, q)
         if b is not None:
             s.mode, s.binding = "devmem", b
@@ -312,11 +322,21 @@ class EmulatedRx:
         devmem flow without MSG_SOCK_DEVMEM or with a control buffer too
         small for one cmsg (once data is there; 0 at EOF); EINVAL for
         MSG_PEEK on a devmem flow; EAGAIN / TimeoutError as described in the
-        module docstring; ENOTCONN for an unconnected socket."""
+        module docstring; ENOTCONN for a socket never connected. A socket
+        the peer reset before its first recvmsg gives the kernel's
+        ECONNRESET (the reset socket's own error), not getpeername's ENOTCONN."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.state(sock)
-        self.decide(sock, s)
+        try:
+            self.decide(sock, s)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            # reset before the flow was ever steered: nothing tells the queue any
+            # more, so the real socket answers as tcp_recvmsg does (ECONNRESET
+            # once, bytes queued before the reset as readable data, then 0)
+            return sock.recv_into(buf, len(buf), flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK)), 0, 0
         nbuf = len(buf)
         if s.mode != "devmem":
             n = sock.recv_into(buf, nbuf, flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK))

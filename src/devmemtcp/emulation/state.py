@@ -34,12 +34,12 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import ifaces, netns, procs
 
 # Defaults of a freshly attached emulated NIC (modelled on a bnxt-like NIC):
 # 4 combined channels out of 16, header split left to the driver ("unknown",
@@ -84,17 +84,6 @@ def state_dir() -> str:
     )
 
 
-def netns_id() -> int:
-    """Inode of the calling thread's network namespace (``/proc/thread-self/ns/net``).
-
-    Threads may sit in different namespaces (``setns``), so the thread's, not
-    the process's, namespace names the NIC."""
-    try:
-        return os.stat("/proc/thread-self/ns/net").st_ino
-    except OSError:
-        return os.stat("/proc/self/ns/net").st_ino
-
-
 def default_rx_queues() -> int:
     """RX queue count of a newly attached emulated NIC (``$DEVMEMTCP_EMU_QUEUES`` or 4)."""
     raw = os.environ.get(_ENV_QUEUES)
@@ -110,53 +99,6 @@ def default_rx_queues() -> int:
             )
         return n
     return DEFAULT_RX_QUEUES
-
-
-# ---------------------------------------------------------------------------
-# owner processes
-# ---------------------------------------------------------------------------
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat``
-    field 22), or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and parentheses
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-_SELF: dict[int, int] = {}
-
-
-def self_owner() -> tuple[int, int]:
-    """``(pid, start time)`` identifying the calling process as an owner."""
-    pid = os.getpid()
-    start = _SELF.get(pid)
-    if start is None:
-        start = _SELF[pid] = process_start_time(pid) or 0
-    return pid, start
-
-
-def owner_alive(pid: int, start: int) -> bool:
-    """True while process ``pid`` started at ``start`` is running (not a zombie)."""
-    if pid == os.getpid():
-        return True
-    st = process_start_time(pid)
-    if st is None or st != start:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        state = raw[raw.rfind(b")") + 2 :].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 # ---------------------------------------------------------------------------
@@ -205,7 +147,7 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 def nic_path(ifname: str, ns: int | None = None, directory: str | None = None) -> str:
     """Path of the state file of the emulated NIC on ``ifname``."""
-    return os.path.join(directory or state_dir(), f"{ns if ns is not None else netns_id()}-{ifname}.json")
+    return os.path.join(directory or state_dir(), f"{ns if ns is not None else netns.inode()}-{ifname}.json")
 
 
 def registry_path(directory: str | None = None) -> str:
@@ -238,25 +180,14 @@ def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None) -
     }
 
 
-def resolve_ifname(ifname: str) -> int:
-    """ifindex of ``ifname`` in the calling thread's namespace; DevmemError if absent."""
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(
-            f"no network interface named {ifname!r} in this network namespace",
-            "list interfaces with 'ip link' (inside the right namespace: ip netns exec NS ...)",
-        ) from None
-
-
 def load_nic(ifname: str, *, directory: str | None = None, ns: int | None = None,
              queues: int | None = None) -> dict[str, Any]:
     """Current state of the emulated NIC on ``ifname`` (a fresh default when
     none was saved, or when the interface was re-created with a new ifindex).
 
     Does not take the lock: files are replaced atomically."""
-    ns = netns_id() if ns is None else ns
-    ifindex = resolve_ifname(ifname)
+    ns = netns.inode() if ns is None else ns
+    ifindex = ifaces.ifindex(ifname)
     data = _read_json(nic_path(ifname, ns, directory))
     if data is None or data.get("version") != STATE_VERSION or data.get("ifindex") != ifindex:
         return default_nic(ifname, ifindex, ns, queues)
@@ -273,7 +204,7 @@ def load_registry(directory: str | None = None) -> dict[str, Any]:
     data = _read_json(registry_path(directory)) or {}
     live = {}
     for key, b in (data.get("live") or {}).items():
-        if owner_alive(int(b["pid"]), int(b["start"])):
+        if procs.alive(int(b["pid"]), int(b["start"])):
             live[key] = b
     return {"next": int(data.get("next", 1)), "live": live}
 

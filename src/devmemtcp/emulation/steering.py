@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import ifaces
 
 # The default Toeplitz key most NICs ship with (Microsoft RSS specification).
 TOEPLITZ_KEY = bytes.fromhex(
@@ -100,21 +101,12 @@ def steer(nic: dict[str, Any], flow: Flow) -> tuple[int, str]:
 
 
 def _route_dev(peer: str) -> int:
-    """ifindex of the route's output device toward ``peer`` (pyroute2, in the
-    calling thread's namespace). Raises OSError(EHOSTUNREACH) without a route."""
-    from pyroute2 import IPRoute  # lazy: pyroute2 import is slow
-    from pyroute2.netlink.exceptions import NetlinkError as PrNetlinkError
-
-    try:
-        with IPRoute() as ipr:
-            routes = ipr.route("get", dst=peer)
-    except PrNetlinkError as exc:
-        raise OSError(errno.EHOSTUNREACH, f"no route to {peer}: {exc}") from None
-    for r in routes:
-        oif = r.get_attr("RTA_OIF")
-        if oif:
-            return int(oif)
-    raise OSError(errno.EHOSTUNREACH, f"no route to {peer}")
+    """ifindex of the route's output device toward ``peer`` (in the calling
+    thread's namespace). Raises OSError(EHOSTUNREACH) without a route."""
+    oif = ifaces.route_ifindex(peer)
+    if oif is None:
+        raise OSError(errno.EHOSTUNREACH, f"no route to {peer}")
+    return oif
 
 
 def ingress_ifindex(sock: socket.socket) -> int:

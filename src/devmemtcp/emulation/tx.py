@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from devmemtcp import abi, cmsg
-from devmemtcp.emulation import state as st
+from devmemtcp import abi, codec
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.steering import ingress_ifindex
+from devmemtcp.host import netns
 
 U32_MAX = 0xFFFFFFFF
 _SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | abi.MSG_MORE
@@ -80,7 +80,7 @@ class EmulatedTx:
         b = self.netdev.tx_binding(bid)
         route = s.routes.get(bid)
         if route is None:
-            route = s.routes[bid] = (ingress_ifindex(sock), st.netns_id())
+            route = s.routes[bid] = (ingress_ifindex(sock), netns.inode())
         if route != (b.ifindex, b.netns):
             raise oserror(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, "
                                         f"binding {bid} is on {b.ifname} (ifindex {b.ifindex})")
@@ -91,7 +91,7 @@ class EmulatedTx:
         length), ``control`` the SCM_DEVMEM_DMABUF cmsg. Returns bytes sent.
 
         Order of checks (tcp_sendmsg_locked): the cmsg is parsed
-        (``cmsg.parse_tx_cmsg``; its EINVAL is reported last); with
+        (``codec.parse_tx_cmsg``; its EINVAL is reported last); with
         MSG_ZEROCOPY, SO_ZEROCOPY and a non-empty iov the binding is looked up
         (EINVAL unknown/RX id, EHOSTUNREACH, ENODEV wrong device); a binding
         id without MSG_ZEROCOPY or SO_ZEROCOPY is EINVAL. Without a binding
@@ -112,7 +112,7 @@ class EmulatedTx:
             bid = tx.ctl_id
         else:
             try:
-                bid = cmsg.parse_tx_cmsg(control) if control else 0
+                bid = codec.parse_tx_cmsg(control) if control else 0
                 tx.ctl, tx.ctl_id = bytes(control), bid
             except OSError as exc:
                 sockc_err = exc
@@ -168,6 +168,11 @@ class EmulatedTx:
             return
         raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
         outq = struct.unpack("i", raw)[0]
+        if outq > tx.sent - tx.pending[0][1] and \
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == abi.TCP_STATE_CLOSE:
+            # reset by the peer: tcp_reset -> tcp_write_queue_purge frees every skb, and
+            # freeing a zerocopy skb delivers its completion (msg_zerocopy_callback)
+            outq = 0
         while tx.pending:
             seq, end = tx.pending[0]
             # every byte of this sendmsg is acked once the unacked tail fits after it
@@ -193,7 +198,7 @@ class EmulatedTx:
         self.complete(sock, tx)
         if tx.done_lo is None:
             raise oserror(errno.EAGAIN)
-        data = cmsg.encode_zerocopy_completion(tx.done_lo, tx.done_hi, copied=False, family=tx.family)
+        data = codec.encode_zerocopy_completion(tx.done_lo, tx.done_hi, copied=False, family=tx.family)
         tx.done_lo = None
         mflags = abi.MSG_ERRQUEUE
         cap = len(control)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from devmemtcp import abi
 from devmemtcp.errors import DevmemError
 
 if TYPE_CHECKING:
-    from devmemtcp.cmsg import FragBatch
+    from devmemtcp.codec import FragBatch
 
 
 def check_size(size: int, page_size: int) -> None:

@@ -34,7 +34,8 @@ from pyroute2.netlink import genlmsg
 from pyroute2.netlink.generic.ethtool import ethtool_rings_msg, ethtoolbitset, ethtoolheader
 
 from devmemtcp import abi
-from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.errors import NetlinkError
+from devmemtcp.host import ifaces, netns
 from devmemtcp.netlink.genl import GenlSocket
 from devmemtcp.types import Channels, Rings
 
@@ -315,7 +316,7 @@ def driver_name(ifname: str) -> str | None:
     ``ethtool -i`` shows), falling back to the sysfs device driver link;
     None when neither names one (loopback). Raises DevmemError for an
     unknown interface."""
-    _check_ifname(ifname)
+    ifaces.ifindex(ifname)
     buf = np.zeros(1, dtype=abi.ETHTOOL_DRVINFO_DTYPE)
     buf["cmd"] = abi.ETHTOOL_GDRVINFO
     data = bytearray(buf.tobytes())
@@ -331,34 +332,18 @@ def driver_name(ifname: str) -> str | None:
                 return name
         except OSError:
             pass
-    from devmemtcp import netns
-
     link = f"/sys/class/net/{ifname}/device/driver"
     if netns.current() is None and os.path.islink(link):  # /sys shows the root namespace only
         return os.path.basename(os.readlink(link))
     return None
 
 
-def _check_ifname(ifname: str) -> None:
-    try:
-        ok = bool(ifname) and "/" not in ifname and len(ifname) < abi.IFNAMSIZ and socket.if_nametoindex(
-            ifname) > 0
-    except OSError:
-        ok = False
-    if not ok:
-        raise DevmemError(f"no network interface named {ifname!r} in this namespace",
-                          "list interfaces with `ip link` (or pass --netns NAME for another namespace)")
-
-
 def _queue_count(ifname: str, kind: str) -> int:
-    _check_ifname(ifname)
-    from devmemtcp import netns  # local: netns imports nothing from here, keep import light
-
+    ifaces.ifindex(ifname)
     if netns.current() is not None:
         counts = netns.sysfs_queue_counts()
         if ifname not in counts:
-            raise DevmemError(f"no network interface named {ifname!r} in namespace {netns.current()!r}",
-                              f"list interfaces with `ip -n {netns.current()} link`")
+            raise ifaces.unknown_interface(ifname)
         return counts[ifname][kind]
     return sum(1 for n in os.listdir(f"/sys/class/net/{ifname}/queues") if n.startswith(kind + "-"))
 
@@ -366,8 +351,8 @@ def _queue_count(ifname: str, kind: str) -> int:
 def rx_queue_count(ifname: str) -> int:
     """Number of RX queues the stack uses (real_num_rx_queues): the
     ``queues/rx-*`` entries of ``/sys/class/net/IF``. Inside a namespace
-    entered with :func:`devmemtcp.netns.enter` it reads that namespace's own
-    sysfs (:func:`devmemtcp.netns.sysfs_queue_counts`). Raises DevmemError
+    entered with :func:`devmemtcp.host.netns.enter` it reads that namespace's own
+    sysfs (:func:`devmemtcp.host.netns.sysfs_queue_counts`). Raises DevmemError
     for an unknown interface."""
     return _queue_count(ifname, "rx")
 

@@ -27,7 +27,7 @@ from typing import Any
 from pyroute2.netlink import ctrlmsg, genlmsg, nla, nla_base_string
 
 from devmemtcp import abi
-from devmemtcp.errors import NetlinkError
+from devmemtcp.errors import DevmemError, NetlinkError
 
 HintFn = Callable[[int, str | None, str | int | None], str | None]  # (errno, extack, bad_attr)
 
@@ -59,11 +59,18 @@ def encode_uint(value: int) -> bytes:
     return struct.pack("=I" if value < 1 << 32 else "=Q", value)
 
 
+class AttrDecodeError(DevmemError, ValueError):
+    """A netlink attribute payload that cannot be what its type says (a
+    ValueError too, which pyroute2's decoder expects)."""
+
+
 def decode_uint(payload: bytes) -> int:
-    """Inverse of :func:`encode_uint` (accepts 1, 2, 4 or 8 bytes)."""
+    """Inverse of :func:`encode_uint` (accepts 1, 2, 4 or 8 bytes); raises
+    :class:`AttrDecodeError` for any other length."""
     fmt = {1: "=B", 2: "=H", 4: "=I", 8: "=Q"}.get(len(payload))
     if fmt is None:
-        raise ValueError(f"uint attribute of {len(payload)} bytes")
+        raise AttrDecodeError(f"uint attribute of {len(payload)} bytes (expected 1, 2, 4 or 8)",
+                              "the kernel's reply is malformed or the attribute is not an NLA_UINT")
     return int(struct.unpack(fmt, payload)[0])
 
 
@@ -108,7 +115,7 @@ def attr_name_at(request: bytes, offset: int, cmd_class: type[genlmsg]) -> str |
     path: list[str] = []
     while pos + 4 <= end:
         length, atype = _NLA_HDR.unpack_from(request, pos)
-        if length < 4:
+        if length < 4 or length > end - pos:  # a length past the message (or its nest): malformed
             return None
         num = atype & ~(abi.NLA_F_NESTED | 0x4000)
         name = _nla_name(cls, num)

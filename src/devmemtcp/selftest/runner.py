@@ -25,11 +25,8 @@ import contextlib
 import dataclasses
 import errno
 import ipaddress
-import json
 import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,8 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devmemtcp.errors import DevmemError, NetlinkError
-from devmemtcp.nic import Journal, NicSetup, call_in_netns, default_journal_dir, netns_id, undo_journal
+from devmemtcp.errors import DevmemError, IncompleteStreamError, NetlinkError
+from devmemtcp.host import ifaces
+from devmemtcp.host import netns as host_netns
 from devmemtcp.selftest.catalogue import (
     BIND_RX_CASES,
     BindRxCase,
@@ -46,6 +44,15 @@ from devmemtcp.selftest.catalogue import (
     CaseSkipped,
     check_bind_rx,
     netlink_errno,
+)
+from devmemtcp.setup import (
+    ChannelsStep,
+    Entry,
+    Journal,
+    NicSetup,
+    RingsStep,
+    default_journal_dir,
+    undo_journal,
 )
 
 VALIDATE = 7  # ncdevmem's --validate period used by the stream cases
@@ -94,39 +101,15 @@ class SelftestReport:
 
 
 # ---------------------------------------------------------------------------
-# Addresses (ip -j addr, in the calling thread's namespace)
+# Addresses
 # ---------------------------------------------------------------------------
-
-
-def _addresses(ifname: str | None = None) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
-    """Global addresses (with prefix) of ``ifname`` or of every interface but lo."""
-    if not shutil.which("ip"):
-        raise DevmemError("the ip command is missing", "apt-get install iproute2")
-    cmd = ["ip", "-j", "addr", "show"] + (["dev", ifname] if ifname else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise DevmemError(f"cannot list addresses: {proc.stderr.strip()}", "check the interface name")
-    out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
-    for link in json.loads(proc.stdout or "[]"):
-        if ifname is None and link.get("ifname") == "lo":
-            continue
-        for a in link.get("addr_info", []):
-            if a.get("scope") in ("global", "host"):
-                out.append(ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}"))
-    return out
-
-
-def _local_address(ifname: str) -> str | None:
-    addrs = _addresses(ifname)
-    v4 = [a for a in addrs if a.version == 4]
-    return str((v4 or addrs)[0].ip) if addrs else None
 
 
 def _peer_address(local: str, peer_netns: str) -> str | None:
     """An address in ``peer_netns`` on the same subnet as ``local`` (ifname's address)."""
-    mine = [a for a in _addresses() if str(a.ip) == local] or [ipaddress.ip_interface(local)]
+    mine = [a for a in ifaces.addresses() if str(a.ip) == local] or [ipaddress.ip_interface(local)]
     nets = [a.network for a in mine]
-    for a in call_in_netns(peer_netns, _addresses):
+    for a in host_netns.run_in(peer_netns, ifaces.addresses):
         if any(a.ip in n for n in nets) and str(a.ip) != local:
             return str(a.ip)
     return None
@@ -177,11 +160,7 @@ class Selftest:
     def _prepare(self) -> None:
         from devmemtcp.backend import open_backend
 
-        try:
-            self.ifindex = socket.if_nametoindex(self.ifname)
-        except OSError:
-            raise DevmemError(f"no network interface named {self.ifname!r} in this network namespace",
-                              "list interfaces with 'ip link' (or pass --netns NAME)") from None
+        self.ifindex = ifaces.ifindex(self.ifname)
         self.backend, self.backend_reason = open_backend(self.backend_choice, self.ifname, direction="rx")
         self.memory = self.memory_choice or ("udmabuf" if self.backend.name == "kernel" else "host")
         self.nic = self.backend.nic(self.ifname)
@@ -190,7 +169,7 @@ class Selftest:
             from devmemtcp.doctor import diagnose
 
             self.doctor = {c.name: c for c in diagnose(self.ifname).checks}
-        self.local_addr = "127.0.0.1" if self.ifname == "lo" else _local_address(self.ifname)
+        self.local_addr = "127.0.0.1" if self.ifname == "lo" else ifaces.local_address(self.ifname)
         self.peer_addr: str | None = None
         if self.ifname == "lo":
             self.peer_addr = self.local_addr
@@ -234,7 +213,7 @@ class Selftest:
 
     def _in_peer(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.peer_netns and self.ifname != "lo":
-            return call_in_netns(self.peer_netns, fn, *args)
+            return host_netns.run_in(self.peer_netns, fn, *args)
         return fn(*args)
 
     @contextlib.contextmanager
@@ -248,11 +227,11 @@ class Selftest:
             buf.close()
 
     @contextlib.contextmanager
-    def _changed(self, entry: dict[str, Any], change: Callable[[], None]) -> Iterator[None]:
+    def _changed(self, entry: Entry, change: Callable[[], None]) -> Iterator[None]:
         """Make ``change`` with ``entry`` journaled first; undo it afterwards."""
         j = Journal(self.ifname, self.journal_dir)
         j.meta = {"pid": os.getpid(), "created": time.time(), "backend": self.backend.name,
-                  "netns": netns_id(), "ifindex": self.ifindex, "selftest": True}
+                  "netns": host_netns.inode(), "ifindex": self.ifindex, "selftest": True}
         j.append(entry)
         try:
             change()
@@ -266,7 +245,7 @@ class Selftest:
 
     def _rings(self, split: str, hds: int) -> contextlib.AbstractContextManager[None]:
         r = self.nic.get_rings()
-        entry = {"step": "rings", "before": {"tcp_data_split": r.tcp_data_split, "hds_thresh": r.hds_thresh}}
+        entry = RingsStep(before={"tcp_data_split": r.tcp_data_split, "hds_thresh": r.hds_thresh})
         want_split = None if r.tcp_data_split == split else split
         want_hds = None if r.hds_thresh == hds else hds
         return self._changed(entry, lambda: self.nic.set_rings(tcp_data_split=want_split,
@@ -313,7 +292,7 @@ class Selftest:
         ch = self.nic.get_channels()
         field_name = "combined" if ch.combined else "rx"
         with self._rings("enabled", 0), self._dmabuf() as b, self.backend.bind_rx(self.ifindex, b, [n - 1]):
-            entry = {"step": "channels", "before": {"rx": ch.rx, "tx": ch.tx, "combined": ch.combined}}
+            entry = ChannelsStep(before={"rx": ch.rx, "tx": ch.tx, "combined": ch.combined})
             seen: dict[str, Any] = {}
 
             def shrink() -> None:
@@ -374,11 +353,19 @@ class Selftest:
         # NicSetup here (not receive_stream's) so the journal goes to this suite's journal_dir;
         # the rule needs the port, so listen on a fixed free port picked first
         port = self._free_port(local)
-        with NicSetup(self.backend, self.ifname, queues=(n - 1, 1), flow=(local, port),
-                      journal_dir=self.journal_dir):
-            result = receive_stream(local, port, ifname=self.ifname, queues=(n - 1, 1), validate=VALIDATE,
-                                    memory=self.memory, size=self.dmabuf_size, backend=self.backend,
-                                    nic_config=False, accept_timeout=30, on_ready=on_ready)
+        try:
+            with NicSetup(self.backend, self.ifname, queues=(n - 1, 1), flow=(local, port),
+                          journal_dir=self.journal_dir):
+                # told the length: a stream cut short is never a pass (a pattern prefix would be)
+                result = receive_stream(local, port, ifname=self.ifname, queues=(n - 1, 1),
+                                        validate=VALIDATE, memory=self.memory, size=self.dmabuf_size,
+                                        backend=self.backend, nic_config=False, accept_timeout=30,
+                                        expect_bytes=total, on_ready=on_ready)
+        except IncompleteStreamError as exc:
+            for t in threads:
+                t.join(30)
+            detail = f" (the peer: {_describe(errors[0])})" if errors else ""
+            raise CaseFailed(exc.message + detail) from None
         for t in threads:
             t.join(30)
         if errors:
@@ -388,7 +375,7 @@ class Selftest:
         if result.flow_steering_errors:
             raise CaseFailed(f"{result.flow_steering_errors} bytes landed on an ordinary queue "
                              "(flow steering failed)")
-        if not result.validated:
+        if not result.validated or not result.complete:
             raise CaseFailed(result.error or "the stream was not validated")
         return result
 
@@ -406,8 +393,9 @@ class Selftest:
         self._rx_result = result
         if result.frags == 0:
             raise CaseFailed("no devmem fragment arrived: every byte came as linear or readable data")
-        return {"bytes": result.bytes, "frags": result.frags, "linear_bytes": result.linear_bytes,
-                "gbps": round(result.gbps, 3), "binding_id": result.binding_id}
+        return {"bytes": result.bytes, "complete": result.complete, "frags": result.frags,
+                "linear_bytes": result.linear_bytes, "gbps": round(result.gbps, 3),
+                "binding_id": result.binding_id}
 
     def _transmit(self, nbytes: int, chunk: int) -> dict[str, Any]:
         from devmemtcp.pattern import PatternChecker
@@ -459,8 +447,9 @@ class Selftest:
             raise CaseFailed(f"the peer saw: {_describe(box['error'])}")
         if box.get("bytes") != nbytes:
             raise CaseFailed(f"the peer received {box.get('bytes')} bytes, {nbytes} were sent")
-        return {"bytes": result.bytes, "frags": result.frags, "chunk": chunk,
-                "completions": result.completions, "gbps": round(result.gbps, 3)}
+        # complete: the peer received exactly nbytes (checked above), not only a pattern prefix
+        return {"bytes": result.bytes, "complete": bool(result.complete), "frags": result.frags,
+                "chunk": chunk, "completions": result.completions, "gbps": round(result.gbps, 3)}
 
     def case_tx(self) -> dict[str, Any]:
         return self._transmit(self.nbytes, 64 << 10)
@@ -473,7 +462,7 @@ class Selftest:
         if result.linear_bytes:
             raise CaseFailed(f"{result.linear_bytes} bytes arrived as linear data with hds-thresh 0")
         return {"sizes": f"{len(HDS_SIZES)} sizes, {HDS_SIZES[0]}..{HDS_SIZES[-1]} bytes",
-                "bytes": result.bytes, "frags": result.frags, "linear_bytes": 0}
+                "bytes": result.bytes, "complete": result.complete, "frags": result.frags, "linear_bytes": 0}
 
     def case_tokens_returned(self) -> dict[str, Any]:
         r = self._rx_result
@@ -551,4 +540,4 @@ def run_selftest(ifname: str, *, netns: str | None = None, only: list[str] | Non
         report = Selftest(ifname, **kwargs).run(only)
         report.netns = netns
         return report
-    return call_in_netns(netns, go) if netns else go()
+    return host_netns.run_in(netns, go) if netns else go()

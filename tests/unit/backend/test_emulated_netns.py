@@ -2,7 +2,7 @@
 
 The emulated NIC sits on veth0 inside namespace a; the peer in namespace b
 is a plain TCP socket. Threads enter the namespaces with setns
-(``devmemtcp.netns.enter``), so sockets, routes and NIC state are the
+(``devmemtcp.host.netns.enter``), so sockets, routes and NIC state are the
 namespace's own.
 """
 
@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg, netns
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
+from devmemtcp.host import netns
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.types import NtupleRule
+from unit.codec.oracles import coalesce_tokens, dontneed_chunks
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -70,10 +72,10 @@ def test_stream_over_veth_lands_in_dmabuf(netns_pair: Any, tmp_path: Any) -> Non
                                                  abi.MSG_SOCK_DEVMEM)
                         if n == 0:
                             break
-                        fb = cmsg.parse_rx_control(ctl, clen, fl)
+                        fb = codec.parse_rx_control(ctl, clen, fl)
                         assert (fb.dmabuf_id == b.id).all() and int(fb.size.sum()) == n
                         out += buf.gather(fb).tobytes()
-                        for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+                        for ch in dontneed_chunks(coalesce_tokens(fb.token)):
                             be.dontneed(conn, ch)
                     assert bytes(out) == data
                     assert be.outstanding(conn) == 0
@@ -111,9 +113,9 @@ def test_tx_route_must_leave_through_the_bound_device(netns_pair: Any, tmp_path:
                 c.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
                 iov = np.array([[0, 4 * PS]], dtype=np.uint64)
                 with pytest.raises(OSError) as oe:
-                    be.sendmsg(c, iov, cmsg.build_tx_cmsg(on_lo.id), abi.MSG_ZEROCOPY)
+                    be.sendmsg(c, iov, codec.build_tx_cmsg(on_lo.id), abi.MSG_ZEROCOPY)
                 assert oe.value.errno == errno.ENODEV
-                assert be.sendmsg(c, iov, cmsg.build_tx_cmsg(on_veth.id), abi.MSG_ZEROCOPY) == 4 * PS
+                assert be.sendmsg(c, iov, codec.build_tx_cmsg(on_veth.id), abi.MSG_ZEROCOPY) == 4 * PS
             be.close()
     finally:
         t.join(30)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from devmemtcp import abi
 from devmemtcp.backend.kernel import KernelBackend, libc_recvmsg, libc_setsockopt
-from devmemtcp.cmsg import build_tx_cmsg
+from devmemtcp.codec import build_tx_cmsg
 
 kb = KernelBackend()
 
@@ -314,7 +314,7 @@ def test_binds_delegate_to_netlink_and_carry_the_kernels_refusal() -> None:
 def test_kernel_nic_control_of_an_unknown_interface() -> None:
     from devmemtcp.errors import DevmemError
 
-    with pytest.raises(DevmemError, match="no network interface named 'nosuch0'"):
+    with pytest.raises(DevmemError, match="no interface named 'nosuch0'"):
         kb.nic("nosuch0")
     nic = kb.nic("lo")
     assert (nic.ifname, nic.ifindex, nic.driver()) == ("lo", 1, "")

@@ -10,7 +10,7 @@ import pytest
 
 from devmemtcp import abi
 from devmemtcp.bench import ctools
-from devmemtcp.cmsg import encode_rx_control
+from devmemtcp.codec import encode_rx_control
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc (apt-get install gcc)")
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from devmemtcp import abi
 from devmemtcp.bench.frags import TokenTableModel
-from devmemtcp.cmsg import coalesce_tokens
+from unit.codec.oracles import coalesce_tokens
 
 
 def _ranges(pairs: list[tuple[int, int]]) -> np.ndarray:

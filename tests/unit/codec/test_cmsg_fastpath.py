@@ -1,10 +1,10 @@
 """The codec's fast paths against its general paths and an independent reference.
 
-* :func:`devmemtcp.cmsg.parse_rx_uniform` / :func:`parse_rx_control` (one copy
+* :func:`devmemtcp.codec.parse_rx_uniform` / :func:`parse_rx_control` (one copy
   and views, the uniform-id check) against a field-by-field ``struct`` parser
   of the same bytes, on random buffers: dmabuf and linear records, several
   dma-buf ids, corrupted headers, odd lengths.
-* :func:`devmemtcp.cmsg.plan_dontneed` (one subtraction, runs planned in
+* :func:`devmemtcp.codec.plan_dontneed` (one subtraction, runs planned in
   Python) against ``chunk_sorted_tokens(dedupe_sorted(t))``, on random sorted
   tokens made of few runs (the Python path) and of many (the vectorised path),
   with duplicates.
@@ -20,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp import cmsg as cmsg_mod
-from devmemtcp.cmsg import ControlBufferError, parse_rx_control, parse_rx_uniform, plan_dontneed
+from devmemtcp.codec import ControlBufferError, parse_rx_control, parse_rx_uniform, plan_dontneed
+from devmemtcp.codec import tokens as cmsg_mod
+from unit.codec import oracles
 
 DMABUF, LINEAR = abi.SCM_DEVMEM_DMABUF, abi.SCM_DEVMEM_LINEAR
 
@@ -52,6 +53,12 @@ def reference_parse(ctl: bytes) -> tuple[dict[str, list[int]], int] | None:
             out["size"].append(size)
             out["token"].append(token)
             out["dmabuf_id"].append(did)
+    # the kernel's invariants: tokens in 1 .. 2**31 - 1, distinct; no empty fragment or linear piece
+    toks = out["token"]
+    if any(not 0 < t < 2**31 for t in toks) or len(set(toks)) != len(toks):
+        return None
+    if 0 in out["size"] or 0 in out["linear_sizes"]:
+        return None
     ids = set(out["dmabuf_id"])
     uniform = ids.pop() if kinds and all(k == DMABUF for k in kinds) and len(ids) == 1 else -1
     return out, uniform
@@ -64,11 +71,12 @@ def control_buffers(draw: st.DrawFn) -> bytes:
     recs = []
     for _ in range(n):
         kind = draw(st.sampled_from([DMABUF] * 8 + [LINEAR]))
-        recs.append(record(kind, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**32 - 1)),
-                           draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(ids)),
+        recs.append(record(kind, draw(st.integers(0, 2**64 - 1)), draw(st.integers(1, 2**32 - 1)),
+                           draw(st.integers(1, 2**31 - 1)), draw(st.sampled_from(ids)),
                            flags=draw(st.sampled_from([0, 0, 0, 1]))))
     ctl = bytearray(b"".join(recs))
-    corrupt = draw(st.sampled_from(["none"] * 6 + ["byte", "clen", "level", "type", "trim"]))
+    corrupt = draw(st.sampled_from(["none"] * 6 + ["byte", "clen", "level", "type", "trim",
+                                                   "size0", "token", "dup"]))
     if n and corrupt != "none":
         i = draw(st.integers(0, n - 1)) * 40
         if corrupt == "byte":  # any byte of any header word
@@ -80,6 +88,13 @@ def control_buffers(draw: st.DrawFn) -> bytes:
             struct.pack_into("<i", ctl, i + 8, draw(st.sampled_from([0, 6, 41, -1])))
         elif corrupt == "type":
             struct.pack_into("<i", ctl, i + 12, draw(st.sampled_from([0, 77, 80, 2**31 - 1])))
+        elif corrupt == "size0":
+            struct.pack_into("<I", ctl, i + 24, 0)
+        elif corrupt == "token":
+            struct.pack_into("<I", ctl, i + 28, draw(st.sampled_from([0, 2**31, 2**32 - 1])))
+        elif corrupt == "dup":
+            j = draw(st.integers(0, n - 1)) * 40
+            ctl[i + 28:i + 32] = ctl[j + 28:j + 32]
         else:
             del ctl[-draw(st.integers(1, 39)):]
     return bytes(ctl)
@@ -159,8 +174,8 @@ def test_plan_dontneed_equals_dedupe_then_chunk(t: np.ndarray, max_tokens: int, 
                                                 full_only: bool) -> None:
     original = t.copy()
     toks, chunks, ends = plan_dontneed(t, full_only, max_tokens, max_frags)
-    want_t = cmsg_mod.dedupe_sorted(original)
-    want_chunks, want_ends = cmsg_mod.chunk_sorted_tokens(want_t, max_tokens, max_frags, full_only)
+    want_t = oracles.dedupe_sorted(original)
+    want_chunks, want_ends = oracles.chunk_sorted_tokens(want_t, max_tokens, max_frags, full_only)
     assert toks.tolist() == want_t.tolist()
     assert [c.tolist() for c in chunks] == [w.tolist() for w in want_chunks]
     assert ends == want_ends
@@ -221,7 +236,7 @@ def test_token_runs_and_merge_are_the_set_of_tokens(x: np.ndarray, y: np.ndarray
     merged = cmsg_mod.merge_runs(rx, ry, limit)
     want = sorted(set(x.tolist()) | set(y.tolist()))
     if merged is None:
-        assert len(cmsg_mod.coalesce_tokens(np.array(want, np.uint32))) >= limit
+        assert len(oracles.coalesce_tokens(np.array(want, np.uint32))) >= limit
         return
     assert _expand_runs(merged) == want
     starts, counts = merged[0::2], merged[1::2]
@@ -231,7 +246,7 @@ def test_token_runs_and_merge_are_the_set_of_tokens(x: np.ndarray, y: np.ndarray
     # the plan of the runs is the plan of the sorted tokens
     for full_only in (False, True):
         chunks, ends = cmsg_mod.plan_runs(starts, counts, full_only, 128, 1024)
-        want_chunks, want_ends = cmsg_mod.chunk_sorted_tokens(np.array(want, np.uint32), full_only=full_only)
+        want_chunks, want_ends = oracles.chunk_sorted_tokens(np.array(want, np.uint32), full_only=full_only)
         assert [c.tolist() for c in chunks] == [w.tolist() for w in want_chunks] and ends == want_ends
 
 

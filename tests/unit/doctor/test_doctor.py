@@ -11,8 +11,9 @@ import socket
 
 import pytest
 
-from devmemtcp import doctor, netns
+from devmemtcp import doctor
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns
 
 NAMES = ["kernel-bind-rx", "kernel-bind-tx", "kernel-queue-create", "cap-net-admin", "queue-management-api",
          "netmem-tx", "header-split", "hds-thresh", "ntuple", "rss", "rx-queues", "udmabuf", "cuda-dmabuf"]
@@ -88,7 +89,7 @@ def test_veth_in_netns(netns_pair):
 
 
 def test_unknown_interface():
-    with pytest.raises(DevmemError, match="no network interface named 'nosuchdev0'") as ei:
+    with pytest.raises(DevmemError, match="no interface named 'nosuchdev0'") as ei:
         doctor.diagnose("nosuchdev0")
     assert "ip link" in (ei.value.hint or "")
 

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.errors import NetlinkError
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.types import NtupleRule
+from unit.codec.oracles import coalesce_tokens, dontneed_chunks
 
 PS = abi.PAGE_SIZE
 LO = socket.if_nametoindex("lo")
@@ -64,7 +65,7 @@ def steer_to(be: EmulatedBackend, conn: socket.socket, queue: int) -> NtupleRule
 
 
 def recv_all(be: EmulatedBackend, conn: socket.socket, nbytes: int, dmabuf: MemfdBuffer,
-             release: bool = True, iov: int = 1 << 16) -> tuple[bytes, list[cmsg.FragBatch]]:
+             release: bool = True, iov: int = 1 << 16) -> tuple[bytes, list[codec.FragBatch]]:
     """Receive ``nbytes`` through the backend, gathering devmem frags; returns
     (stream bytes, batches)."""
     ctl = bytearray(40 * 64)
@@ -75,12 +76,12 @@ def recv_all(be: EmulatedBackend, conn: socket.socket, nbytes: int, dmabuf: Memf
         n, clen, fl = be.recvmsg(conn, memoryview(ibuf), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         if n == 0:
             break
-        fb = cmsg.parse_rx_control(ctl, clen, fl)
+        fb = codec.parse_rx_control(ctl, clen, fl)
         if len(fb):
             out += dmabuf.gather(fb).tobytes()
             batches.append(fb)
             if release:
-                for ch in cmsg.dontneed_chunks(cmsg.coalesce_tokens(fb.token)):
+                for ch in dontneed_chunks(coalesce_tokens(fb.token)):
                     be.dontneed(conn, ch)
         else:
             out += ibuf[:n]

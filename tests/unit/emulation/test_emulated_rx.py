@@ -18,9 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.memory.memfd import MemfdBuffer
+from unit.codec.oracles import coalesce_tokens
 
 sys.path.insert(0, os.path.dirname(__file__))
 from emu_helpers import LO, PS, pattern, ready, recv_all, steer_to, tcp_pair
@@ -70,7 +71,7 @@ def test_devmem_recv_waits_for_rcvlowat(emu: EmulatedBackend, buf: MemfdBuffer) 
         n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         later.join()
         assert time.monotonic() - t0 >= 0.25 and n == 3 * PS
-        assert emu.dontneed(conn, cmsg.coalesce_tokens(cmsg.parse_rx_control(ctl, clen, 0).token)) == 3
+        assert emu.dontneed(conn, coalesce_tokens(codec.parse_rx_control(ctl, clen, 0).token)) == 3
         # timeout: the bytes that are there
         cli.sendall(b"c" * PS)
         conn.settimeout(0.2)
@@ -116,7 +117,7 @@ def test_devmem_without_flag_and_small_control_are_efault(emu: EmulatedBackend, 
         # the data is still there for a proper call
         ctl = bytearray(40)
         n, clen, _ = emu.recvmsg(conn, ibuf, memoryview(ctl), abi.MSG_SOCK_DEVMEM)
-        fb = cmsg.parse_rx_control(ctl, clen)
+        fb = codec.parse_rx_control(ctl, clen)
         assert (n, clen, fb.token.tolist(), fb.size.tolist()) == (100, 40, [1], [100])
 
 
@@ -127,11 +128,11 @@ def test_tokens_lowest_free_from_one(emu: EmulatedBackend, buf: MemfdBuffer) -> 
         steer_to(emu, conn, 1)
         ctl = bytearray(40 * 4)
 
-        def one_page() -> cmsg.FragBatch:
+        def one_page() -> codec.FragBatch:
             cli.sendall(b"a" * PS)
             n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
             assert n == PS
-            return cmsg.parse_rx_control(ctl, clen)
+            return codec.parse_rx_control(ctl, clen)
 
         toks = [int(one_page().token[0]) for _ in range(4)]
         assert toks == [1, 2, 3, 4]
@@ -153,7 +154,7 @@ def test_token_space_exhausted_is_enomem_and_takes_no_net_iov(emu: EmulatedBacke
         ctl = bytearray(40 * 4)
         cli.sendall(b"a" * PS)
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
-        assert (n, cmsg.parse_rx_control(ctl, clen).token.tolist()) == (PS, [1])
+        assert (n, codec.parse_rx_control(ctl, clen).token.tolist()) == (PS, [1])
         table = emu.rx.sockets[conn].tokens
         # tokens 2 .. 2**31-1 held (net_iov numbers past the dma-buf: erased below, never given back)
         table.alloc_runs([(1 << 40, abi.TOKEN_LIMIT - 1)], b.id, 1)
@@ -195,7 +196,7 @@ def hold_everything(emu: EmulatedBackend, conn: socket.socket, cli: socket.socke
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(nbuf)), memoryview(ctl), abi.MSG_SOCK_DEVMEM)
         assert n == nbuf
         left -= n
-        toks += cmsg.parse_rx_control(ctl, clen).token.tolist()
+        toks += codec.parse_rx_control(ctl, clen).token.tolist()
     t.join()
     return toks
 
@@ -232,7 +233,7 @@ def test_pool_exhaustion_stalls_and_recovers(emu: EmulatedBackend) -> None:
         threading.Timer(0.1, lambda: emu.dontneed(
             conn, np.array([(1, 1)], dtype=abi.DMABUF_TOKEN_DTYPE))).start()
         n, clen, _ = emu.recvmsg(conn, memoryview(bytearray(PS)), ctl, abi.MSG_SOCK_DEVMEM)
-        fb = cmsg.parse_rx_control(ctl, clen)
+        fb = codec.parse_rx_control(ctl, clen)
         assert (n, fb.token.tolist(), fb.dmabuf_id.tolist()) == (4, [1], [b.id])
         assert small.copy_out(int(fb.offset[0]), 4).tobytes() == b"more"
 
@@ -315,7 +316,7 @@ def test_encode_frags_matches_the_codec(n: int, total: int, shift: int) -> None:
     la = encode_frags(memoryview(a)[shift:], page_runs(pages), total, page_runs(tok.astype(np.int64)), 9)
     sizes = np.full(n, PS, np.uint32)
     sizes[-1] = total - (n - 1) * PS
-    lb = cmsg.encode_rx_control(memoryview(b)[shift:], pages.astype(np.uint64) * PS, sizes, tok, 9)
+    lb = codec.encode_rx_control(memoryview(b)[shift:], pages.astype(np.uint64) * PS, sizes, tok, 9)
     assert (la, bytes(a)) == (lb, bytes(b))
-    fb = cmsg.parse_rx_control(bytes(a)[shift:], la)
+    fb = codec.parse_rx_control(bytes(a)[shift:], la)
     assert fb.nbytes == total and fb.token.tolist() == tok.tolist()

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from devmemtcp import abi, cmsg
+from devmemtcp import abi, codec
 from devmemtcp.backend.emulated import EmulatedBackend
 from devmemtcp.memory.memfd import MemfdBuffer
 
@@ -54,14 +54,14 @@ def test_tx_needs_zerocopy_and_a_tx_binding(emu: EmulatedBackend, txbuf: MemfdBu
     ready(emu)
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb, emu.bind_rx(LO, buf, [0]) as rb:
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         # binding id without SO_ZEROCOPY, or without MSG_ZEROCOPY: EINVAL
         assert os_err(tx_call, emu, cli, [(0, 100)], ctl) == errno.EINVAL
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
         assert os_err(tx_call, emu, cli, [(0, 100)], ctl, 0) == errno.EINVAL
         # an RX binding's id, an unknown id: EINVAL
-        assert os_err(tx_call, emu, cli, [(0, 100)], cmsg.build_tx_cmsg(rb.id)) == errno.EINVAL
-        assert os_err(tx_call, emu, cli, [(0, 100)], cmsg.build_tx_cmsg(999)) == errno.EINVAL
+        assert os_err(tx_call, emu, cli, [(0, 100)], codec.build_tx_cmsg(rb.id)) == errno.EINVAL
+        assert os_err(tx_call, emu, cli, [(0, 100)], codec.build_tx_cmsg(999)) == errno.EINVAL
         # cmsg_len must be CMSG_LEN(4): EINVAL
         bad = bytearray(ctl)
         bad[0] = 24
@@ -76,7 +76,7 @@ def test_tx_offsets_past_the_end(emu: EmulatedBackend, txbuf: MemfdBuffer) -> No
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         size = txbuf.size
         assert os_err(tx_call, emu, cli, [(size, 10)], ctl) == errno.EFAULT
         assert os_err(tx_call, emu, cli, [(size + PS, 10)], ctl) == errno.EFAULT
@@ -126,9 +126,9 @@ def test_tx_sends_exactly_the_iovec_bytes(pairs: list[tuple[int, int]], chain: b
             cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
             want = _expected_tx_bytes(data, pairs)
             if want is None:
-                assert os_err(tx_call, emu, cli, pairs, cmsg.build_tx_cmsg(tb.id)) == errno.EFAULT
+                assert os_err(tx_call, emu, cli, pairs, codec.build_tx_cmsg(tb.id)) == errno.EFAULT
                 return
-            assert tx_call(emu, cli, pairs, cmsg.build_tx_cmsg(tb.id)) == len(want)
+            assert tx_call(emu, cli, pairs, codec.build_tx_cmsg(tb.id)) == len(want)
             assert want or not any(ln for _, ln in pairs)
             cli.shutdown(socket.SHUT_WR)
             got = b""
@@ -149,14 +149,14 @@ def errqueue(emu: EmulatedBackend, sock: socket.socket, timeout: float = 5.0) ->
             time.sleep(0.005)
             continue
         assert fl & abi.MSG_ERRQUEUE
-        return cmsg.parse_zerocopy_completions(c, clen)
+        return codec.parse_zerocopy_completions(c, clen)
 
 
 def test_tx_completions_ranges(emu: EmulatedBackend, txbuf: MemfdBuffer) -> None:
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         with pytest.raises(BlockingIOError):
             emu.recv_errqueue(cli, memoryview(bytearray(128)))
         pairs = [(i * PS, PS) for i in range(16)]
@@ -192,7 +192,7 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
         cli.setblocking(False)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         sent = 0
         for _ in range(64):  # fill the receiver's window
             try:
@@ -204,7 +204,7 @@ def test_tx_completion_waits_for_ack(emu: EmulatedBackend, txbuf: MemfdBuffer) -
         done: list[tuple[int, int]]
         try:
             clen, _ = emu.recv_errqueue(cli, memoryview(c))
-            done = cmsg.parse_zerocopy_completions(c, clen)
+            done = codec.parse_zerocopy_completions(c, clen)
         except BlockingIOError:
             done = []  # nothing acked yet
         assert emu.pending_completions(cli) >= 1  # the last sendmsg is not acked yet
@@ -222,7 +222,7 @@ def test_tx_too_many_iovecs_and_wait_errqueue(emu: EmulatedBackend, txbuf: Memfd
     srv, cli, conn = tcp_pair()
     with srv, cli, conn, emu.bind_tx(LO, txbuf) as tb:
         cli.setsockopt(socket.SOL_SOCKET, abi.SO_ZEROCOPY, 1)
-        ctl = cmsg.build_tx_cmsg(tb.id)
+        ctl = codec.build_tx_cmsg(tb.id)
         # copy_msghdr_from_user: more than UIO_MAXIOV iovecs is EMSGSIZE
         assert os_err(tx_call, emu, cli, [(0, 1)] * 1025, ctl) == errno.EMSGSIZE
         assert tx_call(emu, cli, [(0, 1)] * 1024, ctl) == 1024

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from devmemtcp import netns
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import netns
 
 
 def _ns_inode() -> int:
@@ -73,3 +73,31 @@ def test_sysfs_queue_counts_match_ip_netns_exec(netns_pair):
     # the root namespace view is the mounted /sys
     root = netns.sysfs_queue_counts()
     assert set(root) == {n for _, n in socket.if_nameindex()}
+
+
+def test_run_in_a_missing_namespace_is_the_enter_error():
+    with pytest.raises(DevmemError) as ei:
+        netns.run_in("devmemtcp-no-such-ns", lambda: None)
+    assert "'devmemtcp-no-such-ns' does not exist" in ei.value.message
+
+
+def test_inode_and_name_of_this_namespace():
+    assert netns.inode() == _ns_inode()
+    assert netns.name_of(1) is None  # no namespace has inode 1
+    here = netns.name_of()
+    assert netns.describe() == (f"network namespace {here!r}" if here else "this process's network namespace")
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_run_in_runs_in_the_namespace_and_leaves_the_caller_alone(netns_pair):
+    home = _ns_inode()
+    inode, name, current = netns.run_in(netns_pair.ns_a, lambda: (netns.inode(), netns.name_of(),
+                                                                  netns.current()))
+    assert inode == os.stat(f"/run/netns/{netns_pair.ns_a}").st_ino != home
+    assert name == current == netns_pair.ns_a
+    assert netns.name_of(inode) == netns_pair.ns_a
+    assert _ns_inode() == home and netns.current() is None
+    with pytest.raises(KeyError, match="inside"):  # the function's exception comes back as is
+        netns.run_in(netns_pair.ns_b, lambda: {}["inside"])
+    assert netns.run_in(netns_pair.ns_b, lambda x, *, y: x + y, 2, y=3) == 5

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from devmemtcp import netns
 from devmemtcp.errors import DevmemError, NetlinkError
+from devmemtcp.host import netns
 from devmemtcp.netlink import ethtool
 from devmemtcp.types import Channels
 

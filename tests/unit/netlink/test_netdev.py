@@ -20,8 +20,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from devmemtcp import abi, netns
+from devmemtcp import abi
 from devmemtcp.errors import NetlinkError
+from devmemtcp.host import netns
 from devmemtcp.netlink.netdev import KernelBinding, NetdevClient, bind_rx, bind_tx
 
 NO_NETMEM_TX = "Driver does not support netmem TX"

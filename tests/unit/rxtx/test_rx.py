@@ -26,10 +26,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmemtcp import abi
-from devmemtcp.cmsg import ControlBufferError, FragBatch, encode_rx_control, rx_control_space
+from devmemtcp.codec import ControlBufferError, FragBatch, encode_rx_control, rx_control_space
 from devmemtcp.errors import DevmemError
 from devmemtcp.memory import MemfdBuffer
 from devmemtcp.rx import Receiver
+from unit.codec.oracles import chunk_sorted_tokens, dedupe_sorted
 
 
 class PoolStarved(Exception):
@@ -436,33 +437,38 @@ class RecordingBackend:
         return min(int(tokens["token_count"].sum()), abi.MAX_DONTNEED_FRAGS)
 
 
+class GeneralQueue:
+    """A release queue with the general plan only: an array of tokens; sort,
+    dedupe_sorted, chunk_sorted_tokens (the earlier planner, an oracle)."""
+
+    def __init__(self) -> None:
+        self.toks = np.empty(0, np.uint32)
+        self.queued = 0
+
+    def add(self, tokens: np.ndarray, runs: list[int] | None = None) -> None:
+        self.toks = np.concatenate([self.toks, np.asarray(tokens, np.uint32)])
+        self.queued = self.toks.shape[0]
+
+    def plan(self, full_only: bool = False) -> tuple[list[np.ndarray], list[int]]:
+        self.toks = dedupe_sorted(np.sort(self.toks, kind="stable"))
+        self.queued = self.toks.shape[0]
+        return chunk_sorted_tokens(self.toks, full_only=full_only)
+
+    def consume(self, sent: int) -> None:
+        self.toks = self.toks[sent:]
+        self.queued = self.toks.shape[0]
+
+    def clear(self) -> None:
+        self.toks = self.toks[:0]
+        self.queued = 0
+
+
 class GeneralPathReceiver(Receiver):
-    """The Receiver with the general queue and flush: an array of tokens; sort a
-    copy, dedupe, chunk_sorted_tokens."""
+    """The Receiver with the general queue and flush (:class:`GeneralQueue`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._runs = None  # the array form from the start, for good
-
-    def _flush(self, everything: bool) -> None:
-        from devmemtcp.cmsg import chunk_sorted_tokens, dedupe_sorted
-
-        toks = dedupe_sorted(np.sort(self._pending[: self._npending], kind="stable"))
-        chunks, ends = chunk_sorted_tokens(toks, full_only=not everything)
-        sent = 0
-        st = self.stats
-        try:
-            for chunk, end in zip(chunks, ends, strict=True):
-                freed = int(self.backend.dontneed(self.sock, chunk))
-                st.release_syscalls += 1
-                st.tokens_released += freed
-                if freed < end - sent:
-                    st.release_shortfall += end - sent - freed
-                sent = end
-        finally:
-            rest = toks[sent:]
-            self._pending[: rest.shape[0]] = rest
-            self._npending = rest.shape[0]
+        self._queue = GeneralQueue()  # type: ignore[assignment]
 
 
 @st.composite
@@ -486,7 +492,9 @@ def receiver_scripts(draw: st.DrawFn) -> list[tuple[str, object]]:
                 start = draw(st.integers(1, next_tok + 2000))
                 parts.append(np.arange(start, start + count, dtype=np.uint32))
                 next_tok = max(next_tok, start + count)
+            # one recvmsg never repeats a token (the kernel's xarray): overlapping parts merged
             toks = np.concatenate(parts)
+            toks = toks[np.sort(np.unique(toks, return_index=True)[1])]
             if draw(st.booleans()):
                 toks = toks[np.argsort(draw(st.permutations(range(toks.shape[0]))) if toks.shape[0] < 50
                                        else np.arange(toks.shape[0])[::-1])]
@@ -502,7 +510,9 @@ def receiver_scripts(draw: st.DrawFn) -> list[tuple[str, object]]:
 def _control(tokens: np.ndarray) -> np.ndarray:
     ctl = np.zeros(rx_control_space(tokens.shape[0]), np.uint8)
     n = tokens.shape[0]
-    encode_rx_control(ctl, np.arange(n, dtype=np.uint64) * 4096, np.full(n, 4096, np.uint32), tokens, 7)
+    # offsets inside the tests' 1 MiB dma-bufs
+    offsets = (np.arange(n, dtype=np.uint64) % 256) * 4096
+    encode_rx_control(ctl, offsets, np.full(n, 4096, np.uint32), tokens, 7)
     return ctl
 
 
@@ -566,8 +576,9 @@ def test_runs_queue_falls_back_to_an_array_with_the_same_count(sock: socket.sock
                for cls, be in zip((Receiver, GeneralPathReceiver), backends, strict=True)]
         for toks in script:
             for rx in rxs:
-                rx.release(rx.process_control(_control(toks), rx_control_space(toks.shape[0]), 0, 0))
+                rx.release(rx.process_control(_control(toks), rx_control_space(toks.shape[0]), 0,
+                                              toks.shape[0] * 4096))
             assert rxs[0].pending == rxs[1].pending
-        assert rxs[0]._runs is not None  # back to runs after the flush
+        assert rxs[0]._queue.is_runs  # back to runs after the flush
     assert backends[0].calls == backends[1].calls
     assert sum(c for call in backends[0].calls for _s, c in call) == 410

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from devmemtcp import abi
-from devmemtcp.cmsg import encode_zerocopy_completion, parse_tx_cmsg
+from devmemtcp.codec import encode_zerocopy_completion, parse_tx_cmsg
 from devmemtcp.errors import DevmemError
 from devmemtcp.memory import MemfdBuffer
 from devmemtcp.tx import Sender, SendError

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from devmemtcp.errors import DevmemError
-from devmemtcp.nic import Journal
 from devmemtcp.selftest import HDS_SIZES, Selftest
+from devmemtcp.setup import Journal, RssStep
 
 ALL_CASES = [name for name, _d, _m in Selftest.CASES]
 CLI = [sys.executable, "-m", "devmemtcp.cli.main", "selftest"]
@@ -174,6 +174,6 @@ def test_stream_cases_need_a_peer_off_loopback(netns_pair: Any, env: dict[str, s
 def test_refuses_to_run_over_an_existing_setup(env: dict[str, str], tmp_path: Path) -> None:
     j = Journal("lo", tmp_path)
     j.meta = {"kept": True}
-    j.append({"step": "rss", "before": [0]})
+    j.append(RssStep(before=[0]))
     with pytest.raises(DevmemError, match="set up by devmemtcp already"):
         Selftest("lo", backend="emulated", journal_dir=tmp_path).run()

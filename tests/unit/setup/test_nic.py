@@ -18,7 +18,18 @@ from typing import Any
 import pytest
 
 from devmemtcp.errors import DevmemError, NetlinkError
-from devmemtcp.nic import Flow, Journal, NicSetup, call_in_netns, journals, restore, undo_journal
+from devmemtcp.host import netns
+from devmemtcp.setup import (
+    Flow,
+    Journal,
+    NicSetup,
+    RingsStep,
+    RssStep,
+    RuleStep,
+    journals,
+    restore,
+    undo_journal,
+)
 from devmemtcp.types import NtupleRule
 
 LO = "lo"
@@ -56,8 +67,8 @@ def test_journal_is_written_atomically_and_removed(jdir: Path) -> None:
     j = Journal("eth9", jdir)
     assert not j.exists()
     j.meta = {"pid": 1, "netns": 2}
-    j.append({"step": "rings", "before": {"tcp_data_split": "disabled", "hds_thresh": 256}})
-    j.append({"step": "rss", "before": [0, 1, 2, 3]})
+    j.append(RingsStep(before={"tcp_data_split": "disabled", "hds_thresh": 256}))
+    j.append(RssStep(before=[0, 1, 2, 3]))
     assert sorted(p.name for p in jdir.iterdir()) == ["eth9.json"]  # no temporary left behind
     loaded = Journal.load(j.path)
     assert loaded.entries == j.entries and loaded.meta["pid"] == 1 and loaded.ifname == "eth9"
@@ -204,7 +215,7 @@ def test_failed_undo_stays_in_the_journal_for_restore(emu: Any, jdir: Path) -> N
         s.undo()
     assert "devmemtcp restore lo" in (exc.value.hint or "")
     j = Journal.load(Journal(LO, jdir).path)
-    assert [e["step"] for e in j.entries] == ["rule"]  # rss and rings were undone
+    assert [e.step for e in j.entries] == ["rule"]  # rss and rings were undone
     result = restore(LO, journal_dir=jdir)
     assert result.ok and nic.state() == before and not Journal(LO, jdir).exists()
 
@@ -233,10 +244,10 @@ def test_replay_of_entries_journaled_but_never_applied(emu: Any, jdir: Path) -> 
     before = nic.state()
     j = Journal(LO, jdir)
     j.meta = {"pid": 2**22 + 12345, "backend": "emulated", "netns": os.stat("/proc/self/ns/net").st_ino}
-    j.append({"step": "rings", "before": {"tcp_data_split": "unknown", "hds_thresh": 256}})
-    j.append({"step": "rss", "before": nic.get_rss_indir(), "default": True})
-    j.append({"step": "rule", "rule": {"dst_ip": "127.0.0.1", "dst_port": 5201, "queue": 3},
-              "location": None, "pre_locations": [foreign.location]})
+    j.append(RingsStep(before={"tcp_data_split": "unknown", "hds_thresh": 256}))
+    j.append(RssStep(before=nic.get_rss_indir(), default=True))
+    assert foreign.location is not None
+    j.append(RuleStep(rule=NtupleRule("127.0.0.1", 5201, 3), location=None, pre_locations=[foreign.location]))
     result = restore(LO, journal_dir=jdir)
     assert result.ok, result.failed
     assert nic.state() == before
@@ -247,8 +258,7 @@ def test_unconfirmed_rule_insert_is_found_and_deleted(emu: Any, jdir: Path) -> N
     nic = emu.nic(LO)
     j = Journal(LO, jdir)
     j.meta = {"backend": "emulated"}
-    j.append({"step": "rule", "rule": {"dst_ip": "127.0.0.1", "dst_port": 7000, "queue": 2},
-              "location": None, "pre_locations": []})
+    j.append(RuleStep(rule=NtupleRule("127.0.0.1", 7000, 2), location=None, pre_locations=[]))
     nic.add_rule(NtupleRule("127.0.0.1", 7000, 2))  # inserted, then the process died
     result = undo_journal(Journal.load(j.path), nic)
     assert result.ok and nic.list_rules() == []
@@ -322,7 +332,7 @@ def test_keep_leaves_the_nic_configured(emu: Any, jdir: Path) -> None:
 SIGNAL_SCRIPT = textwrap.dedent("""
     import sys, time
     from devmemtcp.backend.emulated import EmulatedBackend
-    from devmemtcp.nic import NicSetup
+    from devmemtcp.setup import NicSetup
     with NicSetup(EmulatedBackend(), "lo", queues=(3, 1), flow=("127.0.0.1", 5201),
                   journal_dir=sys.argv[1]):
         print("ready", flush=True)
@@ -373,16 +383,16 @@ def test_veth_refusals_come_back_with_the_kernel_errno_and_nothing_changes(netns
 
     ns, dev = netns_pair.ns_a, netns_pair.veth_a
     kb = KernelBackend()
-    before = call_in_netns(ns, lambda: snapshot(kb.nic(dev)))
+    before = netns.run_in(ns, lambda: snapshot(kb.nic(dev)))
     assert before["channels"].rx == 1
     expected_ops = {"rings": "rings-get", "rss": "ETHTOOL_GRXFHINDIR", "rule": "ETHTOOL_GRXCLSRLCNT",
                     "bind": "bind-rx"}
     with open_dmabuf("host", 1 << 20) as buf:
         for step, op in expected_ops.items():
-            exc = call_in_netns(ns, _kernel_setup, ["channels", step], dev, jdir, channels=2, dmabuf=buf)
+            exc = netns.run_in(ns, _kernel_setup, ["channels", step], dev, jdir, channels=2, dmabuf=buf)
             assert isinstance(exc, NetlinkError), (step, exc)
             assert exc.errno == errno.EOPNOTSUPP and exc.op.startswith(op), (step, exc)
-            assert call_in_netns(ns, lambda: snapshot(kb.nic(dev))) == before, step
+            assert netns.run_in(ns, lambda: snapshot(kb.nic(dev))) == before, step
             assert journals(jdir) == [], step
     # a step veth accepts (channels) is made and undone for real
     seen: list[Any] = []
@@ -390,9 +400,9 @@ def test_veth_refusals_come_back_with_the_kernel_errno_and_nothing_changes(netns
     def setup_channels() -> None:
         with NicSetup(kb, dev, queues=(1, 1), channels=2, steps=["channels"], journal_dir=jdir):
             seen.append(kb.nic(dev).get_channels().rx)
-    call_in_netns(ns, setup_channels)
+    netns.run_in(ns, setup_channels)
     assert seen == [2]
-    assert call_in_netns(ns, lambda: snapshot(kb.nic(dev))) == before
+    assert netns.run_in(ns, lambda: snapshot(kb.nic(dev))) == before
     assert journals(jdir) == []
 
 
@@ -402,16 +412,16 @@ def test_veth_channel_count_above_maximum_is_einval(netns_pair: Any, jdir: Path)
     from devmemtcp.backend.kernel import KernelBackend
 
     ns, dev = netns_pair.ns_a, netns_pair.veth_a
-    exc = call_in_netns(ns, _kernel_setup, ["channels"], dev, jdir, channels=3)
+    exc = netns.run_in(ns, _kernel_setup, ["channels"], dev, jdir, channels=3)
     assert isinstance(exc, NetlinkError) and exc.errno == errno.EINVAL, exc
-    assert call_in_netns(ns, lambda: KernelBackend().nic(dev).get_channels().rx) == 1
+    assert netns.run_in(ns, lambda: KernelBackend().nic(dev).get_channels().rx) == 1
     assert journals(jdir) == []
 
 
 def test_restore_refuses_a_journal_of_another_namespace(emu: Any, jdir: Path) -> None:
     j = Journal(LO, jdir)
     j.meta = {"backend": "emulated", "netns": 1, "kept": True}
-    j.append({"step": "rss", "before": [0, 1]})
+    j.append(RssStep(before=[0, 1]))
     with pytest.raises(DevmemError, match="another network namespace"):
         restore(LO, journal_dir=jdir)
     assert j.exists()
@@ -426,7 +436,7 @@ def test_restore_without_journal_is_a_no_op(jdir: Path) -> None:
 CONCURRENT_SCRIPT = textwrap.dedent("""
     import sys, time
     from devmemtcp.backend.emulated import EmulatedBackend
-    from devmemtcp.nic import NicSetup
+    from devmemtcp.setup import NicSetup
     port = int(sys.argv[2])
     with NicSetup(EmulatedBackend(), "lo", queues=(3, 1), flow=("127.0.0.1", port), journal_dir=sys.argv[1]):
         time.sleep(0.3)

@@ -1,8 +1,12 @@
-"""Network namespaces: enter one by name, and read its own sysfs.
+"""Network namespaces: enter one, run a function in one, identify one, and
+read a namespace's own sysfs.
 
 :func:`enter` moves the calling thread into ``/run/netns/NAME`` (the
-namespaces ``ip netns add`` creates) with ``setns(2)`` and back on exit.
-Sockets opened inside (netlink included) stay bound to that namespace.
+namespaces ``ip netns add`` creates) with ``setns(2)`` and back on exit;
+:func:`run_in` runs a function in a fresh thread that entered one (the
+caller's thread is untouched). Sockets opened inside (netlink included) stay
+bound to that namespace. :func:`inode` identifies the calling thread's
+namespace, :func:`name_of` gives its ``ip netns`` name.
 
 ``/sys/class/net`` keeps showing the namespace sysfs was mounted in, not the
 thread's (fs/sysfs: the net namespace is captured at mount time), so
@@ -21,11 +25,15 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError
+
+T = TypeVar("T")
 
 _local = threading.local()
 _libc: ctypes.CDLL | None = None
@@ -118,6 +126,69 @@ def enter(name: str) -> Iterator[str]:
     finally:
         os.close(target)
         os.close(home)
+
+
+def run_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` run in a fresh thread that entered network
+    namespace ``name`` (:func:`enter`); returns its result, re-raises its exception.
+
+    Sockets, netlink and ioctls made by ``fn`` act in that namespace (and
+    :func:`current` names it there); the caller's thread is untouched.
+    Raises what :func:`enter` raises (missing namespace, no CAP_SYS_ADMIN).
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with enter(name):
+                box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name=f"netns-{name}")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+def inode() -> int:
+    """Inode of the calling thread's network namespace (``/proc/thread-self/ns/net``,
+    the ``net:[N]`` of ``ls -l``): what names a namespace in journals and NIC state.
+
+    Threads may sit in different namespaces (``setns``), so the thread's, not
+    the process's, namespace counts (``/proc/self`` only where thread-self is
+    missing)."""
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return os.stat("/proc/self/ns/net").st_ino
+
+
+def name_of(ns: int | None = None) -> str | None:
+    """The ``ip netns`` name (an entry of /run/netns) of the namespace with inode
+    ``ns`` (default: the calling thread's), or None when it has none (the
+    initial namespace, usually)."""
+    ns = inode() if ns is None else ns
+    base = Path(abi.NETNS_RUN_DIR)
+    if not base.is_dir():
+        return None
+    for entry in sorted(base.iterdir()):
+        try:
+            if os.stat(entry).st_ino == ns:
+                return entry.name
+        except OSError:
+            continue
+    return None
+
+
+def describe() -> str:
+    """The calling thread's namespace in words, for error texts:
+    ``network namespace 'NAME'`` or ``this process's network namespace``."""
+    name = current() or name_of()
+    return f"network namespace {name!r}" if name else "this process's network namespace"
 
 
 def _queue_counts_here(sysfs_root: str) -> dict[str, dict[str, int]]:
