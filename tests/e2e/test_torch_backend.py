@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch", reason="torch is an optional extra: pip install 'devmemtcp[torch]' (torch==2.13.0 CPU)")
+pytest.importorskip("torch", reason="torch is an optional extra: "
+                    "pip install 'devmemtcp[torch]' (torch==2.13.0 CPU)")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torch_job import JobResult, run_job  # noqa: E402
+from torch_job import JobResult, run_job
 
 # 4 ranks on one lo: 6 channels x 2 ends, each end on RX queues of its own.
 LO4 = {"DEVMEMTCP_EMU_QUEUES": "16"}

@@ -3,6 +3,7 @@ as torchrun sets it up), optionally each rank in its own network namespace."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -70,10 +71,8 @@ def run_job(scenario: str, world: int, *, transport: str = "channel", env: dict[
             procs.append(subprocess.Popen(cmd, env=e, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         for p in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         for p in procs:
             if p.poll() is None:
                 p.kill()

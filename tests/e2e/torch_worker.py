@@ -24,8 +24,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import devmemtcp.torch as dtorch  # noqa: E402
-from devmemtcp.torch.process_group import DevmemProcessGroup  # noqa: E402
+import devmemtcp.torch as dtorch
+from devmemtcp.torch.process_group import DevmemProcessGroup
 
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
@@ -65,7 +65,8 @@ ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch
 
 def sample(dtype: torch.dtype, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size(),),
+    nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (nbytes,),
                         dtype=torch.uint8, generator=g)
     if dtype == torch.bool:
         return (raw % 2).bool().reshape(shape)
@@ -244,9 +245,11 @@ def scenario_collectives() -> dict[str, Any]:
     x = torch.arange(4, dtype=torch.float32) + RANK
     g = fcol.all_gather_tensor(x, 0, dist.group.WORLD)
     g = torch.ops._c10d_functional.wait_tensor(g)
-    equal(g, torch.cat([torch.arange(4, dtype=torch.float32) + i for i in range(WORLD)]), "functional all_gather")
+    want = torch.cat([torch.arange(4, dtype=torch.float32) + i for i in range(WORLD)])
+    equal(g, want, "functional all_gather")
     outs = [[torch.empty(3), torch.empty(2)] for _ in range(WORLD)]
-    dist.all_gather_coalesced(outs, [torch.full((3,), float(RANK)), torch.tensor([RANK, -RANK], dtype=torch.float32)])
+    ins = [torch.full((3,), float(RANK)), torch.tensor([RANK, -RANK], dtype=torch.float32)]
+    dist.all_gather_coalesced(outs, ins)
     for i in range(WORLD):
         equal(outs[i][0], torch.full((3,), float(i)), "all_gather_coalesced[0]")
         equal(outs[i][1], torch.tensor([i, -i], dtype=torch.float32), "all_gather_coalesced[1]")
@@ -283,7 +286,8 @@ def scenario_ddp() -> dict[str, Any]:
     mine = _ddp_run(dist.group.WORLD)
     ref = _ddp_run(gloo)
     for i, (a, b) in enumerate(zip(mine, ref, strict=True)):
-        check(bool(torch.isfinite(a).all()), f"DDP parameter {i} is not finite; on gloo: {bool(torch.isfinite(b).all())}")
+        check(bool(torch.isfinite(a).all()),
+              f"DDP parameter {i} is not finite; on gloo: {bool(torch.isfinite(b).all())}")
         check(torch.equal(a, b), f"DDP parameter {i} differs from gloo's: max diff {(a - b).abs().max()}")
     # The same across ranks (DDP's invariant).
     flat = torch.cat([p.reshape(-1) for p in mine])
@@ -365,7 +369,7 @@ def scenario_kill() -> dict[str, Any]:
     victim = WORLD - 1
     nbytes = int(os.environ.get("TORCH_TEST_BYTES", str(256 << 20)))
     # Links up first (one small exchange with the victim).
-    if RANK == victim:
+    if victim == RANK:
         for r in range(WORLD - 1):
             dist.recv(torch.empty(4), r)
         threading.Timer(0.3, os.kill, (os.getpid(), 9)).start()
@@ -434,7 +438,8 @@ def scenario_stress() -> dict[str, Any]:
         inp[0] = i % 256
         dist.all_gather_into_tensor(out, inp)
         for r in range(WORLD):
-            check(int(out[r * size]) == i % 256 and int(out[r * size + 1]) == r + 1, f"iteration {i} rank {r}")
+            ok = int(out[r * size]) == i % 256 and int(out[r * size + 1]) == r + 1
+            check(ok, f"iteration {i} rank {r}")
     dist.barrier()
     dist.destroy_process_group()
     return {"iters": n}

@@ -1,4 +1,5 @@
-"""``devmemtcp bench frags | stream | tensor | torch | report``: measure the fragment path and stream throughput.
+"""``devmemtcp bench frags | stream | tensor | torch | report``: measure the fragment path, stream
+throughput, the data API and the torch backend.
 
 Each subcommand prints readable tables (progress on stderr) or, with
 ``--json``, one JSON object on stdout. Exit status 0 when the benchmark ran

@@ -124,7 +124,8 @@ class ChannelAcceptor:
         self.t = transport
         o = transport.options
         assert o.addr is not None
-        self.sock = socket.create_server((o.addr, 0), family=socket.AF_INET6 if ":" in o.addr else socket.AF_INET)
+        fam = socket.AF_INET6 if ":" in o.addr else socket.AF_INET
+        self.sock = socket.create_server((o.addr, 0), family=fam)
         self.address: dict[str, Any] = {"addr": o.addr, "port": int(self.sock.getsockname()[1]),
                                         "ifname": o.ifname, "streams": o.streams}
 
@@ -192,7 +193,8 @@ class ChannelTransport:
 
     def _kwargs(self) -> dict[str, Any]:
         o = self.options
-        kw: dict[str, Any] = {"ifname": o.ifname, "backend": o.backend or "auto", "memory": o.memory or "host",
+        kw: dict[str, Any] = {"ifname": o.ifname, "backend": o.backend or "auto",
+                              "memory": o.memory or "host",
                               "streams": o.streams or 1, "queues": self._queues()}
         if o.dmabuf_size:
             kw["dmabuf_size"] = o.dmabuf_size

@@ -1,3 +1,6 @@
+# The methods below have the signatures the PyProcessGroup trampoline and distributed_c10d
+# call them with (C++ Backend style); torch's stubs describe the public overloads instead.
+# mypy: disable-error-code="override"
 """The "devmem" torch.distributed process group.
 
 Strategy:
@@ -147,7 +150,11 @@ class _RecvPart(_Part):
         else:
             tmp = torch.empty(target.shape, dtype=target.dtype)
             self.dest = _payload(tmp)
-            self.finish = lambda: target.copy_(tmp)
+
+            def finish() -> None:
+                target.copy_(tmp)
+
+            self.finish = finish
         super().__init__(work, peer, self.dest.numel(), deadline)
         self.key = key
         self.seq = seq
@@ -454,7 +461,7 @@ class DevmemProcessGroup(dist.ProcessGroup):
 
     def __init__(self, store: dist.Store, rank: int, size: int, timeout: timedelta,
                  options: Options | None = None, transport: Transport | None = None) -> None:
-        super().__init__(rank, size)
+        super().__init__(rank, size)  # type: ignore[call-arg]  # the (rank, size) overload
         self._rank = rank
         self._size = size
         self._store = store
@@ -502,7 +509,7 @@ class DevmemProcessGroup(dist.ProcessGroup):
     # -- set-up -------------------------------------------------------------
 
     def _make_gloo(self, store: dist.Store, rank: int, size: int, timeout: timedelta) -> Any:
-        opts = dist.ProcessGroupGloo._Options()
+        opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         opts._timeout = timeout
         ifname = self._options.gloo_ifname
         opts._devices = [dist.ProcessGroupGloo.create_device(interface=ifname)] if ifname else \
@@ -572,7 +579,7 @@ class DevmemProcessGroup(dist.ProcessGroup):
     def _deadline(self) -> float:
         return time.monotonic() + self._timeout_s
 
-    def _new_work(self, op: str, parts: int, result: list[torch.Tensor], peers: Sequence[int]) -> DevmemWork:
+    def _new_work(self, op: str, parts: int, result: Any, peers: Sequence[int]) -> DevmemWork:
         w = DevmemWork(op, parts, result, self._deadline(), tuple(peers))
         self._works.add(w)
         return w
@@ -582,7 +589,8 @@ class DevmemProcessGroup(dist.ProcessGroup):
             raise DevmemTorchError(op, peer, f"expected a torch.Tensor, got {type(t).__name__}")
         if t.device.type != "cpu":
             raise DevmemTorchError(op, peer, f"tensor is on {t.device}; the devmem backend moves CPU tensors",
-                                   "move the tensor to the CPU, or use init_process_group('cpu:devmem,cuda:nccl')")
+                                   "move the tensor to the CPU, or use "
+                                   "init_process_group('cpu:devmem,cuda:nccl')")
         if t.layout != torch.strided:
             raise DevmemTorchError(op, peer, f"tensor layout {t.layout} is not supported (strided only)")
         if t.dtype not in _CODE:
@@ -855,14 +863,16 @@ class DevmemProcessGroup(dist.ProcessGroup):
 
     def _local_copy(self, op: str, dst: torch.Tensor, src: torch.Tensor) -> None:
         if dst.dtype != src.dtype or dst.numel() != src.numel():
-            raise DevmemTorchError(op, self._rank, f"output {dst.dtype}{list(dst.shape)} does not fit the input "
+            raise DevmemTorchError(op, self._rank,
+                                   f"output {dst.dtype}{list(dst.shape)} does not fit the input "
                                    f"{src.dtype}{list(src.shape)}")
         dst.copy_(src.reshape(dst.shape))
 
     @staticmethod
     def _chunks(out: torch.Tensor, n: int, op: str) -> list[torch.Tensor]:
         if out.numel() % n:
-            raise DevmemTorchError(op, None, f"output of {out.numel()} elements does not split into {n} ranks")
+            raise DevmemTorchError(op, None,
+                                   f"output of {out.numel()} elements does not split into {n} ranks")
         flat = out.reshape(-1) if out.is_contiguous() else None
         if flat is None:
             raise DevmemTorchError(op, None, "the output tensor must be contiguous")
@@ -897,12 +907,13 @@ class DevmemProcessGroup(dist.ProcessGroup):
             self._check("allgather_into_tensor_coalesced", i)
             if o.numel() != i.numel() * self._size:
                 raise DevmemTorchError("allgather_into_tensor_coalesced", None,
-                                       f"output has {o.numel()} elements, expected {self._size} x {i.numel()}")
+                                       f"output has {o.numel()} elements, expected "
+                                       f"{self._size} x {i.numel()}")
         outs = [self._chunks(o, self._size, "allgather_into_tensor_coalesced") for o in outputs]
         return self._allgather_parts("allgather_into_tensor_coalesced", [i.reshape(-1) for i in inputs],
                                      outs, outputs)
 
-    allgather_into_tensor_coalesced = all_gather_single_coalesced
+    allgather_into_tensor_coalesced = all_gather_single_coalesced  # type: ignore[assignment]
 
     def gather(self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor],
                opts: Any = None) -> DevmemWork:
@@ -977,13 +988,14 @@ class DevmemProcessGroup(dist.ProcessGroup):
         ins = self._split(op, input, list(input_split_sizes))
         return self._alltoall_parts(op, outs, ins, [output])
 
-    alltoall_base = all_to_all_single
+    alltoall_base = all_to_all_single  # type: ignore[assignment]
 
     def _split(self, op: str, t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
         rows = t.shape[0] if t.dim() else 1
         if not sizes:
             if rows % self._size:
-                raise DevmemTorchError(op, None, f"dim 0 of {rows} rows does not split into {self._size} ranks")
+                raise DevmemTorchError(op, None,
+                                       f"dim 0 of {rows} rows does not split into {self._size} ranks")
             sizes = [rows // self._size] * self._size
         if len(sizes) != self._size or sum(sizes) != rows:
             raise DevmemTorchError(op, None, f"split sizes {sizes} do not cover dim 0 ({rows} rows) for "
@@ -1009,13 +1021,14 @@ class DevmemProcessGroup(dist.ProcessGroup):
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Any:
         return self._gloo._reduce_scatter_base(output, input, opts or dist.ReduceScatterOptions())
 
-    _reduce_scatter_base = reduce_scatter_single
+    _reduce_scatter_base = reduce_scatter_single  # type: ignore[assignment]
 
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                         opts: Any = None) -> Any:
-        return self._gloo.reduce_scatter_tensor_coalesced(outputs, inputs, opts or dist.ReduceScatterOptions())
+        return self._gloo.reduce_scatter_tensor_coalesced(outputs, inputs,
+                                                          opts or dist.ReduceScatterOptions())
 
-    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced  # type: ignore[assignment]
 
     def barrier(self, opts: Any = None) -> DevmemWork:
         """Wait for this rank's earlier devmem operations, then a Gloo barrier
@@ -1053,7 +1066,8 @@ class DevmemProcessGroup(dist.ProcessGroup):
             for p in peers:
                 p.cv.notify_all()
             self._posted_cv.notify_all()
-        err = DevmemTorchError("shutdown", None, "the process group was destroyed with this operation pending")
+        err = DevmemTorchError("shutdown", None,
+                               "the process group was destroyed with this operation pending")
         for part in parts:
             part.work.fail(err)
         closers = []

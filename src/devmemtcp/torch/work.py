@@ -51,7 +51,7 @@ class DevmemWork(dist._Work):
     (for receives from any source) behave as for Gloo's Work.
     """
 
-    def __init__(self, op: str, parts: int, result: list[torch.Tensor], deadline: float,
+    def __init__(self, op: str, parts: int, result: Any, deadline: float,
                  peers: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.op = op
@@ -139,13 +139,14 @@ class DevmemWork(dist._Work):
     def exception(self) -> BaseException | None:
         return self._exc
 
-    def result(self) -> list[torch.Tensor]:
+    def result(self) -> Any:
         self.wait()
         return self._result
 
     def source_rank(self) -> int:
         if not self._done.is_set() or self._source < 0:
-            raise DevmemTorchError(self.op, None, "source rank asked before a receive from any source completed")
+            raise DevmemTorchError(self.op, None,
+                                   "source rank asked before a receive from any source completed")
         return self._source
 
     def _source_rank(self) -> int:
