@@ -51,18 +51,27 @@ class TcpLink:
         self.sock.close()
 
 
+_LINK = b"DMTLINK\0"
+_WANT = b"DMTWANT\0"
+
+
 class TcpAcceptor:
     def __init__(self, addr: str) -> None:
         self.sock = socket.create_server((addr, 0))
         self.address: dict[str, Any] = {"addr": addr, "port": self.sock.getsockname()[1], "ifname": None}
 
-    def accept(self, timeout: float) -> TcpLink | None:
+    def accept(self, timeout: float) -> TcpLink | int | None:
         self.sock.settimeout(timeout)
         try:
             s, _ = self.sock.accept()
         except TimeoutError:
             return None
         s.settimeout(None)
+        pre = bytearray(16)
+        _recv_exact(s, memoryview(pre))
+        if bytes(pre[:8]) == _WANT:
+            s.close()
+            return int.from_bytes(pre[8:], "little")
         return TcpLink(s)
 
     def close(self) -> None:
@@ -81,4 +90,9 @@ class TcpTransport:
     def connect(self, address: dict[str, Any], timeout: float) -> TcpLink:
         s = socket.create_connection((address["addr"], address["port"]), timeout=timeout)
         s.settimeout(None)
+        s.sendall(_LINK + bytes(8))
         return TcpLink(s)
+
+    def ask(self, address: dict[str, Any], rank: int, timeout: float) -> None:
+        with socket.create_connection((address["addr"], address["port"]), timeout=timeout) as s:
+            s.sendall(_WANT + rank.to_bytes(8, "little"))

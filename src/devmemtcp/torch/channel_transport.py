@@ -10,7 +10,8 @@ the data flows), answers the port, and accepts the channel. The NIC set-up
 of both the listener and the channel is undone by :meth:`ChannelLink.close`.
 
 The rendezvous speaks one JSON line each way: ``{"v": 1}`` ->
-``{"port": P}`` or ``{"error": "..."}``.
+``{"port": P}`` or ``{"error": "..."}``; and ``{"v": 1, "want": R}`` ->
+``{"ok": true}`` when rank R (lower) needs the link before this rank did.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class ChannelAcceptor:
         self.address: dict[str, Any] = {"addr": o.addr, "port": int(self.sock.getsockname()[1]),
                                         "ifname": o.ifname, "streams": o.streams}
 
-    def accept(self, timeout: float) -> ChannelLink | None:
+    def accept(self, timeout: float) -> ChannelLink | int | None:
         self.sock.settimeout(timeout)
         try:
             s, _ = self.sock.accept()
@@ -142,6 +143,9 @@ class ChannelAcceptor:
                 s.sendall((json.dumps({"error": f"rendezvous version {req.get('v')} is not "
                                        f"{RENDEZVOUS_VERSION}"}) + "\n").encode())
                 return None
+            if "want" in req:
+                s.sendall(b'{"ok": true}\n')
+                return int(req["want"])
             try:
                 lis = self.t.listen_channel()
             except Exception as exc:
@@ -208,6 +212,12 @@ class ChannelTransport:
 
         assert self.options.addr is not None
         return devmemtcp.listen(self.options.addr, 0, **self._kwargs())
+
+    def ask(self, address: dict[str, Any], rank: int, timeout: float) -> None:
+        addr, port = str(address["addr"]), int(address["port"])
+        with socket.create_connection((addr, port), timeout=min(timeout, self.handshake_timeout)) as s:
+            s.sendall((json.dumps({"v": RENDEZVOUS_VERSION, "want": rank}) + "\n").encode())
+            _read_line(s)
 
     def connect(self, address: dict[str, Any], timeout: float) -> ChannelLink:
         import devmemtcp

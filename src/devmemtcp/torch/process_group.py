@@ -271,6 +271,9 @@ class _Peer:
             self.attach(link)
         else:
             deadline = time.monotonic() + pg._timeout_s
+            if self.link is None:
+                # The peer may not need this link yet: ask it to connect.
+                pg._transport.ask(pg._peer_address(self.rank), pg._rank, pg._timeout_s)
             with pg._lock:
                 while self.link is None and self.error is None and not pg._closing:
                     left = deadline - time.monotonic()
@@ -533,6 +536,10 @@ class DevmemProcessGroup(dist.ProcessGroup):
                 if not self._closing:
                     log.warning("devmem accept failed: %s", exc)
                     time.sleep(0.1)
+                continue
+            if isinstance(link, int):
+                if 0 <= link < self._rank:
+                    self._peer(link)  # a lower rank needs the link: connect to it
                 continue
             if link is not None:
                 threading.Thread(target=self._hello, args=(link,), daemon=True,

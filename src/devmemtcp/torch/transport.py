@@ -40,8 +40,9 @@ class Link(Protocol):
 class Acceptor(Protocol):
     address: dict[str, Any]
 
-    def accept(self, timeout: float) -> Link | None:
-        """The next incoming link, or None after ``timeout`` seconds."""
+    def accept(self, timeout: float) -> Link | int | None:
+        """The next incoming link; or the rank of a peer that asked to be connected
+        to (:meth:`Transport.ask`); or None after ``timeout`` seconds."""
 
     def close(self) -> None: ...
 
@@ -52,3 +53,7 @@ class Transport(Protocol):
     def listen(self) -> Acceptor: ...
 
     def connect(self, address: dict[str, Any], timeout: float) -> Link: ...
+
+    def ask(self, address: dict[str, Any], rank: int, timeout: float) -> None:
+        """Ask the rank listening at ``address`` to connect to ``rank`` (the higher
+        rank always connects; the lower one asks when it needs the link first)."""
