@@ -151,3 +151,43 @@ def test_collectives_ranks_in_separate_namespaces(bridged_namespaces: tuple[list
 def test_ddp_ranks_in_separate_namespaces(bridged_namespaces: tuple[list[str], list[str]]) -> None:
     names, addrs = bridged_namespaces
     _ok(run_job("ddp", 2, netns=names, master_addr=addrs[0], env=NS_ENV, timeout=180))
+
+
+# ---------------------------------------------------------------------------
+# torchrun, the example, the bench command
+# ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def test_example_runs_under_torchrun() -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "examples" / "torch_p2p.py")]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout + p.stderr
+    assert "rank 1: received 16 MiB from rank 0, equal to what was sent" in out
+    assert "rank 0: ring got 1 from rank 1" in out and "rank 1: ring got 0 from rank 0" in out
+    assert "all_reduce -> [3.0, 3.0, 3.0, 3.0]" in out
+    assert "using the emulated NIC" in out  # said once per process, at INFO
+
+
+def test_bench_torch_command_reports_both_backends() -> None:
+    import json
+
+    cmd = [sys.executable, "-m", "devmemtcp.cli.main", "bench", "torch", "--sizes", "64K,1M", "--bytes", "2M",
+           "--repeat", "1", "--json", "--quiet"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(p.stdout)
+    assert [(x["op"], x["size"]) for x in r["rows"]] == [
+        (op, size) for size in (64 << 10, 1 << 20) for op in ("sendrecv", "broadcast", "allgather")]
+    for x in r["rows"]:
+        assert x["devmem_gbps"] > 0 and x["gloo_gbps"] > 0
+        assert abs(x["ratio"] - x["devmem_gbps"] / x["gloo_gbps"]) < 0.01
+    assert list(r["targets"]) == ["send/recv devmem/gloo, >= 1M (worst size)"]
+    assert r["links"]["1"]["backend"] == "emulated"
