@@ -81,13 +81,13 @@ def _nic_clean(peer_killed: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None,
-         **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
-    lis = devmemtcp.listen(HOST, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
+def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None, host: str = HOST,
+         clean: bool = True, **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
+    lis = devmemtcp.listen(host, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
                            **kw)
     try:
         acc = Bg(lambda: lis.accept(timeout=30))
-        cli = devmemtcp.connect(HOST, lis.port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
+        cli = devmemtcp.connect(host, lis.port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
                                 **kw)
         srv = acc.result()
         try:
@@ -97,7 +97,8 @@ def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None 
             srv.close()
     finally:
         lis.close()
-    _nic_clean()
+    if clean:
+        _nic_clean()
 
 
 def roundtrip(a: devmemtcp.Channel, b: devmemtcp.Channel, obj: Any, **recv_kw: Any) -> Any:
@@ -183,6 +184,24 @@ def test_large_messages_stripe_and_tags_arrive_in_order(streams: int) -> None:
         # back the other way, through the connector's own flows
         got2 = roundtrip(srv, cli, big[::-1])
         assert np.array_equal(got2, big[::-1])
+
+
+def test_ipv6_loopback_and_uneven_streams() -> None:
+    with pair(streams=2, lstreams=3, host="::1") as (srv, cli):
+        arr = np.arange(3 << 20, dtype=np.int32)
+        assert np.array_equal(roundtrip(cli, srv, arr), arr)  # over the listener's 3 flows
+        assert np.array_equal(roundtrip(srv, cli, arr), arr)  # over the connector's 2
+        assert srv.stats["streams_rx"] == 3 and cli.stats["streams_rx"] == 2
+        assert srv.stats["rx"]["flow_steering_errors"] == 0 and all(r.stats.bytes for r in srv._receivers)
+
+
+def test_small_tx_dmabuf_bounds_the_stripe_unit() -> None:
+    with pair(streams=2, tx_dmabuf_size=64 << 10) as (srv, cli):
+        arr = np.random.default_rng(5).integers(0, 255, 3 << 20, dtype=np.uint8)
+        assert np.array_equal(roundtrip(cli, srv, arr), arr)  # through a 32 KiB staging ring
+        assert cli.stats["stripe_unit"] <= 32 << 10
+        with pytest.raises(ChannelError, match="no room"):
+            cli.empty(1 << 20)
 
 
 def test_300_mib_message_through_a_64_mib_dmabuf() -> None:
@@ -334,6 +353,67 @@ def test_torch_tensors() -> None:
         assert srv.recv(like="torch").dtype == torch.bfloat16
 
 
+def test_messages_sent_right_after_the_handshake() -> None:
+    # the connector's first MSG can share a segment with FLOWS (and the listener's with its
+    # HELLO): the decoder holds it when the Channel is made, and it must not wait for a later read
+    for _ in range(5):
+        lis = devmemtcp.listen(HOST, 0, backend="emulated")
+        with lis:
+            acc = Bg(lambda lis=lis: lis.accept(timeout=30))
+            cli = devmemtcp.connect(HOST, lis.port, backend="emulated")
+            with cli:
+                cli.send(np.array([1]))
+                srv = acc.result()
+                with srv:
+                    assert srv.recv(timeout=10).tolist() == [1]
+                    srv.send(np.array([2]))
+                    assert cli.recv(timeout=10).tolist() == [2]
+    _nic_clean()
+
+
+def test_several_channels_at_once_on_lo() -> None:
+    # each channel end binds queues of its own: the first set-up on lo takes all its channels
+    with contextlib.ExitStack() as stack:
+        ends = []
+        for i in range(5):
+            srv, cli = stack.enter_context(pair(dmabuf_size=8 << 20, clean=False))
+            ends.append((srv, cli))
+            assert roundtrip(cli, srv, np.array([i])).tolist() == [i]
+        queues = [q for srv, cli in ends for q in (*srv._rx.queues, *cli._rx.queues)]
+        assert len(set(queues)) == 10 and 0 not in queues
+        for i, (srv, cli) in enumerate(ends):  # all still usable, both ways
+            assert roundtrip(srv, cli, np.array([i, i])).tolist() == [i, i]
+    _nic_clean()
+
+
+def test_recv_out_chosen_from_the_header() -> None:
+    with pair() as (srv, cli):
+        cli.send(np.arange(6, dtype=np.int16).reshape(2, 3), tag=11)
+        seen = []
+
+        def choose(h: Any) -> np.ndarray:
+            seen.append((h.tag, h.nbytes, h.shape, h.dtype.numpy()))
+            return np.empty(h.shape, h.dtype.numpy())
+
+        got = srv.recv(out=choose)
+        assert seen == [(11, 12, (2, 3), np.dtype("<i2"))] and got.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_recv_timeout_consumes_nothing() -> None:
+    with pair() as (srv, cli):
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no message of tag 4 arrived within 0\.2 s"):
+            srv.recv(tag=4, timeout=0.2)
+        assert 0.15 < time.monotonic() - t0 < 5
+        cli.send(np.array([9]), tag=3)
+        with pytest.raises(TimeoutError):
+            srv.recv_into(np.empty(1, np.int64), tag=4, timeout=0.2)  # tag 3 is held meanwhile
+        cli.send(np.array([8]), tag=4)
+        assert srv.recv(tag=4, timeout=10).tolist() == [8]
+        with srv.recv_frags(timeout=10) as msg:
+            assert msg.tag == 3 and msg.gather().tolist() == [9]
+
+
 def test_peer_closing_ends_recv_cleanly() -> None:
     with pair() as (srv, cli):
         cli.send(np.array([1, 2]))
@@ -423,7 +503,9 @@ _PEER = textwrap.dedent("""
     ch = devmemtcp.connect("127.0.0.1", port, backend="emulated", dmabuf_size=8 << 20)
     print("connected", flush=True)
     if role == "send":
-        ch.send(np.ones(200 << 20, np.uint8), tag=77)  # killed while this is under way
+        msg = np.ones(64 << 20, np.uint8)
+        while True:  # killed while one of these is under way
+            ch.send(msg, tag=77)
     else:
         sys.stdin.readline()  # never receives: killed with the message in flight
 """)
@@ -444,12 +526,17 @@ def test_sender_killed_mid_message() -> None:
                 ch._wait(lambda: bool(ch._headers), ch._lost_rx(None))
                 killer = threading.Timer(0.3, lambda: proc.send_signal(signal.SIGKILL))
                 killer.start()
+                out = np.empty(64 << 20, np.uint8)
                 with pytest.raises(ChannelError) as ei:
-                    ch.recv()
+                    for _ in range(10_000):
+                        ch.recv_into(out)
                 killer.join()
                 e = ei.value
-                assert e.tag == 77 and e.expected == 200 << 20 and 0 <= (e.received or 0) < 200 << 20
-                assert f"tag 77: {e.received} of {200 << 20} bytes received" in e.message
+                assert e.tag == 77 and e.expected == 64 << 20 and 0 <= (e.received or 0) < 64 << 20
+                assert f"tag 77: {e.received} of {64 << 20} bytes received" in e.message
+                with pytest.raises(ChannelError, match="after the channel's receive side failed") as again:
+                    ch.recv()  # never a message parsed out of the middle of the cut one
+                assert again.value.tag == 77
         finally:
             proc.kill()
             proc.communicate()
@@ -469,6 +556,8 @@ def test_receiver_killed_mid_message() -> None:
                 e = ei.value
                 assert e.tag == 5 and e.expected == 100 << 20
                 assert f"{e.received} of {100 << 20} bytes sent" in e.message
+                with pytest.raises(ChannelError, match="after the channel's send side failed"):
+                    ch.send(np.zeros(1))
         finally:
             proc.kill()
             proc.communicate()
@@ -511,6 +600,36 @@ def test_accept_refuses_a_second_channel_while_one_is_open() -> None:
                         lis.accept(timeout=1)
                 assert roundtrip(cli, srv, np.array([round_])).tolist() == [round_]
     _nic_clean()
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_fd_left_after_channels_and_an_unclosed_one_is_finalized() -> None:
+    import gc
+
+    with pair(streams=2) as (srv, cli):  # warm: the shared backend, the gather helper
+        roundtrip(cli, srv, np.arange(10))
+    gc.collect()
+    before = _fds()
+    for _ in range(3):
+        with pair(streams=2) as (srv, cli):
+            roundtrip(cli, srv, np.arange(1 << 20))
+            roundtrip(srv, cli, np.arange(1 << 20))
+    gc.collect()
+    assert _fds() == before
+
+    def use_and_drop() -> None:  # no close(): the finalizers give back tokens, bindings, NIC settings
+        lis = devmemtcp.listen(HOST, 0, backend="emulated")
+        acc = Bg(lambda: lis.accept(timeout=30))
+        cli = devmemtcp.connect(HOST, lis.port, backend="emulated")
+        roundtrip(cli, acc.result(), np.arange(1000))
+
+    use_and_drop()
+    gc.collect()
+    _nic_clean()
+    assert _fds() == before
 
 
 def test_package_exports_are_lazy_and_documented() -> None:

@@ -56,6 +56,10 @@ POOL_BYTES = 64 << 20
 GATHER_BYTES = 16 << 20
 GATHER_REPEAT = 15
 DEFAULT_REPEAT = 3
+#: the memory check: MEM_COUNT messages of MEM_SIZE bytes (1 GiB) against a quarter of them
+MEM_SIZE = 1 << 20
+MEM_COUNT = 1024
+TARGET_RSS_GROWTH = 16 << 20
 TARGET_LARGE = 0.6  # devmem / plain for messages >= 16 MiB
 TARGET_SMALL = 0.5  # at 4 KiB
 TARGET_GATHER_PAGES = 0.8
@@ -255,10 +259,12 @@ def plain_run(size: int, count: int) -> dict[str, Any]:
 
 def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[str, Any]:
     """Receive ``count`` messages of ``size`` bytes over a Channel from a peer process."""
+    from devmemtcp.bench.stream import peak_rss, reset_peak_rss
     from devmemtcp.channel import listen
 
     dst = np.empty(size, np.uint8)
     dst.fill(0)
+    reset_ok = reset_peak_rss()
     with listen(
         HOST,
         0,
@@ -278,6 +284,7 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
                         t0 = time.perf_counter()
                     ch.recv_into(dst)
                 seconds = time.perf_counter() - t0
+                rss = peak_rss() if reset_ok else None
                 st = ch.stats
                 ch.send(np.zeros(1, np.uint8))  # tell the peer everything arrived
         finally:
@@ -294,6 +301,7 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
         "peer_host_copy_bytes": peer.get("host_copy_bytes"),
         "stripe_unit": st["stripe_unit"],
         "rx_timeouts": st["rx_timeouts"],
+        "rss_peak": rss,
     }
 
 
@@ -316,6 +324,7 @@ def run_tensor(
     dmabuf_size: int = 64 << 20,
     repeat: int = DEFAULT_REPEAT,
     gather_runs: bool = True,
+    mem_count: int = MEM_COUNT,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the comparisons; return the JSON object.
@@ -345,7 +354,24 @@ def run_tensor(
             row[name] = {**ranked[len(ranked) // 2], "gbps_runs": [round(x["gbps"], 3) for x in rs]}
         row["ratio"] = row["devmem"]["gbps"] / row["plain"]["gbps"] if row["plain"]["gbps"] else None
         rows.append(row)
+    # receiver memory against bytes moved: the same messages, a quarter as many and all of them
+    memory: dict[str, Any] | None = None
+    if mem_count >= 4:
+        say(f"memory: {MEM_SIZE} bytes x {mem_count // 4} and x {mem_count}, devmem channel")
+        quarter = devmem_run(MEM_SIZE, mem_count // 4, streams, dmabuf_size)
+        full = devmem_run(MEM_SIZE, mem_count, streams, dmabuf_size)
+        memory = {
+            "size": MEM_SIZE,
+            "count_quarter": mem_count // 4,
+            "count": mem_count,
+            "rss_peak_quarter": quarter["rss_peak"],
+            "rss_peak": full["rss_peak"],
+            "rss_growth_bytes": (full["rss_peak"] - quarter["rss_peak"])
+            if full["rss_peak"] and quarter["rss_peak"]
+            else None,
+        }
     out: dict[str, Any] = {
+        "memory": memory,
         "sizes": list(sizes),
         "streams": streams,
         "dmabuf_bytes": dmabuf_size,
@@ -368,6 +394,13 @@ def run_tensor(
                 "target": f">= {TARGET_SMALL}",
                 "met": (row["ratio"] or 0) >= TARGET_SMALL,
             }
+    if memory is not None:
+        growth = memory["rss_growth_bytes"]
+        targets["rss_growth_bytes"] = {
+            "value": growth,
+            "target": f"<= {TARGET_RSS_GROWTH >> 20} MiB from a quarter of the bytes to all",
+            "met": growth is not None and growth <= TARGET_RSS_GROWTH,
+        }
     if gather_runs:
         g = out["gather"]
         targets["gather_pages_ratio"] = {

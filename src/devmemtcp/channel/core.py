@@ -43,6 +43,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
@@ -201,14 +202,20 @@ def _setup_rx(
         span = nic.rx_queue_count() - start
     else:
         n = nic.rx_queue_count()
-        # both ends of a loopback channel receive on this NIC: room for both
+        # both ends of a loopback channel receive on this NIC: room for both; and as the
+        # channel count cannot change under a live set-up, the first one on a loopback NIC
+        # takes all the channels the NIC has, for the channels that follow it on this host
         need = 1 + streams * (2 if _is_loopback(ifname, local_ip) else 1)
+        if _is_loopback(ifname, local_ip):
+            with contextlib.suppress(DevmemError, OSError):
+                need = max(need, int(nic.get_channels().combined_max or 0))
         channels = need if n < need else None
         start, span = 1, max(n, need) - 1
     steps = ("rings", "rss") + (("channels",) if channels else ())
     stack.enter_context(
         NicSetup(be, ifname, queues=(start, span), steps=steps, channels=channels, handle_signals=handle)
     )
+    stack.callback(_restore_dead, be, ifname)
     ifindex = ifaces.ifindex(ifname)
     binding = None
     if queues is not None:
@@ -247,6 +254,18 @@ def _setup_rx(
     return side
 
 
+def _restore_dead(be: Backend, ifname: str) -> None:
+    """Before this end's shared NIC settings are undone: undo what set-ups
+    that died since this one started (a peer on this host killed with -9)
+    left, as ``devmemtcp restore`` would; a dead peer's ntuple rule would
+    otherwise keep the channel count from being restored. Set-ups still alive
+    are left alone (restore refuses them)."""
+    from devmemtcp.setup import restore
+
+    with contextlib.suppress(DevmemError, OSError):
+        restore(ifname, backend=be)
+
+
 def _setup_tx(
     stack: contextlib.ExitStack, be: Backend, ifname: str, size: int, memory: str | DmaBuf
 ) -> tuple[Any, Any]:
@@ -266,8 +285,10 @@ def _open_dmabuf(memory: str | DmaBuf, size: int) -> Any:
     if not isinstance(memory, str):
         return memory
     if size <= 0 or size % abi.PAGE_SIZE:
-        raise ChannelError(f"dma-buf size {size} is not a positive multiple of {abi.PAGE_SIZE}",
-                           f"use a size like 64M (a multiple of {abi.PAGE_SIZE} bytes)")
+        raise ChannelError(
+            f"dma-buf size {size} is not a positive multiple of {abi.PAGE_SIZE}",
+            f"use a size like 64M (a multiple of {abi.PAGE_SIZE} bytes)",
+        )
     from devmemtcp.memory import open_dmabuf
 
     return open_dmabuf(memory, size)
@@ -281,8 +302,10 @@ def _listen_socket(addr: str, port: int, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise ChannelError(f"cannot listen on {addr} port {port}: {exc.strerror or exc}",
-                           "pick another port, or an address this namespace owns (ip -br addr)") from None
+        raise ChannelError(
+            f"cannot listen on {addr} port {port}: {exc.strerror or exc}",
+            "pick another port, or an address this namespace owns (ip -br addr)",
+        ) from None
     return sock
 
 
@@ -976,7 +999,8 @@ class Channel:
         self._peer_bpp = int(peer["bytes_per_page"])
         self._credit = CreditWindow(int(peer["window"]))
         self._ledger = CreditLedger(rx.window)
-        self._unit = max_unit(self._credit.window, self._peer_bpp)
+        # a chunk fits the peer's credit (a quarter of its window) and the staging ring
+        self._unit = min(max_unit(self._credit.window, self._peer_bpp), self._ring)
         self._cv = threading.Condition()
         self._reading = False
         self._ctl_eof = False
@@ -996,10 +1020,16 @@ class Channel:
         self._rx_stats = _DirStats()
         self.credit_waits = 0
         self.rx_timeouts = 0
+        self._rx_broken: ChannelError | None = None
+        self._tx_broken: ChannelError | None = None
         self.spilled = 0
         self.parked = 0
         self._closed = False
         self._finalizer = weakref.finalize(self, stack.close)
+        # frames that came in the same segment as the handshake's last one (a MSG sent right
+        # after connect) are in the decoder already: dispatch them now, not after the next read
+        while (fr := self._dec.next()) is not None:
+            self._dispatch(*fr)
 
     # -- control connection --------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -1024,10 +1054,11 @@ class Channel:
         else:
             raise ChannelError(f"unexpected {ftype.name} frame after the handshake", "the peer is broken")
 
-    def _wait(self, ready: Any, lost: Any) -> None:
+    def _wait(self, ready: Any, lost: Any, deadline: float | None = None) -> None:
         """Read control frames until ``ready()`` holds (checked under the
         condition lock); ``lost(reason)`` builds the error raised when the
-        control connection ends first. One thread reads at a time."""
+        control connection ends first; TimeoutError once ``deadline``
+        (time.monotonic) passes. One thread reads at a time."""
         while True:
             with self._cv:
                 while True:
@@ -1041,20 +1072,28 @@ class Channel:
                             if self._peer_closed
                             else "the peer closed the control connection without closing the channel"
                         )
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("timed out")
                     if not self._reading:
                         self._reading = True
                         break
-                    self._cv.wait()
+                    self._cv.wait(left)
             data = b""
             err: OSError | None = None
             try:
-                data = self._ctl.recv(1 << 16)
+                if left is None or select.select([self._ctl], [], [], left)[0]:
+                    data = self._ctl.recv(1 << 16)
+                else:
+                    data = None  # type: ignore[assignment]
             except OSError as exc:
                 err = exc
             with self._cv:
                 self._reading = False
                 try:
-                    if not data:
+                    if data is None:
+                        pass  # the deadline passed: checked at the top
+                    elif not data:
                         self._ctl_eof = True
                         if err is not None:
                             self._ctl_error = f"control connection error: {err}"
@@ -1088,6 +1127,7 @@ class Channel:
         by the NIC: :meth:`flush` waits until every send completed. Raises
         ChannelError when the TX dma-buf has no room (``tx_dmabuf_size``)."""
         dt = np.dtype(dtype)
+        DType.of_numpy(dt)  # ChannelError for object dtypes: the TX dma-buf holds bytes, not references
         shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
         n = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
         need = max(abi.PAGE_SIZE, -(-n // abi.PAGE_SIZE) * abi.PAGE_SIZE)
@@ -1179,6 +1219,12 @@ class Channel:
         sent."""
         if self._closed:
             raise ChannelError("send() on a closed channel", "open a new channel")
+        if self._tx_broken is not None:
+            raise ChannelError(
+                f"send() after the channel's send side failed: {self._tx_broken.message}",
+                "close this channel and open a new one",
+                tag=self._tx_broken.tag,
+            )
         if not 0 <= tag < 1 << 64:
             raise ChannelError(f"tag {tag} is not a u64", "use a tag in 0..2**64-1")
         t0 = time.perf_counter()
@@ -1229,14 +1275,16 @@ class Channel:
                     sent += ln
             except (ConnectionError, DevmemError, OSError) as exc:
                 if isinstance(exc, ChannelError):
+                    self._tx_broken = exc
                     raise
-                raise ChannelError(
+                self._tx_broken = ChannelError(
                     f"connection lost while sending message tag {tag}: {sent} of {nbytes} bytes sent ({exc})",
                     "check the peer's output; the message was cut short",
                     tag=tag,
                     received=sent,
                     expected=nbytes,
-                ) from None
+                )
+                raise self._tx_broken from None
             st = self._tx_stats
             st.bytes += nbytes
             st.messages += 1
@@ -1291,17 +1339,24 @@ class Channel:
         self._held_order.remove(held)
         return held
 
-    def _next_header(self, tag: int | None) -> tuple[_Held | None, MessageHeader | None]:
+    def _next_header(
+        self, tag: int | None, timeout: float | None = None
+    ) -> tuple[_Held | None, MessageHeader | None]:
         """The next message for ``tag``: a held one, or the header of the next
         arriving message of that tag (messages of other tags before it are
-        received and held)."""
+        received and held). TimeoutError when none came within ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             held = self._take_held(tag)
             if held is not None:
                 return held, None
             if not self._headers:
                 self._give_credit(force=True)
-                self._wait(lambda: bool(self._headers), self._lost_rx(tag))
+                try:
+                    self._wait(lambda: bool(self._headers), self._lost_rx(tag), deadline)
+                except TimeoutError:
+                    what = "no message" if tag is None else f"no message of tag {tag}"
+                    raise TimeoutError(f"{what} arrived within {timeout} s") from None
             h = self._headers[0]
             if tag is None or h.tag == tag:
                 return None, h
@@ -1435,17 +1490,19 @@ class Channel:
                     got += n
                 if dst is not None and i > converted and self._ledger.consumed(chunk_pages(ln, bpp)):
                     self._give_credit()
-        except ChannelError:
+        except ChannelError as exc:
+            self._rx_broken = exc
             raise
         except (ConnectionError, OSError) as exc:
-            raise ChannelError(
+            self._rx_broken = ChannelError(
                 f"data flow lost in the middle of message tag {h.tag}: {got} of {nbytes} bytes "
                 f"received ({exc})",
                 "check the peer's output; the message was cut short",
                 tag=h.tag,
                 received=got,
                 expected=nbytes,
-            ) from None
+            )
+            raise self._rx_broken from None
         st.bytes += nbytes
         st.messages += 1
 
@@ -1477,13 +1534,25 @@ class Channel:
             f"check {where} with `ethtool -n {self.ifname}`; another tool may have removed it",
         )
 
-    def _recv_msg(self, tag: int | None, make: Any) -> Any:
-        """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
+    def _check_rx(self, what: str) -> None:
         if self._closed:
-            raise ChannelError("recv() on a closed channel", "open a new channel")
+            raise ChannelError(f"{what}() on a closed channel", "open a new channel")
+        if self._rx_broken is not None:
+            # the data flows are no longer at a message boundary: nothing after it can be trusted
+            raise ChannelError(
+                f"{what}() after the channel's receive side failed: {self._rx_broken.message}",
+                "close this channel and open a new one",
+                tag=self._rx_broken.tag,
+                received=self._rx_broken.received,
+                expected=self._rx_broken.expected,
+            )
+
+    def _recv_msg(self, tag: int | None, make: Any, timeout: float | None = None) -> Any:
+        """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
+        self._check_rx("recv")
         t0 = time.perf_counter()
         with self._rx_lock:
-            held, h = self._next_header(tag)
+            held, h = self._next_header(tag, timeout)
             if held is not None:
                 try:
                     res, view = make(held.header)
@@ -1508,13 +1577,19 @@ class Channel:
         order.sort(key=lambda x: x.header.seq)
         self._held_order = deque(order)
 
-    def recv(self, *, tag: int | None = None, out: Any = None, like: str = "numpy") -> Any:
+    def recv(
+        self, *, tag: int | None = None, out: Any = None, like: str = "numpy", timeout: float | None = None
+    ) -> Any:
         """Receive the next message (of ``tag``; None: of any tag) and return it.
 
         Without ``out``: a new array of the sender's dtype and shape (``like``
         "numpy", or "torch" for a CPU tensor; bfloat16 needs "torch"). With
         ``out``: the bytes are written into it (writable, contiguous, exactly
-        the message's nbytes; any dtype) and ``out`` is returned. Messages of
+        the message's nbytes; any dtype) and ``out`` is returned. ``out`` may
+        also be a callable: it gets the message's
+        :class:`~devmemtcp.channel.header.MessageHeader` (``tag``, ``nbytes``,
+        ``dtype``, ``shape``) before any payload is read and returns the
+        destination (to match a message to a posted receive). Messages of
         other tags that arrive first are kept for later recv calls (their frags
         in the RX dma-buf while there is room, else copied out).
 
@@ -1522,16 +1597,27 @@ class Channel:
         not fit (the message stays receivable), ChannelError naming the tag
         and the bytes received of the bytes expected when the peer goes away
         mid-message, ChannelClosed when the peer closed the channel and no
-        message is pending."""
-        if out is not None:
-            return self._recv_msg(tag, lambda h: (out, _writable_view(out, h.nbytes, h.tag)))
-        return self._recv_msg(tag, lambda h: _new_destination(h, like))
+        message is pending, TimeoutError when no message started within
+        ``timeout`` seconds (None: wait forever; nothing is consumed then, and
+        a message that started is read to its end)."""
+        if callable(out):
+            choose = out
 
-    def recv_into(self, out: Any, *, tag: int | None = None) -> int:
+            def make(h: MessageHeader) -> tuple[Any, np.ndarray]:
+                dest = choose(h)
+                return dest, _writable_view(dest, h.nbytes, h.tag)
+
+            return self._recv_msg(tag, make, timeout)
+        if out is not None:
+            return self._recv_msg(tag, lambda h: (out, _writable_view(out, h.nbytes, h.tag)), timeout)
+        return self._recv_msg(tag, lambda h: _new_destination(h, like), timeout)
+
+    def recv_into(self, out: Any, *, tag: int | None = None, timeout: float | None = None) -> int:
         """Receive the next message (of ``tag``) into ``out``; returns its
         bytes. ``out``: writable, contiguous, exactly the message's nbytes
         (numpy array, torch CPU tensor or writable buffer), else ChannelError
-        before anything is consumed (the message stays receivable)."""
+        before anything is consumed (the message stays receivable).
+        ``timeout`` as in :meth:`recv`."""
         box: list[int] = []
 
         def make(h: MessageHeader) -> tuple[Any, np.ndarray]:
@@ -1539,20 +1625,19 @@ class Channel:
             box.append(h.nbytes)
             return out, view
 
-        self._recv_msg(tag, make)
+        self._recv_msg(tag, make, timeout)
         return box[-1]
 
     @contextlib.contextmanager
-    def recv_frags(self, tag: int | None = None) -> Iterator[Message]:
+    def recv_frags(self, tag: int | None = None, timeout: float | None = None) -> Iterator[Message]:
         """Zero-copy receive: ``with ch.recv_frags() as msg:`` holds the next
         message's frags in the RX dma-buf (``msg.frags``, a FragBatch) and gives
         their tokens back when the block ends. The message must fit half the
         credit window (ChannelError before anything is consumed otherwise; use
-        :meth:`recv`)."""
-        if self._closed:
-            raise ChannelError("recv_frags() on a closed channel", "open a new channel")
+        :meth:`recv`). ``timeout`` as in :meth:`recv`."""
+        self._check_rx("recv_frags")
         with self._rx_lock:
-            held, h = self._next_header(tag)
+            held, h = self._next_header(tag, timeout)
             if held is None:
                 assert h is not None
                 pages = sum(chunk_pages(h.chunk(i)[2], self._rx.bytes_per_page) for i in range(h.nchunks))

@@ -357,6 +357,12 @@ def print_tensor(console: Console, r: dict[str, Any]) -> None:
                   "(plain: the kernel's copy to user space; devmem: the gather from the dma-buf; on the "
                   "emulated NIC the socket -> dma-buf copy stands in for the NIC's DMA and is not counted). "
                   "The devmem sender sends from Channel.empty() (no host copy).")
+    mem = r.get("memory")
+    if mem and mem.get("rss_growth_bytes") is not None:
+        mib = 1 << 20
+        console.print(f"receiver peak RSS: {mem['rss_peak'] / mib:.1f} MiB for {mem['count']:,} messages of "
+                      f"{_size_label(mem['size'])}, {mem['rss_peak_quarter'] / mib:.1f} MiB for a quarter of "
+                      f"them (growth {mem['rss_growth_bytes'] / mib:+.1f} MiB)")
     g = r.get("gather")
     if g:
         gt = Table(title=f"gather, one thread: {g['pass_bytes'] >> 20} MiB per pass from a "

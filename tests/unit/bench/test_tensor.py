@@ -11,7 +11,8 @@ from devmemtcp.bench import tensor
 
 @pytest.mark.root  # the emulated NIC and NIC set-up keep state under /run (per test here)
 def test_tiny_channel_run_schema() -> None:
-    r = tensor.run_tensor((4096, 1 << 20), nbytes=2 << 20, dmabuf_size=8 << 20, repeat=1, gather_runs=False)
+    r = tensor.run_tensor((4096, 1 << 20), nbytes=2 << 20, dmabuf_size=8 << 20, repeat=1, gather_runs=False,
+                          mem_count=8)
     json.dumps(r)
     assert [row["size"] for row in r["rows"]] == [4096, 1 << 20]
     for row in r["rows"]:
@@ -24,7 +25,10 @@ def test_tiny_channel_run_schema() -> None:
         assert row["devmem"]["host_copy_per_byte"] == pytest.approx(1.0)  # the gather, once per byte
         assert row["devmem"]["peer_host_copy_bytes"] == 0  # sent from Channel.empty()
         assert row["ratio"] == pytest.approx(row["devmem"]["gbps"] / row["plain"]["gbps"])
-    assert set(r["targets"]) == {"ratio_4096"}
+    assert set(r["targets"]) == {"ratio_4096", "rss_growth_bytes"}
+    m = r["memory"]
+    assert m["count"] == 8 and m["count_quarter"] == 2 and m["rss_peak"] > 0
+    assert m["rss_growth_bytes"] == m["rss_peak"] - m["rss_peak_quarter"]
 
 
 def test_tiny_gather_run_checks_every_candidate() -> None:
