@@ -24,8 +24,6 @@ pytest.importorskip("torch", reason="torch is an optional extra: "
 sys.path.insert(0, str(Path(__file__).parent))
 from torch_job import JobResult, run_job
 
-# 4 ranks on one lo: 6 channels x 2 ends, each end on RX queues of its own.
-LO4 = {"DEVMEMTCP_EMU_QUEUES": "16"}
 # The scenarios' reference Gloo groups (new_group(backend="gloo")) find their interface here;
 # the devmem group's inner Gloo group finds it by itself (the route to MASTER_ADDR).
 NS_ENV = {"GLOO_SOCKET_IFNAME": "eth0"}
@@ -49,7 +47,7 @@ def test_p2p_logic_on_the_plain_socket_transport() -> None:
 
 
 def test_collectives_four_ranks_equal_gloo() -> None:
-    r = run_job("collectives", 4, env=LO4)
+    r = run_job("collectives", 4)  # 6 channels, 12 ends on RX queues of their own, one lo
     _ok(r)
     links = r.results[0]["links"]
     assert sorted(links) == ["1", "2", "3"]
@@ -74,7 +72,7 @@ def test_simultaneous_bidirectional_256mib() -> None:
 
 
 def test_killed_rank_is_named_within_the_timeout() -> None:
-    r = run_job("kill", 3, env={**LO4, "TORCH_TEST_TIMEOUT": "20"})
+    r = run_job("kill", 3, env={"TORCH_TEST_TIMEOUT": "20"})
     assert r.returncodes[2] == -9, r.describe()
     _ok(r, [0, 1])
     for k in (0, 1):

@@ -76,8 +76,6 @@ def run_torch(ranks: int = 2, sizes: Sequence[int] = DEFAULT_SIZES, *, nbytes: i
             env = dict(os.environ)
             env.setdefault("DEVMEMTCP_EMU_DIR", os.path.join(tmp, "emu"))
             env.setdefault("DEVMEMTCP_JOURNAL_DIR", os.path.join(tmp, "journal"))
-            # every channel end on lo takes RX queues of its own
-            env.setdefault("DEVMEMTCP_EMU_QUEUES", "16")
             env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port), DEVMEMTCP_STREAMS=str(streams),
                        DEVMEMTCP_BENCH_SPEC=json.dumps(spec), OMP_NUM_THREADS="1")

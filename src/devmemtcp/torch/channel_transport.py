@@ -64,24 +64,6 @@ def _read_line(sock: socket.socket, limit: int = 4096) -> dict[str, Any]:
     return out
 
 
-def _drain_handshake(ch: Any) -> None:
-    """Dispatch control frames that arrived together with the handshake's last frame.
-
-    Channel.accept reads FLOWS through the frame decoder; a MSG the connector sent
-    right after it can sit in the same segment, and the Channel only parses its
-    decoder after its next socket read, so that message waited for the one after it
-    (a 2-rank hello hung this way under load). Harmless once the Channel dispatches
-    them itself: the decoder is empty then.
-    """
-    dec = getattr(ch, "_dec", None)
-    if dec is None:
-        return
-    with ch._cv:
-        while (fr := dec.next()) is not None:
-            ch._dispatch(*fr)
-        ch._cv.notify_all()
-
-
 class ChannelLink:
     """One Channel (and, on the accepting side, the Listener that owns its RX set-up)."""
 
@@ -94,13 +76,10 @@ class ChannelLink:
         self.ch.send(payload, tag=tag)
 
     def recv_next(self, choose: Callable[[int, int], torch.Tensor]) -> None:
-        # The header decides the destination: the process group matches it to a posted
-        # receive, and the payload is gathered straight into that tensor.
-        def make(h: Any) -> tuple[torch.Tensor, Any]:
-            dest = choose(int(h.tag), int(h.nbytes))
-            return dest, dest.numpy()
-
-        self.ch._recv_msg(None, make)
+        # The header decides the destination (Channel.recv with a callable out): the
+        # process group matches it to a posted receive, and the payload is gathered
+        # straight into that tensor.
+        self.ch.recv(out=lambda h: choose(int(h.tag), int(h.nbytes)))
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -158,7 +137,6 @@ class ChannelAcceptor:
             except BaseException:
                 lis.close()
                 raise
-        _drain_handshake(ch)
         _announce(ch)
         return ChannelLink(ch, lis)
 
@@ -233,7 +211,6 @@ class ChannelTransport:
                               "(devmemtcp doctor IFNAME)")
         kw = self._kwargs()
         ch = devmemtcp.connect(addr, int(rep["port"]), timeout=min(timeout, self.handshake_timeout), **kw)
-        _drain_handshake(ch)
         _announce(ch)
         with contextlib.suppress(Exception):
             log.debug("devmem channel to %s:%s up: %s", addr, rep["port"], ch)
