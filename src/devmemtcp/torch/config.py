@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from devmemtcp.errors import DevmemError
+from devmemtcp.host import ifaces
 
 #: Environment variables read by :func:`resolve` (name -> Options field).
 ENV_VARS: dict[str, str] = {
@@ -107,15 +108,15 @@ def parse_queues(spec: str | None) -> tuple[int, int] | None:
 
 
 def route_to(addr: str) -> tuple[str, str]:
-    """``(ifname, source address)`` of the kernel's route to ``addr``
-    (RTM_GETROUTE: the ``dev`` and ``src`` of ``ip route get ADDR``).
+    """``(ifname, local address)`` for reaching ``addr`` (MASTER_ADDR): the
+    interface that owns ``addr`` when it is this host's own address (rank 0:
+    the kernel routes that via lo, but the data flows belong on the NIC),
+    else the interface of the kernel's route to it (RTM_GETROUTE, as ``ip route
+    get``) and that interface's address.
 
     ``addr`` may be a host name (resolved with getaddrinfo). Raises
     DevmemError when the name does not resolve or there is no route.
     """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
-
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
@@ -126,49 +127,24 @@ def route_to(addr: str) -> tuple[str, str]:
                               "set MASTER_ADDR to an IP address, or DEVMEMTCP_IFNAME and DEVMEMTCP_ADDR") \
                 from None
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    with IPRoute() as ipr:
-        # MASTER_ADDR may be this host's own address (rank 0): the kernel routes it via lo,
-        # but the data flows belong on the interface that owns it.
-        if not ip.is_loopback:
-            for msg in ipr.get_addr(family=family):
-                if (msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")) == str(ip):
-                    links = ipr.get_links(msg["index"])
-                    if links:
-                        return str(links[0].get_attr("IFLA_IFNAME")), str(ip)
-        try:
-            routes = ipr.route("get", dst=str(ip), family=family)
-        except PyrNetlinkError as exc:
-            raise DevmemError(f"no route to {ip}: {exc}",
-                              f"check `ip route get {ip}`, or set DEVMEMTCP_IFNAME and DEVMEMTCP_ADDR") \
-                from None
-        for r in routes:
-            oif = r.get_attr("RTA_OIF")
-            src = r.get_attr("RTA_PREFSRC")
-            links = ipr.get_links(oif) if oif else []
-            if links:
-                return str(links[0].get_attr("IFLA_IFNAME")), str(src or ip)
-    raise DevmemError(f"no route to {ip}",
-                      f"check `ip route get {ip}`, or set DEVMEMTCP_IFNAME and DEVMEMTCP_ADDR")
+    if ip.is_loopback:
+        return "lo", str(ip)
+    try:
+        return ifaces.interface_of_address(str(ip)), str(ip)
+    except DevmemError:
+        pass  # not one of ours: follow the route
+    ifname = ifaces.interface_of_route(str(ip))
+    return ifname, ifaces.address_of_interface(ifname, family)
 
 
 def address_of(ifname: str) -> str:
-    """The first IPv4 (else IPv6) non-link-local address of ``ifname``.
+    """The first IPv4 (else IPv6) non-link-local address of ``ifname`` (RTM_GETADDR).
     Raises DevmemError when the interface is missing or has none."""
-    from pyroute2 import IPRoute
-
+    ifaces.ifindex(ifname)  # the unknown-interface error, with its hint
     try:
-        index = socket.if_nametoindex(ifname)
-    except OSError:
-        raise DevmemError(f"no interface named {ifname!r} in this network namespace",
-                          "check DEVMEMTCP_IFNAME against `ip link`") from None
-    with IPRoute() as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ipr.get_addr(family=family, index=index):
-                a = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-                if a and not ipaddress.ip_address(a).is_link_local:
-                    return str(a)
-    raise DevmemError(f"{ifname} has no address for the devmem data flows",
-                      f"add one (ip addr add ADDR/LEN dev {ifname}) or set DEVMEMTCP_ADDR")
+        return ifaces.address_of_interface(ifname, socket.AF_INET)
+    except DevmemError:
+        return ifaces.address_of_interface(ifname, socket.AF_INET6)
 
 
 def resolve(options: Options | None = None, env: Mapping[str, str] | None = None) -> Options:
