@@ -79,6 +79,25 @@ def test_killed_rank_is_named_within_the_timeout() -> None:
         assert "rank 2" in r.results[k]["error"]
         # EOF on the victim's flows, not the watchdog: well inside the 20 s timeout
         assert r.results[k]["seconds"] < 10, r.results[k]
+    assert _journals() == []  # the survivors restored what the killed rank left
+
+
+def _journals() -> list[str]:
+    d = Path(os.environ["DEVMEMTCP_JOURNAL_DIR"])  # private to the test (conftest)
+    return sorted(p.name for p in d.glob("*.json")) if d.exists() else []
+
+
+def _journal_text() -> str:
+    d = Path(os.environ["DEVMEMTCP_JOURNAL_DIR"])
+    return "\n".join(p.read_text()[:3000] for p in d.glob("*.json"))
+
+
+def test_sigterm_undoes_the_nic_setup_and_the_peer_names_the_rank() -> None:
+    r = run_job("kill", 2, env={"TORCH_TEST_SIGNAL": "15", "TORCH_TEST_TIMEOUT": "20"})
+    assert r.returncodes[1] == -15, r.describe()  # the handler closes, then dies of the signal
+    _ok(r, [0])
+    assert "rank 1" in r.results[0]["error"]
+    assert _journals() == [], _journal_text()  # every rule, RSS and header-split change undone
 
 
 def test_unanswered_receive_times_out_naming_the_peer() -> None:

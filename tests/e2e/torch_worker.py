@@ -372,7 +372,8 @@ def scenario_kill() -> dict[str, Any]:
     if victim == RANK:
         for r in range(WORLD - 1):
             dist.recv(torch.empty(4), r)
-        threading.Timer(0.3, os.kill, (os.getpid(), 9)).start()
+        sig = int(os.environ.get("TORCH_TEST_SIGNAL", "9"))
+        threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
         big = torch.ones(nbytes // 4)
         for r in range(WORLD - 1):
             dist.isend(big, r, tag=7)

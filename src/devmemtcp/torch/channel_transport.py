@@ -71,6 +71,7 @@ class ChannelLink:
         self.ch = ch
         self.listener = listener
         self._closed = False
+        self._close_lock = threading.Lock()
 
     def send(self, payload: torch.Tensor, tag: int) -> None:
         self.ch.send(payload, tag=tag)
@@ -86,14 +87,17 @@ class ChannelLink:
         return dict(self.ch.stats)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.ch.close()
-        finally:
-            if self.listener is not None:
-                self.listener.close()
+        """Close the channel and the listener that owns its RX set-up (undoing the NIC
+        changes). A second call waits for a close in progress (in another thread)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self.ch.close()
+            finally:
+                if self.listener is not None:
+                    self.listener.close()
+                self._closed = True
 
 
 class ChannelAcceptor:

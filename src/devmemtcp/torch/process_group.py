@@ -70,6 +70,8 @@ HELLO_VERSION = 1
 # Copying an unmatched message aside costs little below this size, so the
 # reader only waits (briefly) for its receive to be posted above it.
 _GRACE_BYTES = 256 * 1024
+# How long shutdown waits for each link's close (NIC set-up undone).
+CLOSE_WAIT_S = 20.0
 _GRACE_S = 0.02
 
 
@@ -1077,13 +1079,15 @@ class DevmemProcessGroup(dist.ProcessGroup):
                                "the process group was destroyed with this operation pending")
         for part in parts:
             part.work.fail(err)
+        # Undoing NIC set-up takes netlink round trips: wait for it (bounded), or the
+        # interpreter's exit would kill the closing threads halfway.
         closers = []
         for p in peers:
             if p.link is not None:
-                closers.append(threading.Thread(target=p.close_link, args=(5.0,), daemon=True))
+                closers.append(threading.Thread(target=p.close_link, args=(CLOSE_WAIT_S,), daemon=True))
                 closers[-1].start()
         for t in closers:
-            t.join(6.0)
+            t.join(CLOSE_WAIT_S + 1.0)
         with contextlib.suppress(Exception):
             self._acceptor.close()
         me = threading.current_thread()
