@@ -10,8 +10,11 @@ class DevmemError(Exception):
     """Base of devmemtcp's errors.
 
     ``hint`` is one sentence telling the user how to fix the cause; the CLI
-    prints ``error: <message>`` then ``hint: <hint>`` and exits with status 2.
+    prints ``error: <message>`` then ``hint: <hint>`` and exits with
+    ``exit_status`` (2; 1 for data that did not validate or was incomplete).
     """
+
+    exit_status = 2
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -61,6 +64,8 @@ class ValidationError(DevmemError):
     ``received`` (byte values).
     """
 
+    exit_status = 1
+
     def __init__(self, offset: int, expected: int, received: int) -> None:
         self.offset = offset
         self.expected = expected
@@ -103,6 +108,8 @@ class IncompleteStreamError(DevmemError):
     ``result`` (the transfer's summary object, filled in, when a caller has
     one). The CLI reports it as "did not validate or was incomplete" (exit 1).
     """
+
+    exit_status = 1
 
     def __init__(self, expected: int, received: int, *, overrun_at: int | None = None,
                  result: object = None) -> None:

@@ -22,6 +22,7 @@ devmem part (real or emulated NIC) sits under the socket, not in the protocol.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -178,11 +179,12 @@ def _listen_socket(listen: str, port: int) -> socket.socket:
 
 
 @contextlib.contextmanager
-def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen: str, port: int,
+def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], flow: tuple[Any, ...],
                   dmabuf: DmaBuf, nic_config: bool) -> Iterator[Binding]:
     """Bind ``dmabuf`` to the queues, after a :class:`~devmemtcp.setup.NicSetup`
-    (header split, RSS spread below the queues, ntuple rule for
-    ``listen:port``; journaled, undone in reverse order on exit, on errors
+    (header split, RSS spread below the queues, ntuple rule for ``flow``,
+    ``(dst_ip, dst_port[, src_ip, src_port])``; journaled, undone in reverse
+    order on exit, on errors
     and on SIGINT/SIGTERM when run from the main thread) unless
     ``nic_config`` is false (the NIC was prepared by ``devmemtcp setup``)."""
     import threading
@@ -194,7 +196,7 @@ def _nic_for_flow(backend: Backend, ifname: str, queues: tuple[int, int], listen
         return
     from devmemtcp.setup import NicSetup
 
-    setup = NicSetup(backend, ifname, queues=queues, flow=(listen, port), dmabuf=dmabuf,
+    setup = NicSetup(backend, ifname, queues=queues, flow=flow, dmabuf=dmabuf,
                      handle_signals=threading.current_thread() is threading.main_thread())
     with setup:
         assert setup.binding is not None
@@ -219,7 +221,8 @@ def receive_stream(
     on_ready: Callable[[int], None] | None = None,
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
-    output: BinaryIO | None = None,
+    peer: str | None = None,
+    on_batch: Callable[[Any], None] | None = None,
 ) -> TransferResult:
     """Receive one TCP connection on ``listen:port`` into a dma-buf, until EOF.
 
@@ -252,10 +255,14 @@ def receive_stream(
             so a silence is given up on after 1 to 1.25 times it.
         on_ready(port): called once listening and set up (the sender may go).
         on_backend(name, reason): called once the backend is picked.
-        on_progress(bytes): called after each batch.
-        output: a binary file the received stream is written to, in order
-            (each batch's frags gathered from the dma-buf, then its tokens
-            given back); None: the bytes are only counted (and validated).
+        on_progress(bytes): called with 0 when the first byte is there (the
+            moment ``seconds`` starts counting) and after each batch with
+            the bytes received so far.
+        peer: the sender's address: the ntuple rule becomes a 5-tuple (source
+            address, and source port ``port``, as ncdevmem's ``-c``).
+        on_batch(batch): called with each FragBatch in stream order, after
+            validation and before its tokens are given back (the frags are
+            readable in ``memory`` until the callback returns).
 
     Returns a TransferResult (``validated`` True when a pattern was checked
     to the end, and the stream was complete when ``expect_bytes`` was
@@ -293,7 +300,8 @@ def receive_stream(
         # a wildcard listener's flow is steered by the interface's own address
         dst = listen if not ipaddress.ip_address(listen).is_unspecified or not nic_config \
             else ifaces.address_of_interface(ifname, ifaces.family_of(listen))
-        binding = stack.enter_context(_nic_for_flow(be, ifname, q, dst, port, dmabuf, nic_config))
+        flow: tuple[Any, ...] = (dst, port) if peer is None else (dst, port, peer, port)
+        binding = stack.enter_context(_nic_for_flow(be, ifname, q, flow, dmabuf, nic_config))
         result.binding_id = binding.id
         validator = FragValidator(validate, dmabuf) if validate else None
         if validator is not None:
@@ -302,16 +310,22 @@ def receive_stream(
             on_ready(port)
         lsock.settimeout(accept_timeout)
         try:
-            conn, peer = lsock.accept()
+            conn, peer_addr = lsock.accept()
         except TimeoutError:
             raise TimeoutError(f"no connection on {listen} port {port} within {accept_timeout} s") from None
         stack.enter_context(conn)
         conn.settimeout(None)
         lsock.close()
-        result.peer = f"{peer[0]}:{peer[1]}"
+        result.peer = f"{peer_addr[0]}:{peer_addr[1]}"
         t0 = time.perf_counter()
         rx = None
         try:
+            # the clock starts at the first byte (SO_RCVLOWAT is still 1, so poll wakes on it), not
+            # at accept: a sender that connects and then prepares its data must not dilute the rate
+            _wait_readable(conn, idle_timeout)
+            t0 = time.perf_counter()
+            if on_progress:
+                on_progress(0)
             low = auto_rcvlowat(dmabuf.size) if rcvlowat is None else rcvlowat
             if low > 1:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
@@ -319,8 +333,7 @@ def receive_stream(
             if idle_timeout is not None:
                 _set_timeo(conn, socket.SO_RCVTIMEO, idle_timeout / _IDLE_SLICES)
             rx = stack.enter_context(Receiver(be, conn, binding))
-            _receive_loop(rx, validator, expect_bytes, idle_timeout, on_progress,
-                          _Writer(dmabuf, output) if output is not None else None)
+            _receive_loop(rx, validator, expect_bytes, idle_timeout, on_progress, on_batch)
         except ValidationError as exc:
             result.validated = False
             result.error = exc.message
@@ -347,27 +360,20 @@ def receive_stream(
     return result
 
 
-class _Writer:
-    """Write each batch's bytes, in stream order, to a file: gathered from the
-    dma-buf (:func:`devmemtcp.channel.gather.gather_batch`) into one buffer
-    reused across batches."""
+def _wait_readable(conn: socket.socket, timeout: float | None) -> None:
+    """Block until ``conn`` has data or EOF (POLLIN; POLLHUP/POLLERR end the wait
+    too); TimeoutError after ``timeout`` seconds of silence (None: wait forever)."""
+    import select
 
-    def __init__(self, dmabuf: DmaBuf, out: BinaryIO) -> None:
-        self.base = dmabuf.host_view()
-        self.out = out
-        self.buf = np.empty(0, np.uint8)
-
-    def __call__(self, batch: Any) -> None:
-        from devmemtcp.channel.gather import gather_batch
-
-        n = _batch_bytes(batch)
-        if n > self.buf.shape[0]:
-            self.buf = np.empty(max(n, 1 << 20), np.uint8)
-        got = gather_batch(self.base, batch, self.buf)
-        view = self.buf.data[:got]
-        while view:
-            k = self.out.write(view)
-            view = view[k if k is not None else len(view):]
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait_ms = 1000.0 if deadline is None else min(1000.0, (deadline - time.monotonic()) * 1000)
+        if poller.poll(max(0.0, wait_ms)):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, "no data before the idle timeout")
 
 
 def _set_timeo(sock: socket.socket, opt: int, seconds: float) -> None:
@@ -383,13 +389,14 @@ _IDLE_SLICES = 4
 
 
 def _receive_loop(rx: Any, validator: FragValidator | None, expect: int | None, idle: float | None,
-                  on_progress: Callable[[int], None] | None, writer: _Writer | None = None) -> None:
+                  on_progress: Callable[[int], None] | None,
+                  on_batch: Callable[[Any], None] | None = None) -> None:
     """Receive to EOF, validating each batch; with ``expect`` (bytes) raise
     IncompleteStreamError at EOF short of it, or at the first batch that
     carries a byte past it (a mismatch before that offset is reported
     first, as the earlier fault). A recvmsg that times out (EAGAIN, no byte
     taken) is retried until ``idle`` seconds passed since the last batch.
-    ``writer`` gets every batch within the expected length, in order."""
+    ``on_batch`` sees each accepted batch, in order, before its release."""
     total = 0
     last = time.monotonic()
     while True:
@@ -413,8 +420,8 @@ def _receive_loop(rx: Any, validator: FragValidator | None, expect: int | None, 
         if expect is not None and total + n > expect:
             rx.release(batch)
             raise IncompleteStreamError(expect, total + n, overrun_at=expect)
-        if writer is not None:
-            writer(batch)
+        if on_batch is not None:
+            on_batch(batch)
         total += n
         rx.release(batch)
         if on_progress:
@@ -552,6 +559,8 @@ def send_stream(
         tx = stack.enter_context(Sender(be, sock, binding) if idle_timeout is None else
                                  Sender(be, sock, binding, completion_timeout=idle_timeout))
         t0 = time.perf_counter()
+        if on_progress:
+            on_progress(0)  # the first byte goes now: the progress clock starts with ``seconds``
         try:
             if source is None:
                 sent = _send_loop(tx, nbytes, usable, chunk, on_progress)

@@ -471,6 +471,22 @@ def test_flow_steering_error_names_the_rule() -> None:
         assert srv.stats["rx"]["flow_steering_errors"] > 0
 
 
+def test_flow_steering_errors_copied_when_asked() -> None:
+    from devmemtcp.backend.emulated import EmulatedBackend
+
+    with pair(steering_errors="copy") as (srv, cli):
+        EmulatedBackend().nic("lo").delete_rule(srv._rx.rules[0].location)
+        time.sleep(0.3)  # the emulated NIC re-reads steering every 0.1 s
+        arr = np.arange(300_000, dtype=np.int32)
+        for tag in (1, 2):
+            cli.send(arr, tag=tag)
+        assert np.array_equal(srv.recv(tag=2), arr)  # tag 1 held meanwhile: copied out, readable bytes
+        assert np.array_equal(srv.recv(tag=1), arr)
+        assert srv.stats["rx"]["flow_steering_errors"] >= 2 * arr.nbytes
+    with pytest.raises(ChannelError, match="steering_errors='drop'"):
+        devmemtcp.connect(HOST, 1, backend="emulated", steering_errors="drop")
+
+
 def test_slow_consumer_holds_the_sender_back() -> None:
     msg = np.ones(4 << 20, np.uint8)
     count = 12  # 48 MiB against a 8 MiB dma-buf

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -72,19 +73,35 @@ def test_print_summary_shows_every_row() -> None:
     assert "emulated" in text and "1.00 MiB" in text and "yes" in text and "tokens_released" in text
 
 
-def test_progress_line_silent_off_terminal() -> None:
+def test_progress_silent_off_terminal() -> None:
     out = io.StringIO()
-    progress = common.ProgressLine("recv", stream=out)
+    progress = common.TransferProgress("recv", stream=out)
+    progress(0)
     progress(1 << 20)
     progress.close()
-    assert out.getvalue() == ""
+    assert out.getvalue() == "" and progress.elapsed is None
 
 
-def test_progress_line_draws_and_erases_on_terminal() -> None:
+def test_progress_draws_bytes_rate_and_clears_on_terminal() -> None:
     out = io.StringIO()
-    progress = common.ProgressLine("send", total=1 << 30, stream=out, interval=0.0, force=True)
+    progress = common.TransferProgress("send", total=1 << 30, stream=out, force=True)
+    progress(0)
+    time.sleep(0.1)
     progress(1 << 29)
-    drawn = out.getvalue()
-    assert "512.00 MiB / 1.00 GiB (50%)" in drawn and "Gbit/s" in drawn
     progress.close()
-    assert out.getvalue().endswith("\r\x1b[K")
+    drawn = out.getvalue()
+    assert "send" in drawn and "0.5/1.0 GiB" in drawn and "50%" in drawn and "Gbit/s" in drawn
+    assert drawn.endswith("\x1b[2K")  # transient: the line is erased at the end
+
+
+def test_progress_clock_starts_at_the_first_byte() -> None:
+    """The summary's seconds start at the first byte; so does the progress's elapsed time."""
+    out = io.StringIO()
+    progress = common.TransferProgress("recv", stream=out, force=True)
+    time.sleep(0.4)  # listening, waiting for the sender: not counted
+    progress(0)
+    time.sleep(0.05)
+    progress(1 << 20)
+    elapsed = progress.elapsed
+    progress.close()
+    assert elapsed is not None and 0.04 < elapsed < 0.35

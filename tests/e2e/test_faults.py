@@ -121,10 +121,11 @@ def leftovers(baseline: dict[str, Any]) -> list[str]:
 
 def message_problems(err: str, rc: int, command: str) -> list[str]:
     """One clear message: nothing on rc 0; else ``devmemtcp CMD: ...``
-    optionally followed by ``hint: ...`` (notes ``devmemtcp: ...`` aside)."""
+    optionally followed by ``hint: ...`` (notes ``devmemtcp: ...`` and the ``backend: ...``
+    line aside)."""
     if "Traceback" in err:
         return [f"traceback: {err[-800:]!r}"]
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("devmemtcp: ")]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("devmemtcp: ", "backend: "))]
     if rc == 0:
         return [f"rc 0 with a message: {lines!r}"] if lines else []
     if not lines or not lines[0].startswith(f"devmemtcp {command}:") or len(lines) > 2 or (
@@ -162,7 +163,7 @@ def start_send(port: int, nbytes: int, *extra: str) -> tuple[subprocess.Popen[st
     proc = subprocess.Popen([*CLI, "send", "127.0.0.1", "--port", str(port), "--bytes", str(nbytes),
                              "--validate", str(PERIOD), "--size", "8M", "--backend", "emulated", "--json",
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, _read_until(proc, "backend emulated")
+    return proc, _read_until(proc, "backend: emulated")
 
 
 def finish(proc: subprocess.Popen[str], early: str = "", timeout: float = 60) -> tuple[int, str, str]:
@@ -357,7 +358,7 @@ def test_sigkill_of_the_receiver_while_it_sets_up_then_restore(baseline: dict[st
 
     def started() -> subprocess.Popen[str]:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _read_until(proc, "backend emulated")  # the set-up starts right after this note
+        _read_until(proc, "backend: emulated")  # the set-up starts right after this note
         return proc
 
     proc = started()
@@ -402,8 +403,10 @@ def test_peer_reset_at_random_offsets_is_exit_2_naming_the_bytes(baseline: dict[
             problems.append(f"rc {rc}, not 'connection reset by the peer after K bytes': {err[-300:]!r}")
         elif int(m.group(1)) != off:
             problems.append(f"reset after {off} bytes reported after {m.group(1)}")
-        if out:
-            problems.append(f"a summary on stdout for a reset: {out[:200]!r}")
+        # with --json: only the error object {error, hint, errno, exit_status}, never a summary
+        obj = json.loads(out) if out.strip() else None
+        if obj is None or set(obj) != {"error", "hint", "errno", "exit_status"} or obj["exit_status"] != 2:
+            problems.append(f"not the JSON error object on stdout for a reset: {out[:200]!r}")
         problems += leftovers(baseline)
         tally.trial(f"trial {i} (reset after {off} bytes)", "reset", problems)
     tally.trial("a new recv on the same port", "new recv", new_recv_works(port))

@@ -254,6 +254,11 @@ def _setup_rx(
     return side
 
 
+def _check_steering(value: str) -> None:
+    if value not in ("raise", "copy"):
+        raise ChannelError(f"steering_errors={value!r}", "use 'raise' or 'copy'")
+
+
 def _restore_dead(be: Backend, ifname: str) -> None:
     """Before this end's shared NIC settings are undone: undo what set-ups
     that died since this one started (a peer on this host killed with -9)
@@ -391,6 +396,7 @@ def listen(
     queues: Sequence[int] | None = None,
     dmabuf_size: int | None = None,
     tx_dmabuf_size: int | None = None,
+    steering_errors: str = "raise",
 ) -> Listener:
     """Listen for channels on ``addr:port`` (the control connection).
 
@@ -408,7 +414,11 @@ def listen(
     kernel when the NIC can do devmem, else the emulated NIC), "kernel",
     "emulated" or a Backend. ``tx_dmabuf_size``: bytes of the TX dma-buf each
     accepted channel sends from (default twice ``dmabuf_size``: half staging
-    ring, half for :meth:`Channel.empty`).
+    ring, half for :meth:`Channel.empty`). ``steering_errors``: what a
+    receive does with readable bytes on a data flow (the flow missed its
+    devmem queue: a rule removed, a NIC that ignores it): "raise" (default) a
+    ChannelError naming the ntuple rule to check, or "copy": take them as the
+    payload they are (counted in ``stats["rx"]["flow_steering_errors"]``).
 
     Raises DevmemError/NetlinkError (with the kernel's extack) when the NIC
     cannot be set up, ChannelError for bad arguments; nothing is left set up.
@@ -423,6 +433,7 @@ def listen(
         queues=queues,
         dmabuf_size=dmabuf_size,
         tx_dmabuf_size=tx_dmabuf_size,
+        steering_errors=steering_errors,
     )
 
 
@@ -438,6 +449,7 @@ def connect(
     dmabuf_size: int | None = None,
     tx_dmabuf_size: int | None = None,
     timeout: float | None = HANDSHAKE_TIMEOUT,
+    steering_errors: str = "raise",
 ) -> Channel:
     """Open a channel to a :func:`listen` endpoint at ``addr:port``.
 
@@ -451,6 +463,7 @@ def connect(
     """
     if streams < 1:
         raise ChannelError(f"streams={streams}: a channel needs at least one data flow", "use streams >= 1")
+    _check_steering(steering_errors)
     fam = _family(addr)
     size = dmabuf_size or DEFAULT_DMABUF_SIZE
     stack = contextlib.ExitStack()
@@ -518,6 +531,7 @@ def connect(
             tx_binding=tx_binding,
             peer=peer,
             stack=stack,
+            steering_errors=steering_errors,
         )
     except BaseException:
         stack.close()
@@ -546,7 +560,10 @@ class Listener:
         queues: Sequence[int] | None,
         dmabuf_size: int | None,
         tx_dmabuf_size: int | None,
+        steering_errors: str = "raise",
     ) -> None:
+        _check_steering(steering_errors)
+        self.steering_errors = steering_errors
         if streams < 1:
             raise ChannelError(
                 f"streams={streams}: a channel needs at least one data flow", "use streams >= 1"
@@ -688,6 +705,7 @@ class Listener:
                 tx_binding=tx_binding,
                 peer=peer,
                 stack=stack,
+                steering_errors=self.steering_errors,
             )
         except BaseException:
             stack.close()
@@ -954,12 +972,14 @@ class Channel:
         tx_binding: Any,
         peer: dict[str, Any],
         stack: contextlib.ExitStack,
+        steering_errors: str = "raise",
     ) -> None:
         from devmemtcp.rx import Receiver
         from devmemtcp.tx import Sender
 
         self.backend = backend
         self.backend_reason = backend_reason
+        self.steering_errors = steering_errors
         self.ifname = ifname
         self.peer_info = peer
         self._ctl = ctl
@@ -1459,9 +1479,10 @@ class Channel:
                             received=got,
                             expected=nbytes,
                         )
-                    if batch.readable.shape[0]:
+                    readable = batch.readable.shape[0]
+                    if readable and self.steering_errors == "raise":
                         self._steering_error(f, batch)
-                    n = batch.nbytes + batch.linear_bytes
+                    n = batch.nbytes + batch.linear_bytes + readable
                     st.frags += batch.token.shape[0]
                     if dst is not None:
                         self._gather_batch(batch, dst[start + ln - need :])
@@ -1470,9 +1491,9 @@ class Channel:
                         assert held is not None
                         held.parts.append((rx, batch))
                         held_frags += batch.token.shape[0]
-                        # linear bytes live in the iov buffer, and a message must not hold more
-                        # net_iovs than it was charged: copy the message out of the dma-buf
-                        if batch.linear_bytes or held_frags > held.pages:
+                        # linear and readable bytes live in the iov buffer, and a message must not
+                        # hold more net_iovs than it was charged: copy the message out of the dma-buf
+                        if batch.linear_bytes or readable or held_frags > held.pages:
                             data = np.empty(nbytes, np.uint8)
                             pos = 0
                             for _r, b in held.parts:

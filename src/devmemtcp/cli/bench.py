@@ -17,7 +17,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from devmemtcp.cli.common import parse_size, positive_int, print_json, validate_arg
+from devmemtcp.cli.common import (
+    dmabuf_size,
+    parse_size,
+    positive_int,
+    positive_size,
+    print_json,
+    validate_arg,
+)
 
 EPILOG = """\
 examples:
@@ -90,13 +97,13 @@ def _frags_args(p: argparse.ArgumentParser) -> None:
 def _stream_args(p: argparse.ArgumentParser) -> None:
     from devmemtcp.bench.stream import DEFAULT_BYTES, DEFAULT_DMABUF_SIZE, DEFAULT_REPEAT, DEFAULT_VALIDATE
 
-    p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
+    p.add_argument("--bytes", type=positive_size, default=DEFAULT_BYTES, metavar="N",
                    help="bytes per run, e.g. 512M, 1G (default 1G)")
     p.add_argument("--validate", type=validate_arg, default=DEFAULT_VALIDATE, metavar="N",
                    help=f"pattern period of the validated run (default {DEFAULT_VALIDATE})")
     p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="R",
                    help=f"runs of each kind, medians reported (default {DEFAULT_REPEAT})")
-    p.add_argument("--dmabuf-size", type=parse_size, default=DEFAULT_DMABUF_SIZE, metavar="N",
+    p.add_argument("--dmabuf-size", type=dmabuf_size, default=DEFAULT_DMABUF_SIZE, metavar="N",
                    help="dma-buf of the emulated runs (default 62.5M, ncdevmem's 16000 pages)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin this process and the peer to two different CPUs (pinning, as "
@@ -120,9 +127,9 @@ def _tensor_args(p: argparse.ArgumentParser) -> None:
                    metavar="LIST", help="message sizes, comma separated (default 4K,64K,1M,16M,256M)")
     p.add_argument("--streams", type=positive_int, default=1, metavar="N",
                    help="data flows per direction of the devmem channel (default 1)")
-    p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
+    p.add_argument("--bytes", type=positive_size, default=DEFAULT_BYTES, metavar="N",
                    help="payload per size and kind (default 512M; at least 2, at most 20000 messages)")
-    p.add_argument("--dmabuf-size", type=parse_size, default=64 << 20, metavar="N",
+    p.add_argument("--dmabuf-size", type=dmabuf_size, default=64 << 20, metavar="N",
                    help="RX dma-buf of each channel end (default 64M)")
     p.add_argument("--repeat", type=positive_int, default=3, metavar="R",
                    help="runs of each kind per size, alternated, medians reported (default 3)")

@@ -17,17 +17,29 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from devmemtcp.cli import common
 from devmemtcp.doctor import DoctorReport, default_ifname, diagnose
 from devmemtcp.host import netns
 
 _STYLE = {"pass": "green", "fail": "red", "unknown": "yellow"}
 
 
+EXAMPLES = """\
+examples:
+  devmemtcp doctor                     the interface of the default route
+  devmemtcp doctor eth1                every devmem RX/TX prerequisite of eth1, with the fix for each
+  devmemtcp doctor lo --json           why lo cannot do devmem, as JSON
+  devmemtcp doctor veth0 --netns ns-a  an interface inside network namespace ns-a
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ifname", nargs="?", metavar="IFNAME",
+    parser.epilog = EXAMPLES
+    parser.add_argument("ifname", nargs="?", type=common.ifname_arg, metavar="IFNAME",
                         help="interface to check (default: the one with the default route)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--netns", metavar="NAME", help="check an interface inside network namespace NAME")
+    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
+                        help="check an interface inside network namespace NAME")
 
 
 def render(report: DoctorReport, console: Console) -> None:

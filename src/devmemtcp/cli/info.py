@@ -32,16 +32,27 @@ from rich.console import Console
 from rich.table import Table
 
 from devmemtcp import abi
+from devmemtcp.cli import common
 from devmemtcp.errors import NetlinkError
 from devmemtcp.host import ifaces, netns
 from devmemtcp.netlink import ethtool
 from devmemtcp.netlink.netdev import NetdevClient
 
+EXAMPLES = """\
+examples:
+  devmemtcp info                       every interface: queues, napi ids, bindings, page pools
+  devmemtcp info eth1 --json           one interface as one JSON object
+  devmemtcp info --netns ns-a veth0    an interface inside network namespace ns-a
+"""
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ifnames", nargs="*", metavar="IFNAME", help="interfaces to show (default: all)")
+    parser.epilog = EXAMPLES
+    parser.add_argument("ifnames", nargs="*", type=common.ifname_arg, metavar="IFNAME",
+                        help="interfaces to show (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    parser.add_argument("--netns", metavar="NAME", help="look inside network namespace NAME (ip netns)")
+    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
+                        help="look inside network namespace NAME (ip netns)")
 
 
 def _interfaces(wanted: list[str]) -> list[tuple[int, str]]:

@@ -39,11 +39,14 @@ examples:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("--guest", required=True, metavar="IF", help="the netkit guest device")
-    parser.add_argument("--phys", required=True, metavar="IF", help="the physical devmem NIC")
-    parser.add_argument("--queue", required=True, type=int, metavar="N",
-                        help="the physical RX queue to lease")
-    parser.add_argument("--netns", metavar="NAME", help="network namespace of the guest device")
+    parser.add_argument("--guest", required=True, type=common.ifname_arg, metavar="IF",
+                        help="the netkit guest device")
+    parser.add_argument("--phys", required=True, type=common.ifname_arg, metavar="IF",
+                        help="the physical devmem NIC")
+    parser.add_argument("--queue", required=True, type=common.nonneg_int, metavar="N",
+                        help="the physical RX queue to lease (>= 0)")
+    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
+                        help="network namespace of the guest device")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 

@@ -1,9 +1,11 @@
 """``devmemtcp recv``: receive one TCP connection into a dma-buf (devmem RX).
 
 Compatible in spirit with the kernel's ncdevmem server (``ncdevmem -l -s ADDR
--p PORT -f IF -v N``): set up the NIC for the flow, bind the dma-buf, accept
-one connection, receive until EOF, optionally validate ncdevmem's pattern,
-give every token back, undo the setup, print a summary.
+-p PORT -f IF -v N``; the short options ``-l ADDR -p PORT -f IF -v N -n``
+work here too, and the ``ncdevmem`` script takes ncdevmem's exact command
+line): set up the NIC for the flow, bind the dma-buf, accept one connection,
+receive until EOF, optionally validate ncdevmem's pattern, give every token
+back, undo the setup, print a summary.
 
 Exit status: 0 received (validated and complete where checked), 1 the data
 did not validate or the stream was incomplete (``--bytes N``: exactly N bytes
@@ -14,6 +16,8 @@ interrupted (the NIC is restored in every case).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import sys
 from typing import Any
 
@@ -24,7 +28,8 @@ from devmemtcp.transfer import DEFAULT_DMABUF_SIZE, TransferResult, receive_stre
 EXAMPLES = """\
 examples:
   devmemtcp recv --listen 127.0.0.1 --port 5201 --validate 7 --bytes 1G
-      (peer: yes $(echo -e \\\\x01\\\\x02\\\\x03\\\\x04\\\\x05\\\\x06) | head -c 1G | nc 127.0.0.1 5201)
+      (peer: yes $(echo -e \\\\x01\\\\x02\\\\x03\\\\x04\\\\x05\\\\x06) | head -c 1G | nc -N 127.0.0.1 5201)
+  devmemtcp recv -l 127.0.0.1 -p 5201 -v 7          the same with ncdevmem's short options
   devmemtcp recv --listen 192.0.2.1 --port 5201 --ifname eth1 --queues 3:1 --json
   devmemtcp recv --listen 127.0.0.1 --port 5201 --output copy.bin   (peer: devmemtcp send ... --file F)
   devmemtcp setup eth1 ... && devmemtcp recv --listen 192.0.2.1 --port 5201 --no-nic-config
@@ -32,25 +37,26 @@ examples:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EXAMPLES + "\n" + common.TRANSFER_EXIT_STATUS
-    parser.add_argument("--listen", required=True, metavar="ADDR",
+    parser.epilog = EXAMPLES
+    parser.add_argument("-l", "--listen", required=True, type=common.ip_arg, metavar="ADDR",
                         help="local IPv4/IPv6 address to listen on (e.g. 127.0.0.1)")
-    parser.add_argument("--port", required=True, type=int, metavar="PORT", help="TCP port")
-    parser.add_argument("--ifname", metavar="IF",
+    parser.add_argument("-p", "--port", required=True, type=common.port_arg, metavar="PORT",
+                        help="TCP port (0: any free port; the one picked is printed)")
+    parser.add_argument("-f", "--ifname", type=common.ifname_arg, metavar="IF",
                         help="devmem NIC (default: the interface that owns --listen; lo for 127.0.0.1)")
     parser.add_argument("--queues", type=common.parse_queues, metavar="START:COUNT",
                         help="RX queues to bind (default: the last RX queue, like ncdevmem)")
-    parser.add_argument("--validate", type=common.validate_arg, metavar="N",
+    parser.add_argument("-v", "--validate", type=common.validate_arg, metavar="N",
                         help="check ncdevmem's pattern: bytes 1..N-1 then 0x0a, repeating")
     parser.add_argument("--bytes", type=common.parse_size, default=None, metavar="N",
-                        help="the stream must be exactly N bytes (units K, M, G, T): fewer or more is "
-                             "exit 1; without it the length is not checked and the stream is not "
-                             "reported complete")
-    parser.add_argument("--size", type=common.parse_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
+                        help="the stream must be exactly N bytes (units K, M, G, T; 0: an empty stream): "
+                             "fewer or more is exit 1; without it the length is not checked and the "
+                             "stream is not reported complete")
+    parser.add_argument("--size", type=common.dmabuf_size, default=DEFAULT_DMABUF_SIZE, metavar="BYTES",
                         help="dma-buf size (default 16000 pages = 62.5 MiB, as ncdevmem)")
-    parser.add_argument("--no-nic-config", action="store_true",
+    parser.add_argument("-n", "--no-nic-config", action="store_true",
                         help="do not change the NIC (use a set-up made by `devmemtcp setup`); still binds")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--timeout", type=common.timeout_arg, default=None, metavar="SECONDS",
                         help="give up if no connection arrives within SECONDS, or the connection "
                              "goes silent for SECONDS (default: wait forever)")
     parser.add_argument("--rcvlowat", type=common.parse_size, default=None, metavar="BYTES",
@@ -62,10 +68,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_backend_args(parser)
 
 
-def table_rows(d: dict[str, Any]) -> dict[str, Any]:
+def table_rows(d: dict[str, Any], *, verbose: bool = False) -> dict[str, Any]:
     """The summary rows for a table: the JSON fields less those that do not
-    apply to this role (completions on recv, queues on send) and an empty error."""
+    apply to this role (completions on recv, queues on send), an empty error,
+    and the backend's reason (said once on stderr; kept with ``verbose``)."""
     rows = dict(d)
+    if not verbose:
+        rows.pop("backend_reason", None)
     if rows.get("error") is None:
         rows.pop("error", None)
     if rows.get("role") == "recv":
@@ -78,58 +87,89 @@ def table_rows(d: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
-def report(result: TransferResult, as_json: bool, title: str, stream: Any = None) -> None:
-    """Print the summary of one transfer (table on stdout, or one JSON object;
-    on ``stream`` when given)."""
+def report(result: TransferResult, as_json: bool, title: str, *, verbose: bool = False) -> None:
+    """Print the summary of one transfer (table on stdout, or one JSON object)."""
     if as_json:
-        common.print_json(result.as_dict(), stream)
+        common.print_json(result.as_dict())
     else:
-        common.print_summary(title, table_rows(result.as_dict()), stream)
+        common.print_summary(title, table_rows(result.as_dict(), verbose=verbose))
+
+
+def backend_noter(args: argparse.Namespace, ifname: str | None) -> Any:
+    """The ``on_backend`` callback of a transfer: one short line on stderr
+    (the full reason with ``--verbose``; the JSON's backend_reason has it always)."""
+    def on_backend(name: str, reason: str) -> None:
+        print(common.backend_line(name, reason, ifname=ifname, verbose=args.verbose), file=sys.stderr,
+              flush=True)
+    return on_backend
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = common.ProgressLine("recv", total=args.bytes)
-
-    def on_backend(name: str, reason: str) -> None:
-        common.note(f"backend {name}: {reason}")
+    progress = common.TransferProgress("recv", total=args.bytes)
+    on_backend = backend_noter(args, args.ifname)
 
     def on_ready(port: int) -> None:
         common.note(f"listening on {args.listen} port {port}")
 
     out: Any = None
+    dmabuf: Any = None
+    sink: Any = None
     to_stdout = args.output == "-"
+    # with --output - the stream owns stdout: every summary and error object goes to stderr
+    quiet_stdout = _stderr_if(to_stdout)
     try:
         if args.output is not None:
+            from devmemtcp.cli.ncdevmem import StreamWriter
+            from devmemtcp.memory import open_dmabuf
+
             try:
                 out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: SIM115
             except OSError as exc:
                 raise common.fail(f"cannot write {args.output}: {exc.strerror}",
                                   "give a writable path, or - for stdout") from None
-        result = receive_stream(
-            args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
-            memory=args.memory, size=args.size, backend=args.backend,
-            nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
-            expect_bytes=args.bytes, idle_timeout=args.timeout,
-            on_ready=on_ready, on_backend=on_backend, on_progress=progress, output=out)
+            # the stream is written in order straight from the RX dma-buf's frags
+            dmabuf = open_dmabuf(args.memory, args.size)
+            sink = StreamWriter(out, dmabuf.host_view())
+        with quiet_stdout:
+            result = receive_stream(
+                args.listen, args.port, ifname=args.ifname, queues=args.queues, validate=args.validate,
+                memory=dmabuf if dmabuf is not None else args.memory, size=args.size, backend=args.backend,
+                nic_config=not args.no_nic_config, accept_timeout=args.timeout, rcvlowat=args.rcvlowat,
+                expect_bytes=args.bytes, idle_timeout=args.timeout,
+                on_ready=on_ready, on_backend=on_backend, on_progress=progress, on_batch=sink)
     except ValidationError as exc:
         progress.close()
-        return common.report_validation_failure("recv", exc, as_json=args.json)
+        with _stderr_if(to_stdout):
+            return common.report_validation_failure("recv", exc, as_json=args.json)
     except IncompleteStreamError as exc:
         progress.close()
-        common.report_incomplete("recv", exc)
-        if isinstance(exc.result, TransferResult):
-            report(exc.result, args.json, "devmemtcp recv", sys.stderr if to_stdout else None)
-        return 1
+        with _stderr_if(to_stdout):
+            common.report_incomplete("recv", exc)
+            if isinstance(exc.result, TransferResult):
+                if args.json:  # the summary (complete: false) with the error fields every command gives
+                    common.print_json({**exc.result.as_dict(), "hint": exc.hint, "errno": None,
+                                       "exit_status": common.EXIT_FAILED})
+                else:
+                    report(exc.result, False, "devmemtcp recv", verbose=args.verbose)
+        return common.EXIT_FAILED
     except TimeoutError as exc:
         progress.close()
-        print(f"devmemtcp recv: error: {exc}", file=sys.stderr)
-        print("hint: start the sender, or raise --timeout", file=sys.stderr)
-        return 2
+        with _stderr_if(to_stdout):
+            return common.report_error("recv", str(exc), "start the sender, or raise --timeout",
+                                       errno=errno.ETIMEDOUT, as_json=args.json)
     finally:
+        progress.close()
         if out is not None:
             out.flush()
             if not to_stdout:
                 out.close()
-    progress.close()
-    report(result, args.json, "devmemtcp recv", sys.stderr if to_stdout else None)
+        if dmabuf is not None:
+            dmabuf.close()
+    with _stderr_if(to_stdout):
+        report(result, args.json, "devmemtcp recv", verbose=args.verbose)
     return 0
+
+
+def _stderr_if(cond: bool) -> Any:
+    """stdout redirected to stderr while ``cond`` (the stream owns stdout)."""
+    return contextlib.redirect_stdout(sys.stderr) if cond else contextlib.nullcontext()

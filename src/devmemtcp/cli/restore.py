@@ -35,7 +35,8 @@ examples:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("ifname", nargs="?", metavar="IFNAME", help="interface (default: every journal)")
+    parser.add_argument("ifname", nargs="?", type=common.ifname_arg, metavar="IFNAME",
+                        help="interface (default: every journal)")
     parser.add_argument("--force", action="store_true",
                         help="replay even though the process that wrote the journal is still running")
     add_common(parser)

@@ -35,15 +35,17 @@ STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("--ifname", required=True, metavar="IF", help="the NIC to qualify")
+    parser.add_argument("--ifname", required=True, type=common.ifname_arg, metavar="IF",
+                        help="the NIC to qualify")
     parser.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
                         help="auto (default): kernel when doctor finds devmem RX possible, else emulated")
-    parser.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
-    parser.add_argument("--peer-netns", metavar="NAME",
+    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
+                        help="run inside network namespace NAME")
+    parser.add_argument("--peer-netns", type=common.netns_arg, metavar="NAME",
                         help="namespace of the traffic peer (the other end of a veth); not needed on lo")
     parser.add_argument("--memory", choices=("host", "udmabuf"),
                         help="dma-buf provider (default: udmabuf for kernel, host for emulated)")
-    parser.add_argument("--bytes", type=common.parse_size, default=4 << 20, metavar="N",
+    parser.add_argument("--bytes", type=common.positive_size, default=4 << 20, metavar="N",
                         help="bytes per stream case (default 4M)")
     parser.add_argument("--case", action="append", metavar="NAME",
                         choices=[name for name, _d, _m in Selftest.CASES],
@@ -51,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
                         help="undo journal directory "
                         f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    common.add_output_args(parser, verbose=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", detail)
     Console().print(table)
     counts = report.counts()
-    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-          f"(backend {report.backend}: {report.backend_reason})")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
+    print(common.backend_line(report.backend, report.backend_reason, ifname=args.ifname,
+                              verbose=args.verbose))
     return 0 if report.ok else 1

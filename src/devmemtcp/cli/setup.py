@@ -39,19 +39,22 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
                         help="where undo journals live "
                         f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
-    parser.add_argument("--netns", metavar="NAME",
+    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
                         help="act inside network namespace NAME (as `ip netns exec NAME` would)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("ifname", metavar="IFNAME", help="the devmem NIC")
-    parser.add_argument("--listen", required=True, metavar="ADDR",
+    parser.add_argument("ifname", type=common.ifname_arg, metavar="IFNAME", help="the devmem NIC")
+    parser.add_argument("--listen", required=True, type=common.ip_arg, metavar="ADDR",
                         help="local address the flow is sent to (the rule's destination IP)")
-    parser.add_argument("--port", required=True, type=int, metavar="PORT", help="local TCP port of the flow")
-    parser.add_argument("--peer", metavar="ADDR", help="the sender's address (5-tuple rule; default 3-tuple)")
-    parser.add_argument("--peer-port", type=int, metavar="PORT", help="the sender's source port")
+    parser.add_argument("--port", required=True, type=common.peer_port_arg, metavar="PORT",
+                        help="local TCP port of the flow (1-65535)")
+    parser.add_argument("--peer", type=common.ip_arg, metavar="ADDR",
+                        help="the sender's address (5-tuple rule; default 3-tuple)")
+    parser.add_argument("--peer-port", type=common.peer_port_arg, metavar="PORT",
+                        help="the sender's source port")
     parser.add_argument("--queues", type=common.parse_queues, metavar="START:COUNT",
                         help="devmem RX queues (default: the last RX queue)")
     parser.add_argument("--channels", type=common.positive_int, metavar="N",
