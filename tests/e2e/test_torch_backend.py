@@ -97,6 +97,7 @@ def test_sigterm_undoes_the_nic_setup_and_the_peer_names_the_rank() -> None:
     assert r.returncodes[1] == -15, r.describe()  # the handler closes, then dies of the signal
     _ok(r, [0])
     assert "rank 1" in r.results[0]["error"]
+    assert r.results[0]["seconds"] < 10, r.results[0]  # the victim closed its channel on the way out
     assert _journals() == [], _journal_text()  # every rule, RSS and header-split change undone
 
 

@@ -8,6 +8,7 @@ second transport to compare against. Framing: u64 tag, u64 nbytes, payload.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -36,7 +37,9 @@ class TcpLink:
         if payload.numel():
             self.sock.sendall(memoryview(payload.numpy()).cast("B"))
 
-    def recv_next(self, choose: Callable[[int, int], torch.Tensor]) -> None:
+    def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return False
         hdr = bytearray(_HDR.size)
         _recv_exact(self.sock, memoryview(hdr))
         tag, nbytes = _HDR.unpack(hdr)
@@ -44,6 +47,7 @@ class TcpLink:
         assert out.dtype == torch.uint8 and out.is_contiguous() and out.numel() == nbytes
         if nbytes:
             _recv_exact(self.sock, memoryview(out.numpy()).cast("B"))
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -76,11 +76,16 @@ class ChannelLink:
     def send(self, payload: torch.Tensor, tag: int) -> None:
         self.ch.send(payload, tag=tag)
 
-    def recv_next(self, choose: Callable[[int, int], torch.Tensor]) -> None:
+    def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
         # The header decides the destination (Channel.recv with a callable out): the
         # process group matches it to a posted receive, and the payload is gathered
-        # straight into that tensor.
-        self.ch.recv(out=lambda h: choose(int(h.tag), int(h.nbytes)))
+        # straight into that tensor. The timeout lets go of the Channel between
+        # messages, so a close from another thread never waits for a message.
+        try:
+            self.ch.recv(out=lambda h: choose(int(h.tag), int(h.nbytes)), timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -70,6 +70,8 @@ HELLO_VERSION = 1
 # Copying an unmatched message aside costs little below this size, so the
 # reader only waits (briefly) for its receive to be posted above it.
 _GRACE_BYTES = 256 * 1024
+# A reader lets go of its link this often between messages (closing it then never waits).
+_READER_POLL_S = 0.5
 # How long shutdown waits for each link's close (NIC set-up undone).
 CLOSE_WAIT_S = 20.0
 _GRACE_S = 0.02
@@ -340,8 +342,8 @@ class _Peer:
         try:
             while not pg._closing:
                 arrival = _Arrival(pg, self.rank)
-                link.recv_next(arrival.choose)
-                arrival.finish()
+                if link.recv_next(arrival.choose, _READER_POLL_S):
+                    arrival.finish()
                 arrival = None
         except Exception as exc:
             if not pg._closing:
@@ -556,7 +558,10 @@ class DevmemProcessGroup(dist.ProcessGroup):
             return _payload(buf)
 
         try:
-            link.recv_next(choose)
+            deadline = time.monotonic() + self._timeout_s
+            while not link.recv_next(choose, _READER_POLL_S):
+                if self._closing or time.monotonic() > deadline:
+                    raise DevmemTorchError("connect", None, "no hello on an incoming connection")
             version, rank, token = (int(v) for v in buf.tolist())
             if version != HELLO_VERSION or token != self._token or not self._rank < rank < self._size:
                 raise DevmemTorchError("connect", rank if 0 <= rank < self._size else None,

@@ -28,11 +28,12 @@ class Link(Protocol):
         """Send ``payload`` (1-D contiguous torch.uint8) with ``tag``; blocks until
         handed to the transport. Raises on a broken connection."""
 
-    def recv_next(self, choose: Callable[[int, int], torch.Tensor]) -> None:
-        """Block for the next message of any tag; ``choose(tag, nbytes)`` returns
-        its destination (1-D contiguous torch.uint8 of exactly ``nbytes``) and
-        the payload is written there before this returns. Raises when the peer
-        closes or resets."""
+    def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the next message of any tag (False:
+        none started, nothing consumed); ``choose(tag, nbytes)`` returns its
+        destination (1-D contiguous torch.uint8 of exactly ``nbytes``) and the
+        payload is written there before this returns True. Raises when the
+        peer closes or resets."""
 
     def close(self) -> None: ...
 
