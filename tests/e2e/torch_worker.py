@@ -253,6 +253,20 @@ def scenario_collectives() -> dict[str, Any]:
     for i in range(WORLD):
         equal(outs[i][0], torch.full((3,), float(i)), "all_gather_coalesced[0]")
         equal(outs[i][1], torch.tensor([i, -i], dtype=torch.float32), "all_gather_coalesced[1]")
+    if WORLD >= 3 and os.environ.get("TORCH_TEST_SUBGROUP"):
+        # A devmem subgroup of the ranks but 0: its own channels (so its own RX queues:
+        # one lo has too few for 4 ranks and a subgroup), group ranks mapped by torch.
+        sub = dist.new_group(list(range(1, WORLD)), backend="devmem")
+        if RANK >= 1:
+            t = torch.full((5,), float(RANK))
+            dist.broadcast(t, src=WORLD - 1, group=sub)
+            equal(t, torch.full((5,), float(WORLD - 1)), "broadcast in a subgroup")
+            got = torch.empty(1, dtype=torch.int64)
+            if RANK == 1:
+                dist.send(torch.tensor([42]), dst=2, group=sub)
+            elif RANK == 2:
+                dist.recv(got, src=1, group=sub)
+                check(int(got) == 42, f"send/recv in a subgroup: {got}")
     dist.barrier()
     dist.destroy_process_group()
     return {"outputs": len(mine), "links": links}

@@ -311,7 +311,11 @@ class _Peer:
         pg = self.pg
         try:
             if self.link is None:
-                self._establish()
+                try:
+                    self._establish()
+                except Exception as exc:
+                    self.fail(exc, "connecting to", setup=True)
+                    return
             if pg._closing:
                 return
             link = self.link
@@ -349,14 +353,14 @@ class _Peer:
             if not pg._closing:
                 self.fail(exc, "receiving from", inflight=arrival.part if arrival is not None else None)
 
-    def fail(self, exc: BaseException, what: str, inflight: _Part | None = None) -> None:
+    def fail(self, exc: BaseException, what: str, inflight: _Part | None = None, setup: bool = False) -> None:
         """Mark the link broken; fail every part that depends on it (``inflight``:
         the part being sent or received when it broke)."""
         pg = self.pg
         if isinstance(exc, DevmemTorchError):
             err = exc
-        elif isinstance(exc, DevmemError) and not isinstance(exc, ChannelError):
-            # Set-up refused on this host (NIC, queues, memory): its own hint says what to do.
+        elif isinstance(exc, DevmemError) and (setup or not isinstance(exc, ChannelError)):
+            # Set-up refused (NIC, queues, memory, the peer's listener): its own hint says what to do.
             err = DevmemTorchError("link", self.rank, f"{what} rank {self.rank}: {exc.message}", exc.hint)
         else:
             msg = exc.message if isinstance(exc, DevmemError) else str(exc) or type(exc).__name__

@@ -116,6 +116,8 @@ def test_bad_tensors_are_refused_before_anything_moves(pair: list[DevmemProcessG
         a.send([torch.ones(1)], 0, 0)
     with pytest.raises(DevmemTorchError, match="layout"):
         a.send([torch.ones(2, 2).to_sparse()], 1, 0)
+    with pytest.raises(DevmemTorchError, match="tensor is on meta; the devmem backend moves CPU tensors"):
+        a.recv([torch.empty(4, device="meta")], 1, 0)  # any device but the CPU (cuda too)
 
 
 def test_wait_with_a_short_timeout_raises_and_the_operation_goes_on(pair: list[DevmemProcessGroup]) -> None:
