@@ -17,7 +17,9 @@ fd and nothing is ever bound. bind-tx is probed the same way (EOPNOTSUPP
 from __future__ import annotations
 
 import errno as _errno
+import gzip
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -286,41 +288,132 @@ def _udmabuf_check() -> Check:
                  "still works)", "modprobe udmabuf (CONFIG_UDMABUF), or use GPU memory")
 
 
-def _cuda_driver() -> Any:
-    """cuda-python's driver API module (``cuda.bindings.driver`` in 12.6+, ``cuda.cuda`` before)."""
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        from cuda import cuda as driver
-    return driver
+NVIDIA_VERSION = "/proc/driver/nvidia/version"
+NVIDIA_DEVICE = "/dev/nvidia0"
+#: kernel configuration sources, first readable one wins (%s: the release)
+KERNEL_CONFIGS = ("/proc/config.gz", "/boot/config-%s")
+#: CUDA 11.7: the first driver API with dma-buf export (cuMemGetHandleForAddressRange)
+CUDA_DMABUF_MIN = (11, 7)
+_NO_GPU_FIX = ("needed only for --memory cuda: install the NVIDIA driver (open kernel modules) on a GPU "
+               "machine")
 
 
-def _cuda_check() -> Check:
-    if not os.path.exists("/dev/nvidia0"):
-        return Check("cuda-dmabuf", "unknown", "no NVIDIA GPU (/dev/nvidia0 absent)",
-                     "needed only to receive into GPU memory")
+def _read(path: str) -> str | None:
     try:
-        cuda = _cuda_driver()
-    except ImportError:
-        return Check("cuda-dmabuf", "unknown", "a GPU is present but cuda-python is not installed",
-                     "pip install 'devmemtcp[cuda]'")
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cuda_checks(version_path: str = NVIDIA_VERSION, device_path: str = NVIDIA_DEVICE,
+                 drv: Any | None = None) -> list[Check]:
+    """``cuda-driver`` (NVIDIA kernel driver and CUDA driver API) and
+    ``cuda-dmabuf`` (GPU 0 can export dma-bufs: CUDA >= 11.7 and
+    CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED). Both "unknown" on a machine with
+    no NVIDIA driver: they matter only for --memory cuda."""
+    from devmemtcp.memory import cuda as mcuda
+
+    text = _read(version_path)
+    if text is None and not os.path.exists(device_path):
+        why = f"skip: no NVIDIA driver ({version_path} and {device_path} absent)"
+        return [Check("cuda-driver", "unknown", why, _NO_GPU_FIX),
+                Check("cuda-dmabuf", "unknown", why, _NO_GPU_FIX)]
+    first = (text or "").splitlines()[0] if text else ""
+    modules = "open kernel modules" if "Open Kernel Module" in first else \
+        "proprietary kernel modules" if first else "kernel modules of unknown kind"
+    m = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", first)
+    kver = m.group(1) if m else "version unknown"
     try:
-        (err,) = cuda.cuInit(0)
-        if int(err) != 0:
-            return Check("cuda-dmabuf", "fail", f"cuInit failed: {err}", "check the NVIDIA driver")
-        err, dev = cuda.cuDeviceGet(0)
-        attr = getattr(cuda.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED", None)
-        if attr is None:
-            return Check("cuda-dmabuf", "unknown", "this cuda-python has no DMA_BUF_SUPPORTED attribute",
-                         "upgrade cuda-python")
-        err, val = cuda.cuDeviceGetAttribute(attr, dev)
-    except Exception as exc:  # a broken CUDA install must not stop the other checks
-        return Check("cuda-dmabuf", "unknown", f"CUDA query failed: {type(exc).__name__}: {exc}",
-                     "check the NVIDIA driver and cuda-python")
-    if int(err) == 0 and val:
-        return Check("cuda-dmabuf", "pass", "GPU 0 can export dma-bufs (cuMemGetHandleForAddressRange)")
-    return Check("cuda-dmabuf", "fail", f"GPU 0 cannot export dma-bufs (CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED"
-                 f" = {val}, {err})", "use the open NVIDIA kernel modules (dma-buf export needs them)")
+        info = mcuda.probe(0, drv)
+    except DevmemError as exc:
+        detail = f"NVIDIA driver {kver} ({modules}), but the CUDA driver API is unusable: {exc.message}"
+        fix = exc.hint or "check nvidia-smi"
+        return [Check("cuda-driver", "fail" if "cuda-python" not in exc.message else "unknown", detail, fix),
+                Check("cuda-dmabuf", "unknown", "not probed: " + exc.message, fix)]
+    driver = Check("cuda-driver", "pass", f"NVIDIA driver {kver} ({modules}), CUDA {info['driver']}, "
+                   f"{info['count']} GPU(s)")
+    major, minor = (int(x) for x in str(info["driver"]).split("."))
+    name = f"GPU 0 ({info['name']})"
+    if (major, minor) < CUDA_DMABUF_MIN:
+        dmabuf = Check("cuda-dmabuf", "fail", f"the driver supports CUDA {info['driver']}: dma-buf export "
+                       "needs 11.7 or later",
+                       "upgrade the NVIDIA driver (R515 or later, open kernel modules)")
+    elif info["dmabuf_supported"] is None:
+        dmabuf = Check("cuda-dmabuf", "unknown", "this cuda-python does not know "
+                       "CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED", "pip install -U cuda-python")
+    elif info["dmabuf_supported"]:
+        dmabuf = Check("cuda-dmabuf", "pass", f"{name} can export dma-bufs "
+                       "(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 1)")
+    else:
+        dmabuf = Check("cuda-dmabuf", "fail", f"{name} cannot export dma-bufs: "
+                       f"CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 0 with the {modules}",
+                       "install the NVIDIA open kernel modules (nvidia-open, R515 or later)")
+    return [driver, dmabuf]
+
+
+def _kernel_config(release: str, paths: tuple[str, ...] = KERNEL_CONFIGS) -> tuple[str, str] | None:
+    """(text, source) of the running kernel's configuration, or None."""
+    for p in paths:
+        path = p % release if "%s" in p else p
+        try:
+            if path.endswith(".gz"):
+                with gzip.open(path, "rt") as f:
+                    return f.read(), path
+            with open(path) as f:
+                return f.read(), path
+        except OSError:
+            continue
+    return None
+
+
+def _kernel_dmabuf_check(ops: set[str] | None, paths: tuple[str, ...] = KERNEL_CONFIGS) -> Check:
+    """``kernel-dmabuf``: the kernel has dma-buf support (CONFIG_DMA_SHARED_BUFFER),
+    which bind-rx needs to take the fd (dma_buf_get, net/core/devmem.c)."""
+    name = "kernel-dmabuf"
+    conf = _kernel_config(os.uname().release, paths)
+    if conf is not None:
+        text, src = conf
+        if re.search(r"^CONFIG_DMA_SHARED_BUFFER=y$", text, re.M):
+            return Check(name, "pass", f"CONFIG_DMA_SHARED_BUFFER=y ({src})")
+        return Check(name, "fail", f"the kernel is built without dma-buf support (CONFIG_DMA_SHARED_BUFFER "
+                     f"not =y in {src})", "use a kernel with CONFIG_DMA_SHARED_BUFFER=y (CONFIG_NET_DEVMEM "
+                     "selects it)")
+    if ops is not None and "bind-rx" in ops:
+        return Check(name, "pass", "the kernel has the bind-rx op, and CONFIG_NET_DEVMEM depends on "
+                     "CONFIG_DMA_SHARED_BUFFER")
+    if os.path.exists("/sys/kernel/dmabuf") or os.path.exists("/dev/udmabuf"):
+        return Check(name, "pass", "dma-buf support present (/sys/kernel/dmabuf or /dev/udmabuf exists)")
+    return Check(name, "unknown", "cannot tell: no kernel config (/proc/config.gz, /boot/config-*) and no "
+                 "dma-buf file in /sys", "check CONFIG_DMA_SHARED_BUFFER=y in the kernel's configuration")
+
+
+def _iommu_check(sys_root: str = "/sys") -> Check:
+    """``iommu``: peer-to-peer DMA from the NIC into GPU memory; with a
+    translating IOMMU it depends on the platform (ACS, ATS), passthrough or
+    no IOMMU is the configuration GPUDirect set-ups use."""
+    name = "iommu"
+    units = sorted(os.listdir(os.path.join(sys_root, "class", "iommu"))) \
+        if os.path.isdir(os.path.join(sys_root, "class", "iommu")) else None
+    if units is None:
+        return Check(name, "unknown", f"{sys_root}/class/iommu is absent: IOMMU state unknown",
+                     "check dmesg for DMAR/AMD-Vi and the iommu= boot parameter")
+    if not units:
+        return Check(name, "pass", f"no IOMMU active ({sys_root}/class/iommu is empty): devices DMA to "
+                     "physical addresses")
+    groups = os.path.join(sys_root, "kernel", "iommu_groups")
+    types: set[str] = set()
+    if os.path.isdir(groups):
+        for g in os.listdir(groups):
+            t = _read(os.path.join(groups, g, "type"))
+            if t:
+                types.add(t.strip())
+    if types and types <= {"identity"}:
+        return Check(name, "pass", f"IOMMU {', '.join(units)} in passthrough (identity domains)")
+    what = ", ".join(sorted(types)) or "unknown domain type"
+    return Check(name, "unknown", f"IOMMU {', '.join(units)} translates DMA ({what}): NIC-to-GPU "
+                 "peer-to-peer DMA then depends on the platform (ACS, ATS)",
+                 "if a GPU dma-buf binds but traffic stalls or faults, boot with iommu=pt (passthrough)")
 
 
 def diagnose(ifname: str) -> DoctorReport:
@@ -367,7 +460,14 @@ def diagnose(ifname: str) -> DoctorReport:
     checks.append(_guard("rss", lambda: _rss_check(ifname)))
     checks.append(_guard("rx-queues", lambda: _rx_queues_check(ifname)))
     checks.append(_udmabuf_check())
-    checks.append(_guard("cuda-dmabuf", _cuda_check))
+    try:
+        checks += _cuda_checks()
+    except Exception as exc:  # a broken CUDA install must not stop the other checks
+        why = f"CUDA query failed: {type(exc).__name__}: {exc}"
+        checks += [Check(n, "unknown", why, "check the NVIDIA driver and cuda-python")
+                   for n in ("cuda-driver", "cuda-dmabuf")]
+    checks.append(_kernel_dmabuf_check(ops))
+    checks.append(_iommu_check())
 
     by_name = {c.name: c for c in checks}
     rx = by_name["queue-management-api"].status == "pass" and all(

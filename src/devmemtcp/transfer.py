@@ -38,7 +38,7 @@ from devmemtcp import abi
 from devmemtcp.backend import open_backend
 from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
 from devmemtcp.host import ifaces
-from devmemtcp.validate import FragValidator
+from devmemtcp.validate import FragValidator, frag_validator
 
 if TYPE_CHECKING:
     from devmemtcp.backend.base import Backend, Binding
@@ -232,7 +232,8 @@ def receive_stream(
         ifname: the devmem NIC; default the interface owning ``listen``.
         queues: ``(start, count)`` RX queues to bind; default the last queue.
         validate: pattern period N (bytes 1..N-1, 0x0a, repeating), or None.
-        memory: "host" (memfd) or "udmabuf", or a DmaBuf the caller owns.
+        memory: "host" (memfd), "udmabuf", "cuda" / "cuda:N" (GPU memory), or a
+            DmaBuf the caller owns.
         size: dma-buf size in bytes (multiple of PAGE_SIZE).
         backend: "auto", "kernel", "emulated" or a Backend object.
         nic_config: False skips NicSetup (the NIC was set up by
@@ -303,7 +304,7 @@ def receive_stream(
         flow: tuple[Any, ...] = (dst, port) if peer is None else (dst, port, peer, port)
         binding = stack.enter_context(_nic_for_flow(be, ifname, q, flow, dmabuf, nic_config))
         result.binding_id = binding.id
-        validator = FragValidator(validate, dmabuf) if validate else None
+        validator = frag_validator(validate, dmabuf) if validate else None
         if validator is not None:
             stack.callback(validator.close)  # before the dma-buf closes: its views must go first
         if on_ready:
@@ -457,12 +458,11 @@ def _fill_pattern(dmabuf: DmaBuf, period: int) -> int:
     if usable <= 0:
         raise DevmemError(f"dma-buf of {dmabuf.size} bytes is smaller than the pattern period {period}",
                           "use a larger --size")
-    view = dmabuf.host_view()
     step = 16 << 20
     step -= step % period
     for start in range(0, usable, step):
         n = min(step, usable - start)
-        view[start:start + n] = np.frombuffer(pattern_bytes(period, start, n), dtype=np.uint8)
+        dmabuf.copy_in(start, pattern_bytes(period, start, n))  # device memory has no host view
     return usable
 
 
@@ -674,6 +674,7 @@ def run_demo(
     listen: str = "127.0.0.1",
     size: int = DEFAULT_DMABUF_SIZE,
     timeout: float = 30.0,
+    memory: str = "host",
     on_backend: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -681,7 +682,8 @@ def run_demo(
 
     The receiver runs in a thread (:func:`receive_stream`, NIC set up for
     its flow, pattern checked from its dma-buf), the sender in the caller's
-    thread (:func:`send_stream`). Returns ``{"backend", "bytes", "seconds",
+    thread (:func:`send_stream`); ``memory`` is both ends' dma-buf kind
+    ("host", "udmabuf", "cuda", "cuda:N"). Returns ``{"backend", "bytes", "seconds",
     "gbps", "validated", "complete", "recv": {...}, "send": {...}}`` where
     recv/send are the two TransferResult JSON objects; the receiver is told
     the length, so ``complete`` is checked. Raises the receiver's
@@ -705,8 +707,8 @@ def run_demo(
     def receiver() -> None:
         try:
             outcome["recv"] = receive_stream(listen, 0, ifname=ifname, validate=validate, size=size,
-                                             backend=be, accept_timeout=timeout, on_ready=on_ready,
-                                             expect_bytes=nbytes, on_progress=on_progress)
+                                             memory=memory, backend=be, accept_timeout=timeout,
+                                             on_ready=on_ready, expect_bytes=nbytes, on_progress=on_progress)
         except BaseException as exc:
             outcome["recv_error"] = exc
             ready.set()
@@ -718,7 +720,7 @@ def run_demo(
         ready.wait(timeout)
         if port_box and "recv_error" not in outcome:
             sent = send_stream(listen, port_box[0], nbytes=nbytes, ifname=ifname, validate=validate,
-                               size=size, backend=be)
+                               size=size, memory=memory, backend=be)
     except BaseException:
         # the sender failed or was interrupted: let the receiver see EOF so it
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise

@@ -3,7 +3,9 @@
 :class:`FragValidator` checks a stream's frags where the NIC put them (the
 dma-buf's host view at the cmsg offsets), in stream order, with no Python
 loop per fragment; :class:`~devmemtcp.pattern.PatternChecker` does the byte
-comparison.
+comparison. :class:`CudaFragValidator` does the same for a CUDA dma-buf on
+the device (:mod:`devmemtcp.memory.cuda_ops`); :func:`frag_validator` picks
+the one that fits the buffer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from devmemtcp.errors import DevmemError
 if TYPE_CHECKING:
     from devmemtcp.memory.base import DmaBuf
 
-__all__ = ["FragValidator"]
+__all__ = ["CudaFragValidator", "FragValidator", "frag_validator"]
 
 #: A batch whose frags form more contiguous runs than this is gathered once
 #: into a scratch buffer and checked there, instead of run by run.
@@ -137,3 +139,45 @@ class FragValidator:
                 self.scratch[pos:pos + b - a] = self.view[a:b]
                 pos += b - a
         self.checker.check(self.scratch[:total])
+
+
+class CudaFragValidator(FragValidator):
+    """:class:`FragValidator` for a CUDA dma-buf: frags are checked on the
+    device where the NIC put them (one kernel launch per batch, see
+    :func:`devmemtcp.memory.cuda_ops.first_mismatch`); linear and readable
+    bytes, which are in host memory, on the host. The stream offset is
+    ``checker.offset`` for both, so a mismatch raises the same
+    :class:`~devmemtcp.errors.ValidationError` (stream offset, expected,
+    received) as the host path. DevmemError without CuPy."""
+
+    def __init__(self, period: int, dmabuf: DmaBuf) -> None:
+        from devmemtcp.memory.cuda_ops import cupy
+        from devmemtcp.pattern import PatternChecker
+
+        cupy()  # a clear error now rather than at the first batch
+        self.checker = PatternChecker(period)
+        self.dmabuf = dmabuf
+
+    def check_frags(self, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        """Check frags (dma-buf ``offsets``, ``sizes``; stream order) on the device."""
+        from devmemtcp.errors import ValidationError
+        from devmemtcp.memory.cuda_ops import first_mismatch, plan_gather
+
+        buf: Any = self.dmabuf
+        plan = plan_gather(offsets, sizes, page_size=buf.page_size, limit=buf.size)
+        base = self.checker.offset
+        bad = first_mismatch(buf, plan, base, self.checker.period)
+        if bad is None:
+            self.checker.offset = base + plan.nbytes
+            return
+        offset, got = bad
+        self.checker.offset = offset
+        raise ValidationError(offset, int(self.checker.expected(offset, 1)[0]), got)
+
+
+def frag_validator(period: int, dmabuf: DmaBuf) -> FragValidator:
+    """The validator for ``dmabuf``: on the device for CUDA memory
+    (:class:`CudaFragValidator`), else on the host view (:class:`FragValidator`)."""
+    if dmabuf.kind == "cuda":
+        return CudaFragValidator(period, dmabuf)
+    return FragValidator(period, dmabuf)

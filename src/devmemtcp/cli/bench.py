@@ -1,5 +1,5 @@
-"""``devmemtcp bench frags | stream | tensor | torch | report``: measure the fragment path, stream
-throughput, the data API and the torch backend.
+"""``devmemtcp bench frags | stream | tensor | gather | torch | report``: measure the devmem paths
+and the torch backend.
 
 Each subcommand prints readable tables (progress on stderr) or, with
 ``--json``, one JSON object on stdout. Exit status 0 when the benchmark ran
@@ -34,6 +34,7 @@ examples:
   devmemtcp bench tensor --sizes 4K,1M,16M --streams 2   the data API vs plain TCP, and the gather
   devmemtcp bench torch --ranks 2 --sizes 64K,1M,16M,256M   the "devmem" torch backend vs Gloo
   devmemtcp bench report --out bench-out   both, plus bench-out/bench.json and bench-out/bench.png
+  devmemtcp bench gather --memory cuda     device gather vs cuMemcpyDtoD (needs a GPU, cuda-python, CuPy)
 
 What the figures mean: bench/README.md in the source tree.
 """
@@ -61,6 +62,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        "one preallocated numpy array: the devmem Channel on the emulated NIC over lo "
                        "against a plain-TCP framed channel; then the gather alone against np.copyto.")
     _tensor_args(p)
+    _common_args(p)
+
+    p = sub.add_parser("gather", help="gather of received frags vs a plain copy (GPU: --memory cuda)",
+                       description="Gather page-aligned and 1448-byte frags into one contiguous buffer and "
+                       "compare with a copy of the same bytes: on the GPU (--memory cuda[:N]: one kernel "
+                       "launch per batch vs cuMemcpyDtoD) or on the host (--memory host: numpy vs memcpy).")
+    _gather_args(p)
     _common_args(p)
 
     p = sub.add_parser("torch", help='the "devmem" torch.distributed backend vs Gloo (needs torch)',
@@ -108,6 +116,17 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin this process and the peer to two different CPUs (pinning, as "
                         "iperf3 -A, applies to raw and devmem runs alike and cuts the run-to-run noise)")
+
+
+def _gather_args(p: argparse.ArgumentParser) -> None:
+    from devmemtcp.bench.gather import DEFAULT_FRAGS, DEFAULT_REPEAT
+    from devmemtcp.cli.common import add_memory_arg
+
+    add_memory_arg(p, default="cuda")
+    p.add_argument("--frags", type=positive_int, default=DEFAULT_FRAGS, metavar="N",
+                   help=f"frags per gathered batch, each in its own net_iov (default {DEFAULT_FRAGS})")
+    p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="R",
+                   help=f"timed batches per frag size, medians reported (default {DEFAULT_REPEAT})")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -179,6 +198,12 @@ def run(args: argparse.Namespace) -> int:
                             pin=not args.no_pin,
                             progress=progress)
         _emit(args, result, lambda c: print_stream(c, result))
+        return _status(args, result.get("targets", {}))
+    if cmd == "gather":
+        from devmemtcp.bench.gather import run_gather
+
+        result = run_gather(args.memory, frags=args.frags, repeat=args.repeat, progress=progress)
+        _emit(args, result, lambda c: print_gather(c, result))
         return _status(args, result.get("targets", {}))
     if cmd == "tensor":
         from devmemtcp.bench.tensor import run_tensor
@@ -337,6 +362,32 @@ def print_stream(console: Console, r: dict[str, Any]) -> None:
     m = r["machine"]
     console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
                   f"{m.get('loadavg_after')}[/dim]")
+
+
+def print_gather(console: Console, r: dict[str, Any]) -> None:
+    """The gather benchmark as a table: one row per frag size, then the targets."""
+    t = Table(title=f"gather on {r['device']} ({r['memory']} memory), median of {r['repeat']} batches",
+              title_justify="left")
+    t.add_column("frags")
+    t.add_column("bytes", justify="right")
+    t.add_column("gather GB/s", justify="right")
+    t.add_column("copy GB/s", justify="right")
+    t.add_column("gather/copy", justify="right")
+    device = any("upload_us" in c for c in r["cases"])
+    if device:  # the frag list's upload and the host planning exist only for the device gather
+        t.add_column("with upload", justify="right")
+        t.add_column("upload us", justify="right")
+        t.add_column("plan ms", justify="right")
+    for c in r["cases"]:
+        row = [f"{c['frags']:,} x {c['frag_size']} B", f"{c['bytes']:,}", _n(c["gather_gbps"], ".1f"),
+               _n(c["copy_gbps"], ".1f"), _n(c["ratio"], ".2f")]
+        if device:
+            row += [_n(c.get("ratio_with_upload"), ".2f"), _n(c.get("upload_us"), ".1f"),
+                    _n(c.get("plan_ms"), ".2f")]
+        t.add_row(*row)
+    console.print(t)
+    if r["targets"]:
+        console.print(_targets_table(r["targets"]))
 
 
 def _size_label(n: int) -> str:

@@ -124,6 +124,27 @@ def validate_arg(text: str) -> int:
     return value
 
 
+MEMORY_METAVAR = "{host,udmabuf,cuda,cuda:N}"
+
+
+def memory_arg(text: str) -> str:
+    """argparse type of ``--memory``: host, udmabuf, cuda or cuda:N (GPU N)."""
+    from devmemtcp.memory import is_memory_kind
+
+    if not is_memory_kind(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from host, udmabuf, cuda, cuda:N)")
+    return text
+
+
+def add_memory_arg(parser: argparse.ArgumentParser, default: str = "host") -> None:
+    """Add ``--memory host|udmabuf|cuda|cuda:N``."""
+    parser.add_argument(
+        "--memory", type=memory_arg, default=default, metavar=MEMORY_METAVAR,
+        help="dma-buf provider: host (memfd, default), udmabuf (/dev/udmabuf), or cuda / cuda:N "
+             "(GPU memory of device 0 / N: needs cuda-python, CuPy and an NVIDIA driver with dma-buf export)")
+
+
 #: What an argparse type function puts between its message and its hint (see :func:`arg_error`).
 HINT_SEP = "\nhint: "
 
@@ -239,15 +260,13 @@ def netns_arg(text: str) -> str:
 
 
 def add_backend_args(parser: argparse.ArgumentParser, *, memory: bool = True) -> None:
-    """Add ``--backend auto|kernel|emulated``, ``--memory host|udmabuf`` and ``--json``."""
+    """Add ``--backend auto|kernel|emulated``, ``--memory host|udmabuf|cuda[:N]`` and ``--json``."""
     parser.add_argument(
         "--backend", choices=("auto", "kernel", "emulated"), default="auto",
         help="kernel: a devmem-capable NIC; emulated: the software devmem NIC over real TCP; "
         "auto (default): kernel when doctor finds devmem possible on the interface, else emulated")
     if memory:
-        parser.add_argument(
-            "--memory", choices=("host", "udmabuf"), default="host",
-            help="dma-buf provider: host (memfd, default) or udmabuf (/dev/udmabuf)")
+        add_memory_arg(parser)
     add_output_args(parser, verbose=True)
 
 

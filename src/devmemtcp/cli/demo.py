@@ -38,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"pattern period (default {DEMO_PERIOD})")
     parser.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
                         help="auto (default): kernel when lo could do devmem (it cannot), else emulated")
+    common.add_memory_arg(parser)
     common.add_output_args(parser, verbose=True)
 
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
 
     try:
-        demo = run_demo(nbytes=args.bytes, validate=args.validate, backend=args.backend,
+        demo = run_demo(nbytes=args.bytes, validate=args.validate, backend=args.backend, memory=args.memory,
                         on_backend=on_backend, on_progress=progress)
     except ValidationError as exc:
         progress.close()

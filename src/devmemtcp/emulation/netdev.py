@@ -23,6 +23,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from devmemtcp import abi
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.nic import EmulatedNicControl
@@ -68,17 +70,43 @@ class EmulatedBinding:
         self.size = int(dmabuf.size)
         self.pool: RxPool | None = RxPool(binding_id, self.size // PAGE_SIZE) if kind == "rx" else None
         self._view: memoryview | None = None
+        self.staged: bool | None = None  # None: not yet known; True: device memory, no host view
+        self._stages = threading.local()
         self.closed = False
         self._finalizer = weakref.finalize(self, _unregister, netdev.directory, binding_id)
         self._netdev = weakref.ref(netdev)
 
     @property
-    def view(self) -> memoryview:
-        """Writable byte view of the dma-buf's host memory (cached)."""
-        if self._view is None:
-            arr = self.dmabuf.host_view()
+    def view(self) -> memoryview | None:
+        """Writable byte view of the dma-buf's host memory (cached), or None
+        when the dma-buf has none (device memory): the emulated NIC then
+        stages payload in host memory and moves it with the dma-buf's
+        ``write_at`` / ``read_at``, as a NIC's DMA engine would."""
+        if self._view is None and not self.staged:
+            try:
+                arr = self.dmabuf.host_view()
+            except DevmemError:
+                if getattr(self.dmabuf, "closed", False):
+                    raise
+                self.staged = True
+                return None
+            self.staged = False
             self._view = memoryview(arr).cast("B")  # type: ignore[arg-type]
         return self._view
+
+    def stage(self, nbytes: int) -> np.ndarray:
+        """This thread's host staging buffer of at least ``nbytes`` bytes (the
+        dma-buf's pinned ``staging`` buffer where it offers one), reused.
+        DevmemError once the dma-buf is closed (its staging memory is freed)."""
+        if getattr(self.dmabuf, "closed", False):
+            raise DevmemError(f"the dma-buf of binding {self.id} was closed while bound",
+                              "close the binding (or the Channel) before its dma-buf")
+        cur: np.ndarray | None = getattr(self._stages, "buf", None)
+        if cur is None or cur.shape[0] < nbytes:
+            make = getattr(self.dmabuf, "staging", None)
+            cur = make(nbytes) if callable(make) else np.empty(max(nbytes, PAGE_SIZE), np.uint8)
+            self._stages.buf = cur
+        return cur
 
     def close(self) -> None:
         """Unbind (idempotent)."""

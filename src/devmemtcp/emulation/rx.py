@@ -11,7 +11,10 @@ Follows net/ipv4/tcp.c ``tcp_recvmsg_dmabuf`` for one connected TCP socket:
 * **Fill**: a devmem flow's payload is received straight into the dma-buf's
   memory at the offsets of free net_iovs (one ``recv_into`` per contiguous
   run, no extra copy), cut into frags of at most PAGE_SIZE, each given a
-  token from the socket's table (from 1, lowest free first).
+  token from the socket's table (from 1, lowest free first). A dma-buf
+  without a host view (CUDA memory) is filled as a NIC's DMA engine would:
+  the payload is received into a host staging buffer (the dma-buf's pinned
+  one) and placed at the net_iov offsets with one ``write_at`` per receive.
 * **cmsgs**: one SCM_DEVMEM_DMABUF cmsg per frag in the control buffer
   (:func:`encode_frags`, the bytes of ``devmemtcp.codec.encode_rx_control``).
   Header split is always on with hds-thresh 0 for a bound queue (bind-rx
@@ -390,7 +393,11 @@ class EmulatedRx:
                 if py_timeout:
                     raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
                 raise oserror(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
-        total = self._fill(sock, b.view, runs, nbuf, flags, pool, s.queue)
+        view = b.view
+        if view is not None:
+            total = self._fill(sock, view, runs, nbuf, flags, pool, s.queue)
+        else:
+            total = self._fill_staged(sock, b, runs, nbuf, flags, pool, s.queue)
         if total == 0:
             return 0, 0, 0
         used = -(-total // PAGE_SIZE)
@@ -411,11 +418,35 @@ class EmulatedRx:
                 self.netdev.flush_stats()
         return total, clen, 0
 
+    @classmethod
+    def _fill_staged(cls, sock: socket.socket, b: EmulatedBinding, runs: list[tuple[int, int]], nbuf: int,
+                     flags: int, pool: RxPool, queue: int) -> int:
+        """:meth:`_fill` for a dma-buf without a host view: receive the runs'
+        bytes back to back into the staging buffer, then one ``write_at``
+        (for CUDA memory: a host-to-device copy per contiguous run, one
+        synchronisation) puts them at the net_iov offsets."""
+        room = min(sum(cnt for _, cnt in runs) * PAGE_SIZE, nbuf)
+        stage = b.stage(room)
+        total = cls._fill(sock, memoryview(stage.data)[:room], runs, nbuf, flags, pool, queue, packed=True)
+        if total:
+            starts = np.array([p0 for p0, _ in runs], np.int64) * PAGE_SIZE
+            lens = np.array([cnt for _, cnt in runs], np.int64) * PAGE_SIZE
+            ends = np.minimum(np.cumsum(lens), total)
+            lens = np.diff(ends, prepend=0)
+            try:
+                b.dmabuf.write_at(starts[lens > 0], lens[lens > 0], stage)
+            except BaseException:
+                pool.give_back_runs(runs, queue)
+                raise
+        return total
+
     @staticmethod
     def _fill(sock: socket.socket, view: memoryview, runs: list[tuple[int, int]], nbuf: int, flags: int,
-              pool: RxPool, queue: int) -> int:
+              pool: RxPool, queue: int, packed: bool = False) -> int:
         """recv_into the dma-buf at the net_iov ``runs``, one call per run;
-        returns bytes received (0 at EOF). Gives every net_iov back on error."""
+        returns bytes received (0 at EOF). Gives every net_iov back on error.
+        ``packed``: ``view`` is a staging buffer and the runs' bytes go to it
+        back to back (each run but the last is filled before the next starts)."""
         total = 0
         left = nbuf
         first_flags = flags & _RECV_PASS_FLAGS
@@ -428,7 +459,7 @@ class EmulatedRx:
         fd = sock.fileno()
         for i, (p0, cnt) in enumerate(runs):
             want = min(cnt * PAGE_SIZE, left)
-            off = p0 * PAGE_SIZE
+            off = total if packed else p0 * PAGE_SIZE
             try:
                 if direct:
                     got = os.readv(fd, [view[off : off + want]])

@@ -154,7 +154,16 @@ class EmulatedTx:
                 break
         if not spans:
             raise oserror(errno.EFAULT, f"dma-buf offset past the end of binding {bid} ({bsize} bytes)")
-        n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
+        if view is not None:
+            n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
+        else:
+            # no host view (device memory): the DMA engine's read is one read_at into staging
+            span_at = np.array([a for a, _ in spans], np.int64)
+            span_len = np.array([b for _, b in spans], np.int64) - span_at
+            tot = int(span_len.sum())
+            stage = binding.stage(tot)
+            binding.dmabuf.read_at(span_at, span_len, stage)
+            n = sock.sendmsg([memoryview(stage.data)[:tot]], [], flags & _SEND_PASS_FLAGS)
         seq = tx.zckey
         tx.zckey = (seq + 1) & U32_MAX
         tx.sent += n

@@ -2,6 +2,8 @@
 
 :func:`open_dmabuf` picks a provider by name; every provider implements the
 :class:`~devmemtcp.memory.base.DmaBuf` protocol and is a context manager.
+The CUDA provider (:mod:`devmemtcp.memory.cuda`) imports cuda-python only
+when a CUDA buffer is opened.
 """
 
 from __future__ import annotations
@@ -14,21 +16,38 @@ from devmemtcp.memory.base import DmaBuf
 from devmemtcp.memory.memfd import MemfdBuffer
 from devmemtcp.memory.udmabuf import UdmabufBuffer
 
-__all__ = ["KINDS", "DmaBuf", "MemfdBuffer", "UdmabufBuffer", "open_dmabuf"]
+__all__ = ["KINDS", "DmaBuf", "MemfdBuffer", "UdmabufBuffer", "is_memory_kind", "open_dmabuf"]
 
-KINDS = ("host", "udmabuf")
+#: Provider names; "cuda" also takes a device ordinal, "cuda:N".
+KINDS = ("host", "udmabuf", "cuda")
 
 
-def open_dmabuf(kind: Literal["host", "udmabuf"] | str, size: int, page_size: int = abi.PAGE_SIZE) -> DmaBuf:
+def is_memory_kind(kind: str) -> bool:
+    """True for "host", "udmabuf", "cuda" and "cuda:N" (N a device ordinal)."""
+    if kind in KINDS:
+        return True
+    head, sep, tail = kind.partition(":")
+    return head == "cuda" and sep == ":" and tail.isdigit()
+
+
+def open_dmabuf(kind: Literal["host", "udmabuf", "cuda"] | str, size: int,
+                page_size: int = abi.PAGE_SIZE) -> DmaBuf:
     """Allocate a dma-buf of ``size`` bytes (a multiple of ``page_size``).
 
-    ``kind``: ``"host"`` (memfd host memory, what the emulated NIC uses) or
-    ``"udmabuf"`` (a real dma-buf over a sealed memfd, needs /dev/udmabuf).
-    Raises :class:`~devmemtcp.errors.DevmemError` for an unknown kind, a bad
-    size, or a provider that is unavailable (with the fix in the hint).
+    ``kind``: ``"host"`` (memfd host memory, what the emulated NIC uses),
+    ``"udmabuf"`` (a real dma-buf over a sealed memfd, needs /dev/udmabuf),
+    or ``"cuda"`` / ``"cuda:N"`` (device memory of GPU 0 / N exported with
+    cuMemGetHandleForAddressRange; needs cuda-python, the NVIDIA driver with
+    dma-buf support and a GPU). Raises :class:`~devmemtcp.errors.DevmemError`
+    for an unknown kind, a bad size, or a provider that is unavailable (with
+    the fix in the hint).
     """
     if kind == "host":
         return MemfdBuffer(size, page_size)
     if kind == "udmabuf":
         return UdmabufBuffer(size, page_size)
-    raise DevmemError(f"unknown memory kind {kind!r}", f"use one of: {', '.join(KINDS)}")
+    if is_memory_kind(kind):
+        from devmemtcp.memory.cuda import CudaBuffer, parse_device
+
+        return CudaBuffer(size, page_size, device=parse_device(kind))
+    raise DevmemError(f"unknown memory kind {kind!r}", "use one of: host, udmabuf, cuda, cuda:N")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +18,13 @@ class DmaBuf(Protocol):
     multiple of ``page_size`` (the net_iov size, 4096). ``kind``: "memfd",
     "udmabuf", "cuda". ``host_view()`` returns a writable ``uint8`` array of
     shape ``(size,)`` over the memory, or raises DevmemError for device memory.
+
+    ``write_at(offsets, sizes, src)`` scatters the host bytes ``src`` (uint8,
+    ``sum(sizes)`` bytes back to back) to the ranges ``(offsets[i],
+    sizes[i])``; ``read_at(offsets, sizes, out)`` is the reverse. The emulated
+    NIC moves payload with them when there is no host view (device memory):
+    they are its DMA engine. ``gather(frags, out)`` returns a numpy array for
+    host memory and a device array (CuPy) for CUDA memory.
     """
 
     fd: int
@@ -28,7 +35,9 @@ class DmaBuf(Protocol):
     def host_view(self) -> np.ndarray: ...
     def copy_in(self, offset: int, data: bytes | memoryview | np.ndarray) -> None: ...
     def copy_out(self, offset: int, length: int) -> np.ndarray: ...
-    def gather(self, frags: FragBatch, out: np.ndarray | None = None) -> np.ndarray: ...
+    def write_at(self, offsets: np.ndarray, sizes: np.ndarray, src: np.ndarray) -> None: ...
+    def read_at(self, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None: ...
+    def gather(self, frags: FragBatch, out: Any = None) -> Any: ...
     def close(self) -> None: ...
     def __enter__(self) -> DmaBuf: ...
     def __exit__(self, *exc: object) -> None: ...

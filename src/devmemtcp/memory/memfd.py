@@ -99,6 +99,45 @@ class MemfdBuffer:
         self._check_range(offset, length)
         return self.host_view()[offset: offset + length].copy()
 
+    def _runs(self, offsets: np.ndarray, sizes: np.ndarray) -> tuple[list[int], list[int], int]:
+        offs = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        lens = np.asarray(sizes, dtype=np.int64).reshape(-1)
+        if offs.shape != lens.shape:
+            raise DevmemError(f"{offs.shape[0]} offsets but {lens.shape[0]} sizes",
+                              "give one size per offset")
+        if offs.shape[0] and (int(offs.min()) < 0 or int(lens.min()) < 0
+                              or int((offs + lens).max()) > self.size):
+            raise DevmemError(f"a range lies outside the {self.size}-byte dma-buf",
+                              "keep offsets and lengths within the buffer size")
+        return offs.tolist(), lens.tolist(), int(lens.sum())
+
+    def write_at(self, offsets: np.ndarray, sizes: np.ndarray, src: np.ndarray) -> None:
+        """Scatter ``src`` (host uint8, ``sum(sizes)`` bytes back to back) to
+        the ranges ``(offsets[i], sizes[i])``: one slice copy per range (the
+        ranges are a batch's contiguous runs, a few). DevmemError on a bad range."""
+        offs, lens, total = self._runs(offsets, sizes)
+        if src.shape[0] < total:
+            raise DevmemError(f"write_at source has {src.shape[0]} bytes, the ranges {total}",
+                              "pass a source of sum(sizes) bytes")
+        view = self.host_view()
+        pos = 0
+        for o, n in zip(offs, lens, strict=True):
+            view[o: o + n] = src[pos: pos + n]
+            pos += n
+
+    def read_at(self, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None:
+        """Copy the ranges ``(offsets[i], sizes[i])`` back to back into ``out``
+        (host uint8 of at least ``sum(sizes)`` bytes): the reverse of :meth:`write_at`."""
+        offs, lens, total = self._runs(offsets, sizes)
+        if out.shape[0] < total:
+            raise DevmemError(f"read_at destination has {out.shape[0]} bytes, the ranges {total}",
+                              "pass a destination of sum(sizes) bytes")
+        view = self.host_view()
+        pos = 0
+        for o, n in zip(offs, lens, strict=True):
+            out[pos: pos + n] = view[o: o + n]
+            pos += n
+
     def gather(self, frags: FragBatch, out: np.ndarray | None = None) -> np.ndarray:
         """Concatenate the fragments' byte ranges, in batch order, into ``out``.
 
@@ -145,7 +184,9 @@ class MemfdBuffer:
         tail = offs >= nwin
         starts = np.cumsum(sizes) - sizes
         if int(sizes.min()) == maxsz and not tail.any():
-            np.take(windows, offs, axis=0, out=dst.reshape(n, maxsz))
+            # fancy indexing reads the strided windows in place (np.take would first copy
+            # the whole (nwin, maxsz) window view into a contiguous array)
+            dst.reshape(n, maxsz)[:] = windows[offs]
             return dst
         body = ~tail
         if body.any():

@@ -73,7 +73,6 @@ def test_cli_check_exit_status_follows_the_targets(capsys: pytest.CaptureFixture
 def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     from devmemtcp.cli.main import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "frags", "--frags", "0"])
-    assert exc.value.code == 2
+    # bad input is one error line and a hint, exit status 2 (the CLI's argument errors return it)
+    assert main(["bench", "frags", "--frags", "0"]) == 2
     assert "--frags" in capsys.readouterr().err

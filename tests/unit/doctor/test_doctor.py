@@ -16,7 +16,8 @@ from devmemtcp.errors import DevmemError, NetlinkError
 from devmemtcp.host import netns
 
 NAMES = ["kernel-bind-rx", "kernel-bind-tx", "kernel-queue-create", "cap-net-admin", "queue-management-api",
-         "netmem-tx", "header-split", "hds-thresh", "ntuple", "rss", "rx-queues", "udmabuf", "cuda-dmabuf"]
+         "netmem-tx", "header-split", "hds-thresh", "ntuple", "rss", "rx-queues", "udmabuf",
+         "cuda-driver", "cuda-dmabuf", "kernel-dmabuf", "iommu"]
 
 
 def _has(ifname: str) -> bool:
