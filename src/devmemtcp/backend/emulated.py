@@ -107,7 +107,7 @@ class EmulatedBackend:
                      guest_netns: str | None = None) -> int:
         """queue-create (lease a physical RX queue to a netkit guest); see
         :func:`devmemtcp.emulation.netkit.queue_create`. Needs CAP_NET_ADMIN (EPERM)."""
-        require_net_admin("queue-create")
+        require_net_admin("queue-create", self.netdev.directory)
         return netkit.queue_create(guest_ifindex, phys_ifindex, phys_queue, guest_netns=guest_netns,
                                    directory=self.netdev.directory)
 

@@ -257,7 +257,7 @@ class Netdev:
         already memory provider bound" (EEXIST). A failed queue undoes the
         binding, but its id stays consumed, as in the kernel."""
         op = "bind-rx"
-        require_net_admin(op)
+        require_net_admin(op, self.directory)
         if not queues:
             raise NetlinkError(errno.EINVAL, op, bad_attr="queues (missing)",
                                hint="name at least one RX queue to bind")
@@ -463,13 +463,28 @@ def has_net_admin() -> bool:
     return os.geteuid() == 0
 
 
-def require_net_admin(op: str) -> None:
+def require_net_admin(op: str, directory: str | None = None) -> None:
     """EPERM without CAP_NET_ADMIN: bind-rx and queue-create are
     GENL_ADMIN_PERM ops of the netdev family (Documentation/netlink/specs/netdev.yaml
     ``flags: [admin-perm]``; genetlink checks it before the doit runs). bind-tx
-    is not (the live 6.18 binds or refuses it on its merits)."""
-    if not has_net_admin():
-        raise NetlinkError(errno.EPERM, op, hint="run as root or grant CAP_NET_ADMIN")
+    is not (the live 6.18 binds or refuses it on its merits).
+
+    The kernel asks for the capability in the user namespace that owns the
+    device's network namespace (``netlink_ns_capable(skb, net->user_ns, ...)``).
+    An ordinary user's private emulated NIC (state in ``directory``, owned by
+    that user) stands for a device in a namespace the user owns, as after
+    ``unshare -Urn``, where the user holds CAP_NET_ADMIN: the check passes.
+    A process of root's that dropped the capability is refused, as the kernel
+    refuses it."""
+    if has_net_admin():
+        return
+    if os.geteuid() != 0:
+        try:
+            if os.stat(directory or st.state_dir()).st_uid == os.geteuid():
+                return
+        except (OSError, DevmemError):
+            pass
+    raise NetlinkError(errno.EPERM, op, hint="run as root or grant CAP_NET_ADMIN")
 
 
 def is_dmabuf_or_memfd(fd: int) -> bool:
