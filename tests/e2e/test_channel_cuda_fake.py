@@ -72,9 +72,8 @@ def _bg(fn: Callable[[], Any]) -> Callable[[], Any]:
 def pair(memory: str = "cuda", **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
     with devmemtcp.listen(HOST, 0, backend="emulated", memory=memory, **kw) as lis:
         acc = _bg(lambda: lis.accept(timeout=30))
-        with devmemtcp.connect(HOST, lis.port, backend="emulated", memory=memory, **kw) as cli:
-            with acc() as srv:
-                yield srv, cli
+        with devmemtcp.connect(HOST, lis.port, backend="emulated", memory=memory, **kw) as cli, acc() as srv:
+            yield srv, cli
 
 
 def test_host_source_to_device_destination(fakes: FakeDriver) -> None:
@@ -130,7 +129,7 @@ def test_empty_lives_in_the_tx_dmabuf_and_sends_without_a_copy(fakes: FakeDriver
         assert cli._dev is not None and cli._dev.tx_offset(buf.reshape(-1).view(np.uint8)) is not None
         buf[...] = np.arange(buf.size, dtype=np.float32).reshape(buf.shape)
         want = np.asarray(buf).copy()
-        done = _bg(lambda: cli.send(buf, tag=9))
+        done = _bg(lambda b=buf: cli.send(b, tag=9))
         with srv.recv_frags(tag=9) as msg:
             out = msg.gather(like="cupy")
         done()
@@ -185,7 +184,9 @@ def test_host_channel_refuses_device_likes() -> None:
 
 def test_is_device_array_dispatch() -> None:
     class Cai:
-        __cuda_array_interface__: dict[str, Any] = {"data": (0, False)}
+        @property
+        def __cuda_array_interface__(self) -> dict[str, Any]:
+            return {"data": (0, False)}
 
     class Dl:
         def __init__(self, dev: int) -> None:
@@ -200,3 +201,29 @@ def test_is_device_array_dispatch() -> None:
     assert not is_device_array(np.zeros(3)) and not is_device_array(bytearray(3))
     torch = pytest.importorskip("torch")
     assert not is_device_array(torch.zeros(3))
+
+
+def test_cuda_provider_usable_follows_cuda_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmemtcp.channel.device import cuda_provider_usable
+    from devmemtcp.errors import DevmemError
+
+    monkeypatch.setattr(mcuda, "driver", lambda: FakeDriver())
+    assert cuda_provider_usable()
+
+    def missing() -> Any:
+        raise DevmemError("cuda-python is not installed", "pip install 'devmemtcp[cuda]'")
+
+    monkeypatch.setattr(mcuda, "driver", missing)
+    assert not cuda_provider_usable()
+
+
+def test_device_array_on_a_host_channel_is_a_clear_error(fakes: FakeDriver) -> None:
+    class OnGpu:
+        def __dlpack__(self, **kw: Any) -> Any:
+            raise AssertionError("not to be exported to the host")
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return (2, 0)
+
+    with pair(memory="host") as (_srv, cli), pytest.raises(ChannelError, match="cannot be sent from host"):
+        cli.send(OnGpu())

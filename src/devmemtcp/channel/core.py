@@ -780,6 +780,11 @@ def _payload(obj: Any) -> tuple[np.ndarray, DType, tuple[int, ...], int]:
     if isinstance(obj, np.ndarray):
         arr = obj
     elif hasattr(obj, "__dlpack__"):
+        if is_device_array(obj):
+            raise ChannelError(
+                f"a {type(obj).__name__} in device memory cannot be sent from host memory",
+                "copy it to the host, or use the CUDA memory provider (memory='cuda')",
+            )
         arr = np.from_dlpack(obj)
     else:
         try:

@@ -31,7 +31,7 @@ from devmemtcp.channel.header import DL_BFLOAT, MessageHeader
 from devmemtcp.codec import FragBatch
 from devmemtcp.errors import ChannelError, DevmemError
 
-__all__ = ["DeviceSide", "device_kind", "is_device_array", "torch_cuda_ok"]
+__all__ = ["DeviceSide", "cuda_provider_usable", "device_kind", "is_device_array", "torch_cuda_ok"]
 
 # DLPack device types whose memory a CUDA kernel can address (dlpack.h DLDeviceType)
 _DL_CUDA = 2
@@ -57,6 +57,19 @@ def is_device_array(obj: Any) -> bool:
         return int(dev()[0]) in (_DL_CUDA, _DL_CUDA_MANAGED)
     except Exception:  # a broken __dlpack_device__ is not a device array
         return False
+
+
+def cuda_provider_usable() -> bool:
+    """True when the CUDA provider can be tried: cuda-python's driver API
+    imports (no driver call is made). What the torch backend checks before
+    registering device "cuda"."""
+    from devmemtcp.memory.cuda import driver
+
+    try:
+        driver()
+    except DevmemError:
+        return False
+    return True
 
 
 def torch_cuda_ok(what: str) -> Any:

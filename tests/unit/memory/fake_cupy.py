@@ -25,7 +25,7 @@ class FakeArray(np.ndarray):
     def get(self, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             return np.array(self)
-        assert out.shape == self.shape and type(out) is np.ndarray, "get(out=) takes a host array of the shape"
+        assert out.shape == self.shape and type(out) is np.ndarray, "get(out=): a host array of the shape"
         out[...] = self
         return out
 
