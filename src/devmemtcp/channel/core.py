@@ -1288,6 +1288,8 @@ class Channel:
             copied = 0
             host_src = False
             in_dma = self._dev.tx_offset(u8)
+            if in_dma is not None:
+                self._dev.sync()  # writes into an empty() array on CuPy's stream land before the NIC reads
         else:
             u8, spec, shape, copied = _payload(obj)
             host_src = True
@@ -1816,7 +1818,9 @@ class Channel:
         Each direction: ``bytes`` (payload), ``messages``, ``frags`` (devmem
         frags received; PAGE_SIZE pieces sent), ``host_copy_bytes`` (bytes the
         CPU copied on this host for the direction: gather into the
-        destination, staging into the TX dma-buf, spills), ``seconds`` (time
+        destination, staging into the TX dma-buf, spills; on a CUDA channel
+        only copies between host and device memory: a host destination or
+        source), ``seconds`` (time
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also
