@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# no per-example deadline: timing belongs in benchmarks, and a loaded 2-core machine
+# makes hypothesis' 200 ms default fail tests that are correct
+settings.register_profile("devmemtcp", deadline=None)
+settings.load_profile("devmemtcp")
 
 # tests/ on the path: shared test helpers import as ``unit.codec.oracles`` (import-mode=importlib)
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))

@@ -97,6 +97,12 @@ PAGE_SIZE: Final = 4096  # net_iov size on 6.12-7.2 (include/net/netmem.h)
 MAX_DONTNEED_TOKENS: Final = 128  # ranges per SO_DEVMEM_DONTNEED call
 MAX_DONTNEED_FRAGS: Final = 1024  # frags freed per call before it stops
 TOKEN_LIMIT: Final = (1 << 31) - 1  # xa_limit_31b: tokens fit in 31 bits
+
+# include/linux/errno.h (kernel-internal, not in glibc's errno): recvmsg with
+# MSG_SOCK_DEVMEM whose control buffer cannot hold one cmsg, nothing consumed
+# ("tcp: Expose real errno for devmem recvmsg", 6.18; EFAULT before)
+ETOOSMALL: Final = 525
+ETOOSMALL_SINCE: Final = (6, 18)
 FIRST_TOKEN: Final = 1  # sk_user_frags is XA_FLAGS_ALLOC1
 
 # ---------------------------------------------------------------------------

@@ -173,3 +173,14 @@ def stream_error(exc: OSError, *, role: str, peer: str, bytes_done: int,
             "check the receiver's output (a receiver that finds a validation error or an overrun "
             "closes the connection)")
     return StreamError(message, hint, err=err, bytes_done=bytes_done)
+
+
+def more_queues_hint(ifname: str, count: int, backend: str) -> str:
+    """How to give ``ifname`` ``count`` RX queues: ethtool on a real NIC; on
+    the emulated NIC (whose settings ethtool cannot change) devmemtcp itself,
+    or a lease for an emulated netkit guest."""
+    if backend == "emulated":
+        return (f"raise the emulated NIC's channel count (devmemtcp setup {ifname} --channels {count} "
+                "--backend emulated ...), or lease it a queue if it is a netkit guest (devmemtcp lease "
+                "--backend emulated)")
+    return f"raise the channel count (ethtool -L {ifname} combined {count})"

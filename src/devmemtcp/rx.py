@@ -60,6 +60,9 @@ class ReceiverStats:
     frags asked for but not freed (tokens the kernel did not know).
     ``recv_calls`` / ``batches``: recvmsg calls / non-empty batches.
     ``forced_flushes``: flushes forced by ``max_held`` or EOF.
+    ``page_aligned_frags`` / ``non_page_aligned_frags``: frags whose
+    dma-buf offset is / is not a multiple of PAGE_SIZE (as ncdevmem counts
+    them). The frag-size histogram is :attr:`Receiver.frag_size_hist`.
     """
 
     bytes: int = 0
@@ -73,9 +76,21 @@ class ReceiverStats:
     recv_calls: int = 0
     batches: int = 0
     forced_flushes: int = 0
+    page_aligned_frags: int = 0
+    non_page_aligned_frags: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+#: frag-size histogram buckets: bucket k holds sizes with bit length k (2**(k-1) .. 2**k - 1)
+FRAG_SIZE_BUCKETS = 33
+
+
+def frag_size_histogram(hist: np.ndarray) -> dict[str, int]:
+    """``{"LO-HI": count}`` (sizes in bytes, both ends included) of the
+    non-empty buckets of a :attr:`Receiver.frag_size_hist` array."""
+    return {f"{1 << (k - 1)}-{(1 << k) - 1}": int(c) for k, c in enumerate(hist.tolist()) if c and k}
 
 
 class Receiver:
@@ -147,6 +162,8 @@ class Receiver:
         self.max_held = max_held
         self.release_threshold = min(release_threshold, max_held)
         self.stats = ReceiverStats()
+        #: frags per size bucket (bucket k: sizes of bit length k; see frag_size_histogram)
+        self.frag_size_hist = np.zeros(FRAG_SIZE_BUCKETS, dtype=np.int64)
         # buffers, allocated once
         self._control = bytearray(control_size)
         self._control_mv = memoryview(self._control)
@@ -239,6 +256,16 @@ class Receiver:
             return batch
         st.batches += 1
         st.frags += n
+        if n:
+            unaligned = int(np.count_nonzero(batch.offset & (abi.PAGE_SIZE - 1)))
+            st.non_page_aligned_frags += unaligned
+            st.page_aligned_frags += n - unaligned
+            sizes = batch.size
+            if int(sizes.min()) == int(sizes.max()):
+                self.frag_size_hist[int(sizes[0]).bit_length()] += n
+            else:
+                self.frag_size_hist += np.bincount(np.frexp(sizes)[1], minlength=FRAG_SIZE_BUCKETS)[
+                    :FRAG_SIZE_BUCKETS]
         if lin:
             st.linear_bytes += lin
             batch.linear = self._iobuf_np[:lin]

@@ -36,7 +36,13 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.backend import open_backend
-from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError, stream_error
+from devmemtcp.errors import (
+    DevmemError,
+    IncompleteStreamError,
+    ValidationError,
+    more_queues_hint,
+    stream_error,
+)
 from devmemtcp.host import ifaces
 from devmemtcp.validate import FragValidator, frag_validator
 
@@ -88,6 +94,9 @@ class TransferResult:
     stream had exactly the expected length (``True``/``False``), ``None``
     when no length was given (recv without ``expect_bytes``).
     ``rcvlowat``: the SO_RCVLOWAT the receiver ran with (bytes; None: not set).
+    ``non_page_aligned_frags``: RX frags whose dma-buf offset is not a
+    multiple of PAGE_SIZE (ncdevmem's count); ``frag_sizes``: the RX
+    frag-size histogram ``{"LO-HI": frags}`` (bytes; None on TX).
     """
 
     role: str
@@ -109,6 +118,8 @@ class TransferResult:
     completions: int | None = None
     rcvlowat: int | None = None
     error: str | None = None
+    non_page_aligned_frags: int | None = None
+    frag_sizes: dict[str, int] | None = None
 
     @property
     def gbps(self) -> float:
@@ -129,7 +140,8 @@ class TransferResult:
         }
         for key in ("frags", "linear_bytes", "tokens_released", "release_syscalls",
                     "flow_steering_errors", "validated", "complete", "role", "backend_reason", "ifname",
-                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error"):
+                    "queues", "binding_id", "peer", "completions", "rcvlowat", "error",
+                    "non_page_aligned_frags", "frag_sizes"):
             ordered[key] = d[key]
         return ordered
 
@@ -156,8 +168,7 @@ def _default_queues(backend: Backend, ifname: str) -> tuple[int, int]:
     if count < 2:
         raise DevmemError(
             f"{ifname} has {count} RX queue(s): devmem needs one for the flow and one for other traffic",
-            f"raise the channel count (ethtool -L {ifname} combined 2), or give --queues START:COUNT "
-            "with --no-nic-config")
+            more_queues_hint(ifname, 2, backend.name) + ", or give --queues START:COUNT with --no-nic-config")
     return count - 1, 1
 
 
@@ -443,6 +454,10 @@ def _fill_rx_stats(result: TransferResult, rx: Any) -> None:
     result.tokens_released = int(st.tokens_released)
     result.release_syscalls = int(st.release_syscalls)
     result.flow_steering_errors = int(st.flow_steering_errors)
+    result.non_page_aligned_frags = int(st.non_page_aligned_frags)
+    from devmemtcp.rx import frag_size_histogram
+
+    result.frag_sizes = frag_size_histogram(rx.frag_size_hist)
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ with the kernel's bytes, errno values, extack texts and limits, by
 * bind-rx / bind-tx and the binding registry: :mod:`devmemtcp.emulation.netdev`;
 * steering, RX fill, cmsgs and SO_DEVMEM_DONTNEED: :mod:`devmemtcp.emulation.rx`;
 * TX validation and MSG_ZEROCOPY completions: :mod:`devmemtcp.emulation.tx`;
-* ethtool (rings, channels, RSS, ntuple rules): :mod:`devmemtcp.emulation.nic`.
+* ethtool (rings, channels, RSS, ntuple rules): :mod:`devmemtcp.emulation.nic`;
+* netkit devices and queue leasing (queue-create): :mod:`devmemtcp.emulation.netkit`.
 
 This module only joins them under the :class:`~devmemtcp.backend.base.Backend`
 protocol; each call goes straight to the one module that handles it.
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from devmemtcp.emulation.netdev import EmulatedBinding, Netdev
+from devmemtcp.emulation import netkit
+from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, require_net_admin
 from devmemtcp.emulation.nic import EmulatedNicControl
 from devmemtcp.emulation.rx import EmulatedRx, encode_frags
 from devmemtcp.emulation.tx import EmulatedTx
@@ -45,7 +47,10 @@ class EmulatedBackend:
     ``queues``: RX queue count of NICs that have no state yet (default 4);
     ``recheck_s``: how often a socket's steering is re-read from the NIC state;
     ``stats_interval_s``: how often receiving writes the per-queue counters to
-    the NIC state file (None: only when a binding closes). Thread-safe. Use as
+    the NIC state file (None: only when a binding closes); ``frags``: RX
+    buffer placement for every NIC of this backend ("driver": a real NIC's,
+    "page": whole pages; None: each NIC's own setting, see
+    :func:`devmemtcp.emulation.rx.frag_mode`). Thread-safe. Use as
     a context manager (or call :meth:`close`) to unbind this backend's bindings
     and return every socket's tokens.
 
@@ -55,9 +60,10 @@ class EmulatedBackend:
     name: str = "emulated"
 
     def __init__(self, directory: str | None = None, queues: int | None = None,
-                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
+                 recheck_s: float = 0.1, stats_interval_s: float | None = 1.0,
+                 frags: str | None = None) -> None:
         self.netdev = Netdev(directory, queues)
-        self.rx = EmulatedRx(self.netdev, recheck_s, stats_interval_s)
+        self.rx = EmulatedRx(self.netdev, recheck_s, stats_interval_s, frags)
         self.tx = EmulatedTx(self.netdev)
 
     # -- lifetime ------------------------------------------------------------
@@ -84,6 +90,14 @@ class EmulatedBackend:
     def bind_tx(self, ifindex: int, dmabuf: DmaBuf) -> EmulatedBinding:
         """bind-tx; see :meth:`devmemtcp.emulation.netdev.Netdev.bind_tx`."""
         return self.netdev.bind_tx(ifindex, dmabuf)
+
+    def queue_create(self, guest_ifindex: int, phys_ifindex: int, phys_queue: int,
+                     guest_netns: str | None = None) -> int:
+        """queue-create (lease a physical RX queue to a netkit guest); see
+        :func:`devmemtcp.emulation.netkit.queue_create`. Needs CAP_NET_ADMIN (EPERM)."""
+        require_net_admin("queue-create")
+        return netkit.queue_create(guest_ifindex, phys_ifindex, phys_queue, guest_netns=guest_netns,
+                                   directory=self.netdev.directory)
 
     # -- RX --------------------------------------------------------------------
     def recvmsg(self, sock: socket.socket, buf: memoryview, control: memoryview,

@@ -53,6 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
                         help="look inside network namespace NAME (ip netns)")
+    parser.add_argument("--backend", choices=("kernel", "emulated"), default="kernel",
+                        help="kernel (default): what the kernel reports; emulated: the emulated devmem "
+                        "NIC on each interface (same JSON, plus rss, rules, bindings, tx_dropped)")
 
 
 def _interfaces(wanted: list[str]) -> list[tuple[int, str]]:
@@ -182,11 +185,25 @@ def render(info: dict[str, Any], console: Console) -> None:
                 pp.add_row(str(p["id"]), _fmt(p.get("napi_id")), _fmt(p.get("inflight")),
                            _fmt(p.get("inflight_mem")), _fmt(p.get("dmabuf")), _fmt(p.get("detach_time")))
             console.print(pp)
+        if "tx_dropped" in dev:
+            extra = {"kind": dev.get("kind"), "netmem tx": dev.get("netmem_tx"),
+                     "tx_dropped": dev.get("tx_dropped"),
+                     "rules": "; ".join(f"{r['location']}: {r['dst_ip']}:{r['dst_port']} -> "
+                                        f"queue {r['queue']}" for r in dev.get("rules") or []) or "-",
+                     "bindings": ", ".join(f"{b['id']} {b['kind']} queues {b['queues']}"
+                                           for b in dev.get("bindings") or []) or "-"}
+            console.print(f"{dev['ifname']} (emulated): " + ", ".join(f"{k} {v}" for k, v in extra.items()))
 
 
 def run(args: argparse.Namespace) -> int:
     with netns.maybe_enter(args.netns):
-        info = collect(args.ifnames)
+        if args.backend == "emulated":
+            from devmemtcp.emulation.report import collect_emulated
+
+            info = collect_emulated(_interfaces(list(args.ifnames or [])))
+            info["netns"] = netns.current()
+        else:
+            info = collect(args.ifnames)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -12,6 +12,14 @@ The physical device is looked up in the current network namespace; with
 is sent from there, with the lease's netns-id naming the current namespace as
 NAME sees it (an id ``ip netns`` assigns when a device moves between them).
 
+With ``--backend emulated`` the emulated NIC answers (the physical NIC an
+emulated devmem NIC, the guest an emulated netkit guest made with
+``devmemtcp emulate netkit``): queue-create with the kernel's checks, errno
+values and extack texts (:func:`devmemtcp.emulation.netkit.queue_create`),
+the guest looked up in ``--netns NAME``. The lease is journaled in the
+physical NIC's undo journal: ``devmemtcp restore PHYS`` ends it, and so does
+deleting the netkit device (``devmemtcp emulate netkit --delete``).
+
 Exit status: 0 leased, 2 refused (the kernel's errno and message) or no such op.
 """
 
@@ -47,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the physical RX queue to lease (>= 0)")
     parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
                         help="network namespace of the guest device")
+    parser.add_argument("--backend", choices=("kernel", "emulated"), default="kernel",
+                        help="kernel (default): the kernel's queue-create (Linux 7.1); emulated: the "
+                        "emulated NIC and netkit pair")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -105,10 +116,31 @@ def lease(guest: str, phys: str, queue: int, netns: str | None = None) -> dict[s
         os.close(host_fd)
 
 
+def lease_emulated(guest: str, phys: str, queue: int, netns: str | None = None) -> dict[str, Any]:
+    """queue-create on the emulated NIC (see the module docstring); the same
+    report as :func:`lease`. Raises DevmemError/NetlinkError."""
+    from devmemtcp.backend.emulated import EmulatedBackend
+    phys_ifindex = ifaces.ifindex(phys)
+    with host_netns.maybe_enter(netns):
+        guest_ifindex = ifaces.ifindex(guest)
+    from devmemtcp.setup.lease import LeaseEntry, journal_lease
+
+    with EmulatedBackend() as be:
+        qid = be.queue_create(guest_ifindex, phys_ifindex, queue, guest_netns=netns)
+    path = journal_lease(phys, phys_ifindex, LeaseEntry(guest=guest, guest_queue=qid, phys_queue=queue,
+                                                       guest_netns=netns), "emulated")
+    return {"guest": guest, "guest_ifindex": guest_ifindex, "guest_queue": qid, "phys": phys,
+            "phys_ifindex": phys_ifindex, "phys_queue": queue, "netns": netns, "backend": "emulated",
+            "journal": str(path)}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.queue < 0:
         raise DevmemError(f"bad queue {args.queue}", "give a physical RX queue id >= 0")
-    report = lease(args.guest, args.phys, args.queue, args.netns)
+    if args.backend == "emulated":
+        report = lease_emulated(args.guest, args.phys, args.queue, args.netns)
+    else:
+        report = lease(args.guest, args.phys, args.queue, args.netns)
     if args.json:
         common.print_json(report)
     else:

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("devmemtcp.cli.restore", "undo what setup (or a crashed run) changed on a NIC"),
     "teardown": ("devmemtcp.cli.restore", "alias of restore"),
     "lease": ("devmemtcp.cli.lease", "lease a physical RX queue to a netkit guest (queue-create)"),
+    "emulate": ("devmemtcp.cli.emulate", "shape the emulated NIC: netkit pairs, netmem TX mode, XDP"),
     "selftest": ("devmemtcp.cli.selftest", "qualify a NIC for devmem TCP (drv-net style cases)"),
     "bench": ("devmemtcp.cli.bench", "measure the fragment path and stream throughput"),
     "completion": ("devmemtcp.cli.completion", "print a shell completion script (bash, zsh, tcsh)"),

@@ -79,11 +79,15 @@ def table_rows(d: dict[str, Any], *, verbose: bool = False) -> dict[str, Any]:
         rows.pop("error", None)
     if rows.get("role") == "recv":
         rows.pop("completions", None)
+        if isinstance(rows.get("frag_sizes"), dict):
+            rows["frag_sizes"] = ", ".join(f"{k}: {v}" for k, v in rows["frag_sizes"].items()) or "-"
         if rows.get("complete") is None:
             rows["complete"] = "length not checked (no --bytes)"
     else:
         rows.pop("queues", None)
         rows.pop("rcvlowat", None)
+        rows.pop("non_page_aligned_frags", None)
+        rows.pop("frag_sizes", None)
     return rows
 
 

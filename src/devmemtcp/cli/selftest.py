@@ -21,6 +21,7 @@ from rich.table import Table
 
 from devmemtcp.cli import common
 from devmemtcp.selftest import Selftest, run_selftest
+from devmemtcp.selftest.catalogue import NETKIT_CASES
 from devmemtcp.setup import DEFAULT_JOURNAL_DIR
 
 EXAMPLES = """\
@@ -28,6 +29,7 @@ examples:
   devmemtcp selftest --ifname eth1                      the real NIC (kernel backend when doctor agrees)
   devmemtcp selftest --ifname lo --backend emulated --json
   devmemtcp selftest --ifname veth0 --netns ns-a --peer-netns ns-b --backend emulated
+  devmemtcp selftest --container --backend emulated     netkit: lease, bind through it, nk_devmem cases
 """
 
 STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
@@ -35,8 +37,12 @@ STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("--ifname", required=True, type=common.ifname_arg, metavar="IF",
-                        help="the NIC to qualify")
+    parser.add_argument("--ifname", type=common.ifname_arg, metavar="IF",
+                        help="the NIC to qualify (not with --container)")
+    parser.add_argument("--container", action="store_true",
+                        help="the netkit container cases (nk_devmem.py): queue leasing, bind through a "
+                        "leased queue, netmem TX modes, RX/TX/TX-chunks/hds sweep in a container namespace "
+                        "(namespaces made and removed by the run; needs root)")
     parser.add_argument("--backend", choices=("auto", "kernel", "emulated"), default="auto",
                         help="auto (default): kernel when doctor finds devmem RX possible, else emulated")
     parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
@@ -48,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bytes", type=common.positive_size, default=4 << 20, metavar="N",
                         help="bytes per stream case (default 4M)")
     parser.add_argument("--case", action="append", metavar="NAME",
-                        choices=[name for name, _d, _m in Selftest.CASES],
+                        choices=[name for name, _d, _m in Selftest.CASES] + [c.name for c in NETKIT_CASES],
                         help="run only this case (repeatable; nic-restored always runs)")
     parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
                         help="undo journal directory "
@@ -64,9 +70,20 @@ def run(args: argparse.Namespace) -> int:
             status = getattr(case, "status", "")
             err.print(f"  {getattr(case, 'name', '')}: [{STYLE.get(status, '')}]{status}[/]")
 
-    report = run_selftest(args.ifname, netns=args.netns, only=args.case, backend=args.backend,
-                          peer_netns=args.peer_netns, memory=args.memory, nbytes=args.bytes,
-                          journal_dir=args.journal_dir, on_case=progress)
+    if args.container:
+        from devmemtcp.selftest.container import run_container_selftest
+
+        report = run_container_selftest(backend=args.backend, nbytes=args.bytes, only=args.case,
+                                        on_case=progress)
+        args.ifname = "--container"
+    elif not args.ifname:
+        raise common.fail("the following arguments are required: --ifname (or --container)",
+                          "name the NIC to qualify, e.g. --ifname eth1, or run the netkit cases with "
+                          "--container")
+    else:
+        report = run_selftest(args.ifname, netns=args.netns, only=args.case, backend=args.backend,
+                              peer_netns=args.peer_netns, memory=args.memory, nbytes=args.bytes,
+                              journal_dir=args.journal_dir, on_case=progress)
     if args.json:
         common.print_json(report.to_json())
         return 0 if report.ok else 1

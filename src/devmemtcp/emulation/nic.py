@@ -30,6 +30,7 @@ import os
 import socket
 from typing import Any
 
+from devmemtcp.emulation import netkit as nk
 from devmemtcp.emulation import state as st
 from devmemtcp.errors import NetlinkError
 from devmemtcp.host import ifaces, netns
@@ -55,6 +56,11 @@ class EmulatedNicControl:
         self._queues = queues
         self._ns = netns.inode()
 
+    @property
+    def directory(self) -> str | None:
+        """The state directory this control reads and writes (None: the default)."""
+        return self._dir
+
     # -- helpers -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """A copy of the NIC's current state dict."""
@@ -63,9 +69,16 @@ class EmulatedNicControl:
     def _bound(self) -> dict[int, int]:
         return st.bound_queues(st.load_registry(self._dir), self._ns, self.ifname)
 
-    def _update(self, fn: Any) -> Any:
+    def _update(self, fn: Any, op: str | None = None) -> Any:
         with st.locked(self._dir) as d:
             s = st.load_nic(self.ifname, directory=d, ns=self._ns, queues=self._queues)
+            if op is not None and nk.is_virtual(s):
+                # netkit_ethtool_ops has get_drvinfo and get_channels only
+                if op.startswith("ioctl"):
+                    raise _oserror(errno.EOPNOTSUPP, f"{self.ifname} is a netkit device: no ntuple rules")
+                raise NetlinkError(errno.EOPNOTSUPP, op,
+                                   hint=f"{self.ifname} is a netkit device: configure the physical NIC "
+                                        "that leased it a queue")
             result = fn(s, st.bound_queues(st.load_registry(d), self._ns, self.ifname))
             st.save_nic(s, d)
             return result
@@ -77,13 +90,37 @@ class EmulatedNicControl:
         :class:`devmemtcp.emulation.pool.QueueStats`)."""
         return dict(self.state().get("stats") or {})
 
-    def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None) -> None:
+    def set_capabilities(self, *, queue_mgmt: bool | None = None, netmem_tx: str | None = None,
+                         xdp: bool | None = None, xsk: list[int] | None = None, frags: str | None = None,
+                         rx_buf_len: int | None = None, kernel: str | None = None,
+                         dma_devs: list[int] | None = None) -> None:
         """Emulation knob (no ethtool equivalent): make the emulated driver lack
         the queue management API (bind-rx then fails with EOPNOTSUPP, as on a
-        NIC without ``queue_mgmt_ops``) or set its netmem TX mode ("dma", or
-        "none": bind-tx fails with "Driver does not support netmem TX")."""
-        if netmem_tx is not None and netmem_tx not in ("dma", "none"):
-            raise ValueError(f"netmem_tx must be 'dma' or 'none', not {netmem_tx!r}")
+        NIC without ``queue_mgmt_ops``); set its netmem TX mode (enum
+        netmem_tx_mode: "dma", "no_dma" as netkit, or "none": bind-tx fails
+        with "Driver does not support netmem TX"); attach an XDP program
+        (``xdp``: bind-rx refused with EEXIST); or mark RX queues as used by
+        AF_XDP sockets (``xsk``: bind-rx EBUSY, queue-create EBUSY); choose
+        the RX buffer placement (``frags``: "driver", a real NIC's, or "page",
+        whole page-aligned PAGE_SIZE frags; see :mod:`devmemtcp.emulation.rx`)
+        and the driver's buffer size (``rx_buf_len``, bytes: a divisor of
+        PAGE_SIZE, 4096 by default; larger buffers need large net_iovs, which
+        the kernels modelled here do not have); the kernel version the NIC
+        presents (``kernel``, "6.18" by default: "6.17" answers a too-small
+        control buffer with EFAULT instead of ETOOSMALL); the DMA device of
+        each RX queue (``dma_devs``, a multi-PF NIC: bind-rx of queues on
+        different DMA devices is EOPNOTSUPP)."""
+        if kernel is not None:
+            parts = kernel.split(".")
+            if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+                raise ValueError(f"kernel {kernel!r}: give MAJOR.MINOR, e.g. 6.17")
+        if frags is not None and frags not in ("driver", "page"):
+            raise ValueError(f"frags must be 'driver' or 'page', not {frags!r}")
+        if rx_buf_len is not None and (rx_buf_len < 256 or 4096 % rx_buf_len):
+            raise ValueError(f"rx_buf_len {rx_buf_len}: use a divisor of 4096 of at least 256 "
+                             "(e.g. 2048, 4096)")
+        if netmem_tx is not None and netmem_tx not in nk.NETMEM_TX_MODES:
+            raise ValueError(f"netmem_tx must be one of {', '.join(nk.NETMEM_TX_MODES)}, not {netmem_tx!r}")
 
         def apply(s: dict[str, Any], bound: dict[int, int]) -> None:
             caps = s.setdefault("caps", {"queue_mgmt": True, "netmem_tx": "dma"})
@@ -91,8 +128,33 @@ class EmulatedNicControl:
                 caps["queue_mgmt"] = bool(queue_mgmt)
             if netmem_tx is not None:
                 caps["netmem_tx"] = netmem_tx
+            if xdp is not None:
+                caps["xdp"] = bool(xdp)
+            if xsk is not None:
+                caps["xsk"] = sorted({int(q) for q in xsk})
+            if frags is not None:
+                caps["frags"] = frags
+            if rx_buf_len is not None:
+                s["rings"]["rx_buf_len"] = int(rx_buf_len)
+            if kernel is not None:
+                caps["kernel"] = kernel
+            if dma_devs is not None:
+                caps["dma_devs"] = [int(x) for x in dma_devs]
 
         self._update(apply)
+
+    def capabilities(self) -> dict[str, Any]:
+        """``{"kind", "queue_mgmt", "netmem_tx", "xdp", "xsk", "frags", "rx_buf_len", "kernel", "dma_devs"}``
+        of this emulated NIC."""
+        s = self.state()
+        caps = s.get("caps", {})
+        frags = caps.get("frags") or ("page" if self.ifname == "lo" else "driver")
+        return {"kind": nk.kind(s), "queue_mgmt": bool(caps.get("queue_mgmt", True)),
+                "netmem_tx": nk.netmem_tx(s), "xdp": bool(caps.get("xdp", False)),
+                "xsk": [int(q) for q in caps.get("xsk", [])], "frags": frags,
+                "rx_buf_len": int(s["rings"].get("rx_buf_len", 4096)),
+                "kernel": str(caps.get("kernel", "6.18")),
+                "dma_devs": [int(x) for x in caps.get("dma_devs", [])]}
 
     def bound_queues(self) -> dict[int, int]:
         """``{rx queue: binding id}`` of the live bindings on this NIC (any process)."""
@@ -100,7 +162,7 @@ class EmulatedNicControl:
 
     # -- NicControl ----------------------------------------------------------
     def driver(self) -> str:
-        return "devmemtcp-emulated"
+        return "devmemtcp-emulated-netkit" if nk.is_virtual(self.state()) else "devmemtcp-emulated"
 
     def rx_queue_count(self) -> int:
         return int(self.state()["channels"]["combined"])
@@ -137,7 +199,7 @@ class EmulatedNicControl:
             r["tcp_data_split"] = split
             r["hds_thresh"] = thresh
 
-        self._update(apply)
+        self._update(apply, "rings-set")
 
     def get_channels(self) -> Channels:
         c = self.state()["channels"]
@@ -188,7 +250,7 @@ class EmulatedNicControl:
             if not s["rss"]["configured"]:
                 s["rss"]["indir"] = [i % total for i in range(st.RSS_TABLE_SIZE)]
 
-        self._update(apply)
+        self._update(apply, "channels-set")
 
     def get_rss_indir(self) -> list[int]:
         return [int(q) for q in self.state()["rss"]["indir"]]
@@ -210,7 +272,7 @@ class EmulatedNicControl:
                                    hint=f"queues are numbered 0..{n - 1}")
             s["rss"] = {"indir": [int(q) for q in table], "configured": True}
 
-        self._update(apply)
+        self._update(apply, "rss-set")
 
     def list_rules(self) -> list[NtupleRule]:
         return [_to_rule(r) for r in sorted(self.state()["rules"], key=lambda r: int(r["location"]))]
@@ -242,7 +304,7 @@ class EmulatedNicControl:
             s["rules"].append(entry)
             return _to_rule(entry)
 
-        result: NtupleRule = self._update(apply)
+        result: NtupleRule = self._update(apply, "ioctl")
         return result
 
     def delete_rule(self, location: int) -> None:
@@ -254,7 +316,7 @@ class EmulatedNicControl:
                 raise _oserror(errno.ENOENT, f"no ntuple rule at location {location}")
             s["rules"] = keep
 
-        self._update(apply)
+        self._update(apply, "ioctl")
 
 
 def _to_rule(r: dict[str, Any]) -> NtupleRule:

@@ -36,30 +36,83 @@ _FEW_RUNS = 8  # runs given back with a numpy call each; more go as one index ar
 
 @dataclass
 class QueueStats:
-    """Counters of one bound RX queue: its page pool and its traffic.
+    """Counters of one bound RX queue's page pool, with the kernel's meanings
+    (page-pool-stats-get; net/core/page_pool.c), and its traffic.
 
-    ``alloc_fast``: net_iovs handed to the NIC; ``alloc_slow``: refills from
-    the binding's free list (one per PP_ALLOC_CACHE_REFILL net_iovs, at least
-    one per receive); ``alloc_empty``: times the free list was empty when the
-    NIC needed a buffer (the flow stalls); ``recycle_released``: net_iovs
-    given back through SO_DEVMEM_DONTNEED or socket close; ``rx_packets``:
-    buffers filled (one frag each), ``rx_bytes``: payload bytes delivered."""
+    A devmem page pool gets net_iovs from its alloc cache (``alloc_fast``),
+    refills the cache from its ptr_ring of recycled net_iovs, up to
+    PP_ALLOC_CACHE_REFILL at a time (``alloc_refill``, one per refill), and
+    when the ring is empty counts ``alloc_empty`` and asks the memory
+    provider (``mp_dmabuf_devmem_alloc_netmems``, one net_iov per call,
+    counted in no stat: ``alloc_slow`` stays 0 for devmem). A net_iov whose
+    last reference goes (SO_DEVMEM_DONTNEED, socket close) is recycled into
+    the ptr_ring (``recycle_ring``) or, the ring being full, given back to
+    the provider (``recycle_ring_full``); ``recycle_released_refcnt`` is for
+    pages with an elevated refcount and stays 0 for net_iovs.
+    ``ring_size``: the ptr_ring's size (the pool size: the RX ring's
+    entries); ``ring``/``cache``: net_iovs in the ptr_ring / alloc cache.
+    ``stalls``: times no net_iov was free at all (the flow waits: the
+    emulation's own counter); ``rx_packets``: frags filled, ``rx_bytes``:
+    payload bytes delivered."""
 
     alloc_fast: int = 0
     alloc_slow: int = 0
     alloc_empty: int = 0
+    alloc_refill: int = 0
+    recycle_ring: int = 0
+    recycle_ring_full: int = 0
     recycle_released: int = 0
     rx_packets: int = 0
     rx_bytes: int = 0
+    stalls: int = 0
+    ring_size: int = 1024
+    ring: int = 0
+    cache: int = 0
+
+    def took(self, n: int) -> None:
+        """``n`` net_iovs allocated for the NIC: from the cache, refills from
+        the ring, else from the provider (page_pool_alloc_netmems)."""
+        while n > 0:
+            if self.cache:
+                c = min(self.cache, n)
+                self.cache -= c
+                self.alloc_fast += c
+                n -= c
+            elif self.ring:
+                t = min(self.ring, PP_ALLOC_CACHE_REFILL)
+                self.ring -= t
+                self.alloc_refill += 1
+                self.cache += t - 1
+                n -= 1
+            else:
+                self.alloc_empty += n  # each cache miss finds the ring empty
+                n = 0
+
+    def untake(self, n: int) -> None:
+        """``n`` net_iovs taken but not used go back to the cache."""
+        self.cache += n
+
+    def recycled(self, n: int) -> None:
+        """``n`` net_iovs lost their last reference (page_pool_put_unrefed_netmem)."""
+        room = max(0, self.ring_size - self.ring)
+        to_ring = min(room, n)
+        self.ring += to_ring
+        self.recycle_ring += to_ring
+        self.recycle_ring_full += n - to_ring
 
     def as_dict(self) -> dict[str, int]:
         return {
             "alloc-fast": self.alloc_fast,
             "alloc-slow": self.alloc_slow,
             "alloc-empty": self.alloc_empty,
+            "alloc-refill": self.alloc_refill,
+            "recycle-ring": self.recycle_ring,
+            "recycle-ring-full": self.recycle_ring_full,
             "recycle-released-refcnt": self.recycle_released,
             "rx-packets": self.rx_packets,
             "rx-bytes": self.rx_bytes,
+            "stalls": self.stalls,
+            "ring-size": self.ring_size,
         }
 
 
@@ -74,6 +127,7 @@ class RxPool:
     binding_id: int
     pages: int
     page_size: int = abi.PAGE_SIZE
+    ring_size: int = 1024  # RX ring entries of the bound queues (the page pools' size)
     free: np.ndarray = field(init=False)
     nfree: int = field(init=False)
     cond: threading.Condition = field(init=False, default_factory=threading.Condition)
@@ -84,16 +138,42 @@ class RxPool:
         self.free = np.ones(self.pages, dtype=np.bool_)
         self.nfree = self.pages
         self._first_free = 0  # no free net_iov below this index
+        # references beyond the first, per net_iov: with a real NIC's buffer
+        # placement several frags share one net_iov (each holds a reference,
+        # net_iov's pp_ref_count), and the NIC holds the buffer it fills
+        self.extra = np.zeros(self.pages, dtype=np.int32)
+        self.shared = False
+
+    def add_refs(self, idx: list[int]) -> None:
+        """One more reference on each net_iov of ``idx`` (repeats count; all held)."""
+        if not idx:
+            return
+        with self.cond:
+            self.shared = True
+            np.add.at(self.extra, np.asarray(idx, dtype=np.int64), 1)
 
     def queue_stats(self, queue: int) -> QueueStats:
         st = self.stats.get(queue)
         if st is None:
-            st = self.stats[queue] = QueueStats()
+            st = self.stats[queue] = QueueStats(ring_size=self.ring_size)
         return st
+
+    def kernel_inflight(self, queue: int, nqueues: int = 1) -> int:
+        """page-pool-get's ``inflight`` of ``queue``'s page pool: net_iovs taken
+        from the provider and not given back: those the application and the
+        NIC hold, plus those posted to the RX ring and kept in the pool's
+        ptr_ring and cache (``min(free, ring entries + ring + cache)``). With
+        several queues on one binding the held and free ones are split evenly
+        among them (the emulation keeps one free map per binding)."""
+        qs = self.queue_stats(queue)
+        held = self.inflight // nqueues
+        free = self.nfree // nqueues
+        return held + min(free, qs.ring_size + qs.ring + qs.cache)
 
     @property
     def inflight(self) -> int:
-        """net_iovs not on the free list (held by the application)."""
+        """net_iovs not on the free list (held by the application, or by the
+        NIC: buffers it is filling or has posted)."""
         return self.pages - self.nfree
 
     def alloc_runs(self, k: int, queue: int, deadline: float | None) -> list[tuple[int, int]]:
@@ -107,7 +187,7 @@ class RxPool:
         st = self.queue_stats(queue)
         with self.cond:
             if self.nfree == 0:
-                st.alloc_empty += 1
+                st.stalls += 1
                 self.waiters += 1
                 try:
                     while self.nfree == 0:
@@ -122,8 +202,7 @@ class RxPool:
                     self.waiters -= 1
             n = min(k, self.nfree)
             out = self._take_first_fit(n)
-        st.alloc_fast += n
-        st.alloc_slow += -(-n // PP_ALLOC_CACHE_REFILL)
+        st.took(n)
         return out
 
     def _take_first_fit(self, n: int) -> list[tuple[int, int]]:
@@ -192,7 +271,7 @@ class RxPool:
                 self.free[a : a + c] = True
             self._freed(n, min(a for a, _ in runs))
         if queue is not None:
-            self.queue_stats(queue).alloc_fast -= n
+            self.queue_stats(queue).untake(n)
 
     def release(self, idx: np.ndarray, queues: np.ndarray | None = None) -> None:
         """net_iovs the application gave back (SO_DEVMEM_DONTNEED, socket close):
@@ -206,17 +285,35 @@ class RxPool:
         with self.cond:
             if self.free[idx].any():
                 raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
-            self.free[idx] = True
-            self._freed(int(idx.shape[0]), int(idx.min()))
-        if queues is not None:
+            if self.shared:
+                # drop one reference per entry; a net_iov is free when its last goes
+                uniq, cnt = np.unique(idx, return_counts=True)
+                dec = np.minimum(self.extra[uniq], cnt)
+                self.extra[uniq] -= dec.astype(np.int32)
+                last = cnt - dec
+                if (last > 1).any():
+                    raise RuntimeError(f"binding {self.binding_id}: net_iov given back twice")
+                gone = uniq[last == 1]
+                if gone.shape[0]:
+                    self.free[gone] = True
+                    self._freed(int(gone.shape[0]), int(gone.min()))
+                if queues is not None:
+                    # recycled once, by the queue of the reference that was the last
+                    _, first = np.unique(idx, return_index=True)
+                    sel = first[np.isin(idx[first], gone)]
+                    queues = np.asarray(queues, dtype=np.int64)[sel]
+            else:
+                self.free[idx] = True
+                self._freed(int(idx.shape[0]), int(idx.min()))
+        if queues is not None and len(queues):
             counts = np.bincount(np.asarray(queues, dtype=np.int64))
             for q in np.flatnonzero(counts):
-                self.queue_stats(int(q)).recycle_released += int(counts[q])
+                self.queue_stats(int(q)).recycled(int(counts[q]))
 
     def release_runs(self, runs: list[tuple[int, int, int, int]]) -> None:
         """:meth:`release` for ``(first, count, binding, queue)`` runs (the
         binding field is not looked at: the caller sorted runs by binding)."""
-        if len(runs) > _FEW_RUNS:
+        if len(runs) > _FEW_RUNS or self.shared:
             # scattered releases: one index array instead of a numpy call per run
             counts = [c for _, c, _, _ in runs]
             self.release(expand_runs([(a, c) for a, c, _, _ in runs]),
@@ -235,7 +332,7 @@ class RxPool:
                 return
             self._freed(n, min(a for a, _, _, _ in runs))
         for _, c, _, q in runs:
-            self.queue_stats(q).recycle_released += c
+            self.queue_stats(q).recycled(c)
 
     def _freed(self, n: int, low: int) -> None:
         """Account ``n`` net_iovs marked free, the lowest ``low`` (caller holds the lock)."""

@@ -40,6 +40,7 @@ DevmemError.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
@@ -50,12 +51,14 @@ import termios
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from devmemtcp import abi, codec
+from devmemtcp.emulation import netkit as nk
 from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.pool import PoolRegistry, RxPool
@@ -192,6 +195,78 @@ class RxSocket:
     checked: float = -1e9
     tcp: bool = False
     fionread: array.array[int] = field(default_factory=lambda: array.array("i", [0]))
+    frags: str = "page"  # buffer placement: "driver" (a real NIC's) or "page" (whole pages)
+    kernel: tuple[int, int] = abi.ETOOSMALL_SINCE  # the kernel version the NIC presents
+    tail_left: int = 0  # bytes the NIC received while the (now closed) binding was bound
+    buf_len: int = PAGE_SIZE
+    fill: ShapedFill | None = None
+
+
+@dataclass
+class ShapedFill:
+    """A real NIC's buffer placement for one flow (``frags`` mode "driver").
+
+    The driver posts page-pool buffers of ``buf_len`` bytes (rx-buf-len; a
+    net_iov holds ``PAGE_SIZE // buf_len`` of them) and DMAs each TCP
+    segment's payload (``mss`` bytes: TCP_MAXSEG of the connection, 1448 at
+    MTU 1500 with timestamps) at the next free offset of the current buffer;
+    a segment that does not fit the rest of the buffer goes to the next one
+    (a segment longer than a buffer spans several, a frag in each). So frags
+    are not page aligned and several share a net_iov, each frag holding a
+    reference (the page pool's pp_ref_count), and the NIC holds the buffer
+    it is filling. ``pending``: reserved pieces already placed but not yet
+    handed to the application: the rest of a frag cut by the end of a
+    recvmsg comes back in the next one with a new token for the same net_iov
+    (tcp_recvmsg_dmabuf continues inside the frag).
+
+    Limit: the emulated NIC sees the byte stream, not the sender's packets,
+    so segments are MSS-sized cuts of what is queued: small writes that queue
+    up together (TCP_NODELAY bursts) come out as full-MSS frags, where a real
+    NIC gives one frag per packet."""
+
+    mss: int
+    buf_len: int
+    cur: int = -1  # net_iov being filled (-1: none)
+    slot: int = 0  # buffer of ``cur`` being filled
+    used: int = 0  # bytes used in that buffer
+    pending: deque[tuple[int, int, int]] = field(default_factory=deque)  # (net_iov, offset in it, length)
+    held: set[int] = field(default_factory=set)  # net_iovs the NIC holds a reference on
+
+    def settle(self, pool: RxPool, queue: int) -> None:
+        """Drop the NIC's reference on buffers it no longer fills and holds no
+        reservation in (after the frags handed out took theirs)."""
+        need = {p[0] for p in self.pending}
+        if self.cur >= 0:
+            need.add(self.cur)
+        for niov in sorted(self.held - need):
+            self.held.discard(niov)
+            pool.release_runs([(niov, 1, pool.binding_id, queue)])
+
+    def drop_all(self, pool: RxPool, queue: int) -> None:
+        """The flow is gone: the NIC's references go (its buffers and reservations)."""
+        self.pending.clear()
+        self.cur = -1
+        self.settle(pool, queue)
+
+
+def kernel_version(nic: dict[str, Any]) -> tuple[int, int]:
+    """The kernel version the emulated NIC presents (``caps.kernel``, "6.18" by default)."""
+    raw = str(nic.get("caps", {}).get("kernel", "6.18"))
+    try:
+        major, minor = (int(x) for x in raw.split(".")[:2])
+    except ValueError:
+        return abi.ETOOSMALL_SINCE
+    return major, minor
+
+
+def frag_mode(nic: dict[str, Any]) -> str:
+    """The NIC's buffer placement: its "frags" capability, else "driver" (a
+    real NIC's, :class:`ShapedFill`) for every interface but ``lo``, which
+    has no NIC (MTU 65536: 64 KiB segments) and keeps whole-page frags."""
+    mode = nic.get("caps", {}).get("frags")
+    if mode in ("driver", "page"):
+        return str(mode)
+    return "page" if nic.get("ifname") == "lo" else "driver"
 
 
 def _release_socket_tokens(tokens: TokenTable, pools: PoolRegistry) -> None:
@@ -208,13 +283,18 @@ class EmulatedRx:
     receiving writes the per-queue counters to the NIC state file (None:
     only when a binding closes). Thread-safe."""
 
-    def __init__(self, netdev: Netdev, recheck_s: float = 0.1, stats_interval_s: float | None = 1.0) -> None:
+    def __init__(self, netdev: Netdev, recheck_s: float = 0.1, stats_interval_s: float | None = 1.0,
+                 frags: str | None = None) -> None:
+        if frags not in (None, "driver", "page"):
+            raise ValueError(f"frags must be 'driver' or 'page', not {frags!r}")
+        self.frags = frags  # None: each NIC's own setting
         self.netdev = netdev
         self.recheck_s = recheck_s
         self.stats_interval_s = stats_interval_s
         self.sockets: weakref.WeakKeyDictionary[socket.socket, RxSocket] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._stats_flushed = time.monotonic()
+        netdev.on_close.append(self.binding_closed)
 
     def close(self) -> None:
         """Give back every tracked socket's frags."""
@@ -240,6 +320,8 @@ class EmulatedRx:
         now = time.monotonic()
         if s.mode and now - s.checked < self.recheck_s and (s.binding is None or not s.binding.closed):
             return
+        if s.tail_left > 0 and s.binding is not None:
+            return  # data the NIC placed before the binding closed stays devmem
         try:
             if s.ifindex is None:
                 s.ifindex = ingress_ifindex(sock)
@@ -254,7 +336,19 @@ class EmulatedRx:
         ns = netns.inode()
         ifname = ifname_of(s.ifindex)
         nic = st.load_nic(ifname, directory=self.netdev.directory, ns=ns, queues=self.netdev.queues)
+        if nk.is_virtual(nic):
+            # a netkit guest: the packets came in on the physical NIC behind its
+            # lease and were forwarded; that NIC's rules and RSS chose the queue
+            ls = nk.any_phys(nic)
+            phys = st.read_nic(ls["ifname"], int(ls["netns"]), self.netdev.directory) if ls else None
+            if ls is None or phys is None:
+                s.mode, s.binding, s.queue, s.how, s.checked = "readable", None, 0, "netkit", now
+                return
+            ns, ifname, nic = int(ls["netns"]), str(ls["ifname"]), phys
         q, how = steer(nic, flow)
+        s.frags = self.frags or frag_mode(nic)
+        s.kernel = kernel_version(nic)
+        s.buf_len = int(nic["rings"].get("rx_buf_len", PAGE_SIZE))
         b = self.netdev.rx_binding(ns, ifname, q)
         if b is not None:
             s.mode, s.binding = "devmem", b
@@ -270,6 +364,23 @@ class EmulatedRx:
                 )
             s.mode, s.binding = "readable", None
         s.queue, s.how, s.checked = q, how, now
+
+    def _tail_used(self, s: RxSocket, n: int, flags: int) -> None:
+        if s.tail_left and not flags & abi.MSG_PEEK:
+            s.tail_left = max(0, s.tail_left - n)
+            if s.tail_left == 0:
+                s.checked = -1e9  # what comes next arrived after the unbind: steer again
+
+    def binding_closed(self, b: EmulatedBinding) -> None:
+        """``b`` was unbound: the bytes its sockets have queued were placed by
+        the NIC while it was bound and stay devmem (unreadable skbs keep their
+        net_iovs, and the binding, alive); bytes that arrive later land on the
+        queue's ordinary page pool and are readable."""
+        for sock, s in list(self.sockets.items()):
+            if s.binding is b and sock.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(sock.fileno(), termios.FIONREAD, s.fionread, True)
+                    s.tail_left = int(s.fionread[0])
 
     def flow_info(self, sock: socket.socket) -> dict[str, Any]:
         """How the emulated NIC steers ``sock``'s flow: ``{"mode": "devmem" |
@@ -322,12 +433,17 @@ class EmulatedRx:
         Readable flow: bytes copied into ``buf``, no cmsg. Devmem flow with
         MSG_SOCK_DEVMEM: payload placed in the dma-buf, one 40-byte cmsg per
         frag in ``control``, ``nbytes <= len(buf)``. Errors: EFAULT for a
-        devmem flow without MSG_SOCK_DEVMEM or with a control buffer too
-        small for one cmsg (once data is there; 0 at EOF); EINVAL for
-        MSG_PEEK on a devmem flow; EAGAIN / TimeoutError as described in the
+        devmem flow without MSG_SOCK_DEVMEM; a control buffer too small for
+        one cmsg (once data is there; 0 at EOF): ETOOSMALL (525) on the 6.18
+        the emulated NIC presents by default, EFAULT when it presents 6.17 or
+        older (``caps.kernel``); EBUSY when the socket's tokens run out
+        (xa_alloc, xa_limit_31b); EAGAIN / TimeoutError as described in the
         module docstring; ENOTCONN for a socket never connected. A socket
         the peer reset before its first recvmsg gives the kernel's
-        ECONNRESET (the reset socket's own error), not getpeername's ENOTCONN."""
+        ECONNRESET (the reset socket's own error), not getpeername's ENOTCONN.
+        MSG_PEEK on a devmem flow hands out new tokens (references) for the
+        same frags, which stay queued. Bytes queued when the binding closes
+        stay devmem (:meth:`binding_closed`)."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.state(sock)
@@ -349,15 +465,17 @@ class EmulatedRx:
             if self._wait_data(sock, flags) == 0:
                 return 0, 0, 0
             raise oserror(errno.EFAULT, "devmem data needs MSG_SOCK_DEVMEM")
-        if flags & abi.MSG_PEEK:
-            raise oserror(errno.EINVAL, "MSG_PEEK is not supported on devmem flows by the emulated NIC")
         if nbuf == 0:
             return 0, 0, 0
+        if s.tail_left:
+            nbuf = min(nbuf, s.tail_left)
         room = len(control) // _REC
         if room == 0:
             if self._wait_data(sock, flags) == 0:
                 return 0, 0, 0
-            raise oserror(errno.EFAULT, "control buffer too small for one devmem cmsg (40 bytes)")
+            # tcp_recvmsg_dmabuf: put_cmsg could not place one cmsg and nothing was consumed
+            code = abi.ETOOSMALL if s.kernel >= abi.ETOOSMALL_SINCE else errno.EFAULT
+            raise oserror(code, "control buffer too small for one devmem cmsg (40 bytes)")
         b = s.binding
         assert b is not None and b.pool is not None
         pool = b.pool
@@ -384,6 +502,10 @@ class EmulatedRx:
                     avail = target
                 else:
                     avail = self._wait_lowat(sock, s, flags, target, avail)
+        if s.frags == "driver" or flags & abi.MSG_PEEK or (s.fill is not None and s.fill.pending):
+            n, clen, mfl = self._recv_shaped(sock, s, b, pool, control, nbuf, room, avail, flags)
+            self._tail_used(s, n, flags)
+            return n, clen, mfl
         want_pages = min(room, -(-min(avail, nbuf) // PAGE_SIZE))
         runs = pool.alloc_runs(want_pages, s.queue, time.monotonic())
         if not runs:
@@ -405,9 +527,10 @@ class EmulatedRx:
         try:
             tokens = s.tokens.alloc_runs(got, b.id, s.queue)
         except OSError:
-            pool.give_back_runs(got, s.queue)  # ENOMEM (2**31 tokens held): no net_iov stays taken
+            pool.give_back_runs(got, s.queue)  # EBUSY (2**31 tokens held): no net_iov stays taken
             raise
         clen = encode_frags(control, got, total, tokens, b.id)
+        self._tail_used(s, total, flags)
         qs = pool.queue_stats(s.queue)
         qs.rx_packets += used
         qs.rx_bytes += total
@@ -439,6 +562,196 @@ class EmulatedRx:
                 pool.give_back_runs(runs, queue)
                 raise
         return total
+
+    def _recv_shaped(self, sock: socket.socket, s: RxSocket, b: EmulatedBinding, pool: RxPool,
+                     control: memoryview, nbuf: int, room: int, avail: int,
+                     flags: int) -> tuple[int, int, int]:
+        """recvmsg's devmem part with a real NIC's buffer placement (see
+        :class:`ShapedFill`): up to ``room`` frags, ``min(avail, nbuf)`` bytes."""
+        f = s.fill
+        page = s.frags != "driver"
+        buf_len = PAGE_SIZE if page else max(1, min(s.buf_len, PAGE_SIZE))
+        if f is None or f.buf_len != buf_len:
+            # whole-page frags are this placement with page-sized segments and buffers
+            mss = PAGE_SIZE if page else int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)) or 1448
+            if f is not None:
+                f.drop_all(pool, s.queue)
+            f = s.fill = ShapedFill(mss=mss, buf_len=buf_len)
+        q = s.queue
+        want = min(avail, nbuf)
+        frags: list[tuple[int, int, int]] = []  # (net_iov, offset in it, length)
+        left = want
+        # 1. the rest of frags placed before (cut by the end of the last recvmsg)
+        pend_total = sum(p[2] for p in f.pending)
+        while f.pending and left and len(frags) < room:
+            niov, off, ln = f.pending[0]
+            take = min(ln, left)
+            frags.append((niov, off, take))
+            left -= take
+            if take == ln:
+                f.pending.popleft()
+            else:
+                f.pending[0] = (niov, off + take, ln - take)
+        fresh = max(0, avail - pend_total)
+        # 2. new segments, placed in the current buffer or the next one
+        slots = max(1, PAGE_SIZE // f.buf_len)
+        stalled = False
+        while left and fresh and len(frags) < room:
+            seg = min(f.mss, fresh)
+            fresh -= seg
+            pieces: list[tuple[int, int, int]] = []
+            rest = seg
+            while rest:
+                if f.cur >= 0 and f.used and rest == seg and rest > f.buf_len - f.used:
+                    f.slot, f.used = f.slot + 1, 0  # a segment starts in a buffer it fits, or a fresh one
+                if f.cur >= 0 and f.used == f.buf_len:
+                    f.slot, f.used = f.slot + 1, 0
+                if f.cur < 0 or f.slot >= slots:
+                    got = pool.alloc_runs(1, q, time.monotonic())
+                    if not got and not frags and not pieces:
+                        got = pool.alloc_runs(1, q, self._deadline(sock, s, flags)[0])
+                    if not got:
+                        stalled = True
+                        break
+                    f.cur, f.slot, f.used = got[0][0], 0, 0
+                    f.held.add(f.cur)
+                take = min(rest, f.buf_len - f.used)
+                pieces.append((f.cur, f.slot * f.buf_len + f.used, take))
+                f.used += take
+                rest -= take
+            for piece in pieces:
+                if left and len(frags) < room:
+                    take = min(piece[2], left)
+                    frags.append((piece[0], piece[1], take))
+                    left -= take
+                    if take < piece[2]:
+                        f.pending.append((piece[0], piece[1] + take, piece[2] - take))
+                else:
+                    f.pending.append(piece)
+            if stalled:
+                break
+        if not frags:
+            f.settle(pool, q)
+            if stalled:
+                if sock.gettimeout():
+                    raise TimeoutError(errno.EAGAIN, "timed out (devmem flow stalled: every buffer is held)")
+                raise oserror(errno.EAGAIN, "devmem flow stalled: every buffer of the binding is held")
+            return 0, 0, 0
+        # 3. the bytes go where the NIC placed them (one recvmsg_into per 1024 frags)
+        view = b.view
+        planned = sum(ln for _, _, ln in frags)
+        # no host view (device memory): the bytes land back to back in staging, then one
+        # write_at puts them at the frags' offsets (the NIC's DMA, as in _fill_staged)
+        stage = b.stage(planned) if view is None else None
+        total = 0
+        direct = (sock.gettimeout() or 0) > 0 and not flags & abi.MSG_WAITALL
+        fl = flags & (_RECV_PASS_FLAGS | abi.MSG_PEEK)
+        peek = bool(flags & abi.MSG_PEEK)
+        direct = direct and not peek
+        staged_at = 0
+        try:
+            for i in range(0, len(frags), abi.UIO_MAXIOV):
+                chunk = frags[i:i + abi.UIO_MAXIOV]
+                if view is not None:
+                    bufs = [view[n * PAGE_SIZE + o: n * PAGE_SIZE + o + ln] for n, o, ln in chunk]
+                else:
+                    assert stage is not None
+                    ln_here = sum(ln for _, _, ln in chunk)
+                    bufs = [memoryview(stage.data)[staged_at: staged_at + ln_here]]
+                    staged_at += ln_here
+                want_here = sum(len(x) for x in bufs)
+                if peek and i:
+                    break  # one MSG_PEEK call: later chunks would peek the same bytes again
+                got_here = (os.readv(sock.fileno(), bufs) if direct
+                            else sock.recvmsg_into(bufs, 0, fl if i == 0 else abi.MSG_DONTWAIT)[0])
+                total += got_here
+                if got_here < want_here:
+                    break
+        except (BlockingIOError, InterruptedError):
+            if total == 0:
+                self._unplace(f, frags, 0)
+                f.settle(pool, q)
+                raise
+        except TimeoutError:
+            self._unplace(f, frags, 0)
+            f.settle(pool, q)
+            raise TimeoutError(errno.EAGAIN, "timed out") from None
+        except BaseException:
+            self._unplace(f, frags, 0)
+            f.settle(pool, q)
+            raise
+        if total < planned:
+            frags = self._unplace(f, frags, total)
+        if total == 0:
+            f.settle(pool, q)
+            return 0, 0, 0
+        if stage is not None:
+            try:
+                b.dmabuf.write_at(np.array([n * PAGE_SIZE + o for n, o, _ in frags], np.int64),
+                                  np.array([ln for _, _, ln in frags], np.int64), stage)
+            except BaseException:
+                self._unplace(f, frags, 0)
+                f.settle(pool, q)
+                raise
+        if peek:
+            # MSG_PEEK: the same frags stay queued; this call's tokens are extra
+            # references to them (tcp_recvmsg_dmabuf has no peek special case)
+            self._unplace(f, frags, 0)
+        # 4. a token and a net_iov reference per frag, one cmsg each
+        idx = [n for n, _, _ in frags]
+        pool.add_refs(idx)
+        try:
+            tokens = s.tokens.alloc_runs([(n, 1) for n in idx], b.id, q)
+        except OSError:
+            pool.release_runs([(n, 1, b.id, q) for n in idx])
+            self._unplace(f, frags, 0)
+            f.settle(pool, q)
+            raise
+        if page and not f.pending:
+            f.cur = -1  # back to whole pages: the NIC fills no buffer of its own
+        f.settle(pool, q)
+        offsets = np.array([n * PAGE_SIZE + o for n, o, _ in frags], dtype=np.uint64)
+        sizes = np.array([ln for _, _, ln in frags], dtype=np.uint32)
+        if len(control) < len(frags) * _REC:
+            raise oserror(errno.EFAULT, "control buffer too small")
+        clen = codec.encode_rx_control(control, offsets, sizes, expand_runs(tokens, np.uint32), b.id)
+        qs = pool.queue_stats(q)
+        qs.rx_packets += len(frags)
+        qs.rx_bytes += total
+        self._maybe_flush()
+        return total, clen, 0
+
+    def _maybe_flush(self) -> None:
+        if self.stats_interval_s is not None:
+            now = time.monotonic()
+            if now - self._stats_flushed >= self.stats_interval_s:
+                self._stats_flushed = now
+                self.netdev.flush_stats()
+
+    @staticmethod
+    def _unplace(f: ShapedFill, frags: list[tuple[int, int, int]], got: int) -> list[tuple[int, int, int]]:
+        """Only ``got`` bytes of the planned ``frags`` arrived: what did not is
+        reserved again, ahead of what was pending (stream order); returns the
+        frags that got bytes."""
+        kept: list[tuple[int, int, int]] = []
+        back: list[tuple[int, int, int]] = []
+        left = got
+        for n, o, ln in frags:
+            take = min(ln, left)
+            left -= take
+            if take:
+                kept.append((n, o, take))
+            if take < ln:
+                back.append((n, o + take, ln - take))
+        # pieces already reserved stay reserved: merge a piece with the
+        # pending one that continues it, else reserve it anew
+        for piece in reversed(back):
+            if f.pending and f.pending[0][0] == piece[0] and f.pending[0][1] == piece[1] + piece[2]:
+                n, o, ln = f.pending.popleft()
+                f.pending.appendleft((piece[0], piece[1], piece[2] + ln))
+            else:
+                f.pending.appendleft(piece)
+        return kept
 
     @staticmethod
     def _fill(sock: socket.socket, view: memoryview, runs: list[tuple[int, int]], nbuf: int, flags: int,
@@ -490,19 +803,16 @@ class EmulatedRx:
         """setsockopt(SO_DEVMEM_DONTNEED) as net/core/sock.c does it.
 
         ``tokens``: a ``DMABUF_TOKEN_DTYPE`` array, or raw bytes (any length,
-        to exercise optlen checks). Non-TCP socket: EBADF; optlen below
-        sizeof(int), not a multiple of 8 or above 128 ranges: EINVAL. Walks
+        to exercise optlen checks). In net/core/sock.c's order: optlen below
+        sizeof(int) EINVAL (sk_setsockopt, for any socket: a UDP socket with
+        optlen 0 gets EINVAL), then a non-TCP socket EBADF, then optlen not
+        a multiple of 8 or above 128 ranges EINVAL (sock_devmem_dontneed). Walks
         the ranges in order and stops after 1024 frags (unknown tokens
         count toward that limit and are skipped). Returns the number of frags
         freed; their net_iovs go back to the binding's free list."""
         if sock.fileno() < 0:
             raise oserror(errno.EBADF)
         s = self.sockets.get(sock)
-        if s is None or not s.tcp:
-            if not _is_tcp(sock):
-                raise oserror(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
-            if s is not None:
-                s.tcp = True
         if isinstance(tokens, np.ndarray) and tokens.dtype == abi.DMABUF_TOKEN_DTYPE and tokens.ndim == 1:
             ranges = tokens  # the Receiver's chunks: no byte view needed
             optlen = tokens.nbytes
@@ -514,7 +824,15 @@ class EmulatedRx:
             optlen = int(raw.shape[0])
             ranges = None
         isz = abi.DMABUF_TOKEN_DTYPE.itemsize
-        if optlen < 4 or optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
+        if optlen < 4:
+            # sk_setsockopt's optlen < sizeof(int) check comes before any option's own
+            raise oserror(errno.EINVAL, f"optlen {optlen}")
+        if s is None or not s.tcp:
+            if not _is_tcp(sock):
+                raise oserror(errno.EBADF, "SO_DEVMEM_DONTNEED needs a TCP socket")
+            if s is not None:
+                s.tcp = True
+        if optlen % isz or optlen > isz * abi.MAX_DONTNEED_TOKENS:
             raise oserror(errno.EINVAL, f"optlen {optlen}")
         if s is None or s.tokens.outstanding == 0:
             return 0
@@ -529,6 +847,8 @@ class EmulatedRx:
         s = self.sockets.pop(sock, None)
         if s is None:
             return 0
+        if s.fill is not None and s.binding is not None and s.binding.pool is not None:
+            s.fill.drop_all(s.binding.pool, s.queue)
         n = s.tokens.outstanding
         self.netdev.pools.return_pages(s.tokens.erase_all_runs())
         return n

@@ -177,6 +177,10 @@ def default_nic(ifname: str, ifindex: int, ns: int, queues: int | None = None) -
         "stats": {},
         # driver capabilities: the queue management API (bind-rx) and netmem TX mode (bind-tx)
         "caps": {"queue_mgmt": True, "netmem_tx": "dma"},
+        # emulation.netkit: "physical" or a netkit end; RX queue leases; TX drops
+        "kind": "physical",
+        "leases": {},
+        "tx_dropped": 0,
     }
 
 
@@ -192,6 +196,14 @@ def load_nic(ifname: str, *, directory: str | None = None, ns: int | None = None
     if data is None or data.get("version") != STATE_VERSION or data.get("ifindex") != ifindex:
         return default_nic(ifname, ifindex, ns, queues)
     return data
+
+
+def read_nic(ifname: str, ns: int, directory: str | None = None) -> dict[str, Any] | None:
+    """The saved state of the emulated NIC ``ifname`` of namespace ``ns`` as
+    written, without resolving the interface here (it may live in another
+    namespace); None when none was saved."""
+    data = _read_json(nic_path(ifname, ns, directory))
+    return data if data is not None and data.get("version") == STATE_VERSION else None
 
 
 def save_nic(state: dict[str, Any], directory: str | None = None) -> None:
@@ -240,6 +252,11 @@ def bound_queues(reg: dict[str, Any], ns: int, ifname: str) -> dict[int, int]:
     for key, b in reg["live"].items():
         if b["kind"] == "rx" and b["netns"] == ns and b["ifname"] == ifname:
             for q in b["queues"]:
+                out[int(q)] = int(key)
+        # a bind-rx on a netkit guest binds the leased physical queues
+        phys = b.get("phys")
+        if b["kind"] == "rx" and phys and phys["netns"] == ns and phys["ifname"] == ifname:
+            for q in phys["queues"]:
                 out[int(q)] = int(key)
     return out
 

@@ -84,7 +84,8 @@ class TokenTable:
     # -- allocation ------------------------------------------------------------
     def _lowest_free(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` lowest free tokens as runs (caller holds the lock).
-        Raises OSError(ENOMEM) past xa_limit_31b, taking nothing."""
+        Raises OSError(EBUSY) past xa_limit_31b, taking nothing (xa_alloc's
+        answer when no index in the limit is free)."""
         runs: list[tuple[int, int]] = []
         need = k
         cur = abi.FIRST_TOKEN
@@ -97,7 +98,7 @@ class TokenTable:
                     return runs
             cur = tok + cnt
         if cur + need - 1 > abi.TOKEN_LIMIT:
-            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + ": token space exhausted")
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY) + ": token space exhausted")
         runs.append((cur, need))
         return runs
 

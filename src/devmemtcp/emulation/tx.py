@@ -17,8 +17,10 @@ lives there): another process's binding id is a clear DevmemError.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import os
 import socket
 import struct
 import termios
@@ -27,16 +29,21 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from devmemtcp import abi, codec
+from devmemtcp.emulation import netkit as nk
+from devmemtcp.emulation import state as st
 from devmemtcp.emulation.netdev import EmulatedBinding, Netdev, oserror
 from devmemtcp.emulation.steering import ingress_ifindex
+from devmemtcp.errors import DevmemError
 from devmemtcp.host import netns
 
 U32_MAX = 0xFFFFFFFF
 _SEND_PASS_FLAGS = abi.MSG_DONTWAIT | abi.MSG_NOSIGNAL | abi.MSG_MORE
+_GSO_MAX = 65536  # one TSO/GSO skb carries at most 64 KiB: drops are counted per skb of that size
 
 
 @dataclass
@@ -52,6 +59,8 @@ class TxSocket:
     routes: dict[int, tuple[int, int]] = field(default_factory=dict)  # binding id -> (ifindex, netns)
     ctl: bytes = b""  # last control buffer parsed, and its binding id
     ctl_id: int = 0
+    blackhole: tuple[int, str] | None = None  # (netns, ifname) dropping this socket's devmem skbs
+    verdicts: dict[int, tuple[int, str] | None] = field(default_factory=dict)  # binding id -> drop device
 
 
 class EmulatedTx:
@@ -75,16 +84,59 @@ class EmulatedTx:
 
     def binding(self, sock: socket.socket, s: TxSocket, bid: int) -> EmulatedBinding:
         """net_devmem_get_binding: EINVAL unless ``bid`` is a live TX binding,
-        EHOSTUNREACH without a route, ENODEV when the route's device is not
-        the binding's."""
+        EHOSTUNREACH without a route, ENODEV when the route's device is
+        neither the binding's device nor its virtual device (``binding->vdev``,
+        a netkit guest; netkit TX series)."""
         b = self.netdev.tx_binding(bid)
         route = s.routes.get(bid)
         if route is None:
             route = s.routes[bid] = (ingress_ifindex(sock), netns.inode())
-        if route != (b.ifindex, b.netns):
+        vdev = (b.vdev[1], b.vdev[0]) if b.vdev is not None else None
+        if route != (b.ifindex, b.netns) and route != vdev:
             raise oserror(errno.ENODEV, f"route to the peer leaves through ifindex {route[0]}, "
                                         f"binding {bid} is on {b.ifname} (ifindex {b.ifindex})")
         return b
+
+    def xmit_verdict(self, sock: socket.socket, s: TxSocket, b: EmulatedBinding) -> tuple[int, str] | None:
+        """validate_xmit_unreadable_skb (net/core/dev.c, netkit TX series) on
+        each device the socket's unreadable skbs pass: None when they get
+        through, else ``(netns inode, ifname)`` of the device that drops them.
+
+        NETMEM_TX_NO_DMA passes them (a netkit guest: its packets are then
+        forwarded in the physical device's namespace, along the route to the
+        peer there); NONE drops them; DMA drops them unless it is the
+        binding's device (``binding->dev``). Decided once per socket and
+        binding (a new socket reads the routes again)."""
+        if b.id in s.verdicts:
+            return s.verdicts[b.id]
+        ns, ifindex = netns.inode(), s.routes[b.id][0]
+        nic = self.netdev_nic(ns, ifindex)
+        for _hop in range(4):
+            if nic is None or nk.netmem_tx(nic) != "no_dma":
+                break
+            nxt = _route_in(b.netns, _norm_peer(sock))
+            if nxt is None:
+                nic = None
+                break
+            ns, ifindex = b.netns, nxt
+            nic = self.netdev_nic(ns, ifindex)
+        verdict: tuple[int, str] | None = None
+        if nic is not None:
+            mode = nk.netmem_tx(nic)
+            if mode == "none" or (mode == "dma" and (ns, str(nic["ifname"])) != (b.netns, b.ifname)):
+                verdict = (ns, str(nic["ifname"]))
+        s.verdicts[b.id] = verdict
+        return verdict
+
+    def netdev_nic(self, ns: int, ifindex: int) -> dict[str, Any] | None:
+        """The state of the emulated NIC with ``ifindex`` in namespace ``ns``
+        (a fresh default for an interface of this namespace without state)."""
+        if ns == netns.inode():
+            try:
+                return st.load_nic(socket.if_indextoname(ifindex), directory=self.netdev.directory, ns=ns)
+            except (OSError, DevmemError):
+                return None
+        return _nic_by_index(self.netdev.directory, ns, ifindex)
 
     def sendmsg(self, sock: socket.socket, iov: np.ndarray, control: bytes, flags: int) -> int:
         """Devmem sendmsg: ``iov`` an ``(n, 2)`` uint64 array of (dma-buf offset,
@@ -154,6 +206,16 @@ class EmulatedTx:
                 break
         if not spans:
             raise oserror(errno.EFAULT, f"dma-buf offset past the end of binding {bid} ({bsize} bytes)")
+        drop = self.xmit_verdict(sock, tx, binding) if tx.blackhole is None else tx.blackhole
+        if drop is not None:
+            # the skbs are accepted and then freed before the driver (validate_xmit_skb
+            # -> dev_core_stats_tx_dropped_inc): nothing reaches the wire, no completion
+            n = sum(b_ - a for a, b_ in spans)
+            if n:
+                count_tx_drop(self.netdev.directory, drop[0], drop[1], -(-n // _GSO_MAX))
+            tx.blackhole = drop
+            tx.zckey = (tx.zckey + 1) & U32_MAX
+            return n
         if view is not None:
             n = sock.sendmsg([view[a:b] for a, b in spans], [], flags & _SEND_PASS_FLAGS)
         else:
@@ -254,3 +316,70 @@ class EmulatedTx:
             return 0
         extra = 0 if tx.done_lo is None else (tx.done_hi - tx.done_lo) % (U32_MAX + 1) + 1
         return len(tx.pending) + extra
+
+
+# ---------------------------------------------------------------------------
+# devices of other namespaces (a netkit guest's packets leave the host namespace)
+# ---------------------------------------------------------------------------
+def _norm_peer(sock: socket.socket) -> str:
+    peer = str(sock.getpeername()[0])
+    return peer[7:] if peer.startswith("::ffff:") else peer
+
+
+def _route_in(ns: int, peer: str) -> int | None:
+    """ifindex of the route to ``peer`` in namespace ``ns`` (entered for the
+    lookup by a short-lived thread), None without a route or a way in (the
+    namespace has no /run/netns name, or the caller may not setns: then the
+    forwarded skbs are not checked past the netkit device)."""
+    import threading as _th
+
+    path = nk._ns_path(ns)
+    if path is None:
+        return None
+    box: list[int | None] = [None]
+
+    def go() -> None:
+        from devmemtcp.host import netns as nsmod
+
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            nsmod._setns(fd, abi.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        from devmemtcp.emulation.steering import _route_dev
+
+        try:
+            box[0] = _route_dev(peer)
+        except OSError:
+            box[0] = None
+
+    t = _th.Thread(target=go, daemon=True)
+    t.start()
+    t.join(10)
+    return box[0]
+
+
+def _nic_by_index(directory: str | None, ns: int, ifindex: int) -> dict[str, Any] | None:
+    """The saved state of the emulated NIC with ``ifindex`` in namespace ``ns``;
+    a physical default when that namespace's interface has none saved."""
+    d = directory or st.state_dir()
+    prefix = f"{ns}-"
+    with contextlib.suppress(OSError):
+        for name in os.listdir(d):
+            if name.startswith(prefix) and name.endswith(".json"):
+                data = st.read_nic(name[len(prefix):-5], ns, d)
+                if data is not None and int(data.get("ifindex", -1)) == int(ifindex):
+                    return data
+    return {"ifname": f"ifindex{ifindex}", "ifindex": ifindex, "netns": ns, "kind": "physical", "caps": {}}
+
+
+def count_tx_drop(directory: str | None, ns: int, ifname: str, skbs: int) -> None:
+    """Add ``skbs`` to the ``tx_dropped`` counter of the emulated NIC ``ifname``
+    of namespace ``ns`` (the kernel's per-device tx_dropped, ``ip -s link``)."""
+    with contextlib.suppress(OSError, DevmemError), st.locked(directory) as d:
+        nic = st.read_nic(ifname, ns, d)
+        if nic is None and ns == netns.inode():
+            nic = st.load_nic(ifname, directory=d, ns=ns)
+        if nic is not None:
+            nic["tx_dropped"] = int(nic.get("tx_dropped", 0)) + skbs
+            st.save_nic(nic, d)

@@ -7,6 +7,7 @@ and the udmabuf provider wraps the same kind of memfd into a real dma-buf.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 from typing import TYPE_CHECKING
@@ -145,7 +146,8 @@ class MemfdBuffer:
         in the dma-buf and are not included). ``out`` is a ``uint8`` array of
         at least ``frags.nbytes`` bytes (allocated if ``None``); returns the
         ``out[:frags.nbytes]`` view. Vectorised: full aligned pages are one
-        fancy-indexed take; other shapes use a strided window view and a mask.
+        fancy-indexed take; other shapes are copied by runs of contiguous
+        frags (one index array when they are scattered).
         Raises DevmemError if a fragment lies outside the buffer or ``out`` is
         too small.
         """
@@ -177,31 +179,21 @@ class MemfdBuffer:
             # np.take with out=: no n*page_size temporary
             np.take(view.reshape(-1, ps), offs // ps, axis=0, out=dst.reshape(n, ps))
             return dst
-        # windows[i] = view[i : i + maxsz]; fragments too close to the end for
-        # a full window are copied one by one (at most a few of them).
-        nwin = self.size - maxsz + 1
-        windows = np.lib.stride_tricks.as_strided(view, shape=(nwin, maxsz), strides=(1, 1))
-        tail = offs >= nwin
+        # other shapes (a real NIC's frags: not page aligned, several per page):
+        # contiguous frags merged into runs, each run one slice copy; many
+        # scattered runs at once are one fancy-indexed copy. (np.take on a
+        # strided window view copies the whole view first: never that.)
         starts = np.cumsum(sizes) - sizes
-        if int(sizes.min()) == maxsz and not tail.any():
-            # fancy indexing reads the strided windows in place (np.take would first copy
-            # the whole (nwin, maxsz) window view into a contiguous array)
-            dst.reshape(n, maxsz)[:] = windows[offs]
+        brk = np.flatnonzero(offs[1:] != offs[:-1] + sizes[:-1]) + 1
+        if brk.shape[0] < 64:
+            edges = [0, *brk.tolist(), n]
+            for i, j in itertools.pairwise(edges):
+                o, d = int(offs[i]), int(starts[i])
+                ln = int(starts[j - 1] + sizes[j - 1]) - d
+                dst[d: d + ln] = view[o: o + ln]
             return dst
-        body = ~tail
-        if body.any():
-            rows = windows[offs[body]]
-            mask = np.arange(maxsz) < sizes[body][:, None]
-            picked = rows[mask]  # row-major: each fragment's bytes in order
-            # destination positions for the body fragments, in order
-            dpos = np.repeat(starts[body] - (np.cumsum(sizes[body]) - sizes[body]), sizes[body])
-            if not tail.any():
-                dst[:] = picked
-            else:
-                dst[np.arange(picked.shape[0]) + dpos] = picked
-        for i in np.flatnonzero(tail).tolist():
-            o, s, d = int(offs[i]), int(sizes[i]), int(starts[i])
-            dst[d: d + s] = view[o: o + s]
+        idx = np.repeat(offs - starts, sizes) + np.arange(total, dtype=np.int64)
+        np.take(view, idx, out=dst)
         return dst
 
     # -- lifetime ------------------------------------------------------------

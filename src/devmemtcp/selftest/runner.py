@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devmemtcp.errors import DevmemError, IncompleteStreamError, NetlinkError
+from devmemtcp.errors import DevmemError, IncompleteStreamError, NetlinkError, more_queues_hint
 from devmemtcp.host import ifaces
 from devmemtcp.host import netns as host_netns
 from devmemtcp.selftest.catalogue import (
@@ -200,7 +200,7 @@ class Selftest:
         n = self.nic.rx_queue_count()
         if n < 2:
             raise CaseSkipped(f"{self.ifname} has {n} RX queue: devmem needs one besides the others "
-                              f"(ethtool -L {self.ifname} combined 2)")
+                              f"({more_queues_hint(self.ifname, 2, self.backend.name)})")
         return n
 
     def _require_peer(self) -> tuple[str, str]:

@@ -7,7 +7,8 @@
 - :mod:`~devmemtcp.setup.nic_setup`: :class:`NicSetup`, which runs the steps
   and undoes them on exit, on signals and on failures;
 - :mod:`~devmemtcp.setup.restore`: ``devmemtcp restore``: replaying what
-  crashed or kept setups left.
+  crashed or kept setups left;
+- :mod:`~devmemtcp.setup.lease`: the journal entry of a queue lease.
 """
 
 from devmemtcp.setup.journal import (
@@ -19,6 +20,7 @@ from devmemtcp.setup.journal import (
     journal_lock,
     journal_name,
 )
+from devmemtcp.setup.lease import LeaseEntry, journal_lease
 from devmemtcp.setup.nic_setup import NicSetup, Terminated
 from devmemtcp.setup.restore import (
     UndoResult,
@@ -54,6 +56,7 @@ __all__ = [
     "Entry",
     "Flow",
     "Journal",
+    "LeaseEntry",
     "NicSetup",
     "RingsStep",
     "RssStep",
@@ -63,6 +66,7 @@ __all__ = [
     "UndoResult",
     "default_journal_dir",
     "entry_owner",
+    "journal_lease",
     "journal_lock",
     "journal_name",
     "journals",

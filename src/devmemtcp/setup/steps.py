@@ -32,7 +32,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from devmemtcp.errors import DevmemError
+from devmemtcp.errors import DevmemError, more_queues_hint
 from devmemtcp.setup.journal import ENTRY_TYPES, Entry, Journal, register
 from devmemtcp.types import NtupleRule
 
@@ -143,7 +143,7 @@ def _check_queues(ctx: StepContext) -> None:
     if start + count > n:
         raise DevmemError(
             f"{ctx.ifname} has {n} RX queue(s); queues {start}..{start + count - 1} do not exist",
-            f"pick queues below {n}, or raise the channel count (ethtool -L {ctx.ifname} ...)")
+            f"pick queues below {n}, or " + more_queues_hint(ctx.ifname, start + count, ctx.backend.name))
 
 
 @dataclass(kw_only=True)

@@ -29,12 +29,12 @@ def test_kernels_compile(arch: str) -> None:
     opts = [b"--std=c++14", f"--gpu-architecture={arch}".encode()]
     (err,) = n.nvrtcCompileProgram(prog, len(opts), opts)
     _, size = n.nvrtcGetProgramLogSize(prog)
-    log = b" " * size
+    log = bytearray(size)  # NVRTC writes into it: never an (interned) bytes object
     n.nvrtcGetProgramLog(prog, log)
-    assert int(err) == 0, log.decode(errors="replace")
+    assert int(err) == 0, bytes(log).decode(errors="replace")
     _, size = n.nvrtcGetPTXSize(prog)
-    ptx = b" " * size
+    ptx = bytearray(size)
     n.nvrtcGetPTX(prog, ptx)
-    entries = [ln.split()[-1] for ln in ptx.decode().splitlines() if ".entry" in ln]
+    entries = [ln.split()[-1] for ln in bytes(ptx).rstrip(b"\0").decode().splitlines() if ".entry" in ln]
     assert entries == ["devmemtcp_gather(", "devmemtcp_gather_pages(", "devmemtcp_validate("]
     n.nvrtcDestroyProgram(prog)

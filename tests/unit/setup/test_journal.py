@@ -90,7 +90,7 @@ def test_a_newer_version_is_refused_with_the_way_out(tmp_path: Path) -> None:
     (lambda d: d.update(members=[{"start": 1}]), "members[0].pid", "is missing"),
     (lambda d: d["entries"][0].pop("step"), "entries[0].step", "is missing"),
     (lambda d: d["entries"][0].update(step="mtu"), "entries[0].step",
-     "names an unknown step 'mtu' (known: channels, rings, rss, rule, bind; "
+     "names an unknown step 'mtu' (known: channels, rings, rss, rule, bind, lease; "
      "a newer devmemtcp may have written it)"),
     (lambda d: d["entries"][0].pop("before"), "entries[0].before", "is missing"),
     (lambda d: d["entries"][0]["before"].update(hds_thresh=[1]), "entries[0].before.hds_thresh",
