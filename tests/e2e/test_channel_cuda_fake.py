@@ -227,3 +227,17 @@ def test_device_array_on_a_host_channel_is_a_clear_error(fakes: FakeDriver) -> N
 
     with pair(memory="host") as (_srv, cli), pytest.raises(ChannelError, match="cannot be sent from host"):
         cli.send(OnGpu())
+
+
+def test_driver_shaped_frags_gather_on_the_device(fakes: FakeDriver) -> None:
+    from devmemtcp.backend.emulated import EmulatedBackend
+
+    EmulatedBackend().nic("lo").set_capabilities(frags="driver")  # frags as a real NIC's driver places them
+    arr = np.random.default_rng(7).integers(0, 256, (5 << 20) + 123, dtype=np.uint8)
+    with pair(streams=2) as (srv, cli):
+        done = _bg(lambda: cli.send(arr))
+        got = srv.recv(like="cupy")
+        done()
+        assert np.array_equal(got.get(), arr)
+        assert srv.stats["rx"]["host_copy_bytes"] == 0
+        assert "devmemtcp_gather" in fake_cupy.RawModule.launches  # irregular frags: the triplet kernel
