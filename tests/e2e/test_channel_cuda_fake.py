@@ -169,6 +169,10 @@ def test_like_torch_without_cuda_torch_is_a_clear_error(fakes: FakeDriver) -> No
         assert np.array_equal(srv.recv(like="cupy").get(), np.arange(10))  # still receivable
         with pytest.raises(ChannelError, match="torch with CUDA"):
             cli.empty(10, like="torch")
+        with pytest.raises(ChannelError, match="no host view"):
+            cli.empty(10, like="numpy")
+        whole = cli._tx_dmabuf.size - cli._ring
+        assert cli.empty(whole).nbytes == whole  # the refused calls took no room
 
 
 def test_host_channel_refuses_device_likes() -> None:

@@ -1176,6 +1176,8 @@ class Channel:
         if self._dev is None and like not in (None, "numpy"):
             raise ChannelError(f"empty(like={like!r}) on a host memory channel",
                                "use like='numpy', or open the channel with memory='cuda'")
+        if self._dev is not None:
+            self._dev.check_like(like)  # before any room is taken
         dt = np.dtype(dtype)
         DType.of_numpy(dt)  # ChannelError for object dtypes: the TX dma-buf holds bytes, not references
         shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)

@@ -254,6 +254,14 @@ class DeviceSide:
             self.tx_pool[off : off + int(src.shape[0])] = src
             self.sync()
 
+    def check_like(self, like: str | None) -> None:
+        """ChannelError unless :meth:`empty` can give ``like`` (None, "cupy", "torch" with CUDA)."""
+        if like == "torch":
+            torch_cuda_ok("empty(like='torch') on a CUDA channel")
+        elif like not in (None, "cupy"):
+            raise ChannelError(f"empty(like={like!r}) on a CUDA channel: device memory has no host view",
+                               "use like='cupy' or like='torch'")
+
     def empty(self, off: int, need: int, n: int, dt: np.dtype, shape: tuple[int, ...], like: str,
               release: Any) -> Any:
         """An array of ``shape`` / ``dt`` over TX bytes ``off .. off+n`` (a
@@ -262,8 +270,6 @@ class DeviceSide:
         when the array and every view of it are gone."""
         cp = self.cp
         torch = torch_cuda_ok("empty(like='torch') on a CUDA channel") if like == "torch" else None
-        if like not in ("cupy", "torch"):
-            raise ChannelError(f"like={like!r}", "use like='cupy' or like='torch' on a CUDA channel")
         holder = _Region()
         weakref.finalize(holder, release, off, need)
         with cp.cuda.Device(self.device):
