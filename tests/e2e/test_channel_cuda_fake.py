@@ -245,3 +245,18 @@ def test_driver_shaped_frags_gather_on_the_device(fakes: FakeDriver) -> None:
         assert np.array_equal(got.get(), arr)
         assert srv.stats["rx"]["host_copy_bytes"] == 0
         assert "devmemtcp_gather" in fake_cupy.RawModule.launches  # irregular frags: the triplet kernel
+
+
+def test_cuda_channel_without_cupy_is_one_clear_error_and_frees_everything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    drv = FakeDriver()
+    monkeypatch.setattr(mcuda, "driver", lambda: drv)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    with devmemtcp.listen(HOST, 0, backend="emulated", memory="cuda") as lis:
+        acc = _bg(lambda: lis.accept(timeout=10))
+        with pytest.raises(ChannelError, match="CuPy is not installed") as ei:
+            devmemtcp.connect(HOST, lis.port, backend="emulated", memory="cuda")
+        assert "devmemtcp[gpu]" in (ei.value.hint or "")
+        with pytest.raises(ChannelError, match="CuPy is not installed"):
+            acc()
+    assert not drv.device_mem and not drv.host_mem and drv.ctx_refs == 0
