@@ -1,4 +1,5 @@
-"""``devmemtcp bench frags | stream | tensor | gather | report``: measure the devmem paths.
+"""``devmemtcp bench frags | stream | tensor | gather | torch | report``: measure the devmem paths
+and the torch backend.
 
 Each subcommand prints readable tables (progress on stderr) or, with
 ``--json``, one JSON object on stdout. Exit status 0 when the benchmark ran
@@ -31,6 +32,7 @@ examples:
   devmemtcp bench frags --frags 2000000 --per-call 400 --json
   devmemtcp bench stream --bytes 512M      raw Python TCP vs the emulated devmem path on lo
   devmemtcp bench tensor --sizes 4K,1M,16M --streams 2   the data API vs plain TCP, and the gather
+  devmemtcp bench torch --ranks 2 --sizes 64K,1M,16M,256M   the "devmem" torch backend vs Gloo
   devmemtcp bench report --out bench-out   both, plus bench-out/bench.json and bench-out/bench.png
   devmemtcp bench gather --memory cuda     device gather vs cuMemcpyDtoD (needs a GPU, cuda-python, CuPy)
 
@@ -67,6 +69,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        "compare with a copy of the same bytes: on the GPU (--memory cuda[:N]: one kernel "
                        "launch per batch vs cuMemcpyDtoD) or on the host (--memory host: numpy vs memcpy).")
     _gather_args(p)
+    _common_args(p)
+
+    p = sub.add_parser("torch", help='the "devmem" torch.distributed backend vs Gloo (needs torch)',
+                       description="send/recv, broadcast and all_gather_into_tensor of each --sizes on the "
+                       '"devmem" process group (emulated NIC on lo) and on Gloo, same job, same sizes.')
+    _torch_args(p)
     _common_args(p)
 
     p = sub.add_parser("report", help="run frags and stream, write bench.json and a bench.png plot",
@@ -147,6 +155,19 @@ def _tensor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-gather", action="store_true", help="skip the gather measurements")
 
 
+def _torch_args(p: argparse.ArgumentParser) -> None:
+    from devmemtcp.bench.torchdist import DEFAULT_BYTES, DEFAULT_SIZES
+
+    p.add_argument("--ranks", type=positive_int, default=2, metavar="N", help="processes (default 2)")
+    p.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, metavar="LIST",
+                   help="tensor sizes in bytes, comma separated (default 64K,1M,16M,256M)")
+    p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
+                   help="payload per timed run (default 256M; 2 to 500 calls)")
+    p.add_argument("--repeat", type=positive_int, default=2, metavar="N", help="runs per figure, best counts")
+    p.add_argument("--streams", type=positive_int, default=1, metavar="N",
+                   help="data flows per direction of each devmem channel (default 1)")
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
@@ -190,6 +211,13 @@ def run(args: argparse.Namespace) -> int:
         result = run_tensor(args.sizes, streams=args.streams, nbytes=args.bytes, dmabuf_size=args.dmabuf_size,
                             repeat=args.repeat, gather_runs=not args.no_gather, progress=progress)
         _emit(args, result, lambda c: print_tensor(c, result))
+        return _status(args, result.get("targets", {}))
+    if cmd == "torch":
+        from devmemtcp.bench.torchdist import run_torch
+
+        result = run_torch(args.ranks, args.sizes, nbytes=args.bytes, repeat=args.repeat,
+                           streams=args.streams, progress=progress)
+        _emit(args, result, lambda c: print_torch(c, result))
         return _status(args, result.get("targets", {}))
     from devmemtcp.bench.report import run_report
 
@@ -411,3 +439,24 @@ def print_tensor(console: Console, r: dict[str, Any]) -> None:
     m = r["machine"]
     console.print(f"[dim]{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load {m['loadavg']} -> "
                   f"{m.get('loadavg_after')}[/dim]")
+
+
+def print_torch(console: Console, r: dict[str, Any]) -> None:
+    """The torch backend benchmark: per op and size devmem vs Gloo, then the targets."""
+    from devmemtcp.cli.common import format_bytes
+
+    t = Table(title=f'torch.distributed over lo, {r["ranks"]} ranks: "devmem" (emulated NIC, '
+              f'{r["streams"]} stream(s)) vs Gloo, best of {r["repeat"]}', title_justify="left")
+    for col in ("op", "size", "calls", "devmem Gbit/s", "gloo Gbit/s", "ratio"):
+        t.add_column(col, justify="right")
+    for row in r["rows"]:
+        t.add_row(row["op"], format_bytes(row["size"]), _n(row["iters"]), _n(row["devmem_gbps"], ".2f"),
+                  _n(row["gloo_gbps"], ".2f"), _n(row["ratio"], ".3f"))
+    console.print(t)
+    console.print("Gbit/s: payload bytes per second (all_gather: the output's bytes). The emulated NIC "
+                  "copies each payload once more than Gloo (socket -> dma-buf, the NIC's DMA on real "
+                  "hardware), and the Channel stages sends through its TX dma-buf.")
+    console.print(_targets_table(r["targets"]))
+    m = r["machine"]
+    console.print(f"[dim]torch {r.get('torch')}, {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+                  f"load {m['loadavg']}[/dim]")
