@@ -460,6 +460,43 @@ def scenario_stress() -> dict[str, Any]:
     return {"iters": n}
 
 
+def scenario_cuda_p2p() -> dict[str, Any]:
+    """CUDA tensors between two ranks on the devmem group (DEVMEMTCP_MEMORY=cuda:N):
+    send/recv of several dtypes and shapes, a 64 MiB tensor, broadcast and all_gather."""
+    init()
+    dev = torch.device("cuda", int(os.environ.get("TORCH_TEST_CUDA_DEVICE", "0")))
+    check("cuda" in dist.Backend.backend_capability["devmem"], "device cuda not registered")
+    n = 0
+    for i, dt in enumerate([torch.float32, torch.bfloat16, torch.int64, torch.uint8, torch.bool]):
+        for j, shape in enumerate([(7,), (3, 5), (1000, 33)]):
+            want = sample(dt, shape, 1000 * i + j).to(dev)
+            got = torch.empty(shape, dtype=dt, device=dev)
+            if RANK == 0:
+                dist.send(want, 1)
+                dist.recv(got, 1, tag=5)
+            else:
+                dist.recv(got, 0)
+                dist.send(got, 0, tag=5)
+            equal(got, want, f"cuda {dt}{shape}")
+            n += 1
+    big = torch.arange(16 << 20, dtype=torch.float32, device=dev)
+    if RANK == 0:
+        dist.send(big, 1)
+    else:
+        got = torch.empty_like(big)
+        dist.recv(got, 0)
+        equal(got, big, "64 MiB CUDA tensor")
+    t = torch.full((1 << 20,), float(RANK + 1), device=dev)
+    dist.broadcast(t, 0)
+    equal(t, torch.full((1 << 20,), 1.0, device=dev), "broadcast")
+    parts = [torch.empty(1000, device=dev) for _ in range(2)]
+    dist.all_gather(parts, torch.full((1000,), float(RANK), device=dev))
+    for r in range(2):
+        equal(parts[r], torch.full((1000,), float(r), device=dev), f"all_gather part {r}")
+    dist.destroy_process_group()
+    return {"cases": n}
+
+
 def main() -> None:
     if os.environ.get("TORCH_TEST_DUMP"):  # debugging a hang: every thread's stack after N s
         import faulthandler

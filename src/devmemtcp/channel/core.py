@@ -59,6 +59,7 @@ import numpy as np
 
 from devmemtcp import __version__, abi
 from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, max_unit, plan_window
+from devmemtcp.channel.device import DeviceSide, device_kind, is_device_array
 from devmemtcp.channel.gather import gather_batch
 from devmemtcp.channel.header import (
     DL_BFLOAT,
@@ -779,6 +780,11 @@ def _payload(obj: Any) -> tuple[np.ndarray, DType, tuple[int, ...], int]:
     if isinstance(obj, np.ndarray):
         arr = obj
     elif hasattr(obj, "__dlpack__"):
+        if is_device_array(obj):
+            raise ChannelError(
+                f"a {type(obj).__name__} in device memory cannot be sent from host memory",
+                "copy it to the host, or use the CUDA memory provider (memory='cuda')",
+            )
         arr = np.from_dlpack(obj)
     else:
         try:
@@ -881,7 +887,7 @@ class _Held:
 
     header: MessageHeader
     parts: list[tuple[Any, FragBatch]] = field(default_factory=list)
-    data: np.ndarray | None = None
+    data: Any = None  # numpy array; a device array on a CUDA channel
     pages: int = 0  # credit pages still held (parts only)
 
 
@@ -925,9 +931,9 @@ class Message:
         """Copy the message into ``out`` (exactly ``nbytes``, contiguous,
         writable) or a new array (``like`` "numpy" or "torch"); returns it."""
         if out is None:
-            res, view = _new_destination(self._held.header, like)
+            res, view = self._ch._dest_new(self._held.header, like)
         else:
-            res, view = out, _writable_view(out, self.nbytes, self.tag)
+            res, view = out, self._ch._dest_out(out, self.nbytes, self.tag)
         self._ch._copy_held(self._held, view)
         return res
 
@@ -986,7 +992,19 @@ class Channel:
         self._dec = decoder
         self._stack = stack
         self._rx = rx
-        self._rx_base = rx.dmabuf.host_view()
+        # CUDA memory: the device side moves the bytes (no host view of either dma-buf)
+        self._dev: DeviceSide | None = None
+        if device_kind(rx.dmabuf) or device_kind(tx_dmabuf):
+            if not (device_kind(rx.dmabuf) and device_kind(tx_dmabuf)):
+                raise ChannelError(
+                    "the RX and TX dma-bufs must both be CUDA memory or both host memory",
+                    "give listen/connect one memory kind (memory='cuda:N' or 'host')",
+                )
+            self._dev = DeviceSide(rx.dmabuf, tx_dmabuf)
+            self._rx_base: Any = None
+            self._gather_batch = self._dev.gather_batch  # type: ignore[method-assign]
+        else:
+            self._rx_base = rx.dmabuf.host_view()
         pool_pages = rx.dmabuf.size // abi.PAGE_SIZE
         self._receivers: list[Receiver] = [
             stack.enter_context(
@@ -1006,8 +1024,11 @@ class Channel:
         self._rx_socks = rx_socks
         self._tx_socks = tx_socks
         self._tx_dmabuf = tx_dmabuf
-        self._tx_view = tx_dmabuf.host_view()
-        self._tx_addr = int(self._tx_view.__array_interface__["data"][0])
+        self._tx_view: Any = None
+        self._tx_addr = 0
+        if self._dev is None:
+            self._tx_view = tx_dmabuf.host_view()
+            self._tx_addr = int(self._tx_view.__array_interface__["data"][0])
         size = tx_dmabuf.size
         # TX dma-buf: [0, ring) staging ring for sends that copy, [ring, size) buffers of empty()
         self._ring = max(abi.PAGE_SIZE, (size // 2) // abi.PAGE_SIZE * abi.PAGE_SIZE)
@@ -1138,21 +1159,32 @@ class Channel:
                     self._ctl_eof = True
 
     # -- sending -------------------------------------------------------------
-    def empty(self, shape: int | Sequence[int], dtype: Any = np.uint8) -> np.ndarray:
+    def empty(self, shape: int | Sequence[int], dtype: Any = np.uint8, *, like: str | None = None) -> Any:
         """A new array of ``shape`` and ``dtype`` living in the TX dma-buf:
         ``send`` of it (or of a contiguous slice) copies nothing on the host.
+
+        Host memory: a numpy array (``like`` None or "numpy"). CUDA memory
+        (``memory="cuda:N"``): a CuPy array on device N (``like`` None or
+        "cupy"), or a CUDA torch tensor (``like="torch"``, by DLPack; needs
+        torch with CUDA); both are over the dma-buf's device memory, no copy.
 
         The memory returns to the channel when the array and every view of it
         are gone. Do not write into it while a send of it may still be read
         by the NIC: :meth:`flush` waits until every send completed. Raises
-        ChannelError when the TX dma-buf has no room (``tx_dmabuf_size``)."""
+        ChannelError when the TX dma-buf has no room (``tx_dmabuf_size``), or
+        for a ``like`` this memory cannot give."""
+        if self._dev is None and like not in (None, "numpy"):
+            raise ChannelError(f"empty(like={like!r}) on a host memory channel",
+                               "use like='numpy', or open the channel with memory='cuda'")
+        if self._dev is not None:
+            self._dev.check_like(like)  # before any room is taken
         dt = np.dtype(dtype)
         DType.of_numpy(dt)  # ChannelError for object dtypes: the TX dma-buf holds bytes, not references
         shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
         n = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
         need = max(abi.PAGE_SIZE, -(-n // abi.PAGE_SIZE) * abi.PAGE_SIZE)
         mm = getattr(self._tx_dmabuf, "_mm", None)
-        if mm is None:
+        if mm is None and self._dev is None:
             raise ChannelError("this TX dma-buf has no host mapping for empty()", "use memory='host'")
         with self._tx_lock:
             self._heap_collect()
@@ -1169,6 +1201,8 @@ class Channel:
                     f"no room for {n} bytes in the TX dma-buf (largest free block {free} bytes)",
                     "drop arrays from empty() you no longer need, or give a larger tx_dmabuf_size",
                 )
+        if self._dev is not None:
+            return self._dev.empty(off, need, n, dt, shp, like or "cupy", self._heap_release)
         # the holder exports the mapping's buffer: the memory outlives the channel while arrays use it
         holder = (ctypes.c_char * need).from_buffer(mm, off)
         weakref.finalize(holder, self._heap_release, off, need)
@@ -1198,7 +1232,7 @@ class Channel:
                     merged.append((o, n))
             self._heap_free = merged
 
-    def _stage(self, src: np.ndarray, flow: int) -> int:
+    def _stage(self, src: Any, flow: int) -> int:
         """Copy ``src`` into the staging ring; returns its dma-buf offset. A
         region is overwritten only after the sendmsg that last read it completed."""
         n = src.shape[0]
@@ -1214,7 +1248,10 @@ class Channel:
         while used and used[0][0] < end and start < used[0][1]:
             s, e, f = used.popleft()
             self._senders[f].wait_region_free(s, e - s)
-        self._tx_view[start : start + n] = src
+        if self._dev is None:
+            self._tx_view[start : start + n] = src
+        else:
+            self._dev.stage(start, src)
         used.append((start, end, flow))
         self._ring_pos = end
         return start
@@ -1248,9 +1285,18 @@ class Channel:
         if not 0 <= tag < 1 << 64:
             raise ChannelError(f"tag {tag} is not a u64", "use a tag in 0..2**64-1")
         t0 = time.perf_counter()
-        u8, spec, shape, copied = _payload(obj)
+        if self._dev is not None and is_device_array(obj):
+            u8, spec, shape = self._device_payload(obj)
+            copied = 0
+            host_src = False
+            in_dma = self._dev.tx_offset(u8)
+            if in_dma is not None:
+                self._dev.sync()  # writes into an empty() array on CuPy's stream land before the NIC reads
+        else:
+            u8, spec, shape, copied = _payload(obj)
+            host_src = True
+            in_dma = self._offset_in_tx(u8) if self._dev is None else None
         nbytes = int(u8.shape[0])
-        in_dma = self._offset_in_tx(u8)
         with self._tx_lock:
             seq = self._tx_seq
             self._tx_seq += 1
@@ -1286,7 +1332,8 @@ class Channel:
                         off = in_dma + start
                     else:
                         off = self._stage(u8[start : start + ln], f)
-                        copied += ln
+                        if host_src:
+                            copied += ln
                     with self._cv:
                         self._credit.take(cost)
                     iov[0, 0] = off
@@ -1312,6 +1359,23 @@ class Channel:
             st.host_copy_bytes += copied
             st.seconds += time.perf_counter() - t0
         return nbytes
+
+    def _device_payload(self, obj: Any) -> tuple[Any, DType, tuple[int, ...]]:
+        """A device array as ``(uint8 device view, dtype, shape)``; a
+        non-contiguous one is made contiguous on the device first."""
+        assert self._dev is not None
+        if _is_torch(obj):
+            t = obj.detach()
+            spec = _torch_dtype_spec(t)
+            if not t.is_contiguous():
+                t = t.contiguous()
+            return self._dev.u8(t), spec, tuple(int(d) for d in t.shape)
+        cp = self._dev.cp
+        arr = cp.asarray(obj) if hasattr(obj, "__cuda_array_interface__") else cp.from_dlpack(obj)
+        spec = DType.of_numpy(np.dtype(arr.dtype))
+        if not arr.flags.c_contiguous:
+            arr = cp.ascontiguousarray(arr)
+        return self._dev.u8(arr), spec, tuple(int(d) for d in arr.shape)
 
     def _offset_in_tx(self, u8: np.ndarray) -> int | None:
         if not u8.shape[0]:
@@ -1399,9 +1463,10 @@ class Channel:
                 raise
             self.parked += 1
         else:
-            held.data = np.empty(h.nbytes, np.uint8)
+            held.data = self._spill(h.nbytes)
             self._receive(h, held.data, None)
-            self._rx_stats.host_copy_bytes += h.nbytes
+            if self._dev is None:
+                self._rx_stats.host_copy_bytes += h.nbytes
             self.spilled += 1
         self._held.setdefault(h.tag, deque()).append(held)
         self._held_order.append(held)
@@ -1417,7 +1482,50 @@ class Channel:
             held.pages = 0
             self._give_credit()
 
-    def _copy_held(self, held: _Held, dst: np.ndarray) -> None:
+    def _spill(self, nbytes: int) -> Any:
+        """Where a message copied out of the RX dma-buf goes (host, or device memory on a CUDA channel)."""
+        return np.empty(nbytes, np.uint8) if self._dev is None else self._dev.scratch(nbytes)
+
+    def _dest_out(self, out: Any, nbytes: int, tag: int) -> Any:
+        """``out`` as the uint8 view a receive writes: a device view for a
+        device array on a CUDA channel, else the host view (ChannelError if it does not fit)."""
+        if self._dev is not None and is_device_array(out):
+            return self._dev.destination(out, nbytes, tag)
+        return _writable_view(out, nbytes, tag)
+
+    def _dest_new(self, h: MessageHeader, like: str) -> tuple[Any, Any]:
+        if self._dev is not None and like != "numpy":
+            return self._dev.new(h, like)
+        if like == "cupy":
+            raise ChannelError("like='cupy' needs a CUDA channel", "open the channel with memory='cuda'")
+        return _new_destination(h, like)
+
+    def _dev_target(self, view: Any) -> tuple[Any, np.ndarray | None]:
+        """(CUDA channel) the device view to gather into, and the host view to copy it to after."""
+        assert self._dev is not None
+        if hasattr(view, "__cuda_array_interface__"):
+            return view, None
+        return self._dev.scratch(view.shape[0]), view
+
+    def _dev_finish(self, dv: Any, host: np.ndarray | None) -> None:
+        assert self._dev is not None
+        self._dev.sync()
+        if host is not None:
+            self._dev.to_host(dv, host)
+            self._rx_stats.host_copy_bytes += host.shape[0]
+
+    def _copy_held(self, held: _Held, dst: Any) -> None:
+        if self._dev is not None:
+            dv, host = self._dev_target(dst)
+            if held.data is not None:
+                if held.data.shape[0]:
+                    dv[:] = held.data  # device to device
+            else:
+                pos = 0
+                for _rx, batch in held.parts:
+                    pos += self._gather_batch(batch, dv[pos:])
+            self._dev_finish(dv, host)
+            return
         if held.data is not None:
             dst[:] = held.data
             self._rx_stats.host_copy_bytes += held.header.nbytes
@@ -1427,10 +1535,10 @@ class Channel:
             pos += self._gather_batch(batch, dst[pos:])
         self._rx_stats.host_copy_bytes += pos
 
-    def _gather_batch(self, batch: FragBatch, dst: np.ndarray) -> int:
+    def _gather_batch(self, batch: FragBatch, dst: Any) -> int:
         return gather_batch(self._rx_base, batch, dst)
 
-    def _receive(self, h: MessageHeader, dst: np.ndarray | None, held: _Held | None) -> None:
+    def _receive(self, h: MessageHeader, dst: Any, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
         ``dst``: gather each batch into it and give its tokens back, and the
         chunk's credit once it is done. Else keep the batches in ``held``."""
@@ -1494,7 +1602,7 @@ class Channel:
                         # linear and readable bytes live in the iov buffer, and a message must not
                         # hold more net_iovs than it was charged: copy the message out of the dma-buf
                         if batch.linear_bytes or readable or held_frags > held.pages:
-                            data = np.empty(nbytes, np.uint8)
+                            data = self._spill(nbytes)
                             pos = 0
                             for _r, b in held.parts:
                                 pos += self._gather_batch(b, data[pos:])
@@ -1586,8 +1694,13 @@ class Channel:
                 assert h is not None
                 res, view = make(h)  # raises before any payload is read: the message stays receivable
                 self._headers.popleft()
-                self._receive(h, view, None)
-                self._rx_stats.host_copy_bytes += h.nbytes
+                if self._dev is None:
+                    self._receive(h, view, None)
+                    self._rx_stats.host_copy_bytes += h.nbytes
+                else:
+                    dv, host = self._dev_target(view)
+                    self._receive(h, dv, None)
+                    self._dev_finish(dv, host)
             self._rx_stats.seconds += time.perf_counter() - t0
             return res
 
@@ -1614,6 +1727,15 @@ class Channel:
         other tags that arrive first are kept for later recv calls (their frags
         in the RX dma-buf while there is room, else copied out).
 
+        CUDA memory (``memory="cuda:N"``): the frags are gathered on device N
+        (one kernel launch per batch, :mod:`devmemtcp.channel.device`).
+        ``like="torch"`` gives a CUDA tensor on device N (needs torch with
+        CUDA), ``like="cupy"`` a CuPy array, ``like="numpy"`` a host array
+        (gathered on the device, then one device-to-host copy, counted in
+        ``stats["rx"]["host_copy_bytes"]``). ``out`` may be a CUDA tensor, a
+        CuPy array, anything with ``__cuda_array_interface__`` or a CUDA
+        DLPack device (no host copy), or host memory (one copy as above).
+
         Raises ChannelError before any payload is consumed when ``out`` does
         not fit (the message stays receivable), ChannelError naming the tag
         and the bytes received of the bytes expected when the peer goes away
@@ -1624,25 +1746,26 @@ class Channel:
         if callable(out):
             choose = out
 
-            def make(h: MessageHeader) -> tuple[Any, np.ndarray]:
+            def make(h: MessageHeader) -> tuple[Any, Any]:
                 dest = choose(h)
-                return dest, _writable_view(dest, h.nbytes, h.tag)
+                return dest, self._dest_out(dest, h.nbytes, h.tag)
 
             return self._recv_msg(tag, make, timeout)
         if out is not None:
-            return self._recv_msg(tag, lambda h: (out, _writable_view(out, h.nbytes, h.tag)), timeout)
-        return self._recv_msg(tag, lambda h: _new_destination(h, like), timeout)
+            return self._recv_msg(tag, lambda h: (out, self._dest_out(out, h.nbytes, h.tag)), timeout)
+        return self._recv_msg(tag, lambda h: self._dest_new(h, like), timeout)
 
     def recv_into(self, out: Any, *, tag: int | None = None, timeout: float | None = None) -> int:
         """Receive the next message (of ``tag``) into ``out``; returns its
         bytes. ``out``: writable, contiguous, exactly the message's nbytes
-        (numpy array, torch CPU tensor or writable buffer), else ChannelError
+        (numpy array, torch CPU tensor or writable buffer; on a CUDA channel
+        also a device array, see :meth:`recv`), else ChannelError
         before anything is consumed (the message stays receivable).
         ``timeout`` as in :meth:`recv`."""
         box: list[int] = []
 
-        def make(h: MessageHeader) -> tuple[Any, np.ndarray]:
-            view = _writable_view(out, h.nbytes, h.tag)
+        def make(h: MessageHeader) -> tuple[Any, Any]:
+            view = self._dest_out(out, h.nbytes, h.tag)
             box.append(h.nbytes)
             return out, view
 
@@ -1697,7 +1820,9 @@ class Channel:
         Each direction: ``bytes`` (payload), ``messages``, ``frags`` (devmem
         frags received; PAGE_SIZE pieces sent), ``host_copy_bytes`` (bytes the
         CPU copied on this host for the direction: gather into the
-        destination, staging into the TX dma-buf, spills), ``seconds`` (time
+        destination, staging into the TX dma-buf, spills; on a CUDA channel
+        only copies between host and device memory: a host destination or
+        source), ``seconds`` (time
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also

@@ -1,6 +1,8 @@
 """torch.distributed backend "devmem": tensors between ranks over devmem TCP.
 
-Importing this module registers the backend (devices: ``cpu``)::
+Importing this module registers the backend (devices: ``cpu``, and
+``cuda`` where the CUDA provider can be used: cuda-python imports; CUDA
+tensors then need ``memory="cuda:N"`` / ``DEVMEMTCP_MEMORY=cuda:N``)::
 
     import devmemtcp.torch  # noqa: F401  (registers "devmem")
     import torch.distributed as dist
@@ -34,7 +36,10 @@ def register(name: str = BACKEND_NAME) -> None:
     """Register the backend as ``name`` (done on import for "devmem"; again is a no-op)."""
     if name.upper() in dist.Backend._plugins:
         return
-    dist.Backend.register_backend(name, create, extended_api=True, devices=["cpu"])
+    from devmemtcp.channel.device import cuda_provider_usable
+
+    devices = ["cpu", "cuda"] if cuda_provider_usable() else ["cpu"]
+    dist.Backend.register_backend(name, create, extended_api=True, devices=devices)
 
 
 register()

@@ -20,6 +20,7 @@ from typing import Any
 
 from devmemtcp.errors import DevmemError
 from devmemtcp.host import ifaces
+from devmemtcp.memory import is_memory_kind
 
 #: Environment variables read by :func:`resolve` (name -> Options field).
 ENV_VARS: dict[str, str] = {
@@ -33,7 +34,7 @@ ENV_VARS: dict[str, str] = {
 }
 
 BACKENDS = ("auto", "kernel", "emulated")
-MEMORIES = ("host", "udmabuf")
+MEMORIES = ("host", "udmabuf", "cuda", "cuda:N")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,9 @@ class Options:
         backend: ``"auto"``, ``"kernel"`` or ``"emulated"`` (``DEVMEMTCP_BACKEND``;
             default ``"auto"``: the kernel backend on a devmem NIC, else the
             emulated NIC).
-        memory: ``"host"`` or ``"udmabuf"`` (``DEVMEMTCP_MEMORY``, default ``"host"``).
+        memory: ``"host"``, ``"udmabuf"``, ``"cuda"`` or ``"cuda:N"``
+            (``DEVMEMTCP_MEMORY``, default ``"host"``; CUDA memory moves CUDA
+            tensors device to device).
         dmabuf_size: RX dma-buf bytes per channel (``DEVMEMTCP_DMABUF_SIZE``;
             default: the Channel's).
         gloo_ifname: interface of the inner Gloo group (default
@@ -88,7 +91,7 @@ def _parse(field: str, value: Any, source: str) -> Any:
     if field == "backend" and value not in BACKENDS:
         raise DevmemError(f"{source}: unknown backend {value!r}",
                           f"use one of {', '.join(BACKENDS)}")
-    if field == "memory" and value not in MEMORIES:
+    if field == "memory" and not is_memory_kind(value):
         raise DevmemError(f"{source}: unknown memory {value!r}",
                           f"use one of {', '.join(MEMORIES)}")
     if field == "queues":

@@ -479,6 +479,7 @@ class DevmemProcessGroup(dist.ProcessGroup):
         self._timeout = timeout
         self._timeout_s = max(timeout.total_seconds(), 0.001)
         self._options = resolve(options)
+        self._cuda = str(self._options.memory or "").startswith("cuda")  # CUDA tensors go device to device
         self._lock = threading.RLock()
         self._posted_cv = threading.Condition(self._lock)
         self._closing = False
@@ -605,10 +606,10 @@ class DevmemProcessGroup(dist.ProcessGroup):
     def _check(self, op: str, t: torch.Tensor, peer: int | None = None) -> None:
         if not isinstance(t, torch.Tensor):
             raise DevmemTorchError(op, peer, f"expected a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
+        if t.device.type != "cpu" and not (t.device.type == "cuda" and self._cuda):
             raise DevmemTorchError(op, peer, f"tensor is on {t.device}; the devmem backend moves CPU tensors",
-                                   "move the tensor to the CPU, or use "
-                                   "init_process_group('cpu:devmem,cuda:nccl')")
+                                   "move the tensor to the CPU, set DEVMEMTCP_MEMORY=cuda:N (CUDA tensors "
+                                   "device to device), or use init_process_group('cpu:devmem,cuda:nccl')")
         if t.layout != torch.strided:
             raise DevmemTorchError(op, peer, f"tensor layout {t.layout} is not supported (strided only)")
         if t.dtype not in _CODE:

@@ -22,8 +22,16 @@ import numpy as np
 
 
 class FakeArray(np.ndarray):
-    def get(self) -> np.ndarray:
-        return np.array(self)
+    def get(self, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return np.array(self)
+        assert out.shape == self.shape and type(out) is np.ndarray, "get(out=): a host array of the shape"
+        out[...] = self
+        return out
+
+    def set(self, arr: np.ndarray) -> None:
+        assert type(arr) is np.ndarray and arr.shape == self.shape, "set() takes a host array of the shape"
+        self[...] = arr
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
@@ -47,7 +55,9 @@ class MemoryPointer:
 def ndarray(shape: tuple[int, ...], dtype: Any, memptr: MemoryPointer) -> FakeArray:
     n = int(np.prod(shape))
     raw = (ctypes.c_uint8 * (n * np.dtype(dtype).itemsize)).from_address(memptr.ptr)
-    return _fa(np.ctypeslib.as_array(raw).view(dtype).reshape(shape))
+    arr = _fa(np.ctypeslib.as_array(raw).view(dtype).reshape(shape))
+    arr._memptr = memptr  # type: ignore[attr-defined]  # as CuPy: the array keeps its memory's owner
+    return arr
 
 
 def _gather(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
@@ -108,6 +118,17 @@ class RawModule:
         return launch
 
 
+class _Stream:
+    ptr = 0
+    syncs = 0
+
+    def synchronize(self) -> None:
+        _Stream.syncs += 1
+
+
+_STREAM = _Stream()
+
+
 def make_module() -> ModuleType:
     cp = ModuleType("cupy")
     cp.uint8 = np.uint8  # type: ignore[attr-defined]
@@ -115,6 +136,8 @@ def make_module() -> ModuleType:
     cp.ndarray = ndarray  # type: ignore[attr-defined]
     cp.asarray = _fa  # type: ignore[attr-defined]
     cp.asnumpy = np.asarray  # type: ignore[attr-defined]
+    cp.ascontiguousarray = lambda a: _fa(np.ascontiguousarray(a))  # type: ignore[attr-defined]
+    cp.from_dlpack = lambda a: _fa(np.from_dlpack(a))  # type: ignore[attr-defined]
     cp.empty = lambda n, dtype=np.uint8: _fa(np.empty(n, dtype))  # type: ignore[attr-defined]
     cp.zeros = lambda n, dtype=np.uint8: _fa(np.zeros(n, dtype))  # type: ignore[attr-defined]
     cp.full = lambda n, v, dtype=np.uint8: _fa(np.full(n, v, dtype))  # type: ignore[attr-defined]
@@ -122,7 +145,7 @@ def make_module() -> ModuleType:
     cp.cuda = SimpleNamespace(  # type: ignore[attr-defined]
         Device=lambda device=0: contextlib.nullcontext(), UnownedMemory=UnownedMemory,
         MemoryPointer=MemoryPointer, Event=Event, get_elapsed_time=_elapsed_ms,
-        get_current_stream=lambda: SimpleNamespace(ptr=0))
+        get_current_stream=lambda: _STREAM)
     rng = np.random.default_rng(0)
     cp.random = SimpleNamespace(  # type: ignore[attr-defined]
         randint=lambda lo, hi, n, dtype=np.uint8: _fa(rng.integers(lo, hi, n, dtype=dtype)))
