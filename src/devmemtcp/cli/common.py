@@ -13,7 +13,8 @@ import json
 import math
 import re
 import sys
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -32,6 +33,10 @@ from rich.table import Table
 from rich.text import Text
 
 from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError
+from devmemtcp.setup import DEFAULT_JOURNAL_DIR
+
+if TYPE_CHECKING:
+    from devmemtcp.transfer import TransferResult
 
 _UNITS: dict[str, int] = {
     "": 1,
@@ -493,3 +498,54 @@ def report_incomplete(command: str, exc: IncompleteStreamError) -> None:
     print(f"devmemtcp {command}: {exc.message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+# -- shared by the transfer and setup commands -------------------------------
+def table_rows(d: dict[str, Any], *, verbose: bool = False) -> dict[str, Any]:
+    """The summary rows for a table: the JSON fields less those that do not
+    apply to this role (completions on recv, queues on send), an empty error,
+    and the backend's reason (said once on stderr; kept with ``verbose``)."""
+    rows = dict(d)
+    if not verbose:
+        rows.pop("backend_reason", None)
+    if rows.get("error") is None:
+        rows.pop("error", None)
+    if rows.get("role") == "recv":
+        rows.pop("completions", None)
+        if isinstance(rows.get("frag_sizes"), dict):
+            rows["frag_sizes"] = ", ".join(f"{k}: {v}" for k, v in rows["frag_sizes"].items()) or "-"
+        if rows.get("complete") is None:
+            rows["complete"] = "length not checked (no --bytes)"
+    else:
+        rows.pop("queues", None)
+        rows.pop("rcvlowat", None)
+        rows.pop("non_page_aligned_frags", None)
+        rows.pop("frag_sizes", None)
+    return rows
+
+
+def report_transfer(result: TransferResult, as_json: bool, title: str, *, verbose: bool = False) -> None:
+    """Print the summary of one transfer (table on stdout, or one JSON object)."""
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        print_summary(title, table_rows(result.as_dict(), verbose=verbose))
+
+
+def backend_noter(args: argparse.Namespace, ifname: str | None) -> Any:
+    """The ``on_backend`` callback of a transfer: one short line on stderr
+    (the full reason with ``--verbose``; the JSON's backend_reason has it always)."""
+    def on_backend(name: str, reason: str) -> None:
+        print(backend_line(name, reason, ifname=ifname, verbose=args.verbose), file=sys.stderr,
+              flush=True)
+    return on_backend
+
+
+def add_journal_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by setup and restore: --journal-dir, --netns, --json."""
+    parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
+                        help="where undo journals live "
+                        f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
+    parser.add_argument("--netns", type=netns_arg, metavar="NAME",
+                        help="act inside network namespace NAME (as `ip netns exec NAME` would)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -16,7 +16,6 @@ import argparse
 import sys
 
 from devmemtcp.cli import common
-from devmemtcp.cli.recv import table_rows
 from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError
 from devmemtcp.transfer import run_demo
 
@@ -84,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         common.print_json(demo)
     else:
-        common.print_summary("devmemtcp demo: receiver", table_rows(demo["recv"], verbose=args.verbose))
-        common.print_summary("devmemtcp demo: sender", table_rows(demo["send"], verbose=args.verbose))
+        for role, title in (("recv", "receiver"), ("send", "sender")):
+            rows = common.table_rows(demo[role], verbose=args.verbose)
+            common.print_summary(f"devmemtcp demo: {title}", rows)
         verdict = "validated and complete" if demo["validated"] else "NOT validated"
         print(f"{common.format_bytes(demo['bytes'])} over loopback on the {demo['backend']} backend "
               f"in {demo['seconds']:.2f} s ({demo['gbps']:.2f} Gbit/s), {verdict}")

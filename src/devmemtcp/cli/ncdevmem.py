@@ -66,6 +66,7 @@ from devmemtcp import abi
 from devmemtcp.cli import common
 from devmemtcp.errors import DevmemError, ValidationError
 from devmemtcp.host import ifaces
+from devmemtcp.transfer import StreamWriter
 
 PROG = "ncdevmem"
 #: the kernel's MAX_IOV: iovecs of one sendmsg
@@ -206,52 +207,6 @@ def _fail(message: str, hint: str | None = None) -> int:
 # ---------------------------------------------------------------------------
 # Server
 # ---------------------------------------------------------------------------
-class StreamWriter:
-    """Write received batches to a binary file in stream order: readable bytes,
-    then device frags with the linear pieces where ``linear_at`` puts them (the
-    order :meth:`devmemtcp.validate.FragValidator.check_batch` checks in).
-
-    ``host_view`` is the RX dma-buf's host mapping (uint8, shape ``(size,)``);
-    consecutive frags are written as one slice, straight from it."""
-
-    def __init__(self, out: IO[bytes], host_view: np.ndarray) -> None:
-        self.out = out
-        self.view = host_view
-        self.bytes = 0
-
-    def _frags(self, offsets: np.ndarray, sizes: np.ndarray) -> None:
-        n = int(offsets.shape[0])
-        if n == 0:
-            return
-        offs = offsets.astype(np.int64, copy=False)
-        ends = offs + sizes.astype(np.int64, copy=False)
-        brk = (offs[1:] != ends[:-1]).nonzero()[0]
-        first = 0
-        for last in [*brk.tolist(), n - 1]:
-            a, b = int(offs[first]), int(ends[last])
-            self.out.write(self.view[a:b].data)
-            self.bytes += b - a
-            first = last + 1
-
-    def _bytes(self, data: np.ndarray) -> None:
-        if len(data):
-            self.out.write(data.data)
-            self.bytes += len(data)
-
-    def __call__(self, batch: Any) -> None:
-        self._bytes(batch.readable)
-        if not len(batch.linear_sizes):
-            self._frags(batch.offset, batch.size)
-            return
-        done = pos = 0
-        for at, piece in zip(batch.linear_at.tolist(), batch.linear_sizes.tolist(), strict=True):
-            if at > done:
-                self._frags(batch.offset[done:at], batch.size[done:at])
-                done = at
-            self._bytes(batch.linear[pos:pos + piece])
-            pos += piece
-        self._frags(batch.offset[done:], batch.size[done:])
-
 
 class _FragCounter:
     """ncdevmem's closing counts, and the -L / flow steering checks, per batch."""

@@ -71,49 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_backend_args(parser)
 
 
-def table_rows(d: dict[str, Any], *, verbose: bool = False) -> dict[str, Any]:
-    """The summary rows for a table: the JSON fields less those that do not
-    apply to this role (completions on recv, queues on send), an empty error,
-    and the backend's reason (said once on stderr; kept with ``verbose``)."""
-    rows = dict(d)
-    if not verbose:
-        rows.pop("backend_reason", None)
-    if rows.get("error") is None:
-        rows.pop("error", None)
-    if rows.get("role") == "recv":
-        rows.pop("completions", None)
-        if isinstance(rows.get("frag_sizes"), dict):
-            rows["frag_sizes"] = ", ".join(f"{k}: {v}" for k, v in rows["frag_sizes"].items()) or "-"
-        if rows.get("complete") is None:
-            rows["complete"] = "length not checked (no --bytes)"
-    else:
-        rows.pop("queues", None)
-        rows.pop("rcvlowat", None)
-        rows.pop("non_page_aligned_frags", None)
-        rows.pop("frag_sizes", None)
-    return rows
 
-
-def report(result: TransferResult, as_json: bool, title: str, *, verbose: bool = False) -> None:
-    """Print the summary of one transfer (table on stdout, or one JSON object)."""
-    if as_json:
-        common.print_json(result.as_dict())
-    else:
-        common.print_summary(title, table_rows(result.as_dict(), verbose=verbose))
-
-
-def backend_noter(args: argparse.Namespace, ifname: str | None) -> Any:
-    """The ``on_backend`` callback of a transfer: one short line on stderr
-    (the full reason with ``--verbose``; the JSON's backend_reason has it always)."""
-    def on_backend(name: str, reason: str) -> None:
-        print(common.backend_line(name, reason, ifname=ifname, verbose=args.verbose), file=sys.stderr,
-              flush=True)
-    return on_backend
 
 
 def run(args: argparse.Namespace) -> int:
     progress = common.TransferProgress("recv", total=args.bytes)
-    on_backend = backend_noter(args, args.ifname)
+    on_backend = common.backend_noter(args, args.ifname)
 
     def on_queues(queues: list[int], held: dict[int, int | None]) -> None:
         if args.queues is None:
@@ -133,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_stdout = _stderr_if(to_stdout)
     try:
         if args.output is not None:
-            from devmemtcp.cli.ncdevmem import StreamWriter
             from devmemtcp.memory import open_dmabuf
+            from devmemtcp.transfer import StreamWriter
 
             try:
                 out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: SIM115
@@ -165,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     common.print_json({**exc.result.as_dict(), "hint": exc.hint, "errno": None,
                                        "exit_status": common.EXIT_FAILED})
                 else:
-                    report(exc.result, False, "devmemtcp recv", verbose=args.verbose)
+                    common.report_transfer(exc.result, False, "devmemtcp recv", verbose=args.verbose)
         return common.EXIT_FAILED
     except TimeoutError as exc:
         progress.close()
@@ -181,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         if dmabuf is not None:
             dmabuf.close()
     with _stderr_if(to_stdout):
-        report(result, args.json, "devmemtcp recv", verbose=args.verbose)
+        common.report_transfer(result, args.json, "devmemtcp recv", verbose=args.verbose)
     return 0
 
 

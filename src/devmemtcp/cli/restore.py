@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from devmemtcp.cli import common
-from devmemtcp.cli.setup import add_common
 from devmemtcp.errors import DevmemError
 from devmemtcp.host import netns as host_netns
 from devmemtcp.setup import Journal, default_journal_dir, journal_name, journals, restore
@@ -48,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="interface (default: every journal)")
     parser.add_argument("--force", action="store_true",
                         help="replay even though the process that wrote the journal is still running")
-    add_common(parser)
+    common.add_journal_args(parser)
 
 
 def _report(path: Path, ifname: str, netns: str | None, **extra: Any) -> dict[str, Any]:

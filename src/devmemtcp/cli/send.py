@@ -20,7 +20,6 @@ import sys
 from typing import Any
 
 from devmemtcp.cli import common
-from devmemtcp.cli.recv import backend_noter, report
 from devmemtcp.errors import DevmemError
 from devmemtcp.transfer import DEFAULT_CHUNK, DEFAULT_DMABUF_SIZE, send_stream
 
@@ -85,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
             addr, args.port, nbytes=args.bytes, ifname=args.ifname, validate=args.validate,
             chunk=args.chunk, memory=args.memory, size=args.size, backend=args.backend,
             connect_timeout=10.0 if args.timeout is None else args.timeout, idle_timeout=args.timeout,
-            on_backend=backend_noter(args, args.ifname), on_progress=progress, source=source)
+            on_backend=common.backend_noter(args, args.ifname), on_progress=progress, source=source)
     finally:
         progress.close()
         if source is not None and args.file != "-":
             source.close()
-    report(result, args.json, "devmemtcp send", verbose=args.verbose)
+    common.report_transfer(result, args.json, "devmemtcp send", verbose=args.verbose)
     return 0

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from devmemtcp.backend import open_backend
 from devmemtcp.cli import common
 from devmemtcp.errors import DevmemError
 from devmemtcp.host import netns
-from devmemtcp.setup import DEFAULT_JOURNAL_DIR, STEPS, NicSetup
+from devmemtcp.setup import STEPS, NicSetup
 
 EXAMPLES = """\
 examples:
@@ -33,15 +32,6 @@ examples:
   devmemtcp restore eth1
 """
 
-
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """Options shared by setup and restore: --journal-dir, --netns, --json."""
-    parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
-                        help="where undo journals live "
-                        f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
-    parser.add_argument("--netns", type=common.netns_arg, metavar="NAME",
-                        help="act inside network namespace NAME (as `ip netns exec NAME` would)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="leave out a step (repeatable)")
     parser.add_argument("--backend", choices=("kernel", "emulated"), default="kernel",
                         help="kernel (default): the real NIC; emulated: the software devmem NIC")
-    add_common(parser)
+    common.add_journal_args(parser)
 
 
 def setup_nic(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from devmemtcp.cli import common
-from devmemtcp.cli.ncdevmem import StreamWriter
 from devmemtcp.codec import FragBatch
+from devmemtcp.transfer import StreamWriter
 
 
 @pytest.mark.parametrize(("fn", "good", "bad"), [
