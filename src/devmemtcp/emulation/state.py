@@ -162,7 +162,7 @@ def _corrupt(path: str, why: str, fix: str) -> StateFileError:
 
 
 def _read_json(path: str, schema: dict[str, Any] | None = None,
-               check: Any = None) -> dict[str, Any] | None:
+               check: Any = None, upgrade: Any = None) -> dict[str, Any] | None:
     """The checked contents of ``path`` (None when missing). A file that is not
     JSON, not an object, of another version, or has a field of the wrong type
     is moved aside and StateFileError raised (one line: file, field, fix)."""
@@ -183,6 +183,9 @@ def _read_json(path: str, schema: dict[str, Any] | None = None,
         if not isinstance(data, dict):
             raise SchemaError("(top level)", f"must be an object, not {json_type(data)}")
         version = data.get("version")
+        if version is None and upgrade is not None and "version" not in data:
+            data = upgrade(path, data)  # the unversioned format of devmemtcp 0.1
+            version = data.get("version")
         if type(version) is not int or version != STATE_VERSION:
             raise SchemaError("version", f"is {version!r}, this devmemtcp reads version {STATE_VERSION}")
         if schema is not None:
@@ -367,12 +370,27 @@ def collect(directory: str | None = None) -> list[str]:
 def load_registry(directory: str | None = None) -> dict[str, Any]:
     """The binding registry with dead owners' bindings dropped. Raises
     StateFileError (the file moved aside) when it does not fit :data:`REGISTRY_SCHEMA`."""
-    data = _read_json(registry_path(directory), REGISTRY_SCHEMA, _check_registry) or {}
+    data = _read_json(registry_path(directory), REGISTRY_SCHEMA, _check_registry, _upgrade_registry) or {}
     live = {}
     for key, b in (data.get("live") or {}).items():
         if procs.alive(int(b["pid"]), b.get("start")):
             live[key] = b
     return {"version": STATE_VERSION, "next": int(data.get("next", 1)), "live": live}
+
+
+def _upgrade_registry(path: str, data: dict[str, Any]) -> dict[str, Any]:
+    """devmemtcp 0.1's registry (no version; namespaces by inode): its id cursor
+    is kept so binding ids stay cyclic; its bindings are dropped when their
+    processes are gone. One still running is an older devmemtcp using the
+    emulated NIC now: a clear error, the file left as it is."""
+    live = data.get("live")
+    for b in (live.values() if isinstance(live, dict) else []):
+        pid = b.get("pid") if isinstance(b, dict) else None
+        if type(pid) is int and procs.alive(pid, b.get("start")):
+            raise DevmemError(f"an older devmemtcp (pid {pid}) is using the emulated NIC state in {path}",
+                              "let it finish (or stop it), then run this one again")
+    nxt = data.get("next")
+    return {"version": STATE_VERSION, "next": nxt if type(nxt) is int and nxt >= 1 else 1, "live": {}}
 
 
 def save_registry(reg: dict[str, Any], directory: str | None = None) -> None:

@@ -112,3 +112,27 @@ def test_an_undo_that_finds_nothing_to_put_back_is_not_reported_restored(tmp_pat
         result = undo_journal(j, nic)
     assert result.ok and not result.restored and result.done == []
     assert [s for s, _ in result.unchanged] == ["rule"]
+
+
+def test_a_0_1_registry_is_upgraded_not_refused(tmp_path: Path) -> None:
+    """devmemtcp 0.1 wrote bindings.json without a version: after an upgrade the
+    first run keeps its id cursor instead of failing on the old file."""
+    d = str(tmp_path)
+    (tmp_path / "bindings.json").write_text('{"live": {}, "next": 397}')
+    (tmp_path / "bindings.json").chmod(0o600)
+    reg = st.load_registry(d)
+    assert reg["next"] == 397 and reg["live"] == {}
+    assert not (tmp_path / "corrupt").exists()
+
+
+def test_a_0_1_registry_in_use_by_a_live_process_is_left_alone(tmp_path: Path) -> None:
+    from devmemtcp.host import procs
+
+    pid, start = procs.me()
+    text = json.dumps({"live": {"5": {"pid": pid, "start": start, "kind": "rx"}}, "next": 6})
+    p = tmp_path / "bindings.json"
+    p.write_text(text)
+    p.chmod(0o600)
+    with pytest.raises(DevmemError, match=f"older devmemtcp \\(pid {os.getpid()}\\)"):
+        st.load_registry(str(tmp_path))
+    assert p.read_text() == text
