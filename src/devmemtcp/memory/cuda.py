@@ -317,35 +317,32 @@ class CudaBuffer:
         PCIe speed). One asynchronous cuMemcpyHtoDAsync per run on the
         buffer's stream and one stream synchronisation per call: the bytes
         are in device memory when it returns. DevmemError on a bad range."""
-        offs, lens, total = self._runs(offsets, sizes, self.size)
-        if src.shape[0] < total:
-            raise DevmemError(f"write_at source has {src.shape[0]} bytes, the ranges {total}",
-                              "pass a source of sum(sizes) bytes")
-        base = src.ctypes.data
-        drv = self._drv
-        with self._current():
-            pos = 0
-            for o, n in zip(offs, lens, strict=True):
-                if n:
-                    _ok(drv.cuMemcpyHtoDAsync(self.ptr + o, base + pos, n, self._stream), "cuMemcpyHtoDAsync")
-                pos += n
-            _ok(drv.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
+        self._copy_runs(offsets, sizes, src, to_device=True)
 
     def read_at(self, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None:
         """Gather bytes of the buffer to the host: the reverse of
         :meth:`write_at` (``out``: a host ``uint8`` array of at least
         ``sum(sizes)`` bytes). One cuMemcpyDtoHAsync per run, one
         synchronisation per call."""
+        self._copy_runs(offsets, sizes, out, to_device=False)
+
+    def _copy_runs(self, offsets: np.ndarray, sizes: np.ndarray, host: np.ndarray, *,
+                   to_device: bool) -> None:
+        """write_at / read_at: one async copy per run between the buffer and the
+        packed host bytes ``host``, then one stream synchronisation."""
         offs, lens, total = self._runs(offsets, sizes, self.size)
-        if out.shape[0] < total:
-            raise DevmemError(f"read_at destination has {out.shape[0]} bytes, the ranges {total}",
-                              "pass a destination of sum(sizes) bytes")
-        base = out.ctypes.data
+        if host.shape[0] < total:
+            what = "write_at source" if to_device else "read_at destination"
+            raise DevmemError(f"{what} has {host.shape[0]} bytes, the ranges {total}",
+                              f"pass a {what.split()[1]} of sum(sizes) bytes")
+        base = host.ctypes.data
         drv = self._drv
         with self._current():
             pos = 0
             for o, n in zip(offs, lens, strict=True):
-                if n:
+                if n and to_device:
+                    _ok(drv.cuMemcpyHtoDAsync(self.ptr + o, base + pos, n, self._stream), "cuMemcpyHtoDAsync")
+                elif n:
                     _ok(drv.cuMemcpyDtoHAsync(base + pos, self.ptr + o, n, self._stream), "cuMemcpyDtoHAsync")
                 pos += n
             _ok(drv.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
