@@ -18,6 +18,7 @@ counts it (``token_start + j`` in u32: it continues at 0).
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
@@ -151,56 +152,41 @@ def chunk_sorted_tokens(
     max_tokens: int = abi.MAX_DONTNEED_TOKENS,
     max_frags: int = abi.MAX_DONTNEED_FRAGS,
     full_only: bool = False,
-    breaks: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Plan SO_DEVMEM_DONTNEED calls for ascending, distinct tokens ``t``.
+    """Plan SO_DEVMEM_DONTNEED calls for ascending, distinct tokens ``t``: the
+    kept planner's contract, written independently of it (a walk over the runs,
+    no index arithmetic shared with codec.tokens), so the property tests
+    compare two implementations rather than a copy with itself.
 
-    The fused form of ``dontneed_chunks(coalesce_sorted(t))`` (the Receiver's
-    planner before plan_dontneed): the same greedy chunks (each at most ``max_frags`` frags
-    and ``max_tokens`` ranges, full in one of them except the last), computed
-    in index space: a chunk is ``t[a:b]``, and a run of consecutive tokens is
-    recognised from ``t[b-1] - t[a] == b - a - 1`` without building ranges.
+    Greedy chunks of at most ``max_frags`` frags and ``max_tokens`` ranges
+    (sock_devmem_dontneed's limits); a run longer than the room left is cut.
     With ``full_only`` a last chunk that is full in neither dimension is not
-    planned (the Receiver keeps those tokens for its next call).
-    Returns ``(chunks, ends)``: the ``DMABUF_TOKEN_DTYPE`` arrays and, for
-    each, the index in ``t`` where it ends (so ``t[ends[i]:]`` is what is
-    left after the first ``i + 1`` calls). ``breaks``, if given, must be
-    ``np.flatnonzero(np.diff(t) != 1)`` (a caller that has it saves a pass).
-    """
-    n = t.shape[0]
+    planned. Returns ``(chunks, ends)``: ``DMABUF_TOKEN_DTYPE`` arrays and,
+    for each, the index in ``t`` where it ends."""
+    n = int(t.shape[0])
+    if n == 0:
+        return [], []
+    cuts = [0, *(np.flatnonzero(np.diff(t.astype(np.int64)) != 1) + 1).tolist(), n]
+    runs = [[int(t[a]), b - a] for a, b in itertools.pairwise(cuts)]
     chunks: list[np.ndarray] = []
     ends: list[int] = []
-    brk = breaks  # break positions i: t[i + 1] != t[i] + 1 (computed when first needed)
-    a = 0
-    while a < n:
-        b = min(a + max_frags, n)
-        first = int(t[a])
-        if int(t[b - 1]) - first == b - a - 1:  # one contiguous run
-            if full_only and b - a < max_frags and max_tokens > 1:
-                break
-            chunks.append(np.frombuffer(bytearray(_PACK_RANGE(first, b - a)), abi.DMABUF_TOKEN_DTYPE))
-            ends.append(b)
-            a = b
-            continue
-        if brk is None:
-            brk = np.flatnonzero((t[1:] - t[:-1]) != 1)
-        lo = int(brk.searchsorted(a))
-        hi = int(brk.searchsorted(b - 1))  # breaks i with a <= i < b - 1
-        if hi - lo + 1 > max_tokens:
-            hi = lo + max_tokens - 1
-            b = int(brk[hi]) + 1
-        elif full_only and b - a < max_frags and hi - lo + 1 < max_tokens:
-            break
-        cut = brk[lo:hi] + 1
-        m = cut.shape[0] + 1
-        idx = np.empty(m + 1, np.int64)
-        idx[0] = a
-        idx[1:m] = cut
-        idx[m] = b
-        out = np.empty((m, 2), np.uint32)
-        out[:, 0] = t[idx[:-1]]
-        out[:, 1] = idx[1:] - idx[:-1]
-        chunks.append(out.view(abi.DMABUF_TOKEN_DTYPE).reshape(-1))
-        ends.append(b)
-        a = b
+    pos = 0
+    cur: list[tuple[int, int]] = []
+    frags = 0
+    for start, count in runs:
+        while count:
+            take = min(count, max_frags - frags)
+            cur.append((start, take))
+            frags += take
+            start, count = start + take, count - take
+            if frags == max_frags or len(cur) == max_tokens:
+                pos += frags
+                chunks.append(np.array(cur, np.uint32).view(abi.DMABUF_TOKEN_DTYPE).reshape(-1))
+                ends.append(pos)
+                cur, frags = [], 0
+    if cur and not full_only:
+        pos += frags
+        chunks.append(np.array(cur, np.uint32).view(abi.DMABUF_TOKEN_DTYPE).reshape(-1))
+        ends.append(pos)
     return chunks, ends
+
