@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import os
 import select
@@ -216,7 +217,6 @@ def _setup_rx(
     stack.enter_context(
         NicSetup(be, ifname, queues=(start, span), steps=steps, channels=channels, handle_signals=handle)
     )
-    stack.callback(_restore_dead, be, ifname)
     ifindex = ifaces.ifindex(ifname)
     binding = None
     if queues is not None:
@@ -230,7 +230,7 @@ def _setup_rx(
                 binding = be.bind_rx(ifindex, dmabuf, qlist)
                 break
             except NetlinkError as exc:
-                if exc.errno != 17:  # EEXIST: queue bound by another binding, try lower
+                if exc.errno != errno.EEXIST:  # queue bound by another binding: try lower
                     raise
                 last_exc = exc
         if binding is None:
@@ -258,18 +258,6 @@ def _setup_rx(
 def _check_steering(value: str) -> None:
     if value not in ("raise", "copy"):
         raise ChannelError(f"steering_errors={value!r}", "use 'raise' or 'copy'")
-
-
-def _restore_dead(be: Backend, ifname: str) -> None:
-    """Before this end's shared NIC settings are undone: undo what set-ups
-    that died since this one started (a peer on this host killed with -9)
-    left, as ``devmemtcp restore`` would; a dead peer's ntuple rule would
-    otherwise keep the channel count from being restored. Set-ups still alive
-    are left alone (restore refuses them)."""
-    from devmemtcp.setup import restore
-
-    with contextlib.suppress(DevmemError, OSError):
-        restore(ifname, backend=be)
 
 
 def _setup_tx(

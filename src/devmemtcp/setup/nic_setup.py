@@ -361,7 +361,14 @@ class NicSetup:
                     e.owner = others[0]  # still needed by another flow: hand it over
             self.journal.meta["members"] = [m for m in self.journal.meta.get("members", [])
                                             if m.get("id") != self.id]
-            result = undo_journal(self.journal, self.nic, self.binding, select=self._mine)
+            # the last live setup also undoes what setups that died left (a flow killed
+            # with -9): their rule would otherwise keep the shared settings from coming back
+            last = not others
+
+            def select(e: Entry) -> bool:
+                return self._mine(e) or (last and not owner_alive(entry_owner(e, self.journal)))
+
+            result = undo_journal(self.journal, self.nic, self.binding, select=select)
             if self.binding is not None and not any(s == "bind" for s, _ in result.done):
                 self.binding.close()
             self.binding = None

@@ -503,3 +503,31 @@ def test_the_kernel_nic_reports_queues_bound_by_any_process(monkeypatch: pytest.
 
     monkeypatch.setattr(nl, "NetdevClient", FakeClient)
     assert kernel.KernelNicControl(LO).bound_queues() == {3: 17}
+
+
+def test_the_last_live_setup_undoes_what_a_killed_one_left(emu: Any, jdir: Path) -> None:
+    """Two flows share the NIC; one is killed with -9 holding its rule. The
+    survivor's undo is the last one: it takes the dead flow's rule too, so the
+    shared settings come back and nothing is left for `restore`."""
+    nic = emu.nic(LO)
+    before = snapshot(nic)
+    survivor = NicSetup(emu, LO, queues=(3, 1), flow=("127.0.0.1", 5301), journal_dir=jdir).apply()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the flow that dies: applies its set-up, reports, waits for SIGKILL
+        try:
+            os.close(r)
+            NicSetup(emu, LO, queues=(2, 1), flow=("127.0.0.1", 5302), journal_dir=jdir).apply()
+            os.write(w, b"x")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os.close(r)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert {x.dst_port for x in nic.list_rules()} == {5301, 5302}
+    survivor.undo()
+    assert snapshot(nic) == before
+    assert not Journal(LO, jdir).exists()
