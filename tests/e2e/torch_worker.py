@@ -374,8 +374,8 @@ def scenario_bidir() -> dict[str, Any]:
 
 
 def scenario_kill() -> dict[str, Any]:
-    """Rank WORLD-1 dies in the middle of sending a large tensor; every other rank
-    must raise naming it, within the timeout."""
+    """Rank WORLD-1 dies in the middle of sending a large tensor; every other rank,
+    waiting on a receive from it, must raise naming it, within the timeout."""
     import threading
 
     timeout = float(os.environ.get("TORCH_TEST_TIMEOUT", "20"))
@@ -390,7 +390,10 @@ def scenario_kill() -> dict[str, Any]:
         threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
         big = torch.ones(nbytes // 4)
         for r in range(WORLD - 1):
-            dist.isend(big, r, tag=7)
+            # tag 8 keeps the link busy as the kill lands; the peers wait on tag 7, which
+            # never comes, so only the death can end their receive (a fast machine that
+            # finished the send before 0.3 s would otherwise let the receive succeed)
+            dist.isend(big, r, tag=8)
         time.sleep(60)
         raise AssertionError("the victim outlived its kill")
     dist.send(torch.ones(4), victim)
