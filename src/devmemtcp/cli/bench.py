@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,38 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
 
-    p = sub.add_parser("frags", help="fragments per second through the Receiver's pipeline vs C walks",
-                       description="Parse, account, coalesce and SO_DEVMEM_DONTNEED (on a real loopback "
-                       "TCP socket) synthetic kernel-layout control buffers through the Receiver, and "
-                       "compare with C walks compiled at run time.")
-    _frags_args(p)
-    _common_args(p)
-
-    p = sub.add_parser("stream", help="loopback throughput: raw Python TCP vs the emulated devmem path",
-                       description="Receive and send over lo: raw Python sockets vs the emulated devmem "
-                       "NIC (Receiver / Sender), same peer process, medians of --repeat runs.")
-    _stream_args(p)
-    _common_args(p)
-
-    p = sub.add_parser("tensor", help="the data API (Channel) vs a plain-TCP framed channel; the gather",
-                       description="Messages of each --sizes from a peer process, received with recv_into "
-                       "one preallocated numpy array: the devmem Channel on the emulated NIC over lo "
-                       "against a plain-TCP framed channel; then the gather alone against np.copyto.")
-    _tensor_args(p)
-    _common_args(p)
-
-    p = sub.add_parser("gather", help="gather of received frags vs a plain copy (GPU: --memory cuda)",
-                       description="Gather page-aligned and 1448-byte frags into one contiguous buffer and "
-                       "compare with a copy of the same bytes: on the GPU (--memory cuda[:N]: one kernel "
-                       "launch per batch vs cuMemcpyDtoD) or on the host (--memory host: numpy vs memcpy).")
-    _gather_args(p)
-    _common_args(p)
-
-    p = sub.add_parser("torch", help='the "devmem" torch.distributed backend vs Gloo (needs torch)',
-                       description="send/recv, broadcast and all_gather_into_tensor of each --sizes on the "
-                       '"devmem" process group (emulated NIC on lo) and on Gloo, same job, same sizes.')
-    _torch_args(p)
-    _common_args(p)
+    for name, help_, description, add_args in _SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_, description=description)
+        add_args(p)
+        _common_args(p)
 
     p = sub.add_parser("report", help="run frags and stream, write bench.json and a bench.png plot",
                        description="Run both benchmarks and write DIR/bench.json and DIR/bench.png "
@@ -172,6 +145,33 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+#: (name, one-line help, description, the function adding its own options) of each measurement
+_SUBCOMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("frags", "fragments per second through the Receiver's pipeline vs C walks",
+     "Parse, account, coalesce and SO_DEVMEM_DONTNEED (on a real loopback TCP socket) synthetic "
+     "kernel-layout control buffers through the Receiver, and compare with C walks compiled at run time.",
+     _frags_args),
+    ("stream", "loopback throughput: raw Python TCP vs the emulated devmem path",
+     "Receive and send over lo: raw Python sockets vs the emulated devmem NIC (Receiver / Sender), "
+     "same peer process, medians of --repeat runs.",
+     _stream_args),
+    ("tensor", "the data API (Channel) vs a plain-TCP framed channel; the gather",
+     "Messages of each --sizes from a peer process, received with recv_into one preallocated numpy "
+     "array: the devmem Channel on the emulated NIC over lo against a plain-TCP framed channel; then "
+     "the gather alone against np.copyto.",
+     _tensor_args),
+    ("gather", "gather of received frags vs a plain copy (GPU: --memory cuda)",
+     "Gather page-aligned and 1448-byte frags into one contiguous buffer and compare with a copy of "
+     "the same bytes: on the GPU (--memory cuda[:N]: one kernel launch per batch vs cuMemcpyDtoD) or "
+     "on the host (--memory host: numpy vs memcpy).",
+     _gather_args),
+    ("torch", 'the "devmem" torch.distributed backend vs Gloo (needs torch)',
+     'send/recv, broadcast and all_gather_into_tensor of each --sizes on the "devmem" process group '
+     "(emulated NIC on lo) and on Gloo, same job, same sizes.",
+     _torch_args),
+)
 
 
 def _progress(args: argparse.Namespace) -> Any:
