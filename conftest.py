@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -59,6 +60,24 @@ def _private_state_dirs(tmp_path_factory: pytest.TempPathFactory,
     base = tmp_path_factory.mktemp("devmemtcp-run")
     monkeypatch.setenv("DEVMEMTCP_JOURNAL_DIR", str(base / "journal"))
     monkeypatch.setenv("DEVMEMTCP_EMU_DIR", str(base / "emu"))
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The CUDA driver and CuPy test doubles (tests/unit/memory/fake_cuda.py,
+    fake_cupy.py) in place of cuda-python and CuPy; yields the FakeDriver."""
+    from devmemtcp.memory import cuda as mcuda
+    from devmemtcp.memory import cuda_ops
+    from unit.memory import fake_cupy
+    from unit.memory.fake_cuda import FakeDriver
+
+    drv = FakeDriver()
+    monkeypatch.setattr(mcuda, "driver", lambda: drv)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy.make_module())
+    cuda_ops._module.cache_clear()
+    fake_cupy.RawModule.launches.clear()
+    yield drv
+    cuda_ops._module.cache_clear()
 
 
 def _ip(*args: str) -> None:

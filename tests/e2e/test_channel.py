@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,86 +25,11 @@ import pytest
 import devmemtcp
 from devmemtcp.channel.header import FrameType, encode_frame, encode_json
 from devmemtcp.errors import ChannelClosed, ChannelError
+from e2e.channel_helpers import HOST, Bg, nic_clean, pair, roundtrip
 
 pytestmark = pytest.mark.root  # the emulated NIC and NIC set-up keep state under /run (per test here)
 
-HOST = "127.0.0.1"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-class Bg:
-    """Run ``fn`` in a thread; ``result()`` joins and re-raises."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self.value = fn()
-            except BaseException as exc:
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def result(self, timeout: float = 120) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "background call did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def _nic_clean(peer_killed: bool = False) -> None:
-    """Nothing left on lo: no journal, no ntuple rule, no live binding. After
-    a peer was killed (-9) its own set-up is left, journaled: ``restore``
-    (what ``devmemtcp restore lo`` runs) undoes it, nothing of ours is left."""
-    from devmemtcp.backend.emulated import EmulatedBackend
-    from devmemtcp.emulation import state as st
-    from devmemtcp.setup import Journal, restore
-
-    if peer_killed:
-        j = Journal("lo")
-        if j.exists():
-            j = Journal.load(j.path)
-            assert all((e.owner or {}).get("pid") != os.getpid() for e in j.entries)
-        assert restore("lo", backend=EmulatedBackend()).ok
-
-    jdir = Path(os.environ["DEVMEMTCP_JOURNAL_DIR"])
-    assert not list(jdir.glob("*.json")) if jdir.exists() else True
-    nic = EmulatedBackend().nic("lo")
-    assert nic.list_rules() == []
-    reg = st.load_registry(None)
-    assert not [b for b in reg.get("live", {}).values() if b.get("pid") == os.getpid()]
-
-
-@contextlib.contextmanager
-def pair(streams: int = 1, lstreams: int | None = None, dmabuf_size: int | None = None, host: str = HOST,
-         clean: bool = True, **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
-    lis = devmemtcp.listen(host, 0, backend="emulated", streams=lstreams or streams, dmabuf_size=dmabuf_size,
-                           **kw)
-    try:
-        acc = Bg(lambda: lis.accept(timeout=30))
-        cli = devmemtcp.connect(host, lis.port, backend="emulated", streams=streams, dmabuf_size=dmabuf_size,
-                                **kw)
-        srv = acc.result()
-        try:
-            yield srv, cli
-        finally:
-            cli.close()
-            srv.close()
-    finally:
-        lis.close()
-    if clean:
-        _nic_clean()
-
-
-def roundtrip(a: devmemtcp.Channel, b: devmemtcp.Channel, obj: Any, **recv_kw: Any) -> Any:
-    snd = Bg(lambda: a.send(obj))
-    got = b.recv(**recv_kw)
-    snd.result()
-    return got
 
 
 DTYPES = ["?", "i1", "<i2", ">i4", "<i8", "u1", "<u2", "<u4", "<u8", "<f2", "<f4", ">f8", "<c8", "<c16",
@@ -368,7 +292,7 @@ def test_messages_sent_right_after_the_handshake() -> None:
                     assert srv.recv(timeout=10).tolist() == [1]
                     srv.send(np.array([2]))
                     assert cli.recv(timeout=10).tolist() == [2]
-    _nic_clean()
+    nic_clean()
 
 
 def test_several_channels_at_once_on_lo() -> None:
@@ -383,7 +307,7 @@ def test_several_channels_at_once_on_lo() -> None:
         assert len(set(queues)) == 10 and 0 not in queues
         for i, (srv, cli) in enumerate(ends):  # all still usable, both ways
             assert roundtrip(srv, cli, np.array([i, i])).tolist() == [i, i]
-    _nic_clean()
+    nic_clean()
 
 
 def test_recv_out_chosen_from_the_header() -> None:
@@ -439,7 +363,7 @@ def test_header_version_mismatch_names_both_versions() -> None:
         with pytest.raises(ChannelError, match="the peer speaks version 99, this end version 1"):
             devmemtcp.connect(HOST, ls.getsockname()[1], backend="emulated")
         bg.result()
-    _nic_clean()
+    nic_clean()
 
 
 def test_listener_refuses_a_peer_of_another_version() -> None:
@@ -454,7 +378,7 @@ def test_listener_refuses_a_peer_of_another_version() -> None:
         with pytest.raises(ChannelError, match="speaks version 2, this end version 1"):
             lis.accept(timeout=10)
         assert b"version" in bg.result()
-    _nic_clean()
+    nic_clean()
 
 
 def test_flow_steering_error_names_the_rule() -> None:
@@ -556,7 +480,7 @@ def test_sender_killed_mid_message() -> None:
         finally:
             proc.kill()
             proc.communicate()
-    _nic_clean(peer_killed=True)
+    nic_clean(peer_killed=True)
 
 
 def test_receiver_killed_mid_message() -> None:
@@ -577,7 +501,7 @@ def test_receiver_killed_mid_message() -> None:
         finally:
             proc.kill()
             proc.communicate()
-    _nic_clean(peer_killed=True)
+    nic_clean(peer_killed=True)
 
 
 def test_sigterm_while_listening_undoes_the_nic_setup() -> None:
@@ -601,7 +525,7 @@ def test_sigterm_while_listening_undoes_the_nic_setup() -> None:
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
-    _nic_clean()  # rules, RSS/header split journal and binding all undone by the signal
+    nic_clean()  # rules, RSS/header split journal and binding all undone by the signal
 
 
 def test_accept_refuses_a_second_channel_while_one_is_open() -> None:
@@ -615,7 +539,7 @@ def test_accept_refuses_a_second_channel_while_one_is_open() -> None:
                     with pytest.raises(ChannelError, match="still open"):
                         lis.accept(timeout=1)
                 assert roundtrip(cli, srv, np.array([round_])).tolist() == [round_]
-    _nic_clean()
+    nic_clean()
 
 
 def _fds() -> int:
@@ -644,7 +568,7 @@ def test_no_fd_left_after_channels_and_an_unclosed_one_is_finalized() -> None:
 
     use_and_drop()
     gc.collect()
-    _nic_clean()
+    nic_clean()
     assert _fds() == before
 
 

@@ -13,10 +13,8 @@ driver after close. Real CUDA tensors are in test_channel_cuda_gpu.py.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import sys
-import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,63 +24,24 @@ import devmemtcp
 from devmemtcp.channel.device import is_device_array
 from devmemtcp.errors import ChannelError
 from devmemtcp.memory import cuda as mcuda
-from devmemtcp.memory import cuda_ops
+from e2e.channel_helpers import HOST, Bg
+from e2e.channel_helpers import pair as channel_pair
 from unit.memory import fake_cupy
 from unit.memory.fake_cuda import FakeDriver
 
 pytestmark = pytest.mark.root  # the emulated NIC's state and NIC set-up
 
-HOST = "127.0.0.1"
-
-
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDriver]:
-    drv = FakeDriver()
-    monkeypatch.setattr(mcuda, "driver", lambda: drv)
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy.make_module())
-    cuda_ops._module.cache_clear()
-    fake_cupy.RawModule.launches.clear()
-    yield drv
-    cuda_ops._module.cache_clear()
-
-
-def _bg(fn: Callable[[], Any]) -> Callable[[], Any]:
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["v"] = fn()
-        except BaseException as exc:
-            box["e"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-
-    def result() -> Any:
-        t.join(60)
-        assert not t.is_alive()
-        if "e" in box:
-            raise box["e"]
-        return box.get("v")
-
-    return result
-
-
-@contextlib.contextmanager
-def pair(memory: str = "cuda", **kw: Any) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
-    with devmemtcp.listen(HOST, 0, backend="emulated", memory=memory, **kw) as lis:
-        acc = _bg(lambda: lis.accept(timeout=30))
-        with devmemtcp.connect(HOST, lis.port, backend="emulated", memory=memory, **kw) as cli, acc() as srv:
-            yield srv, cli
+#: a connected pair of CUDA memory channels (memory= overrides)
+pair = functools.partial(channel_pair, memory="cuda")
 
 
 def test_host_source_to_device_destination(fakes: FakeDriver) -> None:
     arr = np.random.default_rng(1).integers(0, 1 << 30, (512, 300), dtype=np.int64)
     with pair() as (srv, cli):
         assert srv._dev is not None and cli._dev is not None
-        done = _bg(lambda: cli.send(arr, tag=3))
+        done = Bg(lambda: cli.send(arr, tag=3))
         got = srv.recv(tag=3, like="cupy")
-        done()
+        done.result()
         assert is_device_array(got) and got.shape == arr.shape and got.dtype == arr.dtype
         assert np.array_equal(got.get(), arr)
         assert srv.stats["rx"]["host_copy_bytes"] == 0  # gathered on the device, into the device
@@ -97,9 +56,9 @@ def test_device_source_to_host_destination(fakes: FakeDriver) -> None:
     cp = sys.modules["cupy"]
     src = cp.asarray(np.arange(3 << 18, dtype=np.float32))
     with pair() as (srv, cli):
-        done = _bg(lambda: cli.send(src))
+        done = Bg(lambda: cli.send(src))
         got = srv.recv()  # like="numpy": device gather, then one copy to the host
-        done()
+        done.result()
         assert type(got) is np.ndarray and np.array_equal(got, np.asarray(src))
         assert cli.stats["tx"]["host_copy_bytes"] == 0  # device to device
         assert srv.stats["rx"]["host_copy_bytes"] == src.nbytes
@@ -129,10 +88,10 @@ def test_empty_lives_in_the_tx_dmabuf_and_sends_without_a_copy(fakes: FakeDriver
         assert cli._dev is not None and cli._dev.tx_offset(buf.reshape(-1).view(np.uint8)) is not None
         buf[...] = np.arange(buf.size, dtype=np.float32).reshape(buf.shape)
         want = np.asarray(buf).copy()
-        done = _bg(lambda b=buf: cli.send(b, tag=9))
+        done = Bg(lambda b=buf: cli.send(b, tag=9))
         with srv.recv_frags(tag=9) as msg:
             out = msg.gather(like="cupy")
-        done()
+        done.result()
         assert np.array_equal(out.get(), want)
         st = cli.stats["tx"]
         assert st["host_copy_bytes"] == 0 and st["bytes"] == want.nbytes
@@ -149,9 +108,9 @@ def test_held_and_spilled_messages_on_the_device(fakes: FakeDriver) -> None:
                 cli.send(p, tag=100 + i)
             cli.send(np.array([42]), tag=7)
 
-        done = _bg(sender)
+        done = Bg(sender)
         assert srv.recv(tag=7, like="cupy").get()[0] == 42  # behind 6 MiB on a 4 MiB dma-buf
-        done()
+        done.result()
         assert srv.stats["spilled"] > 0 and srv.stats["parked"] > 0
         for i in range(6):
             assert np.array_equal(srv.recv(tag=100 + i, like="cupy").get(), parts[i])
@@ -239,9 +198,9 @@ def test_driver_shaped_frags_gather_on_the_device(fakes: FakeDriver) -> None:
     EmulatedBackend().nic("lo").set_capabilities(frags="driver")  # frags as a real NIC's driver places them
     arr = np.random.default_rng(7).integers(0, 256, (5 << 20) + 123, dtype=np.uint8)
     with pair(streams=2) as (srv, cli):
-        done = _bg(lambda: cli.send(arr))
+        done = Bg(lambda: cli.send(arr))
         got = srv.recv(like="cupy")
-        done()
+        done.result()
         assert np.array_equal(got.get(), arr)
         assert srv.stats["rx"]["host_copy_bytes"] == 0
         assert "devmemtcp_gather" in fake_cupy.RawModule.launches  # irregular frags: the triplet kernel
@@ -253,10 +212,10 @@ def test_cuda_channel_without_cupy_is_one_clear_error_and_frees_everything(
     monkeypatch.setattr(mcuda, "driver", lambda: drv)
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
     with devmemtcp.listen(HOST, 0, backend="emulated", memory="cuda") as lis:
-        acc = _bg(lambda: lis.accept(timeout=10))
+        acc = Bg(lambda: lis.accept(timeout=10))
         with pytest.raises(ChannelError, match="CuPy is not installed") as ei:
             devmemtcp.connect(HOST, lis.port, backend="emulated", memory="cuda")
         assert "devmemtcp[gpu]" in (ei.value.hint or "")
         with pytest.raises(ChannelError, match="CuPy is not installed"):
-            acc()
+            acc.result()
     assert not drv.device_mem and not drv.host_mem and drv.ctx_refs == 0

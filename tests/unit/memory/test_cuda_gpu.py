@@ -21,7 +21,8 @@ import pytest
 from devmemtcp import abi, codec
 from devmemtcp.errors import ValidationError
 from devmemtcp.memory import MemfdBuffer, open_dmabuf
-from devmemtcp.memory.cuda import CudaBuffer, driver
+from devmemtcp.memory.cuda import CudaBuffer
+from unit.memory.gpu import device_free_bytes
 
 pytestmark = pytest.mark.gpu
 
@@ -31,22 +32,6 @@ LO = socket.if_nametoindex("lo")
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def mem_free() -> int:
-    """Free device memory of GPU 0 in bytes (cuMemGetInfo in the primary context)."""
-    drv = driver()
-    drv.cuInit(0)
-    _, dev = drv.cuDeviceGet(0)
-    _, ctx = drv.cuDevicePrimaryCtxRetain(dev)
-    drv.cuCtxPushCurrent(ctx)
-    try:
-        err, free, _total = drv.cuMemGetInfo()
-        assert int(err) == 0
-        return int(free)
-    finally:
-        drv.cuCtxPopCurrent()
-        drv.cuDevicePrimaryCtxRelease(dev)
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +142,13 @@ def test_bind_and_receive_on_the_emulated_nic(emu: Any, cp: Any) -> None:
 
 
 def test_nothing_left_after_close() -> None:
-    free0, fds0 = mem_free(), open_fds()
+    free0, fds0 = device_free_bytes(), open_fds()
     for _ in range(3):
         with CudaBuffer(256 << 20) as buf:
             buf.staging(1 << 20)
-            assert mem_free() <= free0 - (256 << 20)
+            assert device_free_bytes() <= free0 - (256 << 20)
     assert open_fds() == fds0
-    assert mem_free() >= free0 - (2 << 20)  # allocator granularity aside, all of it came back
+    assert device_free_bytes() >= free0 - (2 << 20)  # allocator granularity aside, all of it came back
 
 
 @pytest.mark.slow
@@ -171,10 +156,10 @@ def test_demo_1gib_cuda_both_ends(cp: Any) -> None:
     from devmemtcp.transfer import run_demo
 
     cp.get_default_memory_pool().free_all_blocks()
-    free0, fds0 = mem_free(), open_fds()
+    free0, fds0 = device_free_bytes(), open_fds()
     demo = run_demo(nbytes=1 << 30, validate=7, backend="emulated", memory="cuda")
     assert demo["validated"] is True and demo["bytes"] == 1 << 30
     assert demo["recv"]["bytes"] == 1 << 30
     assert open_fds() == fds0
     cp.get_default_memory_pool().free_all_blocks()  # the frag lists CuPy's pool keeps for reuse
-    assert mem_free() >= free0 - (2 << 20)
+    assert device_free_bytes() >= free0 - (2 << 20)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,6 @@ import pytest
 from devmemtcp.codec import FragBatch
 from devmemtcp.errors import DevmemError, ValidationError
 from devmemtcp.memory import MemfdBuffer, cuda_ops
-from devmemtcp.memory import cuda as mcuda
 from devmemtcp.memory.cuda import CudaBuffer
 from devmemtcp.pattern import pattern_bytes
 from devmemtcp.validate import CudaFragValidator, FragValidator, frag_validator
@@ -28,17 +26,6 @@ from unit.memory import fake_cupy
 from unit.memory.fake_cuda import FakeDriver
 
 PS = 4096
-
-
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDriver]:
-    drv = FakeDriver()
-    monkeypatch.setattr(mcuda, "driver", lambda: drv)
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy.make_module())
-    cuda_ops._module.cache_clear()
-    fake_cupy.RawModule.launches.clear()
-    yield drv
-    cuda_ops._module.cache_clear()
 
 
 def batch(offs: np.ndarray, sizes: np.ndarray) -> FragBatch:
