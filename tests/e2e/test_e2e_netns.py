@@ -172,3 +172,60 @@ def test_receiver_rss_is_bounded_over_4gib() -> None:
     print(f"recv RSS: early {early / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB over 4 GiB "
           f"({res['seconds']:.1f} s, {res['gbps']} Gbit/s)")
     assert peak - early < 32 << 20, (early, peak)
+
+
+def _journals() -> list[str]:
+    jdir = os.environ["DEVMEMTCP_JOURNAL_DIR"]
+    return sorted(p for p in os.listdir(jdir) if p.endswith(".json")) if os.path.isdir(jdir) else []
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_namespace_name_deleted_under_a_running_flow(netns_pair) -> None:  # type: ignore[no-untyped-def]
+    """`ip netns del` of the receiver's namespace while its flow runs: the
+    namespace lives on while the receiver is in it, so the stream completes,
+    validated, and the receiver still undoes its NIC set-up on exit (the
+    journal names the namespace by inode and cookie, not only by name)."""
+    n = 256 << 20
+    proc = _recv_in(netns_pair.ns_a, netns_pair.addr_a, "--validate", "7", "--bytes", str(n), "--json")
+    port, _ = wait_listening(proc)
+    assert _journals() == [f"{netns_pair.veth_a}@{netns_pair.ns_a}.json"]
+    snd = subprocess.Popen(_plain_sender(netns_pair.ns_b, netns_pair.addr_a, port, n),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    subprocess.run(["ip", "netns", "del", netns_pair.ns_a], check=True, capture_output=True)
+    assert snd.poll() is None and proc.poll() is None, "the flow ended before the namespace lost its name"
+    out, err = proc.communicate(timeout=120)
+    snd.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    res = json.loads(out)
+    assert res["bytes"] == n and res["validated"] is True and res["complete"] is True
+    assert _journals() == []  # undone inside the namespace that had lost its name
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_restore_after_the_namespace_is_gone_sets_the_journal_aside(netns_pair) -> None:  # type: ignore[no-untyped-def]
+    """A receiver killed (SIGKILL) inside a namespace that is then deleted
+    leaves a journal whose namespace no longer exists (its veth and every
+    setting went with it): restore says so, sets the journal aside (kept for
+    a person to read) and exits 0; a second restore finds nothing."""
+    proc = _recv_in(netns_pair.ns_a, netns_pair.addr_a, "--json")
+    wait_listening(proc)
+    # ip netns exec is the child; the CLI is its exec'd image (same pid)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _journals() == [f"{netns_pair.veth_a}@{netns_pair.ns_a}.json"]
+    subprocess.run(["ip", "netns", "del", netns_pair.ns_a], check=True, capture_output=True)
+    deadline = time.monotonic() + 10
+    res = subprocess.run([*CLI, "restore", "--json"], capture_output=True, text=True)
+    while "no longer exists" not in res.stdout + res.stderr and time.monotonic() < deadline:
+        time.sleep(0.2)  # the kernel frees the namespace a moment after its last user
+        res = subprocess.run([*CLI, "restore", "--json"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "no longer exists" in res.stdout + res.stderr
+    assert _journals() == []
+    stale = os.listdir(os.path.join(os.environ["DEVMEMTCP_JOURNAL_DIR"], "stale"))
+    assert len(stale) == 1 and stale[0].startswith(f"{netns_pair.veth_a}@{netns_pair.ns_a}.json")
+    again = subprocess.run([*CLI, "restore"], capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to restore" in again.stdout + again.stderr
