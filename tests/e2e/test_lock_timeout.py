@@ -72,3 +72,27 @@ def test_recv_gives_up_after_its_timeout_while_another_holds_the_lock(kind: str)
     assert proc.returncode == 2, proc.stderr
     assert f"locked by process {holder.pid}: gave up after 1 s" in proc.stderr
     assert elapsed < 20  # bounded by --timeout (plus start-up), not for ever
+
+
+
+def test_setup_and_restore_give_up_after_lock_timeout() -> None:
+    """setup and restore wait for the journal lock at most --lock-timeout
+    seconds, then fail naming the holder; once it is gone, restore undoes
+    the kept set-up."""
+    setup = [*CLI, "setup", "lo", "--listen", "127.0.0.1", "--port", "5201", "--backend", "emulated"]
+    restore = [*CLI, "restore", "lo"]
+    kept = subprocess.run(setup, capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 0, kept.stderr
+    holder = _hold("journal", os.environ["DEVMEMTCP_JOURNAL_DIR"])
+    try:
+        runs = [subprocess.run([*argv, "--lock-timeout", "0.5"], capture_output=True, text=True, timeout=60)
+                for argv in (setup, restore)]
+    finally:
+        holder.kill()
+        holder.wait()
+    for proc in runs:
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"locked by process {holder.pid}: gave up after 0.5 s" in proc.stderr
+    done = subprocess.run(restore, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not list(Path(os.environ["DEVMEMTCP_JOURNAL_DIR"]).glob("*.json"))

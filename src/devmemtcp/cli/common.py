@@ -34,6 +34,7 @@ from rich.text import Text
 
 from devmemtcp.errors import DevmemError, IncompleteStreamError, ValidationError
 from devmemtcp.setup import DEFAULT_JOURNAL_DIR
+from devmemtcp.setup.journal import LOCK_TIMEOUT_S
 
 if TYPE_CHECKING:
     from devmemtcp.transfer import TransferResult
@@ -542,10 +543,13 @@ def backend_noter(args: argparse.Namespace, ifname: str | None) -> Any:
 
 
 def add_journal_args(parser: argparse.ArgumentParser) -> None:
-    """Options shared by setup and restore: --journal-dir, --netns, --json."""
+    """Options shared by setup and restore: --journal-dir, --netns, --lock-timeout, --json."""
     parser.add_argument("--journal-dir", type=Path, default=None, metavar="DIR",
                         help="where undo journals live "
                         f"(default $DEVMEMTCP_JOURNAL_DIR or {DEFAULT_JOURNAL_DIR})")
     parser.add_argument("--netns", type=netns_arg, metavar="NAME",
                         help="act inside network namespace NAME (as `ip netns exec NAME` would)")
+    parser.add_argument("--lock-timeout", type=timeout_arg, default=None, metavar="SECONDS",
+                        help="wait at most SECONDS for the interface's journal lock while another "
+                        f"setup or restore of it runs (default {LOCK_TIMEOUT_S:g})")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -57,7 +57,8 @@ def _report(path: Path, ifname: str, netns: str | None, **extra: Any) -> dict[st
     return out
 
 
-def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
+def restore_one(path: Path, netns: str | None, force: bool,
+                lock_timeout: float | None = None) -> dict[str, Any]:
     """Replay the journal at ``path`` in its namespace; returns ``{ifname, netns,
     journal, done, unchanged, failed, restored}`` (plus ``error``, ``hint`` and
     ``moved_to`` when it could not be replayed, ``stale`` when its namespace
@@ -76,9 +77,10 @@ def restore_one(path: Path, netns: str | None, force: bool) -> dict[str, Any]:
         if netns is None:
             netns = _namespace_of(j)
         if netns:
-            result = host_netns.run_in(netns, restore, ifname, journal_dir=path.parent, force=force)
+            result = host_netns.run_in(netns, restore, ifname, journal_dir=path.parent, force=force,
+                                       lock_timeout=lock_timeout)
         else:
-            result = restore(ifname, journal_dir=path.parent, force=force)
+            result = restore(ifname, journal_dir=path.parent, force=force, lock_timeout=lock_timeout)
     except _Stale as stale:
         moved = None
         with contextlib.suppress(OSError, DevmemError):
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.netns:  # only the journals written in that namespace
         inode = host_netns.run_in(args.netns, host_netns.inode)
         paths = [p for p in paths if p.name == journal_name(p.stem.split("@")[0], inode)]
-    reports = [restore_one(p, args.netns, args.force) for p in paths]
+    reports = [restore_one(p, args.netns, args.force, args.lock_timeout) for p in paths]
     errors = [r for r in reports if "error" in r]
     ok = not errors and all(not r["failed"] for r in reports)
     if args.json:

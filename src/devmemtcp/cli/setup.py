@@ -66,7 +66,7 @@ def setup_nic(args: argparse.Namespace) -> dict[str, Any]:
     steps = [s for s in STEPS if s != "bind" and s not in args.skip and (s != "channels" or args.channels)]
     flow = (args.listen, args.port, args.peer, args.peer_port)
     setup = NicSetup(backend, args.ifname, queues=queues, flow=flow, journal_dir=args.journal_dir,
-                     channels=args.channels, steps=steps)
+                     channels=args.channels, steps=steps, lock_timeout=args.lock_timeout)
     setup.apply()
     journal = setup.keep()
     return {"ifname": args.ifname, "backend": backend.name, "queues": list(queues),
