@@ -361,8 +361,8 @@ _TOKEN_STEP = np.uint64(1 << 32)  # word 3 of the next record: same frag_size, f
 def _check_uniform(batch: FragBatch, words: np.ndarray, nbytes: int | None,
                    dmabuf_size: int | None) -> list[int] | None:
     """The steady-state check, three numpy calls and a step per run: every
-    fragment the same size and the tokens fewer than 32 runs of consecutive
-    values. Word 3 of a record is ``frag_size | frag_token << 32``, so inside
+    fragment the same size (the last one may be shorter) and the tokens fewer
+    than 32 runs of consecutive values. Word 3 of a record is ``frag_size | frag_token << 32``, so inside
     a run it grows by exactly 2**32 from record to record (mod 2**64: a token
     wrapping past 2**32 - 1 is caught by the range test on the runs); at each
     break the sizes are compared one by one. Returns the runs when the batch
@@ -374,10 +374,18 @@ def _check_uniform(batch: FragBatch, words: np.ndarray, nbytes: int | None,
     size0 = w0 & 0xFFFFFFFF
     if size0 == 0:
         return None
+    # the last fragment may be shorter (recvmsg's len ends inside it): 0 < last <= size0
+    wl = col.item(n - 1)
+    last = wl & 0xFFFFFFFF
+    if last == 0 or last > size0:
+        return None
     if n == 1:
         runs = [w0 >> 32, 1]
     else:
         ne = col[1:] - col[:-1] != _TOKEN_STEP
+        if last != size0:
+            # judge the last step by its token alone: a short last fragment breaks the word-3 pattern
+            ne[-1] = (wl >> 32) != (col.item(n - 2) >> 32) + 1
         k = np.count_nonzero(ne)  # cheaper than any()
         if not k:
             runs = [w0 >> 32, n]
@@ -388,14 +396,14 @@ def _check_uniform(batch: FragBatch, words: np.ndarray, nbytes: int | None,
             runs = []
             a = 0
             for i in ne.nonzero()[0].tolist():
-                if item(i + 1) & 0xFFFFFFFF != size0:
+                if i + 1 < n - 1 and item(i + 1) & 0xFFFFFFFF != size0:
                     return None
                 runs += (item(a) >> 32, i + 1 - a)
                 a = i + 1
             runs += (item(a) >> 32, n - a)
     if not _runs_valid(runs):
         return None
-    if nbytes is not None and size0 * n != nbytes:
+    if nbytes is not None and size0 * (n - 1) + last != nbytes:
         return None
     if dmabuf_size is not None and int(_MAX(batch.offset)) + size0 > dmabuf_size:
         return None

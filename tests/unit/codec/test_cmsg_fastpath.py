@@ -262,3 +262,75 @@ def test_merge_runs_coalesces_touching_and_overlapping_runs() -> None:
     assert cmsg_mod.token_runs(np.array([2**32 - 1, 0], np.uint32)) is None  # no wrap past 2**32 - 1
     assert cmsg_mod.token_runs(np.arange(40, dtype=np.uint32)[::-1].copy(), limit=32) is None
     assert cmsg_mod.drop_tokens([1, 4, 10, 2], 5) == [11, 1] and cmsg_mod.drop_tokens([1, 4], 4) == []
+
+
+@st.composite
+def steady_batches(draw: st.DrawFn) -> tuple[bytes, int]:
+    """Buffers of the steady-state shape (one size, tokens in few runs, the
+    last fragment possibly shorter) and near misses: a short fragment in the
+    middle, a last one longer or empty, a repeated token, a wrong nbytes."""
+    n = draw(st.integers(1, 80))
+    size0 = draw(st.sampled_from([4096, 1448, 8192, 1]))
+    sizes = [size0] * n
+    last = draw(st.sampled_from(["same", "short", "short", "long", "zero"]))
+    if last == "short":
+        sizes[-1] = draw(st.integers(1, size0))
+    elif last == "long":
+        sizes[-1] = size0 + draw(st.integers(1, 100))
+    elif last == "zero":
+        sizes[-1] = 0
+    if n > 2 and draw(st.booleans()) and draw(st.booleans()):
+        sizes[draw(st.integers(1, n - 2))] = draw(st.integers(1, size0 + 10))
+    tokens: list[int] = []
+    t = draw(st.integers(1, 2**31 - 200))
+    for i in range(n):
+        if i and draw(st.integers(0, 9)) == 0:
+            t = draw(st.integers(1, 2**31 - 200))  # a new run
+        tokens.append(t)
+        t += 1
+    if n > 1 and draw(st.integers(0, 7)) == 0:
+        tokens[-1] = tokens[0]  # a repeated token
+    ctl = b"".join(record(DMABUF, i * 4096, s, tok, 3)
+                   for i, (s, tok) in enumerate(zip(sizes, tokens, strict=True)))
+    nbytes = sum(sizes) + draw(st.sampled_from([0, 0, 0, 1, -1]))
+    return ctl, nbytes
+
+
+@settings(max_examples=400, deadline=None)
+@given(steady_batches())
+def test_steady_state_check_agrees_with_the_general_check(case: tuple[bytes, int]) -> None:
+    """_check_uniform (the fast path, a short last fragment included) never
+    accepts what the general check refuses, and returns the same runs."""
+    from devmemtcp.codec import FragRecordError
+    from devmemtcp.codec import rx as crx
+
+    ctl, nbytes = case
+    raw = np.frombuffer(ctl, np.uint8)
+    parsed = crx._parse_dense(raw, len(ctl))
+    assert parsed is not None and parsed[2] is not None
+    batch, _did, words = parsed
+    try:
+        want: list[int] | str | None = crx._check(batch, None, raw, nbytes, 1 << 40)
+    except FragRecordError:
+        want = "refused"
+    fast = crx._check_uniform(batch, words, nbytes, 1 << 40)
+    if fast is not None:
+        assert want != "refused" and fast == want
+    # and the public entry point answers as the general check does
+    if want == "refused":
+        with pytest.raises(FragRecordError):
+            crx.parse_rx_batch(raw, len(ctl), 0, nbytes, 1 << 40)
+    else:
+        assert crx.parse_rx_batch(raw, len(ctl), 0, nbytes, 1 << 40)[2] == want
+
+
+def test_a_short_last_fragment_stays_on_the_fast_path() -> None:
+    """recvmsg's len often ends inside a fragment: the steady-state check takes
+    that batch as it is (no general pass)."""
+    from devmemtcp.codec import rx as crx
+
+    ctl = b"".join(record(DMABUF, i * 4096, 4096 if i < 9 else 1000, 77 + i, 3) for i in range(10))
+    raw = np.frombuffer(ctl, np.uint8)
+    batch, _did, words = crx._parse_dense(raw, len(ctl))  # type: ignore[misc]
+    assert crx._check_uniform(batch, words, 9 * 4096 + 1000, 1 << 30) == [77, 10]
+    assert crx._check_uniform(batch, words, 10 * 4096, 1 << 30) is None  # nbytes disagrees
