@@ -189,6 +189,8 @@ class ChannelTransport:
                               "streams": o.streams or 1, "queues": self._queues()}
         if o.dmabuf_size:
             kw["dmabuf_size"] = o.dmabuf_size
+        if o.tx_dmabuf_size:
+            kw["tx_dmabuf_size"] = o.tx_dmabuf_size
         return kw
 
     def listen(self) -> ChannelAcceptor:
