@@ -64,6 +64,11 @@ def _read_line(sock: socket.socket, limit: int = 4096) -> dict[str, Any]:
     return out
 
 
+def _host_view(t: torch.Tensor) -> Any:
+    """A CPU tensor as the numpy array over its memory (a device tensor as itself)."""
+    return t.detach().numpy() if t.device.type == "cpu" else t
+
+
 class ChannelLink:
     """One Channel (and, on the accepting side, the Listener that owns its RX set-up)."""
 
@@ -74,7 +79,9 @@ class ChannelLink:
         self._close_lock = threading.Lock()
 
     def send(self, payload: torch.Tensor, tag: int) -> None:
-        self.ch.send(payload, tag=tag)
+        # A host tensor goes as its numpy view (no copy): the Channel's torch path
+        # works out a dtype spec per message, and the payload is plain bytes here.
+        self.ch.send(_host_view(payload), tag=tag)
 
     def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
         # The header decides the destination (Channel.recv with a callable out): the
@@ -82,7 +89,7 @@ class ChannelLink:
         # straight into that tensor. The timeout lets go of the Channel between
         # messages, so a close from another thread never waits for a message.
         try:
-            self.ch.recv(out=lambda h: choose(int(h.tag), int(h.nbytes)), timeout=timeout)
+            self.ch.recv(out=lambda h: _host_view(choose(int(h.tag), int(h.nbytes))), timeout=timeout)
         except TimeoutError:
             return False
         return True
@@ -189,6 +196,8 @@ class ChannelTransport:
                               "streams": o.streams or 1, "queues": self._queues()}
         if o.dmabuf_size:
             kw["dmabuf_size"] = o.dmabuf_size
+        if o.tx_dmabuf_size:
+            kw["tx_dmabuf_size"] = o.tx_dmabuf_size
         return kw
 
     def listen(self) -> ChannelAcceptor:

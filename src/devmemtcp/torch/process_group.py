@@ -652,14 +652,21 @@ class DevmemProcessGroup(dist.ProcessGroup):
             if peer is not None and objs[0].error is not None:
                 err = objs[0].error
             else:
-                # A message that arrived before this receive was posted.
+                # A message that arrived before this receive was posted (the earliest, for
+                # any source); a drained key is dropped, so the scan stays short.
                 best: tuple[int, int, int] | None = None
-                for (r, k, g), q in self._unexpected.items():
-                    if (k, g) == key and q and (peer is None or r == peer) and (
-                            best is None or q[0][0] < self._unexpected[best][0][0]):
-                        best = (r, k, g)
+                if peer is not None:
+                    if (peer, *key) in self._unexpected:
+                        best = (peer, *key)
+                else:
+                    for (r, k, g), q in self._unexpected.items():
+                        if (k, g) == key and (best is None or q[0][0] < self._unexpected[best][0][0]):
+                            best = (r, k, g)
                 if best is not None:
-                    found = self._unexpected[best].popleft()
+                    q = self._unexpected[best]
+                    found = q.popleft()
+                    if not q:
+                        del self._unexpected[best]
                     src = best[0]
                 else:
                     self._parts.add(part)

@@ -17,13 +17,25 @@ def test_import_devmemtcp_never_imports_torch() -> None:
 
 
 pytest.importorskip("torch", reason="torch is an optional extra: pip install 'devmemtcp[torch]'")
-from devmemtcp.torch.config import Options, parse_queues, resolve, route_to  # noqa: E402
+from devmemtcp.torch.config import TX_DMABUF_SIZE, Options, parse_queues, resolve, route_to  # noqa: E402
 
 
 def test_defaults_follow_the_route_to_master_addr() -> None:
     o = resolve(None, {"MASTER_ADDR": "127.0.0.1"})
     assert (o.ifname, o.addr, o.streams, o.backend, o.memory) == ("lo", "127.0.0.1", 1, "auto", "host")
     assert o.gloo_ifname == "lo" and o.queues is None and o.dmabuf_size is None
+    assert o.tx_dmabuf_size == TX_DMABUF_SIZE == 16 << 20
+
+
+def test_tx_dmabuf_size_from_the_environment_and_options_reaches_the_channels() -> None:
+    from devmemtcp.torch.channel_transport import ChannelTransport
+
+    env = {"MASTER_ADDR": "127.0.0.1", "DEVMEMTCP_TX_DMABUF_SIZE": str(4 << 20)}
+    assert resolve(None, env).tx_dmabuf_size == 4 << 20
+    o = resolve(Options(tx_dmabuf_size=32 << 20), env)
+    assert o.tx_dmabuf_size == 32 << 20
+    kw = ChannelTransport(o)._kwargs()
+    assert kw["tx_dmabuf_size"] == 32 << 20 and "dmabuf_size" not in kw
 
 
 def test_master_addr_as_a_host_name() -> None:
@@ -47,6 +59,7 @@ def test_environment_then_options_override() -> None:
     ("DEVMEMTCP_BACKEND", "magic", "unknown backend"),
     ("DEVMEMTCP_MEMORY", "gpu", "unknown memory"),
     ("DEVMEMTCP_QUEUES", "a:b", "START[:COUNT]"),
+    ("DEVMEMTCP_TX_DMABUF_SIZE", "-1", ">= 1"),
 ])
 def test_bad_environment_names_the_variable(var: str, value: str, words: str) -> None:
     with pytest.raises(DevmemError) as ei:

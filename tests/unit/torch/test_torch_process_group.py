@@ -91,6 +91,21 @@ def test_messages_of_one_tag_keep_their_order(pair: list[DevmemProcessGroup]) ->
     assert [int(o) for o in outs] == list(range(50))
 
 
+def test_early_messages_of_many_tags_leave_no_keys_behind(pair: list[DevmemProcessGroup]) -> None:
+    a, b = pair
+    for tag in range(40):
+        a.send([torch.tensor([tag])], 1, tag).wait()
+    deadline = time.monotonic() + 10
+    while sum(len(q) for q in list(b._unexpected.values())) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(b._unexpected) == 40  # all arrived before their receives: kept aside, one key each
+    out = torch.empty(1, dtype=torch.int64)
+    for tag in reversed(range(40)):
+        b.recv([out], 0, tag).wait()
+        assert int(out) == tag
+    assert b._unexpected == {}  # a drained key is dropped (posting scanned them all before)
+
+
 def test_mismatched_dtype_and_size_name_the_sender_and_the_link_survives(
         pair: list[DevmemProcessGroup]) -> None:
     a, b = pair
