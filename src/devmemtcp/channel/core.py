@@ -96,6 +96,14 @@ RCVLOWAT_CAP = 1 << 20
 #: SO_RCVTIMEO of the receiving data flows (seconds), see Channel._low_water
 RCVTIMEO_S = 0.02
 HANDSHAKE_TIMEOUT = 10.0
+#: the send cork (see Channel.send): a message of at most CORK_SMALL bytes (one chunk) waits in
+#: it until CORK_MSGS messages or CORK_BYTES bytes are there, the next recv, flush, close or
+#: larger send, or at most CORK_DELAY_S seconds (plus scheduling); after CORK_DELAY_S without
+#: a send, a message goes out at once
+CORK_SMALL = 64 << 10
+CORK_MSGS = 64
+CORK_BYTES = 256 << 10
+CORK_DELAY_S = 0.001
 _PREAMBLE = struct.Struct("<4s16sH")  # b"DMTF", channel id, flow index
 _PREAMBLE_MAGIC = b"DMTF"
 _TCP_MAXSEG = getattr(socket, "TCP_MAXSEG", 2)
@@ -726,6 +734,19 @@ class Listener:
         )
 
 
+def _cork_timer(ref: weakref.ref[Channel], evt: threading.Event) -> None:
+    """The cork's timer thread: while a channel's cork is armed, flush it
+    every CORK_DELAY_S; holds the channel only while it flushes."""
+    while True:
+        evt.wait()
+        time.sleep(CORK_DELAY_S)
+        ch = ref()
+        if ch is None or ch._closed:
+            return
+        ch._timer_flush()
+        del ch
+
+
 # ---------------------------------------------------------------------------
 # Payload views
 # ---------------------------------------------------------------------------
@@ -1043,6 +1064,19 @@ class Channel:
         self._wlock = threading.Lock()
         self._tx_seq = 0
         self._iov = np.empty((1, 2), dtype=np.uint64)
+        # the send cork: MSG frames and per-flow (offset, length) pairs not yet written
+        self._cork_hdr: list[bytes] = []
+        self._cork_iov: list[list[int]] = [[] for _ in tx_socks]
+        self._cork_n = 0
+        self._cork_bytes = 0
+        self._cork_first: tuple[int, int] = (0, 0)  # (tag, nbytes) of the oldest corked message
+        self._cork_limit = min(CORK_BYTES, self._ring // 4)
+        self._cork_small = min(CORK_SMALL, self._cork_limit) if self._dev is None else 0
+        self._tx_last = 0.0  # perf_counter of the last write of payload
+        self._cork_evt = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.cork_flushes = 0
+        self.cork_timer_flushes = 0
         self._rx_seq = 0
         self._rr = 0
         self._tx_stats = _DirStats()
@@ -1273,6 +1307,10 @@ class Channel:
         if not 0 <= tag < 1 << 64:
             raise ChannelError(f"tag {tag} is not a u64", "use a tag in 0..2**64-1")
         t0 = time.perf_counter()
+        if self._dev is None and type(obj) is np.ndarray and obj.flags.c_contiguous:
+            n = self._send_small(obj, tag, t0)
+            if n >= 0:
+                return n
         if self._dev is not None and is_device_array(obj):
             u8, spec, shape = self._device_payload(obj)
             copied = 0
@@ -1286,6 +1324,8 @@ class Channel:
             in_dma = self._offset_in_tx(u8) if self._dev is None else None
         nbytes = int(u8.shape[0])
         with self._tx_lock:
+            if self._cork_n:
+                self._flush_cork()  # messages stay in send order on every flow
             seq = self._tx_seq
             self._tx_seq += 1
             nflows = len(self._senders)
@@ -1345,8 +1385,115 @@ class Channel:
             st.messages += 1
             st.frags += -(-nbytes // abi.PAGE_SIZE)
             st.host_copy_bytes += copied
+            self._tx_last = now = time.perf_counter()
+            st.seconds += now - t0
+        return nbytes
+
+    def _send_small(self, arr: np.ndarray, tag: int, t0: float) -> int:
+        """The fast path of :meth:`send` for a C-contiguous host array of at
+        most ``_cork_small`` bytes with its credit available: stage it (unless
+        it lives in the TX dma-buf), put its header and (offset, length) in
+        the cork, flush by the cork's rule. Returns its bytes, or -1 when the
+        message must take the general path (nothing done then)."""
+        nbytes = arr.nbytes
+        if not 0 < nbytes <= self._cork_small:
+            return -1
+        spec = DType.of_numpy(arr.dtype)
+        cost = -(-nbytes // self._peer_bpp) + 2  # chunk_pages
+        with self._tx_lock:
+            if self._credit.available < cost:
+                return -1  # the general path waits for credit (after flushing the cork)
+            off = arr.__array_interface__["data"][0] - self._tx_addr
+            nflows = len(self._senders)
+            f = self._rr
+            self._rr = (f + 1) % nflows
+            st = self._tx_stats
+            if off < 0 or off + nbytes > self._tx_view.shape[0]:
+                off = self._stage(arr.reshape(-1).view(np.uint8), f)
+                st.host_copy_bytes += nbytes
+            seq = self._tx_seq
+            self._tx_seq = seq + 1
+            hdr = encode_frame(
+                FrameType.MSG, encode_msg(tag, nbytes, seq, self._unit, f, nflows, spec, arr.shape)
+            )
+            with self._cv:
+                self._credit.take(cost)
+            idle = not self._cork_n and t0 - self._tx_last >= CORK_DELAY_S
+            if not self._cork_n:
+                self._cork_first = (tag, nbytes)
+            self._cork_hdr.append(hdr)
+            self._cork_iov[f] += (off, nbytes)
+            self._cork_n += 1
+            self._cork_bytes += nbytes
+            st.bytes += nbytes
+            st.messages += 1
+            st.frags += -(-nbytes // abi.PAGE_SIZE)
+            if idle or self._cork_n >= CORK_MSGS or self._cork_bytes >= self._cork_limit:
+                self._flush_cork()
+            elif not self._cork_evt.is_set():
+                self._arm_flusher()
             st.seconds += time.perf_counter() - t0
         return nbytes
+
+    def _flush_cork(self) -> None:
+        """(under the TX lock) Write the corked headers in one control write,
+        then each flow's corked payloads in one sendmsg (an iov of many
+        ranges). ChannelError naming the oldest corked message when the peer
+        is gone (and the send side is broken from then on)."""
+        hdrs = b"".join(self._cork_hdr)
+        n, (tag, nbytes) = self._cork_n, self._cork_first
+        self._cork_hdr = []
+        self._cork_n = 0
+        self._cork_bytes = 0
+        iovs = self._cork_iov
+        self._cork_iov = [[] for _ in iovs]
+        self.cork_flushes += 1
+        try:
+            self._write(hdrs)
+            for f, iov in enumerate(iovs):
+                if iov:
+                    self._senders[f].send(np.array(iov, dtype=np.uint64).reshape(-1, 2))
+        except (ConnectionError, DevmemError, OSError) as exc:
+            why = exc.message if isinstance(exc, ChannelError) else str(exc)
+            self._tx_broken = ChannelError(
+                f"connection lost while sending {n} corked message(s) from tag {tag}: "
+                f"0 of {nbytes} bytes of that one known sent ({why})",
+                "check the peer's output; the messages were cut short",
+                tag=tag,
+                received=0,
+                expected=nbytes,
+            )
+            raise self._tx_broken from None
+        self._tx_last = time.perf_counter()
+
+    def _try_flush_cork(self) -> None:
+        """Flush the cork unless another thread is sending (it flushes, or the timer does)."""
+        if self._tx_lock.acquire(blocking=False):
+            try:
+                if self._cork_n:
+                    self._flush_cork()
+            finally:
+                self._tx_lock.release()
+
+    def _arm_flusher(self) -> None:
+        """(under the TX lock) Make sure the timer thread flushes the cork within CORK_DELAY_S."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=_cork_timer, args=(weakref.ref(self), self._cork_evt), name="devmemtcp-cork",
+                daemon=True,
+            )
+            self._flusher.start()
+            weakref.finalize(self, self._cork_evt.set)
+        self._cork_evt.set()
+
+    def _timer_flush(self) -> None:
+        with self._tx_lock:
+            if self._cork_n:
+                self.cork_timer_flushes += 1
+                with contextlib.suppress(ChannelError):
+                    self._flush_cork()  # kept in _tx_broken: the next send or flush names it
+            if not self._cork_n:
+                self._cork_evt.clear()
 
     def _device_payload(self, obj: Any) -> tuple[Any, DType, tuple[int, ...]]:
         """A device array as ``(uint8 device view, dtype, shape)``; a
@@ -1376,9 +1523,16 @@ class Channel:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send so far completed (the NIC read its bytes):
-        after this, arrays from :meth:`empty` may be written again."""
+        after this, arrays from :meth:`empty` may be written again.
+        Corked messages are written first (ChannelError when the peer is gone)."""
+        self._check_tx_flush()
         for s in self._senders:
             s.flush(timeout)
+
+    def _check_tx_flush(self) -> None:
+        with self._tx_lock:
+            if self._cork_n:
+                self._flush_cork()
 
     # -- receiving -----------------------------------------------------------
     def _lost_rx(self, tag: int | None) -> Any:
@@ -1668,6 +1822,8 @@ class Channel:
         """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
         self._check_rx("recv")
         t0 = time.perf_counter()
+        if self._cork_n:
+            self._try_flush_cork()
         with self._rx_lock:
             held, h = self._next_header(tag, timeout)
             if held is not None:
@@ -1768,6 +1924,8 @@ class Channel:
         credit window (ChannelError before anything is consumed otherwise; use
         :meth:`recv`). ``timeout`` as in :meth:`recv`."""
         self._check_rx("recv_frags")
+        if self._cork_n:
+            self._try_flush_cork()
         with self._rx_lock:
             held, h = self._next_header(tag, timeout)
             if held is None:
@@ -1859,6 +2017,9 @@ class Channel:
         :meth:`Listener.close`). Idempotent."""
         if self._closed:
             return
+        with self._tx_lock, contextlib.suppress(ChannelError):
+            if self._cork_n:
+                self._flush_cork()
         with contextlib.suppress(ChannelError, OSError):
             self._write(encode_frame(FrameType.CLOSE))
         for s in self._senders:
@@ -1872,6 +2033,7 @@ class Channel:
             self._held_order.clear()
             self._held.clear()
         self._closed = True
+        self._cork_evt.set()  # the timer thread ends
         self._finalizer()
 
     def __enter__(self) -> Channel:
