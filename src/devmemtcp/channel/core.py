@@ -61,7 +61,7 @@ import numpy as np
 from devmemtcp import __version__, abi
 from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, max_unit, plan_window
 from devmemtcp.channel.device import DeviceSide, device_kind, is_device_array
-from devmemtcp.channel.gather import gather_batch
+from devmemtcp.channel.gather import FragCursor, gather_batch
 from devmemtcp.channel.header import (
     DL_BFLOAT,
     PROTOCOL_VERSION,
@@ -104,6 +104,12 @@ CORK_SMALL = 64 << 10
 CORK_MSGS = 64
 CORK_BYTES = 256 << 10
 CORK_DELAY_S = 0.001
+#: read-ahead: a receive of a message of at most READAHEAD_SMALL bytes (one chunk) asks its
+#: recvmsg for the bytes of the small messages whose headers follow on that flow too, up to
+#: READAHEAD_BYTES (or a sixteenth of the RX dma-buf per flow)
+READAHEAD_SMALL = 64 << 10
+READAHEAD_BYTES = 256 << 10
+READAHEAD_HEADERS = 256
 _PREAMBLE = struct.Struct("<4s16sH")  # b"DMTF", channel id, flow index
 _PREAMBLE_MAGIC = b"DMTF"
 _TCP_MAXSEG = getattr(socket, "TCP_MAXSEG", 2)
@@ -173,6 +179,7 @@ class _RxSide:
     bytes_per_page: int
     release_threshold: int
     rules: list[Any] = field(default_factory=list)
+    readahead: int = 0  # bytes per flow one recvmsg may take beyond the message it reads for
 
 
 def _setup_rx(
@@ -258,8 +265,11 @@ def _setup_rx(
         side.rules.append(rule.rule)
     pool_pages = dmabuf.size // abi.PAGE_SIZE
     side.release_threshold = max(1, min(abi.MAX_DONTNEED_FRAGS, pool_pages // (8 * streams)))
-    side.window = plan_window(pool_pages, streams, side.release_threshold)
     side.bytes_per_page = _bytes_per_page(be, ifname, socket.AF_INET6 if ":" in local_ip else socket.AF_INET)
+    side.readahead = min(READAHEAD_BYTES, dmabuf.size // (16 * streams)) // abi.PAGE_SIZE * abi.PAGE_SIZE
+    side.window = plan_window(
+        pool_pages, streams, side.release_threshold, -(-side.readahead // side.bytes_per_page) + 1
+    )
     return side
 
 
@@ -900,6 +910,21 @@ class _Held:
     pages: int = 0  # credit pages still held (parts only)
 
 
+class _Piece:
+    """Bytes of one recvmsg on a data flow that later messages take (the
+    read-ahead): ``cur`` over the batch's frags (tokens given back with
+    ``rx.release(batch)`` once ``left`` is 0), or ``data``, a host copy."""
+
+    __slots__ = ("batch", "cur", "data", "left", "rx")
+
+    def __init__(self, rx: Any, batch: FragBatch | None, cur: FragCursor | None, data: Any, left: int) -> None:
+        self.rx = rx
+        self.batch = batch
+        self.cur = cur
+        self.data = data
+        self.left = left
+
+
 class Message:
     """A received message held for :meth:`Channel.recv_frags`.
 
@@ -1014,6 +1039,10 @@ class Channel:
             self._gather_batch = self._dev.gather_batch  # type: ignore[method-assign]
         else:
             self._rx_base = rx.dmabuf.host_view()
+        self._rx_base_addr = 0 if self._rx_base is None else self._rx_base.__array_interface__["data"][0]
+        self._rx_base_len = 0 if self._rx_base is None else int(self._rx_base.shape[0])
+        self._out_cache: Any = None
+        self._out_addr = 0
         pool_pages = rx.dmabuf.size // abi.PAGE_SIZE
         self._receivers: list[Receiver] = [
             stack.enter_context(
@@ -1022,6 +1051,7 @@ class Channel:
             for s in rx_socks
         ]
         self._lowat = [1] * len(rx_socks)
+        self._ra: list[deque[_Piece]] = [deque() for _ in rx_socks]  # read-ahead per flow
         self._rcvbuf = [0] * len(rx_socks)
         self._lowat_cap = [RCVLOWAT_CAP] * len(rx_socks)
         # a receive timeout on the data flows: a low-water mark the window cannot reach returns
@@ -1049,6 +1079,7 @@ class Channel:
         self._peer_bpp = int(peer["bytes_per_page"])
         self._credit = CreditWindow(int(peer["window"]))
         self._ledger = CreditLedger(rx.window)
+        self._flush_at = self._ledger.flush_at
         # a chunk fits the peer's credit (a quarter of its window) and the staging ring
         self._unit = min(max_unit(self._credit.window, self._peer_bpp), self._ring)
         self._cv = threading.Condition()
@@ -1595,7 +1626,8 @@ class Channel:
         copy it out of the dma-buf into host memory and give its tokens back."""
         held = _Held(h)
         pages = sum(chunk_pages(h.chunk(i)[2], self._rx.bytes_per_page) for i in range(h.nchunks))
-        if self._ledger.can_park(pages):
+        # bytes read ahead share their batch with other messages: such a message is copied out
+        if self._ledger.can_park(pages) and not self._ra_pending(h):
             self._ledger.park(pages)
             held.pages = pages
             try:
@@ -1683,7 +1715,17 @@ class Channel:
     def _receive(self, h: MessageHeader, dst: Any, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
         ``dst``: gather each batch into it and give its tokens back, and the
-        chunk's credit once it is done. Else keep the batches in ``held``."""
+        chunk's credit once it is done. Else keep the batches in ``held``.
+
+        Read-ahead: a small message (one chunk of at most READAHEAD_SMALL
+        bytes) gathered into a host ``dst`` asks its recvmsg for the bytes of
+        the small messages whose headers follow on the flow too; what is past
+        its own bytes waits in the flow's queue (:class:`_Piece`, a
+        :class:`~devmemtcp.channel.gather.FragCursor` over the batch) for
+        those messages, and the batch's tokens go back once its last byte is
+        taken (a frag straddling two messages is split by offset and length).
+        ``held`` (dst None) is only used when the flows' queues hold none of
+        the message's bytes (see :meth:`_ra_pending`)."""
         self._rx_seq += 1
         converted = -1
         held_frags = 0
@@ -1691,6 +1733,7 @@ class Channel:
         st = self._rx_stats
         bpp = self._rx.bytes_per_page
         nbytes = h.nbytes
+        ahead = dst is not None and self._dev is None and 0 < nbytes <= min(READAHEAD_SMALL, h.unit)
         try:
             for i in range(h.nchunks):
                 f, start, ln = h.chunk(i)
@@ -1700,16 +1743,24 @@ class Channel:
                         "the peer is broken",
                     )
                 rx = self._receivers[f]
+                q = self._ra[f]
                 need = ln
-                low = self._low_water(f, need)
-                if low != self._lowat[f]:
-                    self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
-                    self._lowat[f] = low
+                if q:
+                    assert dst is not None, "a held message must not take read-ahead bytes"
+                    k = self._take(q, need, dst, start)
+                    need -= k
+                    got += k
+                if need:
+                    low = self._low_water(f, need)
+                    if low != self._lowat[f]:
+                        self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+                        self._lowat[f] = low
                 while need:
                     if self._ledger.owed:
                         self._give_credit()
+                    want = need + self._ahead(f) if ahead else need
                     try:
-                        batch = rx.recv(need)
+                        batch = rx.recv(want)
                     except (BlockingIOError, TimeoutError, InterruptedError):
                         # SO_RCVTIMEO: the mark was not reached (or nothing came) in time
                         self.rx_timeouts += 1
@@ -1735,8 +1786,13 @@ class Channel:
                     n = batch.nbytes + batch.linear_bytes + readable
                     st.frags += batch.token.shape[0]
                     if dst is not None:
-                        self._gather_batch(batch, dst[start + ln - need :])
-                        rx.release(batch)
+                        at = start + ln - need
+                        if n <= need:
+                            self._gather_batch(batch, dst[at:])
+                            rx.release(batch)
+                        else:  # read ahead: the rest waits in the flow's queue for the next messages
+                            q.append(self._piece(rx, batch, n))
+                            n = self._take(q, need, dst, at)
                     else:
                         assert held is not None
                         held.parts.append((rx, batch))
@@ -1776,6 +1832,61 @@ class Channel:
             raise self._rx_broken from None
         st.bytes += nbytes
         st.messages += 1
+
+    def _ahead(self, f: int) -> int:
+        """Bytes of the small messages whose headers are read and whose
+        payload comes next on flow ``f`` (up to the first larger message, at
+        most the read-ahead limit): what a recvmsg may take beyond its own."""
+        extra = 0
+        cap = self._rx.readahead
+        for k, h in enumerate(self._headers):
+            n = h.nbytes
+            if n > READAHEAD_SMALL or n > h.unit or k >= READAHEAD_HEADERS:
+                break
+            if h.first == f:
+                extra += n
+                if extra >= cap:
+                    return cap
+        return extra
+
+    def _piece(self, rx: Any, batch: FragBatch, n: int) -> _Piece:
+        """A batch read ahead, as a piece of its flow's queue: a cursor over
+        its frags, or (linear or readable bytes, which live in the iov
+        buffer only until the next recvmsg) a host copy, its tokens given back now."""
+        if batch.linear_bytes or batch.readable.shape[0]:
+            data = np.empty(n, np.uint8)
+            self._gather_batch(batch, data)
+            rx.release(batch)
+            return _Piece(None, None, None, data, n)
+        return _Piece(rx, batch, FragCursor(batch.offset, batch.size), None, n)
+
+    def _take(self, q: deque[_Piece], n: int, dst: np.ndarray, at: int) -> int:
+        """Copy up to ``n`` bytes from the front of a flow's read-ahead queue
+        into ``dst[at:]``; a piece's tokens go back when its last byte is
+        taken. Returns the bytes taken."""
+        got = 0
+        base = self._rx_base
+        while got < n and q:
+            pc = q[0]
+            if pc.data is not None:
+                k = min(n - got, pc.left)
+                p = pc.data.shape[0] - pc.left
+                dst[at + got : at + got + k] = pc.data[p : p + k]
+                pc.left -= k
+            else:
+                k = pc.cur.take(base, n - got, dst, at + got)
+                pc.left = pc.cur.left
+            got += k
+            if not pc.left:
+                q.popleft()
+                if pc.batch is not None:
+                    pc.rx.release(pc.batch)
+        return got
+
+    def _ra_pending(self, h: MessageHeader) -> bool:
+        """Whether a flow's read-ahead queue holds bytes of ``h`` (only small
+        messages are read ahead, and only into their queue's front)."""
+        return bool(h.nbytes) and bool(self._ra[h.first])
 
     def _low_water(self, f: int, need: int) -> int:
         """SO_RCVLOWAT for reading ``need`` more bytes of a chunk on flow ``f``:
@@ -1906,6 +2017,10 @@ class Channel:
         also a device array, see :meth:`recv`), else ChannelError
         before anything is consumed (the message stays receivable).
         ``timeout`` as in :meth:`recv`."""
+        if type(out) is np.ndarray and self._headers and self._dev is None:
+            n = self._recv_small(out, tag)
+            if n >= 0:
+                return n
         box: list[int] = []
 
         def make(h: MessageHeader) -> tuple[Any, Any]:
@@ -1915,6 +2030,54 @@ class Channel:
 
         self._recv_msg(tag, make, timeout)
         return box[-1]
+
+    def _recv_small(self, out: np.ndarray, tag: int | None) -> int:
+        """The fast path of :meth:`recv_into`: the next message (no held one
+        waiting) is small, of ``tag``, and its bytes are in the front piece of
+        its flow's read-ahead queue; ``out`` a contiguous writable numpy array
+        of its size. One copy by the cursor, integer bookkeeping. Returns its
+        bytes, or -1 (nothing consumed) for the general path."""
+        if self._closed or self._rx_broken is not None:
+            return -1
+        t0 = time.perf_counter()
+        if self._cork_n:
+            self._try_flush_cork()
+        with self._rx_lock:
+            hs = self._headers
+            if not hs or self._held_order:
+                return -1
+            h = hs[0]
+            n = h.nbytes
+            if (tag is not None and h.tag != tag) or not 0 < n <= READAHEAD_SMALL or n > h.unit:
+                return -1
+            q = self._ra[h.first]
+            if not q:
+                return -1
+            pc = q[0]
+            flags = out.flags
+            if pc.cur is None or pc.left < n or out.nbytes != n or not (flags.c_contiguous and flags.writeable):
+                return -1
+            if out is not self._out_cache:
+                self._out_cache = out  # the address of the last destination, kept with it
+                self._out_addr = out.__array_interface__["data"][0]
+            if pc.cur.take_to(self._rx_base_addr, self._rx_base_len, n, self._out_addr, n) < 0:
+                return -1  # no compiled helper: the general path
+            hs.popleft()
+            self._rx_seq += 1
+            pc.left = pc.cur.left
+            if not pc.left:
+                q.popleft()
+                pc.rx.release(pc.batch)
+            led = self._ledger
+            led.owed += -(-n // self._rx.bytes_per_page) + 2  # chunk_pages
+            if led.owed >= self._flush_at:
+                self._give_credit()
+            st = self._rx_stats
+            st.bytes += n
+            st.messages += 1
+            st.host_copy_bytes += n
+            st.seconds += time.perf_counter() - t0
+        return n
 
     @contextlib.contextmanager
     def recv_frags(self, tag: int | None = None, timeout: float | None = None) -> Iterator[Message]:
@@ -1940,13 +2103,19 @@ class Channel:
                         tag=h.tag,
                     )
                 self._headers.popleft()
-                held = _Held(h, pages=pages)
-                self._ledger.park(pages)
-                try:
-                    self._receive(h, None, held)
-                except BaseException:
-                    self._release_held(held)
-                    raise
+                if self._ra_pending(h):
+                    # its bytes were read ahead with an earlier message's: a copy, not frags
+                    held = _Held(h, data=self._spill(h.nbytes))
+                    self._receive(h, held.data, None)
+                    self._rx_stats.host_copy_bytes += h.nbytes
+                else:
+                    held = _Held(h, pages=pages)
+                    self._ledger.park(pages)
+                    try:
+                        self._receive(h, None, held)
+                    except BaseException:
+                        self._release_held(held)
+                        raise
         try:
             yield Message(self, held)
         finally:
@@ -2032,6 +2201,12 @@ class Channel:
                         rx.release(batch)
             self._held_order.clear()
             self._held.clear()
+            for q in self._ra:
+                for pc in q:
+                    if pc.batch is not None:
+                        with contextlib.suppress(DevmemError, OSError):
+                            pc.rx.release(pc.batch)
+                q.clear()
         self._closed = True
         self._cork_evt.set()  # the timer thread ends
         self._finalizer()

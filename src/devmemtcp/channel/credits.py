@@ -48,13 +48,16 @@ def chunk_pages(length: int, bytes_per_page: int) -> int:
     return -(-length // bytes_per_page) + 2
 
 
-def plan_window(pool_pages: int, nflows: int, release_threshold: int) -> int:
+def plan_window(pool_pages: int, nflows: int, release_threshold: int, readahead_pages: int = 0) -> int:
     """The credit window (pages) a receiver with an RX dma-buf of ``pool_pages``
     pages, ``nflows`` data flows and Receivers that queue up to
-    ``release_threshold`` tokens each can grant.
+    ``release_threshold`` tokens each can grant; ``readahead_pages``: net_iovs
+    per flow a receiver may hold beyond what it has credited back (the
+    recvmsg read ahead for several small messages, its tokens given back when
+    its last byte is taken).
 
     Raises ChannelError when the dma-buf is too small to leave any."""
-    reserve = nflows * (release_threshold + 2) + 16
+    reserve = nflows * (release_threshold + 2 + readahead_pages) + 16
     window = pool_pages - reserve
     if window < 4 * UNIT_SHARE * 3:
         raise ChannelError(
