@@ -76,6 +76,7 @@ from devmemtcp.channel.header import (
     encode_frame,
     encode_json,
     encode_msg,
+    encode_msg_frame,
 )
 from devmemtcp.codec import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
@@ -744,6 +745,16 @@ class Listener:
         )
 
 
+_SPECS: dict[Any, DType] = {}  # numpy dtype -> DType of sent arrays
+
+
+def _dead() -> None:
+    return None
+
+
+_dead_ref: Any = _dead  # a "weak reference" to nothing: calling it gives None
+
+
 def _cork_timer(ref: weakref.ref[Channel], evt: threading.Event) -> None:
     """The cork's timer thread: while a channel's cork is armed, flush it
     every CORK_DELAY_S; holds the channel only while it flushes."""
@@ -1041,7 +1052,7 @@ class Channel:
             self._rx_base = rx.dmabuf.host_view()
         self._rx_base_addr = 0 if self._rx_base is None else self._rx_base.__array_interface__["data"][0]
         self._rx_base_len = 0 if self._rx_base is None else int(self._rx_base.shape[0])
-        self._out_cache: Any = None
+        self._out_ref: Any = _dead_ref
         self._out_addr = 0
         pool_pages = rx.dmabuf.size // abi.PAGE_SIZE
         self._receivers: list[Receiver] = [
@@ -1085,6 +1096,7 @@ class Channel:
         self._cv = threading.Condition()
         self._reading = False
         self._ctl_eof = False
+        self._ctl_wdead = False  # a write on the control connection failed (the peer closed it)
         self._ctl_error: str | None = None
         self._peer_closed = False
         self._headers: deque[MessageHeader] = deque()
@@ -1104,6 +1116,8 @@ class Channel:
         self._cork_limit = min(CORK_BYTES, self._ring // 4)
         self._cork_small = min(CORK_SMALL, self._cork_limit) if self._dev is None else 0
         self._tx_last = 0.0  # perf_counter of the last write of payload
+        self._src_ref: Any = _dead_ref
+        self._src_addr = 0
         self._cork_evt = threading.Event()
         self._flusher: threading.Thread | None = None
         self.cork_flushes = 0
@@ -1202,14 +1216,15 @@ class Channel:
         led = self._ledger
         if led.owed and (force or led.owed >= led.flush_at):
             frame = encode_frame(FrameType.CREDIT, encode_credit(led.take_owed()))
-            if self._ctl_eof or self._ctl_error is not None:
+            if self._ctl_eof or self._ctl_error is not None or self._ctl_wdead:
                 return  # the peer is gone: what it sent is still read to the end (or the cut)
             try:
                 self._write(frame)
             except ChannelError:
-                # reported by the data flow's end (which names the message) or the next control read
-                with self._cv:
-                    self._ctl_eof = True
+                # reported by the data flow's end (which names the message) or the next control
+                # read, which still gets the frames the peer wrote before it closed (its last
+                # messages, CLOSE): no more credit is written
+                self._ctl_wdead = True
 
     # -- sending -------------------------------------------------------------
     def empty(self, shape: int | Sequence[int], dtype: Any = np.uint8, *, like: str | None = None) -> Any:
@@ -1429,12 +1444,20 @@ class Channel:
         nbytes = arr.nbytes
         if not 0 < nbytes <= self._cork_small:
             return -1
-        spec = DType.of_numpy(arr.dtype)
+        dt = arr.dtype
+        spec = _SPECS.get(dt)
+        if spec is None:
+            spec = DType.of_numpy(dt)  # ChannelError for object dtypes
+            if len(_SPECS) < 256:
+                _SPECS[dt] = spec
         cost = -(-nbytes // self._peer_bpp) + 2  # chunk_pages
         with self._tx_lock:
             if self._credit.available < cost:
                 return -1  # the general path waits for credit (after flushing the cork)
-            off = arr.__array_interface__["data"][0] - self._tx_addr
+            if self._src_ref() is not arr:  # the address of the last source, by a weak reference
+                self._src_ref = weakref.ref(arr)
+                self._src_addr = arr.__array_interface__["data"][0]
+            off = self._src_addr - self._tx_addr
             nflows = len(self._senders)
             f = self._rr
             self._rr = (f + 1) % nflows
@@ -1444,9 +1467,8 @@ class Channel:
                 st.host_copy_bytes += nbytes
             seq = self._tx_seq
             self._tx_seq = seq + 1
-            hdr = encode_frame(
-                FrameType.MSG, encode_msg(tag, nbytes, seq, self._unit, f, nflows, spec, arr.shape)
-            )
+            shape = arr.shape
+            hdr = encode_msg_frame(tag, nbytes, seq, self._unit, f, nflows, spec, shape, (dt, shape))
             with self._cv:
                 self._credit.take(cost)
             idle = not self._cork_n and t0 - self._tx_last >= CORK_DELAY_S
@@ -2057,8 +2079,8 @@ class Channel:
             flags = out.flags
             if pc.cur is None or pc.left < n or out.nbytes != n or not (flags.c_contiguous and flags.writeable):
                 return -1
-            if out is not self._out_cache:
-                self._out_cache = out  # the address of the last destination, kept with it
+            if self._out_ref() is not out:  # the address of the last destination, by a weak reference
+                self._out_ref = weakref.ref(out)
                 self._out_addr = out.__array_interface__["data"][0]
             if pc.cur.take_to(self._rx_base_addr, self._rx_base_len, n, self._out_addr, n) < 0:
                 return -1  # no compiled helper: the general path

@@ -49,6 +49,7 @@ __all__ = [
     "encode_header",
     "encode_json",
     "encode_msg",
+    "encode_msg_frame",
 ]
 
 PROTOCOL_VERSION = 1
@@ -289,6 +290,42 @@ def encode_msg(
         _MSG.pack(tag, nbytes, seq, unit, first, nflows, kind, ndim, len(raw))
         + struct.pack(f"<{ndim}Q", *shape)
         + raw
+    )
+
+
+_MSG_FRAME = struct.Struct("<4sHHIQQQIHHBBH")  # FRAME then _MSG: one pack per header
+_TAILS: dict[Any, tuple[int, int, int, bytes]] = {}
+
+
+def encode_msg_frame(
+    tag: int,
+    nbytes: int,
+    seq: int,
+    unit: int,
+    first: int,
+    nflows: int,
+    dtype: DType,
+    shape: tuple[int, ...],
+    key: Any = None,
+) -> bytes:
+    """``encode_frame(MSG, encode_msg(...))`` in one pack: the shape and
+    dtype fields are encoded once per ``key`` (default ``(dtype, shape)``;
+    the send path passes the numpy dtype and shape, cheaper to hash)."""
+    k = (dtype, shape) if key is None else key
+    t = _TAILS.get(k)
+    if t is None:
+        body = encode_msg(0, 0, 0, 0, 0, 1, dtype, shape)
+        kind, ndim, dlen = struct.unpack_from("<BBH", body, _MSG.size - 4)
+        t = (kind, ndim, dlen, body[_MSG.size :])
+        if len(_TAILS) < 1024:
+            _TAILS[k] = t
+    kind, ndim, dlen, tail = t
+    return (
+        _MSG_FRAME.pack(
+            MAGIC, PROTOCOL_VERSION, FrameType.MSG, _MSG.size + len(tail), tag, nbytes, seq, unit, first,
+            nflows, kind, ndim, dlen,
+        )
+        + tail
     )
 
 
