@@ -201,7 +201,7 @@ def test_interleaved_tags_stay_fifo_per_tag_with_read_ahead() -> None:
         t.start()
         got: dict[int, list[int]] = {0: [], 1: [], 2: []}
         out = np.empty(2, np.int64)
-        for i in range(count // 3):  # tag 2 first: everything before each is held
+        for _ in range(count // 3):  # tag 2 first: everything before each is held
             srv.recv_into(out, tag=2)
             got[2].append(int(out[0]))
         for tag in (0, 1):

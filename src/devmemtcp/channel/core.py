@@ -20,16 +20,23 @@ the listener reads: that flow's bytes towards the listener are plain TCP).
 Then each message is a MSG header on the control connection and its payload
 in chunks on the data flows (:class:`~devmemtcp.channel.header.MessageHeader`
 gives the striping), under the receiver's credits
-(:mod:`devmemtcp.channel.credits`). The receiver reads every chunk with
-recvmsg calls that stop at the chunk's end (so a frag never holds two
-messages), gathers the frags into the destination
-(:mod:`devmemtcp.channel.gather`) and gives their tokens back in batches.
+(:mod:`devmemtcp.channel.credits`). The receiver reads every chunk of a
+larger message with recvmsg calls that stop at the chunk's end (so its frags
+hold no other message's bytes: it can be held zero-copy), gathers the frags
+into the destination (:mod:`devmemtcp.channel.gather`) and gives their
+tokens back in batches; small messages are read ahead, several per recvmsg
+(a frag may then straddle two of them; its token goes back once every byte
+of its batch was taken).
 
 Limits, each with its reason: a Listener's RX dma-buf and queues serve one
 accepted channel at a time (its rules steer the data ports, whoever
 connects); every message costs each end a fixed amount of Python (a header,
-a sendmsg, a recvmsg and its token bookkeeping), so small messages run far
-below a plain socket's rate (see ``devmemtcp bench tensor``); a thread
+a sendmsg, a recvmsg and its token bookkeeping): small messages are corked
+on the sending end (many headers in one control write, many payloads in one
+sendmsg, see :meth:`Channel.send`) and read ahead on the receiving end (one
+recvmsg takes the bytes of the small messages whose headers are there, each
+message then takes its byte range, see ``Channel._receive``), which brings
+4 KiB messages near a plain socket's rate (``devmemtcp bench tensor``); a thread
 waiting in ``send`` for credit reads control frames but no payload, so bulk
 traffic in both directions at once needs a sending and a receiving thread
 per end. Receiving data flows carry SO_RCVLOWAT (one recvmsg per chunk where
@@ -928,7 +935,9 @@ class _Piece:
 
     __slots__ = ("batch", "cur", "data", "left", "rx")
 
-    def __init__(self, rx: Any, batch: FragBatch | None, cur: FragCursor | None, data: Any, left: int) -> None:
+    def __init__(
+        self, rx: Any, batch: FragBatch | None, cur: FragCursor | None, data: Any, left: int
+    ) -> None:
         self.rx = rx
         self.batch = batch
         self.cur = cur
@@ -1336,11 +1345,26 @@ class Channel:
         its credit pages (a slow receiver holds the sender here). Bytes are
         copied once into the TX dma-buf's staging ring, unless ``obj`` lives in
         it already (:meth:`empty`). Returns when every chunk is handed to the
-        kernel; ``obj`` may be reused at once (except an ``empty()`` array,
-        see :meth:`flush`).
+        kernel, or, for a small message, put in the cork (below); either way
+        ``obj`` may be reused at once (its bytes are in the staging ring),
+        except an ``empty()`` array, see :meth:`flush`.
+
+        The cork (Nagle's idea in user space, so that many small messages
+        cost one control write and one sendmsg): a C-contiguous numpy array of
+        at most ``CORK_SMALL`` bytes (64 KiB; less with a small TX dma-buf)
+        whose credit is there is queued: header and (offset, length). The
+        cork is written, headers first, when it holds ``CORK_MSGS`` (64)
+        messages or ``CORK_BYTES`` (256 KiB), when any other send, a
+        ``recv``/``recv_into``/``recv_frags`` on this end, :meth:`flush` or
+        :meth:`close` comes, and by a timer thread at most ``CORK_DELAY_S``
+        (1 ms, plus the scheduler's delay) after the message was queued. A
+        message sent after ``CORK_DELAY_S`` without a send goes out at once.
+        Messages keep their send order on every flow.
 
         Raises ChannelError naming the tag and the bytes sent of the message's
-        bytes when the peer goes away, ChannelError for objects that cannot be
+        bytes when the peer goes away (for corked messages: the oldest one of
+        the cork, raised by the call that writes it; when the timer wrote it,
+        the next send or flush raises), ChannelError for objects that cannot be
         sent."""
         if self._closed:
             raise ChannelError("send() on a closed channel", "open a new channel")
@@ -1896,6 +1920,7 @@ class Channel:
                 dst[at + got : at + got + k] = pc.data[p : p + k]
                 pc.left -= k
             else:
+                assert pc.cur is not None
                 k = pc.cur.take(base, n - got, dst, at + got)
                 pc.left = pc.cur.left
             got += k
@@ -2077,7 +2102,9 @@ class Channel:
                 return -1
             pc = q[0]
             flags = out.flags
-            if pc.cur is None or pc.left < n or out.nbytes != n or not (flags.c_contiguous and flags.writeable):
+            if pc.cur is None or pc.left < n or out.nbytes != n:
+                return -1
+            if not (flags.c_contiguous and flags.writeable):
                 return -1
             if self._out_ref() is not out:  # the address of the last destination, by a weak reference
                 self._out_ref = weakref.ref(out)
@@ -2107,7 +2134,10 @@ class Channel:
         message's frags in the RX dma-buf (``msg.frags``, a FragBatch) and gives
         their tokens back when the block ends. The message must fit half the
         credit window (ChannelError before anything is consumed otherwise; use
-        :meth:`recv`). ``timeout`` as in :meth:`recv`."""
+        :meth:`recv`). A small message whose bytes were read ahead with an
+        earlier one's (they share a recvmsg's frags) is copied out instead:
+        ``msg.frags`` is empty and ``msg.host`` holds its bytes.
+        ``timeout`` as in :meth:`recv`."""
         self._check_rx("recv_frags")
         if self._cork_n:
             self._try_flush_cork()
@@ -2163,7 +2193,8 @@ class Channel:
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also
-        ``credit_waits`` (sends that waited for credit), ``rx_timeouts``
+        ``credit_waits`` (sends that waited for credit), ``cork_flushes`` /
+        ``cork_timer_flushes`` (writes of the send cork, by the timer), ``rx_timeouts``
         (receives that hit SO_RCVTIMEO), ``parked`` / ``spilled`` (messages
         held in the dma-buf / copied out of it), ``pending``."""
 
@@ -2187,6 +2218,8 @@ class Channel:
             "rx": rx,
             "tx": tx,
             "credit_waits": self.credit_waits,
+            "cork_flushes": self.cork_flushes,
+            "cork_timer_flushes": self.cork_timer_flushes,
             "rx_timeouts": self.rx_timeouts,
             "parked": self.parked,
             "spilled": self.spilled,

@@ -277,15 +277,15 @@ class FragCursor:
         self.size = size
         n = int(offset.shape[0])
         self.left = int(size.sum(dtype=np.uint64)) if n else 0
-        fn = _lib_from if _reason is not None else (_load(), _lib_from)[1]
-        if fn is not None and n and offset.dtype == np.uint64 and size.dtype == np.uint32:
+        if _reason is None:
+            _load()
+        self._cur: np.ndarray | None = None
+        self._cur_addr = 0
+        if _lib_from is not None and n and offset.dtype == np.uint64 and size.dtype == np.uint32:
             self._cur = np.array(
                 [_addr(offset), offset.strides[0], _addr(size), size.strides[0], n, 0, 0], dtype=np.int64
             )
             self._cur_addr = _addr(self._cur)
-        else:
-            self._cur = None
-            self._cur_addr = 0
         self.frag = 0  # (numpy path) current frag and bytes of it taken
         self.skip_bytes = 0
 
