@@ -1145,8 +1145,7 @@ class Channel:
         self._finalizer = weakref.finalize(self, stack.close)
         # frames that came in the same segment as the handshake's last one (a MSG sent right
         # after connect) are in the decoder already: dispatch them now, not after the next read
-        while (fr := self._dec.next()) is not None:
-            self._dispatch(*fr)
+        self._dispatch_all()
 
     # -- control connection --------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -1158,6 +1157,15 @@ class Channel:
                     f"the control connection to the peer is gone: {exc}",
                     "the peer closed the channel or died; check its output",
                 ) from None
+
+    def _dispatch_all(self) -> None:
+        """Dispatch every whole frame the decoder holds (message headers in bulk)."""
+        hs = self._headers
+        for fr in self._dec.drain():
+            if type(fr) is MessageHeader:
+                hs.append(fr)
+            else:
+                self._dispatch(*fr)
 
     def _dispatch(self, ftype: FrameType, body: bytes) -> None:
         if ftype == FrameType.MSG:
@@ -1216,8 +1224,7 @@ class Channel:
                             self._ctl_error = f"control connection error: {err}"
                     else:
                         self._dec.feed(data)
-                        while (fr := self._dec.next()) is not None:
-                            self._dispatch(*fr)
+                        self._dispatch_all()
                 finally:
                     self._cv.notify_all()
 

@@ -259,6 +259,44 @@ class FrameDecoder:
         return kind, body
 
 
+    def drain(self) -> list[Any]:
+        """Every whole frame buffered, in order: a :class:`MessageHeader` for
+        each MSG frame (as :func:`decode_header` gives it), ``(type, body)``
+        for the others; the errors of :meth:`next` and :func:`decode_header`.
+
+        MSG frames whose shape and dtype fields were seen before are decoded
+        straight from the buffer (one unpack, one dictionary lookup): the
+        receiving end reads many headers per recv of a busy channel."""
+        out: list[Any] = []
+        unpack = _MSG_FRAME.unpack_from
+        cache = _TAIL_CACHE
+        hsize = _MSG_FRAME.size
+        while True:
+            buf, pos = self._buf, self._pos
+            n = len(buf)
+            while n - pos >= hsize:
+                magic, version, ftype, length, tag, nbytes, seq, unit, first, nflows, kind, ndim, dlen = unpack(
+                    buf, pos
+                )
+                end = pos + FRAME.size + length
+                if ftype != 2 or magic != MAGIC or version != PROTOCOL_VERSION or length > MAX_BODY or end > n:
+                    break
+                hit = cache.get((nbytes, kind, ndim, dlen, bytes(buf[pos + hsize : end])))
+                if hit is None or not 0 <= first < nflows or not (unit or not nbytes):
+                    break
+                out.append(MessageHeader(tag, nbytes, seq, hit[0], hit[1], unit, first, nflows))
+                pos = end
+            self._pos = pos
+            if pos == n:
+                buf.clear()
+                self._pos = 0
+                return out
+            fr = self.next()  # a frame of another type, a new shape or dtype, or not whole yet
+            if fr is None:
+                return out
+            out.append(decode_header(fr[1]) if fr[0] == FrameType.MSG else fr)
+
+
 # ---------------------------------------------------------------------------
 # Bodies
 # ---------------------------------------------------------------------------
