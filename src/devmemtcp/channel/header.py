@@ -275,11 +275,10 @@ class FrameDecoder:
             buf, pos = self._buf, self._pos
             n = len(buf)
             while n - pos >= hsize:
-                magic, version, ftype, length, tag, nbytes, seq, unit, first, nflows, kind, ndim, dlen = unpack(
-                    buf, pos
-                )
+                (magic, version, ftype, length, tag, nbytes, seq, unit, first, nflows, kind, ndim,
+                 dlen) = unpack(buf, pos)
                 end = pos + FRAME.size + length
-                if ftype != 2 or magic != MAGIC or version != PROTOCOL_VERSION or length > MAX_BODY or end > n:
+                if ftype != 2 or magic != MAGIC or version != PROTOCOL_VERSION or end > n:
                     break
                 hit = cache.get((nbytes, kind, ndim, dlen, bytes(buf[pos + hsize : end])))
                 if hit is None or not 0 <= first < nflows or not (unit or not nbytes):
