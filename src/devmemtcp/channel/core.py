@@ -111,7 +111,9 @@ HANDSHAKE_TIMEOUT = 10.0
 CORK_SMALL = 64 << 10
 CORK_MSGS = 64
 CORK_BYTES = 256 << 10
-CORK_DELAY_S = 0.001
+CORK_DELAY_S = 0.0005
+#: the timer thread stops ticking after this many ticks without a corked message
+CORK_IDLE_TICKS = 100
 #: read-ahead: a receive of a message of at most READAHEAD_SMALL bytes (one chunk) asks its
 #: recvmsg for the bytes of the small messages whose headers follow on that flow too, up to
 #: READAHEAD_BYTES (or a sixteenth of the RX dma-buf per flow)
@@ -1128,6 +1130,8 @@ class Channel:
         self._src_ref: Any = _dead_ref
         self._src_addr = 0
         self._cork_evt = threading.Event()
+        self._cork_idle = 0  # timer ticks without a corked message
+        self._rx_called = False  # a receive was called since the last write of the cork
         self._flusher: threading.Thread | None = None
         self.cork_flushes = 0
         self.cork_timer_flushes = 0
@@ -1364,8 +1368,10 @@ class Channel:
         messages or ``CORK_BYTES`` (256 KiB), when any other send, a
         ``recv``/``recv_into``/``recv_frags`` on this end, :meth:`flush` or
         :meth:`close` comes, and by a timer thread at most ``CORK_DELAY_S``
-        (1 ms, plus the scheduler's delay) after the message was queued. A
-        message sent after ``CORK_DELAY_S`` without a send goes out at once.
+        (0.5 ms, plus the scheduler's delay) after the message was queued. A
+        message goes out at once when this end wrote nothing for
+        ``CORK_DELAY_S``, or called a receive since its last write (request
+        and response: the peer is waiting for it).
         Messages keep their send order on every flow.
 
         Raises ChannelError naming the tag and the bytes sent of the message's
@@ -1502,7 +1508,9 @@ class Channel:
             hdr = encode_msg_frame(tag, nbytes, seq, self._unit, f, nflows, spec, shape, (dt, shape))
             with self._cv:
                 self._credit.take(cost)
-            idle = not self._cork_n and t0 - self._tx_last >= CORK_DELAY_S
+            # at once: after CORK_DELAY_S without a write, or when this end received since its
+            # last write (request and response: the peer waits for this message)
+            idle = not self._cork_n and (self._rx_called or t0 - self._tx_last >= CORK_DELAY_S)
             if not self._cork_n:
                 self._cork_first = (tag, nbytes)
             self._cork_hdr.append(hdr)
@@ -1514,8 +1522,10 @@ class Channel:
             st.frags += -(-nbytes // abi.PAGE_SIZE)
             if idle or self._cork_n >= CORK_MSGS or self._cork_bytes >= self._cork_limit:
                 self._flush_cork()
-            elif not self._cork_evt.is_set():
-                self._arm_flusher()
+            else:
+                self._cork_idle = 0
+                if not self._cork_evt.is_set():
+                    self._arm_flusher()
             st.seconds += time.perf_counter() - t0
         return nbytes
 
@@ -1549,6 +1559,7 @@ class Channel:
             )
             raise self._tx_broken from None
         self._tx_last = time.perf_counter()
+        self._rx_called = False
 
     def _try_flush_cork(self) -> None:
         """Flush the cork unless another thread is sending (it flushes, or the timer does)."""
@@ -1571,13 +1582,21 @@ class Channel:
         self._cork_evt.set()
 
     def _timer_flush(self) -> None:
+        """(the timer thread, every CORK_DELAY_S while armed) Write the cork;
+        after CORK_IDLE_TICKS ticks without a corked message, stop ticking
+        (the next corked message arms it again: ticking while messages flow
+        spares a thread wake-up per message)."""
         with self._tx_lock:
             if self._cork_n:
                 self.cork_timer_flushes += 1
+                self._cork_idle = 0
                 with contextlib.suppress(ChannelError):
                     self._flush_cork()  # kept in _tx_broken: the next send or flush names it
-            if not self._cork_n:
-                self._cork_evt.clear()
+            else:
+                self._cork_idle += 1
+                if self._cork_idle >= CORK_IDLE_TICKS:
+                    self._cork_idle = 0
+                    self._cork_evt.clear()
 
     def _device_payload(self, obj: Any) -> tuple[Any, DType, tuple[int, ...]]:
         """A device array as ``(uint8 device view, dtype, shape)``; a
@@ -1987,6 +2006,7 @@ class Channel:
         """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
         self._check_rx("recv")
         t0 = time.perf_counter()
+        self._rx_called = True
         if self._cork_n:
             self._try_flush_cork()
         with self._rx_lock:
@@ -2094,6 +2114,7 @@ class Channel:
         if self._closed or self._rx_broken is not None:
             return -1
         t0 = time.perf_counter()
+        self._rx_called = True
         if self._cork_n:
             self._try_flush_cork()
         with self._rx_lock:
@@ -2146,6 +2167,7 @@ class Channel:
         ``msg.frags`` is empty and ``msg.host`` holds its bytes.
         ``timeout`` as in :meth:`recv`."""
         self._check_rx("recv_frags")
+        self._rx_called = True
         if self._cork_n:
             self._try_flush_cork()
         with self._rx_lock:
