@@ -70,7 +70,11 @@ from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, m
 from devmemtcp.channel.device import DeviceSide, device_kind, is_device_array
 from devmemtcp.channel.gather import FragCursor, gather_batch
 from devmemtcp.channel.header import (
+    _MSG_FRAME,
+    _TAILS,
     DL_BFLOAT,
+    FRAME,
+    MAGIC,
     PROTOCOL_VERSION,
     DType,
     FrameDecoder,
@@ -755,6 +759,7 @@ class Listener:
 
 
 _SPECS: dict[Any, DType] = {}  # numpy dtype -> DType of sent arrays
+_MSG_BODY = _MSG_FRAME.size - FRAME.size
 
 
 def _dead() -> None:
@@ -1489,7 +1494,8 @@ class Channel:
                 _SPECS[dt] = spec
         cost = -(-nbytes // self._peer_bpp) + 2  # chunk_pages
         with self._tx_lock:
-            if self._credit.available < cost:
+            cw = self._credit
+            if cw.window - cw.taken + cw.given < cost:
                 return -1  # the general path waits for credit (after flushing the cork)
             if self._src_ref() is not arr:  # the address of the last source, by a weak reference
                 self._src_ref = weakref.ref(arr)
@@ -1505,9 +1511,16 @@ class Channel:
             seq = self._tx_seq
             self._tx_seq = seq + 1
             shape = arr.shape
-            hdr = encode_msg_frame(tag, nbytes, seq, self._unit, f, nflows, spec, shape, (dt, shape))
-            with self._cv:
-                self._credit.take(cost)
+            tail = _TAILS.get((dt, shape))
+            if tail is None:
+                hdr = encode_msg_frame(tag, nbytes, seq, self._unit, f, nflows, spec, shape, (dt, shape))
+            else:
+                kind, ndim, dlen, raw = tail
+                hdr = _MSG_FRAME.pack(
+                    MAGIC, PROTOCOL_VERSION, 2, _MSG_BODY + len(raw), tag, nbytes, seq, self._unit, f,
+                    nflows, kind, ndim, dlen,
+                ) + raw
+            cw.taken += cost  # this thread alone adds to taken (see CreditWindow)
             # at once: after CORK_DELAY_S without a write, or when this end received since its
             # last write (request and response: the peer waits for this message)
             idle = not self._cork_n and (self._rx_called or t0 - self._tx_last >= CORK_DELAY_S)
