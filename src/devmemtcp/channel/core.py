@@ -122,7 +122,7 @@ CORK_IDLE_TICKS = 100
 #: recvmsg for the bytes of the small messages whose headers follow on that flow too, up to
 #: READAHEAD_BYTES (or a sixteenth of the RX dma-buf per flow)
 READAHEAD_SMALL = 64 << 10
-READAHEAD_BYTES = 256 << 10
+READAHEAD_BYTES = 1 << 20
 READAHEAD_HEADERS = 256
 _PREAMBLE = struct.Struct("<4s16sH")  # b"DMTF", channel id, flow index
 _PREAMBLE_MAGIC = b"DMTF"
@@ -1086,7 +1086,9 @@ class Channel:
         tv = struct.pack("ll", 0, int(RCVTIMEO_S * 1e6))
         for sk in rx_socks:
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-        self._senders: list[Sender] = [stack.enter_context(Sender(backend, s, tx_binding)) for s in tx_socks]
+        self._senders: list[Sender] = [
+            stack.enter_context(Sender(backend, s, tx_binding, max_iov=CORK_MSGS)) for s in tx_socks
+        ]
         self._rx_socks = rx_socks
         self._tx_socks = tx_socks
         self._tx_dmabuf = tx_dmabuf

@@ -268,9 +268,12 @@ class FragCursor:
     path without the helper.
 
     ``offset`` (uint64) and ``size`` (uint32) are the batch's arrays, shape
-    ``(n,)``, any stride; they are kept referenced here."""
+    ``(n,)``, any stride; they are kept referenced here. The position
+    (``frag``, ``skip_bytes``) is kept as integers, with the frags as lists:
+    a piece inside the current frag (a small message in page-size frags) is
+    one ``memmove``, no array touched."""
 
-    __slots__ = ("_cur", "_cur_addr", "frag", "left", "offset", "size", "skip_bytes")
+    __slots__ = ("_cur", "_cur_addr", "_offs", "_sizes", "frag", "left", "offset", "size", "skip_bytes")
 
     def __init__(self, offset: np.ndarray, size: np.ndarray) -> None:
         self.offset = offset
@@ -286,8 +289,21 @@ class FragCursor:
                 [_addr(offset), offset.strides[0], _addr(size), size.strides[0], n, 0, 0], dtype=np.int64
             )
             self._cur_addr = _addr(self._cur)
-        self.frag = 0  # (numpy path) current frag and bytes of it taken
+        self._offs: list[int] = offset.tolist()
+        self._sizes: list[int] = size.tolist()
+        self.frag = 0  # the current frag and the bytes of it taken
         self.skip_bytes = 0
+
+    def _take_c(self, base_addr: int, base_len: int, k: int, dst_addr: int | None, dst_len: int) -> int:
+        cur = self._cur
+        assert cur is not None and _lib_from is not None
+        cur[5] = self.frag
+        cur[6] = self.skip_bytes
+        got = int(_lib_from(base_addr, base_len, self._cur_addr, k, dst_addr, dst_len))
+        if got >= 0:
+            self.frag = int(cur[5])
+            self.skip_bytes = int(cur[6])
+        return got
 
     def take(self, base: np.ndarray, total: int, dst: np.ndarray | None, at: int = 0) -> int:
         """Copy the next ``min(total, left)`` bytes into ``dst[at:]`` (None:
@@ -297,13 +313,10 @@ class FragCursor:
         if k <= 0:
             return 0
         if self._cur is not None:
-            assert _lib_from is not None
             if dst is None:
-                got = _lib_from(_addr(base), base.shape[0], self._cur_addr, k, None, 0)
+                got = self._take_c(_addr(base), base.shape[0], k, None, 0)
             else:
-                got = _lib_from(
-                    _addr(base), base.shape[0], self._cur_addr, k, _addr(dst) + at, dst.shape[0] - at
-                )
+                got = self._take_c(_addr(base), base.shape[0], k, _addr(dst) + at, dst.shape[0] - at)
             if got < 0:
                 self._bad(base, -got - 1, dst)
         else:
@@ -313,12 +326,30 @@ class FragCursor:
 
     def take_to(self, base_addr: int, base_len: int, total: int, dst_addr: int, dst_len: int) -> int:
         """:meth:`take` by addresses (the Channel's small-message path):
-        ``total`` must be at most ``left``; -1 when the compiled helper is not
-        there (call :meth:`take`), DevmemError for a bad frag."""
-        if self._cur is None:
+        ``total`` must be at most ``left``; -1 when the bytes span frags and
+        the compiled helper is not there (call :meth:`take`), DevmemError for
+        a bad frag."""
+        i = self.frag
+        skip = self.skip_bytes
+        sz = self._sizes[i]
+        if sz - skip >= total:  # inside the current frag: one memmove
+            src = self._offs[i] + skip
+            if src + sz - skip > base_len or total > dst_len:
+                got = -(i + 1)
+            else:
+                ctypes.memmove(dst_addr, base_addr + src, total)
+                skip += total
+                if skip == sz:
+                    self.frag = i + 1
+                    self.skip_bytes = 0
+                else:
+                    self.skip_bytes = skip
+                self.left -= total
+                return total
+        elif self._cur is None:
             return -1
-        assert _lib_from is not None
-        got = _lib_from(base_addr, base_len, self._cur_addr, total, dst_addr, dst_len)
+        else:
+            got = self._take_c(base_addr, base_len, total, dst_addr, dst_len)
         if got < 0:
             raise DevmemError(
                 f"frag {-got - 1} lies outside the {base_len}-byte dma-buf or past the "
