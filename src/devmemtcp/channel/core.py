@@ -758,7 +758,6 @@ class Listener:
         )
 
 
-_SPECS: dict[Any, DType] = {}  # numpy dtype -> DType of sent arrays
 _MSG_BODY = _MSG_FRAME.size - FRAME.size
 
 
@@ -1109,6 +1108,7 @@ class Channel:
         self._credit = CreditWindow(int(peer["window"]))
         self._ledger = CreditLedger(rx.window)
         self._flush_at = self._ledger.flush_at
+        self._rx_bpp = rx.bytes_per_page
         # a chunk fits the peer's credit (a quarter of its window) and the staging ring
         self._unit = min(max_unit(self._credit.window, self._peer_bpp), self._ring)
         self._cv = threading.Condition()
@@ -1488,12 +1488,15 @@ class Channel:
         nbytes = arr.nbytes
         if not 0 < nbytes <= self._cork_small:
             return -1
-        dt = arr.dtype
-        spec = _SPECS.get(dt)
-        if spec is None:
-            spec = DType.of_numpy(dt)  # ChannelError for object dtypes
-            if len(_SPECS) < 256:
-                _SPECS[dt] = spec
+        shape = arr.shape
+        key = (arr.dtype, shape)
+        tail = _TAILS.get(key)
+        if tail is None:  # first of its dtype and shape: encoded (and checked) once
+            spec = DType.of_numpy(arr.dtype)  # ChannelError for object dtypes
+            encode_msg_frame(0, nbytes, 0, 1, 0, 1, spec, shape, key)
+            tail = _TAILS.get(key)
+            if tail is None:  # the cache is full
+                return -1
         cost = -(-nbytes // self._peer_bpp) + 2  # chunk_pages
         with self._tx_lock:
             cw = self._credit
@@ -1512,16 +1515,11 @@ class Channel:
                 st.host_copy_bytes += nbytes
             seq = self._tx_seq
             self._tx_seq = seq + 1
-            shape = arr.shape
-            tail = _TAILS.get((dt, shape))
-            if tail is None:
-                hdr = encode_msg_frame(tag, nbytes, seq, self._unit, f, nflows, spec, shape, (dt, shape))
-            else:
-                kind, ndim, dlen, raw = tail
-                hdr = _MSG_FRAME.pack(
-                    MAGIC, PROTOCOL_VERSION, 2, _MSG_BODY + len(raw), tag, nbytes, seq, self._unit, f,
-                    nflows, kind, ndim, dlen,
-                ) + raw
+            kind, ndim, dlen, raw = tail
+            hdr = _MSG_FRAME.pack(
+                MAGIC, PROTOCOL_VERSION, 2, _MSG_BODY + len(raw), tag, nbytes, seq, self._unit, f,
+                nflows, kind, ndim, dlen,
+            ) + raw
             cw.taken += cost  # this thread alone adds to taken (see CreditWindow)
             # at once: after CORK_DELAY_S without a write, or when this end received since its
             # last write (request and response: the peer waits for this message)
@@ -2161,7 +2159,7 @@ class Channel:
                 q.popleft()
                 pc.rx.release(pc.batch)
             led = self._ledger
-            led.owed += -(-n // self._rx.bytes_per_page) + 2  # chunk_pages
+            led.owed += -(-n // self._rx_bpp) + 2  # chunk_pages
             if led.owed >= self._flush_at:
                 self._give_credit()
             st = self._rx_stats
