@@ -248,3 +248,43 @@ def test_many_small_messages_both_streams() -> None:
         t.join(30)
         assert srv._receivers[0].stats.recv_calls + srv._receivers[1].stats.recv_calls < count
         _tokens_settled(srv)
+
+
+def test_small_messages_both_ways_from_two_threads_each() -> None:
+    """Each end sends small messages from one thread and receives in another:
+    the cork and the read-ahead with a control reader that may be a sending
+    thread waiting for credit (headers appended while the receiver reads ahead)."""
+    count = 3000
+    errors: list[BaseException] = []
+    with pair(dmabuf_size=2 << 20) as (srv, cli):
+        def sender(ch: devmemtcp.Channel) -> None:
+            try:
+                for i in range(count):
+                    ch.send(np.full(512, i, dtype=np.int32), tag=i % 5)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def receiver(ch: devmemtcp.Channel, got: list[int]) -> None:
+            out = np.empty(512, np.int32)
+            try:
+                for _ in range(count):
+                    ch.recv_into(out)
+                    assert (out == out[0]).all()
+                    got.append(int(out[0]))
+            except BaseException as exc:
+                errors.append(exc)
+
+        got_s: list[int] = []
+        got_c: list[int] = []
+        ts = [threading.Thread(target=sender, args=(srv,), daemon=True),
+              threading.Thread(target=sender, args=(cli,), daemon=True),
+              threading.Thread(target=receiver, args=(srv, got_s), daemon=True),
+              threading.Thread(target=receiver, args=(cli, got_c), daemon=True)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert not errors, errors
+        assert got_s == list(range(count)) and got_c == list(range(count))
+        _tokens_settled(srv)
+        _tokens_settled(cli)

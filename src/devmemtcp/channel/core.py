@@ -50,6 +50,7 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import itertools
 import os
 import select
 import socket
@@ -1924,9 +1925,11 @@ class Channel:
         most the read-ahead limit): what a recvmsg may take beyond its own."""
         extra = 0
         cap = self._rx.readahead
-        for k, h in enumerate(self._headers):
+        with self._cv:  # a thread waiting for credit may be appending headers
+            hs = list(itertools.islice(self._headers, READAHEAD_HEADERS))
+        for h in hs:
             n = h.nbytes
-            if n > READAHEAD_SMALL or n > h.unit or k >= READAHEAD_HEADERS:
+            if n > READAHEAD_SMALL or n > h.unit:
                 break
             if h.first == f:
                 extra += n
