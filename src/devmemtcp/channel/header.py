@@ -271,6 +271,9 @@ class FrameDecoder:
         unpack = _MSG_FRAME.unpack_from
         cache = _TAIL_CACHE
         hsize = _MSG_FRAME.size
+        new = tuple.__new__  # MessageHeader's fields in order, without its Python-level __new__
+        last: tuple[int, int, int, int, bytes] | None = None  # the previous frame's tail fields
+        hit: tuple[DType, tuple[int, ...]] | None = None
         while True:
             buf, pos = self._buf, self._pos
             n = len(buf)
@@ -280,10 +283,24 @@ class FrameDecoder:
                 end = pos + FRAME.size + length
                 if ftype != 2 or magic != MAGIC or version != PROTOCOL_VERSION or end > n:
                     break
-                hit = cache.get((nbytes, kind, ndim, dlen, bytes(buf[pos + hsize : end])))
-                if hit is None or not 0 <= first < nflows or not (unit or not nbytes):
+                if (
+                    last is None
+                    or last[0] != nbytes
+                    or last[1] != kind
+                    or last[2] != ndim
+                    or last[3] != dlen
+                    or end - pos - hsize != len(last[4])
+                    or not buf.startswith(last[4], pos + hsize, end)
+                ):  # not the same shape and dtype as the frame before: look it up
+                    key = (nbytes, kind, ndim, dlen, bytes(buf[pos + hsize : end]))
+                    hit = cache.get(key)
+                    if hit is None:
+                        break
+                    last = key
+                assert hit is not None
+                if not 0 <= first < nflows or not (unit or not nbytes):
                     break
-                out.append(MessageHeader(tag, nbytes, seq, hit[0], hit[1], unit, first, nflows))
+                out.append(new(MessageHeader, (tag, nbytes, seq, hit[0], hit[1], unit, first, nflows)))
                 pos = end
             self._pos = pos
             if pos == n:

@@ -215,3 +215,11 @@ def test_drain_decodes_headers_in_bulk_as_decode_header_does() -> None:
     want = [decode_header(fr[12:]) if i != 2 else None for i, fr in enumerate(frames)]
     assert got[0] == want[0] and got[1] == want[1] and got[3] == want[3] and got[4] == want[4]
     assert got[2] == (FrameType.CREDIT, encode_credit(7))
+    # the same size, kind, ndim and dtype length but another shape: not taken for the previous one's
+    dec.feed(
+        encode_msg_frame(5, 6, 4, 4096, 0, 1, u1, (2, 3))
+        + encode_msg_frame(6, 6, 5, 4096, 0, 1, u1, (3, 2))
+        + encode_msg_frame(7, 6, 6, 4096, 0, 1, u1, (3, 2))
+    )
+    shapes = [h.shape for h in dec.drain()]
+    assert shapes == [(2, 3), (3, 2), (3, 2)]
