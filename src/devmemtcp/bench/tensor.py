@@ -19,6 +19,16 @@ NIC's DMA and the second the device's copy), so ``host_copy_per_byte``
 is 1.0 for both in the receiving process' own accounting (the gather vs
 the kernel's copy to user space) and the ratio shows what the rest costs.
 
+Latency (4 KiB): ping-pong, this process sends a message and waits for the
+peer's echo, ``LAT_ROUNDS`` times, for the Channel and the plain channel
+(with TCP_NODELAY: Nagle and delayed ACKs would add up to 40 ms a round);
+half the median round trip is reported. And the lone message, one way: the
+peer sends a message with its send time (``time.perf_counter``, the same
+CLOCK_MONOTONIC in both processes) every ``LAT_GAP_S``, and a second one
+``LAT_SECOND_S`` after the first (the Channel's cork holds that one until its
+timer writes it, :data:`devmemtcp.channel.core.CORK_DELAY_S`); arrival minus
+send time of each kind.
+
 Gather runs (one thread): a 64 MiB pool (the RX dma-buf), frags at random
 distinct pages: 4 KiB page-aligned frags, and 1448-byte frags (one per page,
 what a NIC at MTU 1500 that puts each packet in its own page gives), 16 MiB
@@ -65,6 +75,11 @@ TARGET_SMALL = 0.5  # at 4 KiB
 TARGET_GATHER_PAGES = 0.8
 TARGET_GATHER_1448 = 0.5
 _PLAIN_HDR = struct.Struct("<QQ")
+LAT_SIZE = 4 << 10
+LAT_ROUNDS = 2000
+LAT_LONE = 150
+LAT_GAP_S = 0.004
+LAT_SECOND_S = 0.0002
 
 
 # ---------------------------------------------------------------------------
@@ -305,6 +320,94 @@ def devmem_run(size: int, count: int, streams: int, dmabuf_size: int) -> dict[st
     }
 
 
+def _pct(xs: list[float]) -> dict[str, float]:
+    """Median, 99th percentile and maximum, in microseconds, of seconds ``xs``."""
+    a = np.sort(np.asarray(xs, dtype=np.float64)) * 1e6
+    return {
+        "median_us": round(float(np.median(a)), 1),
+        "p99_us": round(float(a[min(len(a) - 1, int(len(a) * 0.99))]), 1),
+        "max_us": round(float(a[-1]), 1),
+    }
+
+
+def latency_run(size: int = LAT_SIZE, rounds: int = LAT_ROUNDS, lone: int = LAT_LONE) -> dict[str, Any]:
+    """Ping-pong of ``size``-byte messages (plain TCP with TCP_NODELAY, and the
+    Channel), ``rounds`` each; then ``lone`` pairs of one-way Channel messages
+    (see the module docstring). Round trips and one-way times in microseconds."""
+    from devmemtcp.channel import core, listen
+
+    buf = np.ones(size, np.uint8)
+    dst = np.empty(size, np.uint8)
+    hdr = bytearray(_PLAIN_HDR.size)
+    # plain
+    rtts: list[float] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
+        ls.bind((HOST, 0))
+        ls.listen(1)
+        proc = _peer("plain-echo", HOST, ls.getsockname()[1], size, rounds)
+        try:
+            ls.settimeout(60)
+            conn, _ = ls.accept()
+            with conn:
+                conn.settimeout(60)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i in range(rounds):
+                    t0 = time.perf_counter()
+                    conn.sendall(_PLAIN_HDR.pack(i, size))
+                    conn.sendall(buf.data)
+                    _recv_full(conn, memoryview(hdr))
+                    _recv_full(conn, dst.data)
+                    rtts.append(time.perf_counter() - t0)
+        finally:
+            _finish(proc, "plain echo")
+    plain = _pct(rtts)
+    # devmem
+    rtts = []
+    first: list[float] = []
+    second: list[float] = []
+    with listen(HOST, 0, backend="emulated", tx_dmabuf_size=8 * abi.PAGE_SIZE * 64) as lis:
+        proc = _peer("channel-echo", HOST, lis.port, size, rounds, lone)
+        try:
+            with lis.accept(timeout=60) as ch:
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    ch.send(buf)
+                    ch.recv_into(dst)
+                    rtts.append(time.perf_counter() - t0)
+                stamp = np.empty(size // 8, np.float64)
+                for _ in range(lone):
+                    ch.recv_into(stamp, tag=1)
+                    first.append(time.perf_counter() - float(stamp[0]))
+                    ch.recv_into(stamp, tag=2)
+                    second.append(time.perf_counter() - float(stamp[0]))
+                ch.send(np.zeros(1, np.uint8))
+        finally:
+            _finish(proc, "channel echo")
+    dev = _pct(rtts)
+    return {
+        "size": size,
+        "rounds": rounds,
+        "plain_rtt": plain,
+        "devmem_rtt": dev,
+        "plain_one_way_us": round(plain["median_us"] / 2, 1),
+        "devmem_one_way_us": round(dev["median_us"] / 2, 1),
+        "lone": lone,
+        "lone_idle": _pct(first),
+        "lone_after_send": _pct(second),
+        "cork_delay_us": round(getattr(core, "CORK_DELAY_S", 0.0) * 1e6, 1),
+    }
+
+
+def _recv_full(conn: socket.socket, mv: memoryview) -> None:
+    got = 0
+    n = len(mv)
+    while got < n:
+        k = conn.recv_into(mv[got:], n - got)
+        if not k:
+            raise DevmemError("the echo peer closed early", "see the peer's output")
+        got += k
+
+
 def _figures(r: dict[str, Any]) -> dict[str, Any]:
     secs = r["seconds"]
     return {
@@ -324,6 +427,7 @@ def run_tensor(
     dmabuf_size: int = 64 << 20,
     repeat: int = DEFAULT_REPEAT,
     gather_runs: bool = True,
+    latency: bool = True,
     mem_count: int = MEM_COUNT,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -335,7 +439,8 @@ def run_tensor(
     size, count, plain and devmem with bytes, seconds, messages,
     host_copy_bytes, gbps, msg_per_s, us_per_msg, host_copy_per_byte, and
     ``gbps_runs`` every run's Gbit/s; ratio = devmem / plain median Gbit/s),
-    gather (:func:`run_gather`), targets, machine."""
+    gather (:func:`run_gather`), latency (:func:`latency_run`, with
+    ``latency``), targets, machine."""
     from devmemtcp.bench.frags import machine_info
 
     say = progress or (lambda _m: None)
@@ -378,6 +483,10 @@ def run_tensor(
         "repeat": repeat,
         "rows": rows,
     }
+    if latency:
+        say(f"latency: {LAT_SIZE}-byte ping-pong x {LAT_ROUNDS}, plain TCP and devmem; "
+            f"{LAT_LONE} lone messages")
+        out["latency"] = latency_run()
     if gather_runs:
         out["gather"] = run_gather(progress)
     targets: dict[str, Any] = {}
@@ -461,9 +570,49 @@ def _peer_channel(
         }
 
 
+def _peer_plain_echo(host: str, port: int, size: int, rounds: int) -> dict[str, Any]:
+    dst = np.empty(size, np.uint8)
+    hdr = bytearray(_PLAIN_HDR.size)
+    with socket.create_connection((host, port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(rounds):
+            _recv_full(s, memoryview(hdr))
+            _recv_full(s, dst.data)
+            s.sendall(hdr)
+            s.sendall(dst.data)
+    return {}
+
+
+def _peer_channel_echo(host: str, port: int, size: int, rounds: int, lone: int) -> dict[str, Any]:
+    from devmemtcp.channel import connect
+
+    with connect(host, port, backend="emulated", timeout=60) as ch:
+        buf = ch.empty(size, np.uint8)
+        for _ in range(rounds):
+            ch.recv_into(buf)
+            ch.send(buf)
+        stamp = np.zeros(size // 8, np.float64)
+        for _ in range(lone):
+            time.sleep(LAT_GAP_S)
+            stamp[0] = time.perf_counter()
+            ch.send(stamp, tag=1)
+            time.sleep(LAT_SECOND_S)
+            stamp[0] = time.perf_counter()
+            ch.send(stamp, tag=2)
+        ch.recv()
+        return {"cork_timer_flushes": getattr(ch, "cork_timer_flushes", None)}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "plain":
         print(json.dumps(_peer_plain(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))), flush=True)
+        return 0
+    if len(argv) == 5 and argv[0] == "plain-echo":
+        print(json.dumps(_peer_plain_echo(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))), flush=True)
+        return 0
+    if len(argv) == 6 and argv[0] == "channel-echo":
+        res = _peer_channel_echo(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]))
+        print(json.dumps(res), flush=True)
         return 0
     if len(argv) == 7 and argv[0] == "channel":
         print(
@@ -475,7 +624,9 @@ def main(argv: list[str]) -> int:
         return 0
     print(
         f"usage: python -m {__name__} plain HOST PORT SIZE COUNT\n"
-        f"       python -m {__name__} channel HOST PORT SIZE COUNT STREAMS DMABUF_SIZE",
+        f"       python -m {__name__} channel HOST PORT SIZE COUNT STREAMS DMABUF_SIZE\n"
+        f"       python -m {__name__} plain-echo HOST PORT SIZE ROUNDS\n"
+        f"       python -m {__name__} channel-echo HOST PORT SIZE ROUNDS LONE",
         file=sys.stderr,
     )
     return 2

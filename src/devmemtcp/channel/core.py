@@ -20,16 +20,23 @@ the listener reads: that flow's bytes towards the listener are plain TCP).
 Then each message is a MSG header on the control connection and its payload
 in chunks on the data flows (:class:`~devmemtcp.channel.header.MessageHeader`
 gives the striping), under the receiver's credits
-(:mod:`devmemtcp.channel.credits`). The receiver reads every chunk with
-recvmsg calls that stop at the chunk's end (so a frag never holds two
-messages), gathers the frags into the destination
-(:mod:`devmemtcp.channel.gather`) and gives their tokens back in batches.
+(:mod:`devmemtcp.channel.credits`). The receiver reads every chunk of a
+larger message with recvmsg calls that stop at the chunk's end (so its frags
+hold no other message's bytes: it can be held zero-copy), gathers the frags
+into the destination (:mod:`devmemtcp.channel.gather`) and gives their
+tokens back in batches; small messages are read ahead, several per recvmsg
+(a frag may then straddle two of them; its token goes back once every byte
+of its batch was taken).
 
 Limits, each with its reason: a Listener's RX dma-buf and queues serve one
 accepted channel at a time (its rules steer the data ports, whoever
 connects); every message costs each end a fixed amount of Python (a header,
-a sendmsg, a recvmsg and its token bookkeeping), so small messages run far
-below a plain socket's rate (see ``devmemtcp bench tensor``); a thread
+a sendmsg, a recvmsg and its token bookkeeping): small messages are corked
+on the sending end (many headers in one control write, many payloads in one
+sendmsg, see :meth:`Channel.send`) and read ahead on the receiving end (one
+recvmsg takes the bytes of the small messages whose headers are there, each
+message then takes its byte range, see ``Channel._receive``), which brings
+4 KiB messages near a plain socket's rate (``devmemtcp bench tensor``); a thread
 waiting in ``send`` for credit reads control frames but no payload, so bulk
 traffic in both directions at once needs a sending and a receiving thread
 per end. Receiving data flows carry SO_RCVLOWAT (one recvmsg per chunk where
@@ -43,6 +50,7 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import itertools
 import os
 import select
 import socket
@@ -61,9 +69,13 @@ import numpy as np
 from devmemtcp import __version__, abi
 from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, max_unit, plan_window
 from devmemtcp.channel.device import DeviceSide, device_kind, is_device_array
-from devmemtcp.channel.gather import gather_batch
+from devmemtcp.channel.gather import FragCursor, gather_batch
 from devmemtcp.channel.header import (
+    _MSG_FRAME,
+    _TAILS,
     DL_BFLOAT,
+    FRAME,
+    MAGIC,
     PROTOCOL_VERSION,
     DType,
     FrameDecoder,
@@ -76,6 +88,7 @@ from devmemtcp.channel.header import (
     encode_frame,
     encode_json,
     encode_msg,
+    encode_msg_frame,
 )
 from devmemtcp.codec import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
@@ -96,6 +109,22 @@ RCVLOWAT_CAP = 1 << 20
 #: SO_RCVTIMEO of the receiving data flows (seconds), see Channel._low_water
 RCVTIMEO_S = 0.02
 HANDSHAKE_TIMEOUT = 10.0
+#: the send cork (see Channel.send): a message of at most CORK_SMALL bytes (one chunk) waits in
+#: it until CORK_MSGS messages or CORK_BYTES bytes are there, the next recv, flush, close or
+#: larger send, or at most CORK_DELAY_S seconds (plus scheduling); after CORK_DELAY_S without
+#: a send, a message goes out at once
+CORK_SMALL = 64 << 10
+CORK_MSGS = 64
+CORK_BYTES = 256 << 10
+CORK_DELAY_S = 0.0005
+#: the timer thread stops ticking after this many ticks without a corked message
+CORK_IDLE_TICKS = 100
+#: read-ahead: a receive of a message of at most READAHEAD_SMALL bytes (one chunk) asks its
+#: recvmsg for the bytes of the small messages whose headers follow on that flow too, up to
+#: READAHEAD_BYTES (or a sixteenth of the RX dma-buf per flow)
+READAHEAD_SMALL = 64 << 10
+READAHEAD_BYTES = 1 << 20
+READAHEAD_HEADERS = 256
 _PREAMBLE = struct.Struct("<4s16sH")  # b"DMTF", channel id, flow index
 _PREAMBLE_MAGIC = b"DMTF"
 _TCP_MAXSEG = getattr(socket, "TCP_MAXSEG", 2)
@@ -165,6 +194,7 @@ class _RxSide:
     bytes_per_page: int
     release_threshold: int
     rules: list[Any] = field(default_factory=list)
+    readahead: int = 0  # bytes per flow one recvmsg may take beyond the message it reads for
 
 
 def _setup_rx(
@@ -250,8 +280,11 @@ def _setup_rx(
         side.rules.append(rule.rule)
     pool_pages = dmabuf.size // abi.PAGE_SIZE
     side.release_threshold = max(1, min(abi.MAX_DONTNEED_FRAGS, pool_pages // (8 * streams)))
-    side.window = plan_window(pool_pages, streams, side.release_threshold)
     side.bytes_per_page = _bytes_per_page(be, ifname, socket.AF_INET6 if ":" in local_ip else socket.AF_INET)
+    side.readahead = min(READAHEAD_BYTES, dmabuf.size // (16 * streams)) // abi.PAGE_SIZE * abi.PAGE_SIZE
+    side.window = plan_window(
+        pool_pages, streams, side.release_threshold, -(-side.readahead // side.bytes_per_page) + 1
+    )
     return side
 
 
@@ -726,6 +759,29 @@ class Listener:
         )
 
 
+_MSG_BODY = _MSG_FRAME.size - FRAME.size
+
+
+def _dead() -> None:
+    return None
+
+
+_dead_ref: Any = _dead  # a "weak reference" to nothing: calling it gives None
+
+
+def _cork_timer(ref: weakref.ref[Channel], evt: threading.Event) -> None:
+    """The cork's timer thread: while a channel's cork is armed, flush it
+    every CORK_DELAY_S; holds the channel only while it flushes."""
+    while True:
+        evt.wait()
+        time.sleep(CORK_DELAY_S)
+        ch = ref()
+        if ch is None or ch._closed:
+            return
+        ch._timer_flush()
+        del ch
+
+
 # ---------------------------------------------------------------------------
 # Payload views
 # ---------------------------------------------------------------------------
@@ -879,6 +935,23 @@ class _Held:
     pages: int = 0  # credit pages still held (parts only)
 
 
+class _Piece:
+    """Bytes of one recvmsg on a data flow that later messages take (the
+    read-ahead): ``cur`` over the batch's frags (tokens given back with
+    ``rx.release(batch)`` once ``left`` is 0), or ``data``, a host copy."""
+
+    __slots__ = ("batch", "cur", "data", "left", "rx")
+
+    def __init__(
+        self, rx: Any, batch: FragBatch | None, cur: FragCursor | None, data: Any, left: int
+    ) -> None:
+        self.rx = rx
+        self.batch = batch
+        self.cur = cur
+        self.data = data
+        self.left = left
+
+
 class Message:
     """A received message held for :meth:`Channel.recv_frags`.
 
@@ -993,6 +1066,10 @@ class Channel:
             self._gather_batch = self._dev.gather_batch  # type: ignore[method-assign]
         else:
             self._rx_base = rx.dmabuf.host_view()
+        self._rx_base_addr = 0 if self._rx_base is None else self._rx_base.__array_interface__["data"][0]
+        self._rx_base_len = 0 if self._rx_base is None else int(self._rx_base.shape[0])
+        self._out_ref: Any = _dead_ref
+        self._out_addr = 0
         pool_pages = rx.dmabuf.size // abi.PAGE_SIZE
         self._receivers: list[Receiver] = [
             stack.enter_context(
@@ -1001,6 +1078,7 @@ class Channel:
             for s in rx_socks
         ]
         self._lowat = [1] * len(rx_socks)
+        self._ra: list[deque[_Piece]] = [deque() for _ in rx_socks]  # read-ahead per flow
         self._rcvbuf = [0] * len(rx_socks)
         self._lowat_cap = [RCVLOWAT_CAP] * len(rx_socks)
         # a receive timeout on the data flows: a low-water mark the window cannot reach returns
@@ -1008,7 +1086,9 @@ class Channel:
         tv = struct.pack("ll", 0, int(RCVTIMEO_S * 1e6))
         for sk in rx_socks:
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-        self._senders: list[Sender] = [stack.enter_context(Sender(backend, s, tx_binding)) for s in tx_socks]
+        self._senders: list[Sender] = [
+            stack.enter_context(Sender(backend, s, tx_binding, max_iov=CORK_MSGS)) for s in tx_socks
+        ]
         self._rx_socks = rx_socks
         self._tx_socks = tx_socks
         self._tx_dmabuf = tx_dmabuf
@@ -1028,11 +1108,14 @@ class Channel:
         self._peer_bpp = int(peer["bytes_per_page"])
         self._credit = CreditWindow(int(peer["window"]))
         self._ledger = CreditLedger(rx.window)
+        self._flush_at = self._ledger.flush_at
+        self._rx_bpp = rx.bytes_per_page
         # a chunk fits the peer's credit (a quarter of its window) and the staging ring
         self._unit = min(max_unit(self._credit.window, self._peer_bpp), self._ring)
         self._cv = threading.Condition()
         self._reading = False
         self._ctl_eof = False
+        self._ctl_wdead = False  # a write on the control connection failed (the peer closed it)
         self._ctl_error: str | None = None
         self._peer_closed = False
         self._headers: deque[MessageHeader] = deque()
@@ -1043,6 +1126,23 @@ class Channel:
         self._wlock = threading.Lock()
         self._tx_seq = 0
         self._iov = np.empty((1, 2), dtype=np.uint64)
+        # the send cork: MSG frames and per-flow (offset, length) pairs not yet written
+        self._cork_hdr: list[bytes] = []
+        self._cork_iov: list[list[int]] = [[] for _ in tx_socks]
+        self._cork_n = 0
+        self._cork_bytes = 0
+        self._cork_first: tuple[int, int] = (0, 0)  # (tag, nbytes) of the oldest corked message
+        self._cork_limit = min(CORK_BYTES, self._ring // 4)
+        self._cork_small = min(CORK_SMALL, self._cork_limit) if self._dev is None else 0
+        self._tx_last = 0.0  # perf_counter of the last write of payload
+        self._src_ref: Any = _dead_ref
+        self._src_addr = 0
+        self._cork_evt = threading.Event()
+        self._cork_idle = 0  # timer ticks without a corked message
+        self._rx_called = False  # a receive was called since the last write of the cork
+        self._flusher: threading.Thread | None = None
+        self.cork_flushes = 0
+        self.cork_timer_flushes = 0
         self._rx_seq = 0
         self._rr = 0
         self._tx_stats = _DirStats()
@@ -1057,8 +1157,7 @@ class Channel:
         self._finalizer = weakref.finalize(self, stack.close)
         # frames that came in the same segment as the handshake's last one (a MSG sent right
         # after connect) are in the decoder already: dispatch them now, not after the next read
-        while (fr := self._dec.next()) is not None:
-            self._dispatch(*fr)
+        self._dispatch_all()
 
     # -- control connection --------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -1070,6 +1169,15 @@ class Channel:
                     f"the control connection to the peer is gone: {exc}",
                     "the peer closed the channel or died; check its output",
                 ) from None
+
+    def _dispatch_all(self) -> None:
+        """Dispatch every whole frame the decoder holds (message headers in bulk)."""
+        hs = self._headers
+        for fr in self._dec.drain():
+            if type(fr) is MessageHeader:
+                hs.append(fr)
+            else:
+                self._dispatch(*fr)
 
     def _dispatch(self, ftype: FrameType, body: bytes) -> None:
         if ftype == FrameType.MSG:
@@ -1128,8 +1236,7 @@ class Channel:
                             self._ctl_error = f"control connection error: {err}"
                     else:
                         self._dec.feed(data)
-                        while (fr := self._dec.next()) is not None:
-                            self._dispatch(*fr)
+                        self._dispatch_all()
                 finally:
                     self._cv.notify_all()
 
@@ -1137,14 +1244,15 @@ class Channel:
         led = self._ledger
         if led.owed and (force or led.owed >= led.flush_at):
             frame = encode_frame(FrameType.CREDIT, encode_credit(led.take_owed()))
-            if self._ctl_eof or self._ctl_error is not None:
+            if self._ctl_eof or self._ctl_error is not None or self._ctl_wdead:
                 return  # the peer is gone: what it sent is still read to the end (or the cut)
             try:
                 self._write(frame)
             except ChannelError:
-                # reported by the data flow's end (which names the message) or the next control read
-                with self._cv:
-                    self._ctl_eof = True
+                # reported by the data flow's end (which names the message) or the next control
+                # read, which still gets the frames the peer wrote before it closed (its last
+                # messages, CLOSE): no more credit is written
+                self._ctl_wdead = True
 
     # -- sending -------------------------------------------------------------
     def empty(self, shape: int | Sequence[int], dtype: Any = np.uint8, *, like: str | None = None) -> Any:
@@ -1256,11 +1364,28 @@ class Channel:
         its credit pages (a slow receiver holds the sender here). Bytes are
         copied once into the TX dma-buf's staging ring, unless ``obj`` lives in
         it already (:meth:`empty`). Returns when every chunk is handed to the
-        kernel; ``obj`` may be reused at once (except an ``empty()`` array,
-        see :meth:`flush`).
+        kernel, or, for a small message, put in the cork (below); either way
+        ``obj`` may be reused at once (its bytes are in the staging ring),
+        except an ``empty()`` array, see :meth:`flush`.
+
+        The cork (Nagle's idea in user space, so that many small messages
+        cost one control write and one sendmsg): a C-contiguous numpy array of
+        at most ``CORK_SMALL`` bytes (64 KiB; less with a small TX dma-buf)
+        whose credit is there is queued: header and (offset, length). The
+        cork is written, headers first, when it holds ``CORK_MSGS`` (64)
+        messages or ``CORK_BYTES`` (256 KiB), when any other send, a
+        ``recv``/``recv_into``/``recv_frags`` on this end, :meth:`flush` or
+        :meth:`close` comes, and by a timer thread at most ``CORK_DELAY_S``
+        (0.5 ms, plus the scheduler's delay) after the message was queued. A
+        message goes out at once when this end wrote nothing for
+        ``CORK_DELAY_S``, or called a receive since its last write (request
+        and response: the peer is waiting for it).
+        Messages keep their send order on every flow.
 
         Raises ChannelError naming the tag and the bytes sent of the message's
-        bytes when the peer goes away, ChannelError for objects that cannot be
+        bytes when the peer goes away (for corked messages: the oldest one of
+        the cork, raised by the call that writes it; when the timer wrote it,
+        the next send or flush raises), ChannelError for objects that cannot be
         sent."""
         if self._closed:
             raise ChannelError("send() on a closed channel", "open a new channel")
@@ -1273,6 +1398,10 @@ class Channel:
         if not 0 <= tag < 1 << 64:
             raise ChannelError(f"tag {tag} is not a u64", "use a tag in 0..2**64-1")
         t0 = time.perf_counter()
+        if self._dev is None and type(obj) is np.ndarray and obj.flags.c_contiguous:
+            n = self._send_small(obj, tag, t0)
+            if n >= 0:
+                return n
         if self._dev is not None and is_device_array(obj):
             u8, spec, shape = self._device_payload(obj)
             copied = 0
@@ -1286,6 +1415,8 @@ class Channel:
             in_dma = self._offset_in_tx(u8) if self._dev is None else None
         nbytes = int(u8.shape[0])
         with self._tx_lock:
+            if self._cork_n:
+                self._flush_cork()  # messages stay in send order on every flow
             seq = self._tx_seq
             self._tx_seq += 1
             nflows = len(self._senders)
@@ -1345,8 +1476,141 @@ class Channel:
             st.messages += 1
             st.frags += -(-nbytes // abi.PAGE_SIZE)
             st.host_copy_bytes += copied
+            self._tx_last = now = time.perf_counter()
+            st.seconds += now - t0
+        return nbytes
+
+    def _send_small(self, arr: np.ndarray, tag: int, t0: float) -> int:
+        """The fast path of :meth:`send` for a C-contiguous host array of at
+        most ``_cork_small`` bytes with its credit available: stage it (unless
+        it lives in the TX dma-buf), put its header and (offset, length) in
+        the cork, flush by the cork's rule. Returns its bytes, or -1 when the
+        message must take the general path (nothing done then)."""
+        nbytes = arr.nbytes
+        if not 0 < nbytes <= self._cork_small:
+            return -1
+        shape = arr.shape
+        key = (arr.dtype, shape)
+        tail = _TAILS.get(key)
+        if tail is None:  # first of its dtype and shape: encoded (and checked) once
+            spec = DType.of_numpy(arr.dtype)  # ChannelError for object dtypes
+            encode_msg_frame(0, nbytes, 0, 1, 0, 1, spec, shape, key)
+            tail = _TAILS.get(key)
+            if tail is None:  # the cache is full
+                return -1
+        cost = -(-nbytes // self._peer_bpp) + 2  # chunk_pages
+        with self._tx_lock:
+            cw = self._credit
+            if cw.window - cw.taken + cw.given < cost:
+                return -1  # the general path waits for credit (after flushing the cork)
+            if self._src_ref() is not arr:  # the address of the last source, by a weak reference
+                self._src_ref = weakref.ref(arr)
+                self._src_addr = arr.__array_interface__["data"][0]
+            off = self._src_addr - self._tx_addr
+            nflows = len(self._senders)
+            f = self._rr
+            self._rr = (f + 1) % nflows
+            st = self._tx_stats
+            if off < 0 or off + nbytes > self._tx_view.shape[0]:
+                off = self._stage(arr.reshape(-1).view(np.uint8), f)
+                st.host_copy_bytes += nbytes
+            seq = self._tx_seq
+            self._tx_seq = seq + 1
+            kind, ndim, dlen, raw = tail
+            hdr = _MSG_FRAME.pack(
+                MAGIC, PROTOCOL_VERSION, 2, _MSG_BODY + len(raw), tag, nbytes, seq, self._unit, f,
+                nflows, kind, ndim, dlen,
+            ) + raw
+            cw.taken += cost  # this thread alone adds to taken (see CreditWindow)
+            # at once: after CORK_DELAY_S without a write, or when this end received since its
+            # last write (request and response: the peer waits for this message)
+            idle = not self._cork_n and (self._rx_called or t0 - self._tx_last >= CORK_DELAY_S)
+            if not self._cork_n:
+                self._cork_first = (tag, nbytes)
+            self._cork_hdr.append(hdr)
+            self._cork_iov[f] += (off, nbytes)
+            self._cork_n += 1
+            self._cork_bytes += nbytes
+            st.bytes += nbytes
+            st.messages += 1
+            st.frags += -(-nbytes // abi.PAGE_SIZE)
+            if idle or self._cork_n >= CORK_MSGS or self._cork_bytes >= self._cork_limit:
+                self._flush_cork()
+            else:
+                self._cork_idle = 0
+                if not self._cork_evt.is_set():
+                    self._arm_flusher()
             st.seconds += time.perf_counter() - t0
         return nbytes
+
+    def _flush_cork(self) -> None:
+        """(under the TX lock) Write the corked headers in one control write,
+        then each flow's corked payloads in one sendmsg (an iov of many
+        ranges). ChannelError naming the oldest corked message when the peer
+        is gone (and the send side is broken from then on)."""
+        hdrs = b"".join(self._cork_hdr)
+        n, (tag, nbytes) = self._cork_n, self._cork_first
+        self._cork_hdr = []
+        self._cork_n = 0
+        self._cork_bytes = 0
+        iovs = self._cork_iov
+        self._cork_iov = [[] for _ in iovs]
+        self.cork_flushes += 1
+        try:
+            self._write(hdrs)
+            for f, iov in enumerate(iovs):
+                if iov:
+                    self._senders[f].send(np.array(iov, dtype=np.uint64).reshape(-1, 2))
+        except (ConnectionError, DevmemError, OSError) as exc:
+            why = exc.message if isinstance(exc, ChannelError) else str(exc)
+            self._tx_broken = ChannelError(
+                f"connection lost while sending {n} corked message(s) from tag {tag}: "
+                f"0 of {nbytes} bytes of that one known sent ({why})",
+                "check the peer's output; the messages were cut short",
+                tag=tag,
+                received=0,
+                expected=nbytes,
+            )
+            raise self._tx_broken from None
+        self._tx_last = time.perf_counter()
+        self._rx_called = False
+
+    def _try_flush_cork(self) -> None:
+        """Flush the cork unless another thread is sending (it flushes, or the timer does)."""
+        if self._tx_lock.acquire(blocking=False):
+            try:
+                if self._cork_n:
+                    self._flush_cork()
+            finally:
+                self._tx_lock.release()
+
+    def _arm_flusher(self) -> None:
+        """(under the TX lock) Make sure the timer thread flushes the cork within CORK_DELAY_S."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=_cork_timer, args=(weakref.ref(self), self._cork_evt), name="devmemtcp-cork",
+                daemon=True,
+            )
+            self._flusher.start()
+            weakref.finalize(self, self._cork_evt.set)
+        self._cork_evt.set()
+
+    def _timer_flush(self) -> None:
+        """(the timer thread, every CORK_DELAY_S while armed) Write the cork;
+        after CORK_IDLE_TICKS ticks without a corked message, stop ticking
+        (the next corked message arms it again: ticking while messages flow
+        spares a thread wake-up per message)."""
+        with self._tx_lock:
+            if self._cork_n:
+                self.cork_timer_flushes += 1
+                self._cork_idle = 0
+                with contextlib.suppress(ChannelError):
+                    self._flush_cork()  # kept in _tx_broken: the next send or flush names it
+            else:
+                self._cork_idle += 1
+                if self._cork_idle >= CORK_IDLE_TICKS:
+                    self._cork_idle = 0
+                    self._cork_evt.clear()
 
     def _device_payload(self, obj: Any) -> tuple[Any, DType, tuple[int, ...]]:
         """A device array as ``(uint8 device view, dtype, shape)``; a
@@ -1376,9 +1640,16 @@ class Channel:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send so far completed (the NIC read its bytes):
-        after this, arrays from :meth:`empty` may be written again."""
+        after this, arrays from :meth:`empty` may be written again.
+        Corked messages are written first (ChannelError when the peer is gone)."""
+        self._check_tx_flush()
         for s in self._senders:
             s.flush(timeout)
+
+    def _check_tx_flush(self) -> None:
+        with self._tx_lock:
+            if self._cork_n:
+                self._flush_cork()
 
     # -- receiving -----------------------------------------------------------
     def _lost_rx(self, tag: int | None) -> Any:
@@ -1441,7 +1712,8 @@ class Channel:
         copy it out of the dma-buf into host memory and give its tokens back."""
         held = _Held(h)
         pages = sum(chunk_pages(h.chunk(i)[2], self._rx.bytes_per_page) for i in range(h.nchunks))
-        if self._ledger.can_park(pages):
+        # bytes read ahead share their batch with other messages: such a message is copied out
+        if self._ledger.can_park(pages) and not self._ra_pending(h):
             self._ledger.park(pages)
             held.pages = pages
             try:
@@ -1529,7 +1801,17 @@ class Channel:
     def _receive(self, h: MessageHeader, dst: Any, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
         ``dst``: gather each batch into it and give its tokens back, and the
-        chunk's credit once it is done. Else keep the batches in ``held``."""
+        chunk's credit once it is done. Else keep the batches in ``held``.
+
+        Read-ahead: a small message (one chunk of at most READAHEAD_SMALL
+        bytes) gathered into a host ``dst`` asks its recvmsg for the bytes of
+        the small messages whose headers follow on the flow too; what is past
+        its own bytes waits in the flow's queue (:class:`_Piece`, a
+        :class:`~devmemtcp.channel.gather.FragCursor` over the batch) for
+        those messages, and the batch's tokens go back once its last byte is
+        taken (a frag straddling two messages is split by offset and length).
+        ``held`` (dst None) is only used when the flows' queues hold none of
+        the message's bytes (see :meth:`_ra_pending`)."""
         self._rx_seq += 1
         converted = -1
         held_frags = 0
@@ -1537,6 +1819,7 @@ class Channel:
         st = self._rx_stats
         bpp = self._rx.bytes_per_page
         nbytes = h.nbytes
+        ahead = dst is not None and self._dev is None and 0 < nbytes <= min(READAHEAD_SMALL, h.unit)
         try:
             for i in range(h.nchunks):
                 f, start, ln = h.chunk(i)
@@ -1546,16 +1829,24 @@ class Channel:
                         "the peer is broken",
                     )
                 rx = self._receivers[f]
+                q = self._ra[f]
                 need = ln
-                low = self._low_water(f, need)
-                if low != self._lowat[f]:
-                    self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
-                    self._lowat[f] = low
+                if q:
+                    assert dst is not None, "a held message must not take read-ahead bytes"
+                    k = self._take(q, need, dst, start)
+                    need -= k
+                    got += k
+                if need:
+                    low = self._low_water(f, need)
+                    if low != self._lowat[f]:
+                        self._rx_socks[f].setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+                        self._lowat[f] = low
                 while need:
                     if self._ledger.owed:
                         self._give_credit()
+                    want = need + self._ahead(f) if ahead else need
                     try:
-                        batch = rx.recv(need)
+                        batch = rx.recv(want)
                     except (BlockingIOError, TimeoutError, InterruptedError):
                         # SO_RCVTIMEO: the mark was not reached (or nothing came) in time
                         self.rx_timeouts += 1
@@ -1581,8 +1872,13 @@ class Channel:
                     n = batch.nbytes + batch.linear_bytes + readable
                     st.frags += batch.token.shape[0]
                     if dst is not None:
-                        self._gather_batch(batch, dst[start + ln - need :])
-                        rx.release(batch)
+                        at = start + ln - need
+                        if n <= need:
+                            self._gather_batch(batch, dst[at:])
+                            rx.release(batch)
+                        else:  # read ahead: the rest waits in the flow's queue for the next messages
+                            q.append(self._piece(rx, batch, n))
+                            n = self._take(q, need, dst, at)
                     else:
                         assert held is not None
                         held.parts.append((rx, batch))
@@ -1622,6 +1918,64 @@ class Channel:
             raise self._rx_broken from None
         st.bytes += nbytes
         st.messages += 1
+
+    def _ahead(self, f: int) -> int:
+        """Bytes of the small messages whose headers are read and whose
+        payload comes next on flow ``f`` (up to the first larger message, at
+        most the read-ahead limit): what a recvmsg may take beyond its own."""
+        extra = 0
+        cap = self._rx.readahead
+        with self._cv:  # a thread waiting for credit may be appending headers
+            hs = list(itertools.islice(self._headers, READAHEAD_HEADERS))
+        for h in hs:
+            n = h.nbytes
+            if n > READAHEAD_SMALL or n > h.unit:
+                break
+            if h.first == f:
+                extra += n
+                if extra >= cap:
+                    return cap
+        return extra
+
+    def _piece(self, rx: Any, batch: FragBatch, n: int) -> _Piece:
+        """A batch read ahead, as a piece of its flow's queue: a cursor over
+        its frags, or (linear or readable bytes, which live in the iov
+        buffer only until the next recvmsg) a host copy, its tokens given back now."""
+        if batch.linear_bytes or batch.readable.shape[0]:
+            data = np.empty(n, np.uint8)
+            self._gather_batch(batch, data)
+            rx.release(batch)
+            return _Piece(None, None, None, data, n)
+        return _Piece(rx, batch, FragCursor(batch.offset, batch.size), None, n)
+
+    def _take(self, q: deque[_Piece], n: int, dst: np.ndarray, at: int) -> int:
+        """Copy up to ``n`` bytes from the front of a flow's read-ahead queue
+        into ``dst[at:]``; a piece's tokens go back when its last byte is
+        taken. Returns the bytes taken."""
+        got = 0
+        base = self._rx_base
+        while got < n and q:
+            pc = q[0]
+            if pc.data is not None:
+                k = min(n - got, pc.left)
+                p = pc.data.shape[0] - pc.left
+                dst[at + got : at + got + k] = pc.data[p : p + k]
+                pc.left -= k
+            else:
+                assert pc.cur is not None
+                k = pc.cur.take(base, n - got, dst, at + got)
+                pc.left = pc.cur.left
+            got += k
+            if not pc.left:
+                q.popleft()
+                if pc.batch is not None:
+                    pc.rx.release(pc.batch)
+        return got
+
+    def _ra_pending(self, h: MessageHeader) -> bool:
+        """Whether a flow's read-ahead queue holds bytes of ``h`` (only small
+        messages are read ahead, and only into their queue's front)."""
+        return bool(h.nbytes) and bool(self._ra[h.first])
 
     def _low_water(self, f: int, need: int) -> int:
         """SO_RCVLOWAT for reading ``need`` more bytes of a chunk on flow ``f``:
@@ -1668,6 +2022,9 @@ class Channel:
         """Receive the next message of ``tag`` into ``make(header)`` -> (result, uint8 view)."""
         self._check_rx("recv")
         t0 = time.perf_counter()
+        self._rx_called = True
+        if self._cork_n:
+            self._try_flush_cork()
         with self._rx_lock:
             held, h = self._next_header(tag, timeout)
             if held is not None:
@@ -1750,6 +2107,10 @@ class Channel:
         also a device array, see :meth:`recv`), else ChannelError
         before anything is consumed (the message stays receivable).
         ``timeout`` as in :meth:`recv`."""
+        if type(out) is np.ndarray and self._headers and self._dev is None:
+            n = self._recv_small(out, tag)
+            if n >= 0:
+                return n
         box: list[int] = []
 
         def make(h: MessageHeader) -> tuple[Any, Any]:
@@ -1760,14 +2121,71 @@ class Channel:
         self._recv_msg(tag, make, timeout)
         return box[-1]
 
+    def _recv_small(self, out: np.ndarray, tag: int | None) -> int:
+        """The fast path of :meth:`recv_into`: the next message (no held one
+        waiting) is small, of ``tag``, and its bytes are in the front piece of
+        its flow's read-ahead queue; ``out`` a contiguous writable numpy array
+        of its size. One copy by the cursor, integer bookkeeping. Returns its
+        bytes, or -1 (nothing consumed) for the general path."""
+        if self._closed or self._rx_broken is not None:
+            return -1
+        t0 = time.perf_counter()
+        self._rx_called = True
+        if self._cork_n:
+            self._try_flush_cork()
+        with self._rx_lock:
+            hs = self._headers
+            if not hs or self._held_order:
+                return -1
+            h = hs[0]
+            n = h.nbytes
+            if (tag is not None and h.tag != tag) or not 0 < n <= READAHEAD_SMALL or n > h.unit:
+                return -1
+            q = self._ra[h.first]
+            if not q:
+                return -1
+            pc = q[0]
+            flags = out.flags
+            if pc.cur is None or pc.left < n or out.nbytes != n:
+                return -1
+            if not (flags.c_contiguous and flags.writeable):
+                return -1
+            if self._out_ref() is not out:  # the address of the last destination, by a weak reference
+                self._out_ref = weakref.ref(out)
+                self._out_addr = out.__array_interface__["data"][0]
+            if pc.cur.take_to(self._rx_base_addr, self._rx_base_len, n, self._out_addr, n) < 0:
+                return -1  # no compiled helper: the general path
+            hs.popleft()
+            self._rx_seq += 1
+            pc.left = pc.cur.left
+            if not pc.left:
+                q.popleft()
+                pc.rx.release(pc.batch)
+            led = self._ledger
+            led.owed += -(-n // self._rx_bpp) + 2  # chunk_pages
+            if led.owed >= self._flush_at:
+                self._give_credit()
+            st = self._rx_stats
+            st.bytes += n
+            st.messages += 1
+            st.host_copy_bytes += n
+            st.seconds += time.perf_counter() - t0
+        return n
+
     @contextlib.contextmanager
     def recv_frags(self, tag: int | None = None, timeout: float | None = None) -> Iterator[Message]:
         """Zero-copy receive: ``with ch.recv_frags() as msg:`` holds the next
         message's frags in the RX dma-buf (``msg.frags``, a FragBatch) and gives
         their tokens back when the block ends. The message must fit half the
         credit window (ChannelError before anything is consumed otherwise; use
-        :meth:`recv`). ``timeout`` as in :meth:`recv`."""
+        :meth:`recv`). A small message whose bytes were read ahead with an
+        earlier one's (they share a recvmsg's frags) is copied out instead:
+        ``msg.frags`` is empty and ``msg.host`` holds its bytes.
+        ``timeout`` as in :meth:`recv`."""
         self._check_rx("recv_frags")
+        self._rx_called = True
+        if self._cork_n:
+            self._try_flush_cork()
         with self._rx_lock:
             held, h = self._next_header(tag, timeout)
             if held is None:
@@ -1782,13 +2200,19 @@ class Channel:
                         tag=h.tag,
                     )
                 self._headers.popleft()
-                held = _Held(h, pages=pages)
-                self._ledger.park(pages)
-                try:
-                    self._receive(h, None, held)
-                except BaseException:
-                    self._release_held(held)
-                    raise
+                if self._ra_pending(h):
+                    # its bytes were read ahead with an earlier message's: a copy, not frags
+                    held = _Held(h, data=self._spill(h.nbytes))
+                    self._receive(h, held.data, None)
+                    self._rx_stats.host_copy_bytes += h.nbytes
+                else:
+                    held = _Held(h, pages=pages)
+                    self._ledger.park(pages)
+                    try:
+                        self._receive(h, None, held)
+                    except BaseException:
+                        self._release_held(held)
+                        raise
         try:
             yield Message(self, held)
         finally:
@@ -1814,7 +2238,8 @@ class Channel:
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also
-        ``credit_waits`` (sends that waited for credit), ``rx_timeouts``
+        ``credit_waits`` (sends that waited for credit), ``cork_flushes`` /
+        ``cork_timer_flushes`` (writes of the send cork, by the timer), ``rx_timeouts``
         (receives that hit SO_RCVTIMEO), ``parked`` / ``spilled`` (messages
         held in the dma-buf / copied out of it), ``pending``."""
 
@@ -1838,6 +2263,8 @@ class Channel:
             "rx": rx,
             "tx": tx,
             "credit_waits": self.credit_waits,
+            "cork_flushes": self.cork_flushes,
+            "cork_timer_flushes": self.cork_timer_flushes,
             "rx_timeouts": self.rx_timeouts,
             "parked": self.parked,
             "spilled": self.spilled,
@@ -1859,6 +2286,9 @@ class Channel:
         :meth:`Listener.close`). Idempotent."""
         if self._closed:
             return
+        with self._tx_lock, contextlib.suppress(ChannelError):
+            if self._cork_n:
+                self._flush_cork()
         with contextlib.suppress(ChannelError, OSError):
             self._write(encode_frame(FrameType.CLOSE))
         for s in self._senders:
@@ -1871,7 +2301,14 @@ class Channel:
                         rx.release(batch)
             self._held_order.clear()
             self._held.clear()
+            for q in self._ra:
+                for pc in q:
+                    if pc.batch is not None:
+                        with contextlib.suppress(DevmemError, OSError):
+                            pc.rx.release(pc.batch)
+                q.clear()
         self._closed = True
+        self._cork_evt.set()  # the timer thread ends
         self._finalizer()
 
     def __enter__(self) -> Channel:

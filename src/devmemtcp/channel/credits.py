@@ -48,13 +48,16 @@ def chunk_pages(length: int, bytes_per_page: int) -> int:
     return -(-length // bytes_per_page) + 2
 
 
-def plan_window(pool_pages: int, nflows: int, release_threshold: int) -> int:
+def plan_window(pool_pages: int, nflows: int, release_threshold: int, readahead_pages: int = 0) -> int:
     """The credit window (pages) a receiver with an RX dma-buf of ``pool_pages``
     pages, ``nflows`` data flows and Receivers that queue up to
-    ``release_threshold`` tokens each can grant.
+    ``release_threshold`` tokens each can grant; ``readahead_pages``: net_iovs
+    per flow a receiver may hold beyond what it has credited back (the
+    recvmsg read ahead for several small messages, its tokens given back when
+    its last byte is taken).
 
     Raises ChannelError when the dma-buf is too small to leave any."""
-    reserve = nflows * (release_threshold + 2) + 16
+    reserve = nflows * (release_threshold + 2 + readahead_pages) + 16
     window = pool_pages - reserve
     if window < 4 * UNIT_SHARE * 3:
         raise ChannelError(
@@ -74,19 +77,28 @@ def max_unit(window_pages: int, bytes_per_page: int, cap: int = 4 << 20) -> int:
     return max(unit, abi.PAGE_SIZE)
 
 
-@dataclass
 class CreditWindow:
-    """The sender's view: ``available`` credit pages (starts at the window)."""
+    """The sender's view: ``available`` credit pages (starts at the window).
 
-    window: int
-    available: int = -1
+    Kept as two counters, ``taken`` (only the sending thread adds to it) and
+    ``given`` (only the thread reading the control connection adds to it), so
+    that neither needs the other's lock: ``available`` is
+    ``window - taken + given``, and a reader that sees one of them stale
+    sees less credit than there is, never more."""
 
-    def __post_init__(self) -> None:
-        if self.available < 0:
-            self.available = self.window
+    __slots__ = ("given", "taken", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.taken = 0
+        self.given = 0
+
+    @property
+    def available(self) -> int:
+        return self.window - self.taken + self.given
 
     def can_take(self, pages: int) -> bool:
-        return self.available >= pages
+        return self.window - self.taken + self.given >= pages
 
     def take(self, pages: int) -> None:
         if pages > self.available:
@@ -94,17 +106,20 @@ class CreditWindow:
                 f"sending {pages} credit pages with {self.available} available",
                 "this is a bug in the channel's flow control",
             )
-        self.available -= pages
+        self.taken += pages
 
     def give(self, pages: int) -> None:
         """Credit the receiver gave back; ChannelError if it gives more than was taken."""
-        if self.available + pages > self.window:
+        if self.given + pages > self.taken:
             raise ChannelError(
                 f"the peer gave back {pages} credit pages, more than it was lent "
-                f"({self.window - self.available} outstanding)",
+                f"({self.taken - self.given} outstanding)",
                 "the peer is broken",
             )
-        self.available += pages
+        self.given += pages
+
+    def __repr__(self) -> str:
+        return f"CreditWindow(window={self.window}, available={self.available})"
 
 
 @dataclass

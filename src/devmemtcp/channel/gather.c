@@ -41,3 +41,45 @@ int64_t dmt_gather(const uint8_t *base, uint64_t base_len,
     }
     return (int64_t)d;
 }
+
+/* A cursor over one batch's frags (the Channel's read-ahead: one recvmsg may
+ * hold several messages, and a frag may straddle two of them):
+ * cur[0] offsets address, cur[1] its byte stride, cur[2] lengths address,
+ * cur[3] its byte stride, cur[4] frag count, cur[5] current frag, cur[6]
+ * bytes of the current frag already taken. Copies the next `total` bytes into
+ * dst (or only skips them when dst is NULL) and advances the cursor.
+ *
+ * Returns the bytes taken (fewer than `total` when the frags end first), or
+ * -(i + 1) when frag i lies outside the dma-buf or the bytes overflow dst
+ * (the cursor is left where it was then). */
+int64_t dmt_gather_from(const uint8_t *base, uint64_t base_len, int64_t *cur,
+                        uint64_t total, uint8_t *dst, uint64_t dst_len)
+{
+    const uint8_t *offs = (const uint8_t *)(intptr_t)cur[0];
+    const uint8_t *lens = (const uint8_t *)(intptr_t)cur[2];
+    int64_t off_stride = cur[1], len_stride = cur[3], n = cur[4];
+    int64_t i = cur[5];
+    uint64_t skip = (uint64_t)cur[6], d = 0;
+    if (dst && total > dst_len)
+        return -(i + 1);
+    while (d < total && i < n) {
+        uint64_t o = *(const uint64_t *)(offs + i * off_stride);
+        uint64_t l = *(const uint32_t *)(lens + i * len_stride);
+        if (o > base_len || l > base_len - o || skip > l)
+            return -(i + 1);
+        uint64_t k = l - skip;
+        if (k > total - d)
+            k = total - d;
+        if (dst)
+            memcpy(dst + d, base + o + skip, k);
+        d += k;
+        skip += k;
+        if (skip == l) {
+            i++;
+            skip = 0;
+        }
+    }
+    cur[5] = i;
+    cur[6] = (int64_t)skip;
+    return (int64_t)d;
+}

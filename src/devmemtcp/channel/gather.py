@@ -42,12 +42,13 @@ from devmemtcp.errors import DevmemError
 if TYPE_CHECKING:
     from devmemtcp.codec import FragBatch
 
-__all__ = ["build_helper", "gather", "gather_backend", "gather_batch", "gather_numpy"]
+__all__ = ["FragCursor", "build_helper", "gather", "gather_backend", "gather_batch", "gather_numpy"]
 
 SOURCE_NAME = "gather.c"
 ENV = "DEVMEMTCP_GATHER"
 _lock = threading.Lock()
 _lib: Any = None
+_lib_from: Any = None
 _reason: str | None = None
 
 
@@ -94,7 +95,7 @@ def build_helper(directory: Path | None = None) -> Path:
 
 
 def _load() -> Any:
-    global _lib, _reason
+    global _lib, _lib_from, _reason
     with _lock:
         if _reason is not None:
             return _lib
@@ -116,10 +117,20 @@ def _load() -> Any:
                 ctypes.c_uint64,
             ]
             fn.restype = ctypes.c_int64
-            _lib = fn
+            fr = lib.dmt_gather_from
+            fr.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+                ctypes.c_void_p,
+                ctypes.c_uint64,
+            ]
+            fr.restype = ctypes.c_int64
+            _lib, _lib_from = fn, fr
             _reason = "c (gather.c, compiled on first use)"
-        except (DevmemError, OSError) as exc:
-            _lib = None
+        except (DevmemError, OSError, AttributeError) as exc:
+            _lib = _lib_from = None
             _reason = f"numpy (the C helper is unavailable: {exc})"
         return _lib
 
@@ -246,3 +257,130 @@ def gather_batch(base: np.ndarray, batch: FragBatch, dst: np.ndarray) -> int:
     if batch.offset.shape[0] > done:
         pos += gather(base, batch.offset[done:], batch.size[done:], dst[pos:])
     return pos
+
+
+class FragCursor:
+    """A read position in one batch's frags, for a receiver that takes the
+    bytes of one recvmsg in several pieces (several messages, a frag
+    straddling two of them): :meth:`take` copies the next bytes into a
+    destination and advances, by ``gather.c``'s ``dmt_gather_from`` (one
+    ctypes call, a ``memcpy`` per frag, no Python per frag), or the numpy
+    path without the helper.
+
+    ``offset`` (uint64) and ``size`` (uint32) are the batch's arrays, shape
+    ``(n,)``, any stride; they are kept referenced here. The position
+    (``frag``, ``skip_bytes``) is kept as integers, with the frags as lists:
+    a piece inside the current frag (a small message in page-size frags) is
+    one ``memmove``, no array touched."""
+
+    __slots__ = ("_cur", "_cur_addr", "_offs", "_sizes", "frag", "left", "offset", "size", "skip_bytes")
+
+    def __init__(self, offset: np.ndarray, size: np.ndarray) -> None:
+        self.offset = offset
+        self.size = size
+        n = int(offset.shape[0])
+        self.left = int(size.sum(dtype=np.uint64)) if n else 0
+        if _reason is None:
+            _load()
+        self._cur: np.ndarray | None = None
+        self._cur_addr = 0
+        if _lib_from is not None and n and offset.dtype == np.uint64 and size.dtype == np.uint32:
+            self._cur = np.array(
+                [_addr(offset), offset.strides[0], _addr(size), size.strides[0], n, 0, 0], dtype=np.int64
+            )
+            self._cur_addr = _addr(self._cur)
+        self._offs: list[int] = offset.tolist()
+        self._sizes: list[int] = size.tolist()
+        self.frag = 0  # the current frag and the bytes of it taken
+        self.skip_bytes = 0
+
+    def _take_c(self, base_addr: int, base_len: int, k: int, dst_addr: int | None, dst_len: int) -> int:
+        cur = self._cur
+        assert cur is not None and _lib_from is not None
+        cur[5] = self.frag
+        cur[6] = self.skip_bytes
+        got = int(_lib_from(base_addr, base_len, self._cur_addr, k, dst_addr, dst_len))
+        if got >= 0:
+            self.frag = int(cur[5])
+            self.skip_bytes = int(cur[6])
+        return got
+
+    def take(self, base: np.ndarray, total: int, dst: np.ndarray | None, at: int = 0) -> int:
+        """Copy the next ``min(total, left)`` bytes into ``dst[at:]`` (None:
+        skip them); returns that count. DevmemError for a frag outside
+        ``base`` or bytes that do not fit ``dst``."""
+        k = min(total, self.left)
+        if k <= 0:
+            return 0
+        if self._cur is not None:
+            if dst is None:
+                got = self._take_c(_addr(base), base.shape[0], k, None, 0)
+            else:
+                got = self._take_c(_addr(base), base.shape[0], k, _addr(dst) + at, dst.shape[0] - at)
+            if got < 0:
+                self._bad(base, -got - 1, dst)
+        else:
+            got = self._take_numpy(base, k, dst, at)
+        self.left -= got
+        return int(got)
+
+    def take_to(self, base_addr: int, base_len: int, total: int, dst_addr: int, dst_len: int) -> int:
+        """:meth:`take` by addresses (the Channel's small-message path):
+        ``total`` must be at most ``left``; -1 when the bytes span frags and
+        the compiled helper is not there (call :meth:`take`), DevmemError for
+        a bad frag."""
+        i = self.frag
+        skip = self.skip_bytes
+        sz = self._sizes[i]
+        if sz - skip >= total:  # inside the current frag: one memmove
+            src = self._offs[i] + skip
+            if src + sz - skip > base_len or total > dst_len:
+                got = -(i + 1)
+            else:
+                ctypes.memmove(dst_addr, base_addr + src, total)
+                skip += total
+                if skip == sz:
+                    self.frag = i + 1
+                    self.skip_bytes = 0
+                else:
+                    self.skip_bytes = skip
+                self.left -= total
+                return total
+        elif self._cur is None:
+            return -1
+        else:
+            got = self._take_c(base_addr, base_len, total, dst_addr, dst_len)
+        if got < 0:
+            raise DevmemError(
+                f"frag {-got - 1} lies outside the {base_len}-byte dma-buf or past the "
+                f"{dst_len}-byte destination",
+                "gather only frags received on a binding of this dma-buf, into a destination that holds them",
+            )
+        self.left -= got
+        return int(got)
+
+    def _bad(self, base: np.ndarray, i: int, dst: np.ndarray | None) -> None:
+        raise DevmemError(
+            f"frag {i} (offset {int(self.offset[i])}, {int(self.size[i])} bytes) lies outside the "
+            f"{base.shape[0]}-byte dma-buf or past the {0 if dst is None else dst.shape[0]}-byte destination",
+            "gather only frags received on a binding of this dma-buf, into a destination that holds them",
+        )
+
+    def _take_numpy(self, base: np.ndarray, k: int, dst: np.ndarray | None, at: int) -> int:
+        i, skip = self.frag, self.skip_bytes
+        lens = self.size[i:].astype(np.int64)
+        ends = np.cumsum(lens) - skip  # bytes available up to the end of each frag from here
+        j = int(np.searchsorted(ends, k, side="left"))  # the frag holding the last byte taken
+        if dst is not None:
+            offs = self.offset[i : i + j + 1].astype(np.uint64)
+            sizes = lens[: j + 1].copy()
+            offs[0] += np.uint64(skip)
+            sizes[0] -= skip
+            sizes[-1] -= int(ends[j]) - k
+            gather_numpy(base, offs, sizes.astype(np.uint32), dst[at:])
+        if int(ends[j]) == k:
+            self.frag, self.skip_bytes = i + j + 1, 0
+        else:
+            self.frag = i + j
+            self.skip_bytes = int(lens[j]) - (int(ends[j]) - k)
+        return k

@@ -49,6 +49,7 @@ __all__ = [
     "encode_header",
     "encode_json",
     "encode_msg",
+    "encode_msg_frame",
 ]
 
 PROTOCOL_VERSION = 1
@@ -236,8 +237,8 @@ class FrameDecoder:
                 "run the same devmemtcp release on both ends",
             )
         try:
-            kind = FrameType(ftype)
-        except ValueError:
+            kind = _FRAME_TYPES[ftype]
+        except KeyError:
             raise ChannelError(
                 f"unknown control frame type {ftype} (protocol version {version})",
                 "run the same devmemtcp release on both ends",
@@ -256,6 +257,60 @@ class FrameDecoder:
             buf.clear()
             self._pos = 0
         return kind, body
+
+
+    def drain(self) -> list[Any]:
+        """Every whole frame buffered, in order: a :class:`MessageHeader` for
+        each MSG frame (as :func:`decode_header` gives it), ``(type, body)``
+        for the others; the errors of :meth:`next` and :func:`decode_header`.
+
+        MSG frames whose shape and dtype fields were seen before are decoded
+        straight from the buffer (one unpack, one dictionary lookup): the
+        receiving end reads many headers per recv of a busy channel."""
+        out: list[Any] = []
+        unpack = _MSG_FRAME.unpack_from
+        cache = _TAIL_CACHE
+        hsize = _MSG_FRAME.size
+        new = tuple.__new__  # MessageHeader's fields in order, without its Python-level __new__
+        last: tuple[int, int, int, int, bytes] | None = None  # the previous frame's tail fields
+        hit: tuple[DType, tuple[int, ...]] | None = None
+        while True:
+            buf, pos = self._buf, self._pos
+            n = len(buf)
+            while n - pos >= hsize:
+                (magic, version, ftype, length, tag, nbytes, seq, unit, first, nflows, kind, ndim,
+                 dlen) = unpack(buf, pos)
+                end = pos + FRAME.size + length
+                if ftype != 2 or magic != MAGIC or version != PROTOCOL_VERSION or end > n:
+                    break
+                if (
+                    last is None
+                    or last[0] != nbytes
+                    or last[1] != kind
+                    or last[2] != ndim
+                    or last[3] != dlen
+                    or end - pos - hsize != len(last[4])
+                    or not buf.startswith(last[4], pos + hsize, end)
+                ):  # not the same shape and dtype as the frame before: look it up
+                    key = (nbytes, kind, ndim, dlen, bytes(buf[pos + hsize : end]))
+                    hit = cache.get(key)
+                    if hit is None:
+                        break
+                    last = key
+                assert hit is not None
+                if not 0 <= first < nflows or not (unit or not nbytes):
+                    break
+                out.append(new(MessageHeader, (tag, nbytes, seq, hit[0], hit[1], unit, first, nflows)))
+                pos = end
+            self._pos = pos
+            if pos == n:
+                buf.clear()
+                self._pos = 0
+                return out
+            fr = self.next()  # a frame of another type, a new shape or dtype, or not whole yet
+            if fr is None:
+                return out
+            out.append(decode_header(fr[1]) if fr[0] == FrameType.MSG else fr)
 
 
 # ---------------------------------------------------------------------------
@@ -292,12 +347,57 @@ def encode_msg(
     )
 
 
+_MSG_FRAME = struct.Struct("<4sHHIQQQIHHBBH")  # FRAME then _MSG: one pack per header
+_TAILS: dict[Any, tuple[int, int, int, bytes]] = {}
+
+
+def encode_msg_frame(
+    tag: int,
+    nbytes: int,
+    seq: int,
+    unit: int,
+    first: int,
+    nflows: int,
+    dtype: DType,
+    shape: tuple[int, ...],
+    key: Any = None,
+) -> bytes:
+    """``encode_frame(MSG, encode_msg(...))`` in one pack: the shape and
+    dtype fields are encoded once per ``key`` (default ``(dtype, shape)``;
+    the send path passes the numpy dtype and shape, cheaper to hash)."""
+    k = (dtype, shape) if key is None else key
+    t = _TAILS.get(k)
+    if t is None:
+        body = encode_msg(0, 0, 0, 0, 0, 1, dtype, shape)
+        kind, ndim, dlen = struct.unpack_from("<BBH", body, _MSG.size - 4)
+        t = (kind, ndim, dlen, body[_MSG.size :])
+        if len(_TAILS) < 1024:
+            _TAILS[k] = t
+    kind, ndim, dlen, tail = t
+    return (
+        _MSG_FRAME.pack(
+            MAGIC, PROTOCOL_VERSION, FrameType.MSG, _MSG.size + len(tail), tag, nbytes, seq, unit, first,
+            nflows, kind, ndim, dlen,
+        )
+        + tail
+    )
+
+
 _DT_BYTES: dict[DType, tuple[int, bytes]] = {}
 _DT_OF_RAW: dict[tuple[int, bytes], DType] = {}
+_FRAME_TYPES = {int(t): t for t in FrameType}
+#: decoded (nbytes, shape and dtype fields) -> (dtype, shape) of headers seen (checked once)
+_TAIL_CACHE: dict[tuple[int, int, int, int, bytes], tuple[DType, tuple[int, ...]]] = {}
+_MSG_SIZE = _MSG.size
 
 
 def decode_header(body: bytes) -> MessageHeader:
     """Decode a ``MSG`` body; ChannelError when it does not decode or is inconsistent."""
+    if len(body) >= _MSG_SIZE:
+        tag, nbytes, seq, unit, first, nflows, kind, ndim, dlen = _MSG.unpack_from(body, 0)
+        hit = _TAIL_CACHE.get((nbytes, kind, ndim, dlen, body[_MSG_SIZE:]))
+        if hit is not None and 0 <= first < nflows and (unit or not nbytes):
+            return MessageHeader(tag, nbytes, seq, hit[0], hit[1], unit, first, nflows)
     try:
         tag, nbytes, seq, unit, first, nflows, kind, ndim, dlen = _MSG.unpack_from(body, 0)
         shape = struct.unpack_from(f"<{ndim}Q", body, _MSG.size)
@@ -346,6 +446,8 @@ def decode_header(body: bytes) -> MessageHeader:
             f"{n * itemsize} bytes but the payload is {nbytes}",
             "the peer is broken",
         )
+    if len(_TAIL_CACHE) < 1024:
+        _TAIL_CACHE[(nbytes, kind, ndim, dlen, body[_MSG_SIZE:])] = (dtype, h.shape)
     return h
 
 

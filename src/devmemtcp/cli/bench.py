@@ -415,6 +415,17 @@ def print_tensor(console: Console, r: dict[str, Any]) -> None:
                   "(plain: the kernel's copy to user space; devmem: the gather from the dma-buf; on the "
                   "emulated NIC the socket -> dma-buf copy stands in for the NIC's DMA and is not counted). "
                   "The devmem sender sends from Channel.empty() (no host copy).")
+    lat = r.get("latency")
+    if lat:
+        lp, ld = lat["plain_rtt"], lat["devmem_rtt"]
+        idle, after = lat["lone_idle"], lat["lone_after_send"]
+        console.print(
+            f"latency, {_size_label(lat['size'])} ping-pong x {lat['rounds']:,} (half the median round "
+            f"trip): plain TCP (TCP_NODELAY) {lat['plain_one_way_us']:.1f} µs, devmem "
+            f"{lat['devmem_one_way_us']:.1f} µs (round trip p99 {lp['p99_us']:.0f} / {ld['p99_us']:.0f} µs); "
+            f"a lone devmem message one way (median/max): after idle {idle['median_us']:.0f}/"
+            f"{idle['max_us']:.0f} µs, right after another {after['median_us']:.0f}/{after['max_us']:.0f} µs "
+            f"(cork timer {lat['cork_delay_us']:.0f} µs)")
     mem = r.get("memory")
     if mem and mem.get("rss_growth_bytes") is not None:
         mib = 1 << 20

@@ -99,3 +99,44 @@ def test_helper_builds_into_the_cache(tmp_path: object, monkeypatch: pytest.Monk
     monkeypatch.setenv("CC", "/nonexistent/cc")
     with pytest.raises(DevmemError, match="cannot run the C compiler"):
         g.build_helper(tmp_path / "other")  # type: ignore[operator]
+
+
+@settings(max_examples=60)
+@given(frag_lists, st.lists(st.integers(1, 9000), min_size=1, max_size=12))
+def test_cursor_takes_pieces_across_frag_boundaries(frags: list[tuple[int, int]], cuts: list[int]) -> None:
+    """A FragCursor hands out a batch's bytes in pieces of any length (a frag
+    straddling two messages is split by offset and length), both paths equal
+    the reference, skipped pieces copy nothing."""
+    offs = np.array([o for o, _ in frags], dtype=np.uint64)
+    sz = np.array([s for _, s in frags], dtype=np.uint32)
+    want = _ref(offs, sz)
+    for numpy_path in (False, True):
+        cur = g.FragCursor(offs, sz)
+        if numpy_path:
+            cur._cur = None
+        got = []
+        pos = 0
+        for i, c in enumerate(cuts):
+            if i % 3 == 2:  # skipped
+                assert cur.take(POOL, c, None) == min(c, want.shape[0] - pos)
+                pos += min(c, want.shape[0] - pos)
+                continue
+            dst = np.zeros(c + 3, np.uint8)
+            if i % 3 == 1 and c <= cur.left:  # by addresses (the Channel's small-message path)
+                k = cur.take_to(g._addr(POOL), POOL.shape[0], c, g._addr(dst) + 3, c)
+                if k < 0:  # spans frags without the compiled helper
+                    assert numpy_path
+                    k = cur.take(POOL, c, dst, 3)
+            else:
+                k = cur.take(POOL, c, dst, 3)
+            assert k == min(c, want.shape[0] - pos)
+            assert np.array_equal(dst[3 : 3 + k], want[pos : pos + k])
+            got.append(k)
+            pos += k
+        assert cur.left == want.shape[0] - pos
+
+
+def test_cursor_refuses_a_frag_outside_the_dmabuf() -> None:
+    cur = g.FragCursor(np.array([POOL.shape[0] - 10], np.uint64), np.array([100], np.uint32))
+    with pytest.raises(DevmemError, match="outside"):
+        cur.take(POOL, 50, np.zeros(100, np.uint8))

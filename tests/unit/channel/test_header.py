@@ -176,3 +176,50 @@ def test_partial_frame_waits() -> None:
     assert dec.next() == (FrameType.CLOSE, b"")
     with pytest.raises(ChannelError, match="credit frame of 3 bytes"):
         decode_credit(struct.pack("<HB", 1, 2))
+
+
+def test_drain_decodes_headers_in_bulk_as_decode_header_does() -> None:
+    """FrameDecoder.drain: MSG frames (known and new shapes/dtypes) equal
+    decode_header's, other frames in their place, a partial frame kept."""
+    import numpy as np
+
+    from devmemtcp.channel.header import (
+        DType,
+        FrameDecoder,
+        FrameType,
+        decode_header,
+        encode_credit,
+        encode_frame,
+        encode_msg,
+        encode_msg_frame,
+    )
+
+    f4 = DType.of_numpy(np.dtype("<f4"))
+    u1 = DType.of_numpy(np.dtype("u1"))
+    frames = [
+        encode_msg_frame(1, 40, 0, 4096, 0, 1, f4, (10,)),
+        encode_msg_frame(2, 40, 1, 4096, 0, 1, f4, (10,)),
+        encode_frame(FrameType.CREDIT, encode_credit(7)),
+        encode_frame(FrameType.MSG, encode_msg(3, 6, 2, 4096, 1, 2, u1, (2, 3))),
+        encode_msg_frame(4, 6, 3, 4096, 1, 2, u1, (2, 3)),
+    ]
+    assert frames[0] == encode_frame(FrameType.MSG, encode_msg(1, 40, 0, 4096, 0, 1, f4, (10,)))
+    data = b"".join(frames)
+    dec = FrameDecoder()
+    dec.feed(data[:-5])
+    got = dec.drain()
+    assert len(got) == 4 and dec.buffered == len(frames[-1]) - 5
+    dec.feed(data[-5:])
+    got += dec.drain()
+    assert dec.buffered == 0
+    want = [decode_header(fr[12:]) if i != 2 else None for i, fr in enumerate(frames)]
+    assert got[0] == want[0] and got[1] == want[1] and got[3] == want[3] and got[4] == want[4]
+    assert got[2] == (FrameType.CREDIT, encode_credit(7))
+    # the same size, kind, ndim and dtype length but another shape: not taken for the previous one's
+    dec.feed(
+        encode_msg_frame(5, 6, 4, 4096, 0, 1, u1, (2, 3))
+        + encode_msg_frame(6, 6, 5, 4096, 0, 1, u1, (3, 2))
+        + encode_msg_frame(7, 6, 6, 4096, 0, 1, u1, (3, 2))
+    )
+    shapes = [h.shape for h in dec.drain()]
+    assert shapes == [(2, 3), (3, 2), (3, 2)]
