@@ -315,6 +315,14 @@ class Sender:
         """Block until the error queue may have something, at most ``timeout`` s."""
         self.backend.wait_errqueue(self.sock, timeout)
 
+    def region_free(self, offset: int, length: int) -> bool:
+        """Whether no incomplete sendmsg covers dma-buf bytes ``[offset,
+        offset + length)``, reading the completions queued so far (never blocks)."""
+        if not self._busy(offset, length):
+            return True
+        self.poll_completions()
+        return not self._busy(offset, length)
+
     def wait_region_free(self, offset: int, length: int, timeout: float | None = None) -> None:
         """Block until no incomplete sendmsg covers dma-buf bytes
         ``[offset, offset + length)``, so they may be overwritten or resent.

@@ -108,6 +108,8 @@ DEFAULT_DMABUF_SIZE = 64 << 20
 RCVLOWAT_CAP = 1 << 20
 #: SO_RCVTIMEO of the receiving data flows (seconds), see Channel._low_water
 RCVTIMEO_S = 0.02
+#: staged sends go back to the staging ring's start once this far in and the start is free
+STAGE_HOT_BYTES = 8 << 20
 HANDSHAKE_TIMEOUT = 10.0
 #: the send cork (see Channel.send): a message of at most CORK_SMALL bytes (one chunk) waits in
 #: it until CORK_MSGS messages or CORK_BYTES bytes are there, the next recv, flush, close or
@@ -1101,7 +1103,9 @@ class Channel:
         # TX dma-buf: [0, ring) staging ring for sends that copy, [ring, size) buffers of empty()
         self._ring = max(abi.PAGE_SIZE, (size // 2) // abi.PAGE_SIZE * abi.PAGE_SIZE)
         self._ring_pos = 0
-        self._ring_used: deque[tuple[int, int, int]] = deque()  # (start, end, flow) in ring order
+        # (start, end, flow, lap) in ring order; a lap starts at the ring's beginning
+        self._ring_used: deque[tuple[int, int, int, int]] = deque()
+        self._ring_lap = 0
         self._heap_free: list[tuple[int, int]] = [(self._ring, size - self._ring)]
         self._heap_lock = threading.Lock()
         self._heap_pending: list[tuple[int, int]] = []
@@ -1334,21 +1338,31 @@ class Channel:
         n = src.shape[0]
         need = -(-n // abi.PAGE_SIZE) * abi.PAGE_SIZE
         used = self._ring_used
+        if self._ring_pos + need > STAGE_HOT_BYTES:
+            # past the first STAGE_HOT_BYTES: start the next lap early, at the ring's start (whose
+            # bytes are still in the CPU caches), once the sends still in flight are all of this
+            # lap and clear of [0, need): the overlap check below then meets them in ring order
+            while used and self._senders[used[0][2]].region_free(used[0][0], used[0][1] - used[0][0]):
+                used.popleft()
+            if not used or (used[0][3] == self._ring_lap and used[0][0] >= need):
+                self._ring_pos = 0
+                self._ring_lap += 1
         if self._ring_pos + need > self._ring:
             # wrap: what is left of the previous lap (at or past this lap's end) is the oldest
             while used and used[0][0] >= self._ring_pos:
-                s, e, f = used.popleft()
+                s, e, f, _lap = used.popleft()
                 self._senders[f].wait_region_free(s, e - s)
             self._ring_pos = 0
+            self._ring_lap += 1
         start, end = self._ring_pos, self._ring_pos + need
         while used and used[0][0] < end and start < used[0][1]:
-            s, e, f = used.popleft()
+            s, e, f, _lap = used.popleft()
             self._senders[f].wait_region_free(s, e - s)
         if self._dev is None:
             self._tx_view[start : start + n] = src
         else:
             self._dev.stage(start, src)
-        used.append((start, end, flow))
+        used.append((start, end, flow, self._ring_lap))
         self._ring_pos = end
         return start
 
