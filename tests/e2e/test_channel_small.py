@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,34 +21,22 @@ import devmemtcp
 from devmemtcp.channel import core
 from devmemtcp.channel.header import DType, encode_msg_frame
 from devmemtcp.errors import ChannelClosed, ChannelError
+from e2e.channel_helpers import pair as channel_pair
 
 pytestmark = pytest.mark.root
 
-HOST = "127.0.0.1"
 
 
 @contextlib.contextmanager
 def pair(dmabuf_size: int | None = None, frags: str | None = None,
          streams: int = 1) -> Iterator[tuple[devmemtcp.Channel, devmemtcp.Channel]]:
+    """The shared channel pair, with the emulated NIC's frag shape set first."""
     if frags is not None:
         from devmemtcp.backend.emulated import EmulatedBackend
 
         EmulatedBackend().nic("lo").set_capabilities(frags=frags)
-    lis = devmemtcp.listen(HOST, 0, backend="emulated", dmabuf_size=dmabuf_size, streams=streams)
-    try:
-        box: dict[str, Any] = {}
-        t = threading.Thread(target=lambda: box.setdefault("ch", lis.accept(timeout=30)), daemon=True)
-        t.start()
-        cli = devmemtcp.connect(HOST, lis.port, backend="emulated", dmabuf_size=dmabuf_size, streams=streams)
-        t.join(30)
-        srv = box["ch"]
-        try:
-            yield srv, cli
-        finally:
-            cli.close()
-            srv.close()
-    finally:
-        lis.close()
+    with channel_pair(streams=streams, dmabuf_size=dmabuf_size, clean=False) as chans:
+        yield chans
 
 
 def _tokens_settled(ch: devmemtcp.Channel) -> None:
