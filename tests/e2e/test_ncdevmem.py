@@ -16,9 +16,11 @@ import hashlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -48,14 +50,33 @@ _port_counter = [0]
 
 
 def _rand_port() -> int:
-    _port_counter[0] += 1
-    return 20000 + (os.getpid() * 7 + _port_counter[0] * 131) % 30000
+    """A free port below the kernel's ephemeral range: a port in that range may be the local
+    port of some other connection on lo (ncdevmem then fails to bind)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(200):
+        _port_counter[0] += 1
+        port = 10000 + (os.getpid() * 7 + _port_counter[0] * 131) % max(1, low - 10000)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
-def _wait_port_listen(port: int, ns: str | None = None, timeout: float = 60) -> None:
-    """lib.py's wait_port_listen: poll `ss -ltn` until something listens on ``port``."""
+def _wait_port_listen(port: int, ns: str | None = None, timeout: float = 60,
+                      server: subprocess.Popen[Any] | None = None) -> None:
+    """lib.py's wait_port_listen: poll `ss -ltn` until something listens on ``port``;
+    fails at once, with its stderr, when ``server`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            err = server.stderr.read() if server.stderr is not None else b""
+            raise AssertionError(f"the server exited ({server.returncode}) before listening on {port}: "
+                                 f"{err.decode(errors='replace') if isinstance(err, bytes) else err}")
         out = subprocess.run(_ns(ns, f"ss -Hltn sport = :{port}"), capture_output=True, text=True).stdout
         if f":{port}" in out:
             return
@@ -81,7 +102,7 @@ def test_check_rx_5tuple_validated(netns_pair, nbytes: str) -> None:  # type: ig
     port = _rand_port()
     listen = f"{NCDEVMEM} -l -f {p.veth_a} -s {p.addr_a} -p {port} -c {p.addr_b} -v 7"
     server = _bkg(p.ns_a, listen)
-    _wait_port_listen(port, p.ns_a)
+    _wait_port_listen(port, p.ns_a, server=server)
     socat = f"socat -u - TCP4:{p.addr_a}:{port},bind={p.addr_b}:{port}"
     send = subprocess.run(_ns(p.ns_b, f"{PATTERN_1K.format(n=nbytes)} | {socat}"), capture_output=True,
                           text=True, timeout=120)
@@ -121,7 +142,7 @@ def test_check_txrx_stream_to_stdout_matches_sha256(netns_pair, tmp_path) -> Non
     payload.write_bytes(data)
     port = _rand_port()
     server = _bkg(p.ns_a, f"set -o pipefail; {NCDEVMEM} -l -f {p.veth_a} -s {p.addr_a} -p {port} | sha256sum")
-    _wait_port_listen(port, p.ns_a)
+    _wait_port_listen(port, p.ns_a, server=server)
     tx = subprocess.run(_ns(p.ns_b, f"{NCDEVMEM} -f {p.veth_b} -s {p.addr_a} -p {port} < {payload}"),
                         capture_output=True, text=True, timeout=120)
     assert tx.returncode == 0, tx.stderr
@@ -138,7 +159,7 @@ def test_stream_to_stdout_on_lo_is_byte_exact(tmp_path) -> None:  # type: ignore
     with dest.open("wb") as f:
         server = subprocess.Popen(_ns(None, f"{NCDEVMEM} -l -f lo -s 127.0.0.1 -p {port}"), stdout=f,
                                   stderr=subprocess.PIPE)
-        _wait_port_listen(port)
+        _wait_port_listen(port, server=server)
         n = 20 << 20
         plain_send("127.0.0.1", port, 251, n)
         _out, err = server.communicate(timeout=120)
@@ -152,7 +173,7 @@ def test_rx_hds_fail_on_linear(size: int) -> None:
     from `dd | socat -b SIZE ...,nodelay`; with header split every byte is in the dma-buf."""
     port = _rand_port()
     server = _bkg(None, f"{NCDEVMEM} -l -f lo -s 127.0.0.1 -p {port} -L")
-    _wait_port_listen(port)
+    _wait_port_listen(port, server=server)
     send = subprocess.run(_ns(None, f"dd if=/dev/zero bs={size} count=1 2>/dev/null | "
                                     f"socat -b {size} -u - TCP4:127.0.0.1:{port},nodelay"),
                           capture_output=True, text=True, timeout=60)
@@ -172,7 +193,7 @@ def test_server_skip_config_on_a_nic_set_up_beforehand() -> None:
     assert setup.returncode == 0, setup.stderr
     try:
         server = _bkg(None, f"{NCDEVMEM} -l -f lo -s 127.0.0.1 -p {port} -t 3 -q 1 -n -v 7")
-        _wait_port_listen(port)
+        _wait_port_listen(port, server=server)
         plain_send("127.0.0.1", port, 7, 8 << 20)
         rc, _out, err = _finish(server)
     finally:
@@ -185,7 +206,7 @@ def test_server_skip_config_on_a_nic_set_up_beforehand() -> None:
 def test_validation_mismatch_exits_1() -> None:
     port = _rand_port()
     server = _bkg(None, f"{NCDEVMEM} -l -f lo -s 127.0.0.1 -p {port} -v 7")
-    _wait_port_listen(port)
+    _wait_port_listen(port, server=server)
     with contextlib.suppress(OSError):  # the server closes on the mismatch
         plain_send("127.0.0.1", port, 7, 1 << 20, corrupt_at=12345)
     rc, _out, err = _finish(server)
