@@ -452,11 +452,15 @@ def _check(batch: FragBatch, pos: np.ndarray | None, raw: np.ndarray,
         elif int(size.min()) == 0:
             bad = (int(np.flatnonzero(size == 0)[0]), "fragment of 0 bytes (frag_size 0)")
         elif dmabuf_size is not None and int(batch.offset.max()) + int(size.max()) > dmabuf_size:
-            end = batch.offset + size  # the exact test, only where the cheap bound fails
-            if int(end.max()) > dmabuf_size:
-                j = int(np.flatnonzero(end > dmabuf_size)[0])
-                bad = (j, f"fragment [{int(batch.offset[j])}, {int(end[j])}) past the end of the "
-                          f"{dmabuf_size}-byte dma-buf")
+            # the exact test, only where the cheap bound fails; offset + size in uint64 may
+            # wrap past 2**64, so compare offset > dmabuf_size - size (which cannot)
+            dsz = np.uint64(dmabuf_size)
+            sz = size.astype(np.uint64)
+            past = (sz > dsz) | (batch.offset > dsz - np.minimum(sz, dsz))
+            if past.any():
+                j = int(np.flatnonzero(past)[0])
+                bad = (j, f"fragment [{int(batch.offset[j])}, {int(batch.offset[j]) + int(size[j])}) "
+                          f"past the end of the {dmabuf_size}-byte dma-buf")
     lin = batch.linear_sizes
     if bad is None and lin.shape[0] and int(lin.min()) == 0:
         j = int(np.flatnonzero(lin == 0)[0])

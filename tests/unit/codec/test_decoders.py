@@ -92,6 +92,10 @@ def test_fragment_sizes_and_extent() -> None:
     ctl, clen = rx_buffer([1], sizes=[PS + 1])  # larger than a 1-page dma-buf
     with pytest.raises(FragRecordError, match="past the end"):
         parse_rx_control(ctl, clen, dmabuf_size=PS)
+    # offset + size wraps past 2**64 in uint64: still past the end (found by the fuzzer)
+    ctl, clen = rx_buffer([1], offsets=[2**64 - 1], sizes=[PS])
+    with pytest.raises(FragRecordError, match="past the end"):
+        parse_rx_control(ctl, clen, dmabuf_size=16 << 20)
 
 
 def test_sizes_must_add_up_to_the_bytes_received() -> None:
