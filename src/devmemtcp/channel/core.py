@@ -84,6 +84,7 @@ from devmemtcp.channel.header import (
     decode_credit,
     decode_header,
     decode_json,
+    destination_size_error,
     encode_credit,
     encode_frame,
     encode_json,
@@ -887,13 +888,7 @@ def _writable_view(out: Any, nbytes: int, tag: int) -> np.ndarray:
         size = mv.nbytes
         view = np.frombuffer(mv.cast("B"), np.uint8) if size else np.empty(0, np.uint8)
     if size != nbytes:
-        what = "too small" if size < nbytes else "larger than the message"
-        raise ChannelError(
-            f"out holds {size} bytes, {what}: the message (tag {tag}) has {nbytes} bytes",
-            f"pass a destination of exactly {nbytes} bytes; the message stays receivable",
-            tag=tag,
-            expected=nbytes,
-        )
+        raise destination_size_error(size, nbytes, tag)
     return view
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from devmemtcp.channel.header import DL_BFLOAT, MessageHeader
+from devmemtcp.channel.header import DL_BFLOAT, MessageHeader, destination_size_error
 from devmemtcp.codec import FragBatch
 from devmemtcp.errors import ChannelError, DevmemError
 
@@ -155,13 +155,7 @@ class DeviceSide:
         view = self.u8(out)
         size = int(view.shape[0])
         if size != nbytes:
-            what = "too small" if size < nbytes else "larger than the message"
-            raise ChannelError(
-                f"out holds {size} bytes, {what}: the message (tag {tag}) has {nbytes} bytes",
-                f"pass a destination of exactly {nbytes} bytes; the message stays receivable",
-                tag=tag,
-                expected=nbytes,
-            )
+            raise destination_size_error(size, nbytes, tag)
         return view
 
     def new(self, h: MessageHeader, like: str) -> tuple[Any, Any]:

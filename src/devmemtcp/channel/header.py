@@ -476,3 +476,15 @@ def decode_json(body: bytes, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ChannelError(f"the peer's {what} frame is not an object", "the peer is broken")
     return obj
+
+
+def destination_size_error(size: int, nbytes: int, tag: int) -> ChannelError:
+    """The error for a receive destination of ``size`` bytes given a message of
+    ``nbytes`` (raised before any payload is read: the message stays receivable)."""
+    what = "too small" if size < nbytes else "larger than the message"
+    return ChannelError(
+        f"out holds {size} bytes, {what}: the message (tag {tag}) has {nbytes} bytes",
+        f"pass a destination of exactly {nbytes} bytes; the message stays receivable",
+        tag=tag,
+        expected=nbytes,
+    )
