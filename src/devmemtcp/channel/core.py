@@ -71,11 +71,7 @@ from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, m
 from devmemtcp.channel.device import DeviceSide, device_kind, is_device_array
 from devmemtcp.channel.gather import FragCursor, gather_batch
 from devmemtcp.channel.header import (
-    _MSG_FRAME,
-    _TAILS,
     DL_BFLOAT,
-    FRAME,
-    MAGIC,
     PROTOCOL_VERSION,
     DType,
     FrameDecoder,
@@ -89,7 +85,8 @@ from devmemtcp.channel.header import (
     encode_frame,
     encode_json,
     encode_msg,
-    encode_msg_frame,
+    msg_tail_of,
+    pack_msg_frame,
 )
 from devmemtcp.codec import FragBatch
 from devmemtcp.errors import ChannelClosed, ChannelError, DevmemError, NetlinkError
@@ -762,7 +759,6 @@ class Listener:
         )
 
 
-_MSG_BODY = _MSG_FRAME.size - FRAME.size
 
 
 def _dead() -> None:
@@ -1499,18 +1495,11 @@ class Channel:
         if not 0 < nbytes <= self._cork_small:
             return -1
         shape = arr.shape
-        key = (arr.dtype, shape)
-        tail = _TAILS.get(key)
-        if tail is None:  # first of its dtype and shape: encoded (and checked) once
-            spec = DType.of_numpy(arr.dtype)  # ChannelError for object dtypes
-            encode_msg_frame(0, nbytes, 0, 1, 0, 1, spec, shape, key)
-            tail = _TAILS.get(key)
-            if tail is None:  # the cache is full
-                return -1
-        cost = -(-nbytes // self._peer_bpp) + 2  # chunk_pages
+        tail = msg_tail_of(arr.dtype, shape)  # encoded (and checked) once per dtype and shape
+        cost = chunk_pages(nbytes, self._peer_bpp)
         with self._tx_lock:
             cw = self._credit
-            if cw.window - cw.taken + cw.given < cost:
+            if not cw.can_take(cost):
                 return -1  # the general path waits for credit (after flushing the cork)
             if self._src_ref() is not arr:  # the address of the last source, by a weak reference
                 self._src_ref = weakref.ref(arr)
@@ -1525,11 +1514,7 @@ class Channel:
                 st.host_copy_bytes += nbytes
             seq = self._tx_seq
             self._tx_seq = seq + 1
-            kind, ndim, dlen, raw = tail
-            hdr = _MSG_FRAME.pack(
-                MAGIC, PROTOCOL_VERSION, 2, _MSG_BODY + len(raw), tag, nbytes, seq, self._unit, f,
-                nflows, kind, ndim, dlen,
-            ) + raw
+            hdr = pack_msg_frame(tail, tag, nbytes, seq, self._unit, f, nflows)
             cw.taken += cost  # this thread alone adds to taken (see CreditWindow)
             # at once: after CORK_DELAY_S without a write, or when this end received since its
             # last write (request and response: the peer waits for this message)

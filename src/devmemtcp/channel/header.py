@@ -44,12 +44,16 @@ __all__ = [
     "decode_credit",
     "decode_header",
     "decode_json",
+    "destination_size_error",
     "encode_credit",
     "encode_frame",
     "encode_header",
     "encode_json",
     "encode_msg",
     "encode_msg_frame",
+    "msg_tail",
+    "msg_tail_of",
+    "pack_msg_frame",
 ]
 
 PROTOCOL_VERSION = 1
@@ -351,6 +355,42 @@ _MSG_FRAME = struct.Struct("<4sHHIQQQIHHBBH")  # FRAME then _MSG: one pack per h
 _TAILS: dict[Any, tuple[int, int, int, bytes]] = {}
 
 
+def msg_tail(dtype: DType, shape: tuple[int, ...], key: Any = None) -> tuple[int, int, int, bytes]:
+    """The dtype and shape fields of a MSG header, encoded once per ``key``
+    (default ``(dtype, shape)``; the send path passes the numpy dtype and
+    shape, cheaper to hash) and cached (up to 1024 keys)."""
+    k = (dtype, shape) if key is None else key
+    t = _TAILS.get(k)
+    if t is None:
+        body = encode_msg(0, 0, 0, 0, 0, 1, dtype, shape)
+        kind, ndim, dlen = struct.unpack_from("<BBH", body, _MSG.size - 4)
+        t = (kind, ndim, dlen, body[_MSG.size :])
+        if len(_TAILS) < 1024:
+            _TAILS[k] = t
+    return t
+
+
+def msg_tail_of(arr_dtype: np.dtype[Any], shape: tuple[int, ...]) -> tuple[int, int, int, bytes]:
+    """:func:`msg_tail` keyed by a numpy dtype and shape (one dict lookup once
+    seen). ChannelError for dtypes a message cannot carry (object)."""
+    t = _TAILS.get((arr_dtype, shape))
+    return t if t is not None else msg_tail(DType.of_numpy(arr_dtype), shape, (arr_dtype, shape))
+
+
+def pack_msg_frame(
+    tail: tuple[int, int, int, bytes], tag: int, nbytes: int, seq: int, unit: int, first: int, nflows: int
+) -> bytes:
+    """``encode_frame(MSG, encode_msg(...))`` in one pack, from a :func:`msg_tail`."""
+    kind, ndim, dlen, raw = tail
+    return (
+        _MSG_FRAME.pack(
+            MAGIC, PROTOCOL_VERSION, FrameType.MSG, _MSG.size + len(raw), tag, nbytes, seq, unit, first,
+            nflows, kind, ndim, dlen,
+        )
+        + raw
+    )
+
+
 def encode_msg_frame(
     tag: int,
     nbytes: int,
@@ -362,25 +402,8 @@ def encode_msg_frame(
     shape: tuple[int, ...],
     key: Any = None,
 ) -> bytes:
-    """``encode_frame(MSG, encode_msg(...))`` in one pack: the shape and
-    dtype fields are encoded once per ``key`` (default ``(dtype, shape)``;
-    the send path passes the numpy dtype and shape, cheaper to hash)."""
-    k = (dtype, shape) if key is None else key
-    t = _TAILS.get(k)
-    if t is None:
-        body = encode_msg(0, 0, 0, 0, 0, 1, dtype, shape)
-        kind, ndim, dlen = struct.unpack_from("<BBH", body, _MSG.size - 4)
-        t = (kind, ndim, dlen, body[_MSG.size :])
-        if len(_TAILS) < 1024:
-            _TAILS[k] = t
-    kind, ndim, dlen, tail = t
-    return (
-        _MSG_FRAME.pack(
-            MAGIC, PROTOCOL_VERSION, FrameType.MSG, _MSG.size + len(tail), tag, nbytes, seq, unit, first,
-            nflows, kind, ndim, dlen,
-        )
-        + tail
-    )
+    """``encode_frame(MSG, encode_msg(...))`` in one pack (:func:`msg_tail`, :func:`pack_msg_frame`)."""
+    return pack_msg_frame(msg_tail(dtype, shape, key), tag, nbytes, seq, unit, first, nflows)
 
 
 _DT_BYTES: dict[DType, tuple[int, bytes]] = {}
