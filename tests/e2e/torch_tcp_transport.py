@@ -37,6 +37,10 @@ class TcpLink:
         if payload.numel():
             self.sock.sendall(memoryview(payload.numpy()).cast("B"))
 
+    def ready_to_send(self, nbytes: int) -> bool:
+        # a plain socket has no credit: the peer's reader always drains it
+        return True
+
     def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
         if not select.select([self.sock], [], [], timeout)[0]:
             return False

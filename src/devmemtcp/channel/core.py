@@ -2218,6 +2218,15 @@ class Channel:
         """Messages received and held for a later recv (by tag)."""
         return len(self._held_order)
 
+    def can_send(self, nbytes: int) -> bool:
+        """True when a message of ``nbytes`` bytes has all its credit now: a
+        :meth:`send` of it does not wait for the receiver to consume anything
+        (it still waits for the kernel to take the bytes)."""
+        unit = self._unit
+        full, tail = divmod(nbytes, unit)
+        cost = full * chunk_pages(unit, self._peer_bpp) + chunk_pages(tail, self._peer_bpp)
+        return self._tx_broken is None and not self._closed and self._credit.can_take(cost)
+
     # -- stats and lifetime --------------------------------------------------
     @property
     def stats(self) -> dict[str, Any]:

@@ -83,6 +83,9 @@ class ChannelLink:
         # works out a dtype spec per message, and the payload is plain bytes here.
         self.ch.send(_host_view(payload), tag=tag)
 
+    def ready_to_send(self, nbytes: int) -> bool:
+        return bool(self.ch.can_send(nbytes))
+
     def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
         # The header decides the destination (Channel.recv with a callable out): the
         # process group matches it to a posted receive, and the payload is gathered

@@ -18,6 +18,15 @@ Strategy:
   it to a posted receive by (peer, kind, tag), so a message nobody waits for
   yet is kept (copied aside) rather than stalling the link: two ranks
   sending large tensors to each other never deadlock.
+- Fewer thread switches, since each costs as much CPU as the bookkeeping of
+  a message: a send of at most EAGER_BYTES whose credit is there, on a link
+  with nothing queued, goes out in the calling thread (eager, as in MPI; it
+  never waits for the peer's application). A thread waiting for a receive
+  (DevmemWork.wait) reads that peer's link itself (leader/follower: the
+  link's reader thread stands aside while a waiter reads and for
+  _LEAD_GRACE_S after, and reads whatever comes when nobody waits). A Ctrl-C
+  in either leaves the stream to that peer in an unknown state, so it fails
+  that link, naming the interruption.
 - The Channel tag (u64) carries kind (4 bits: p2p, collective, hello), a
   dtype code (8 bits) and the user's tag or the collective's sequence
   number (32 bits), so the receiver checks dtype and size before it writes
@@ -75,6 +84,12 @@ _READER_POLL_S = 0.5
 # How long shutdown waits for each link's close (NIC set-up undone).
 CLOSE_WAIT_S = 20.0
 _GRACE_S = 0.02
+# A send of at most this many bytes whose credit is there goes out in the calling
+# thread (an eager send): it never waits for the peer's application.
+EAGER_BYTES = 4 << 20
+# After a waiting thread stops reading a link itself, its reader thread leaves the
+# link alone this long: the next blocking receive usually comes sooner and reads it.
+_LEAD_GRACE_S = 0.002
 
 
 def _dtypes() -> list[torch.dtype]:
@@ -257,7 +272,15 @@ class _Peer:
         self.link: Link | None = None
         self.error: DevmemTorchError | None = None
         self.sends: collections.deque[_SendPart] = collections.deque()
+        self.busy = False  # a send is in progress (the sender thread's or an eager one)
         self.cv = threading.Condition(pg._lock)
+        # The one thread reading the link holds rmutex: the reader thread, or a thread
+        # waiting in DevmemWork.wait for a receive from this peer (a leader), which then
+        # reads the link itself and saves two thread switches per message.
+        self.rmutex = threading.Lock()
+        self.leaders = 0
+        self.led_at = 0.0
+        self.lead_cv = threading.Condition(pg._lock)
         self.connected = threading.Event()
         self.sender = threading.Thread(target=self._send_loop, name=f"devmem-send-{pg._rank}->{rank}",
                                        daemon=True)
@@ -322,36 +345,116 @@ class _Peer:
             assert link is not None
             while True:
                 with pg._lock:
-                    while not self.sends and not pg._closing and self.error is None:
+                    while (not self.sends or self.busy) and not pg._closing and self.error is None:
                         self.cv.wait()
                     if pg._closing or self.error is not None:
                         return
                     part = self.sends.popleft()
-                if part.done or part.work.is_completed():
-                    continue
+                    self.busy = True
                 try:
-                    link.send(part.payload, part.tag)
-                except Exception as exc:
-                    self.fail(exc, "sending to", inflight=part)
-                    return
-                pg._part_done(part)
+                    if not (part.done or part.work.is_completed()) and not self.send_part(link, part):
+                        return
+                finally:
+                    with pg._lock:
+                        self.busy = False
         except Exception as exc:
             self.fail(exc, "sending to")
 
+    def send_part(self, link: Link, part: _SendPart) -> bool:
+        """Send ``part`` on ``link`` (``busy`` held); False when the link broke."""
+        try:
+            link.send(part.payload, part.tag)
+        except Exception as exc:
+            self.fail(exc, "sending to", inflight=part)
+            return False
+        except BaseException:
+            # interrupted (Ctrl-C in an eager send) with part of the message maybe sent:
+            # the stream to this peer is cut, so nothing more may go on it
+            self.fail(ConnectionError("a send was interrupted halfway"), "sending to", inflight=part)
+            raise
+        self.pg._part_done(part)
+        return True
+
+    def eager(self, part: _SendPart) -> bool:
+        """Take the link for an eager send of ``part`` (lock held): True when it is
+        idle, nothing is queued before it and its credit is there now."""
+        link = self.link
+        if (link is None or self.sends or self.busy or part.nbytes > EAGER_BYTES
+                or not link.ready_to_send(part.nbytes)):
+            return False
+        self.busy = True
+        return True
+
+    def eager_done(self) -> None:
+        with self.pg._lock:
+            self.busy = False
+            if self.sends:
+                self.cv.notify_all()
+
     def _read_loop(self) -> None:
+        pg = self.pg
+        while not pg._closing and self.error is None:
+            with pg._lock:
+                # a leader reads the link now, or did a moment ago and soon will again
+                while (self.leaders or time.monotonic() - self.led_at < _LEAD_GRACE_S) \
+                        and not pg._closing and self.error is None:
+                    self.lead_cv.wait(_LEAD_GRACE_S)
+            if not self.rmutex.acquire(timeout=_READER_POLL_S):
+                continue
+            try:
+                if not self.leaders and not self.read_one(_READER_POLL_S):
+                    return
+            finally:
+                self.rmutex.release()
+
+    def read_one(self, timeout: float) -> bool:
+        """Take the next message from the link (``rmutex`` held), waiting up to
+        ``timeout`` seconds for it; False when the link broke."""
         pg = self.pg
         link = self.link
         assert link is not None
-        arrival: _Arrival | None = None
+        arrival = _Arrival(pg, self.rank)
         try:
-            while not pg._closing:
-                arrival = _Arrival(pg, self.rank)
-                if link.recv_next(arrival.choose, _READER_POLL_S):
-                    arrival.finish()
-                arrival = None
+            if link.recv_next(arrival.choose, timeout):
+                arrival.finish()
         except Exception as exc:
             if not pg._closing:
-                self.fail(exc, "receiving from", inflight=arrival.part if arrival is not None else None)
+                self.fail(exc, "receiving from", inflight=arrival.part)
+            return False
+        except BaseException:
+            # interrupted (Ctrl-C in a leader): where the stream stands is unknown (a
+            # header may be taken, its payload not), so nothing more is read from it
+            self.fail(ConnectionError("a receive was interrupted halfway"), "receiving from",
+                      inflight=arrival.part)
+            raise
+        return True
+
+    def lead(self, part: _RecvPart, deadline: float | None) -> None:
+        """Read the link in the calling thread until ``part`` is done, the link
+        breaks or ``deadline`` (time.monotonic) passes."""
+        pg = self.pg
+        with pg._lock:
+            if self.link is None or self.error is not None or pg._closing:
+                return
+            self.leaders += 1
+        try:
+            while not part.done and self.error is None and not pg._closing:
+                left = _READER_POLL_S
+                if deadline is not None:
+                    left = min(deadline - time.monotonic(), left)
+                if left <= 0:
+                    return
+                if not self.rmutex.acquire(timeout=left):
+                    continue
+                try:
+                    if part.done or not self.read_one(left):
+                        return
+                finally:
+                    self.rmutex.release()
+        finally:
+            with pg._lock:
+                self.leaders -= 1
+                self.led_at = time.monotonic()
 
     def fail(self, exc: BaseException, what: str, inflight: _Part | None = None, setup: bool = False) -> None:
         """Mark the link broken; fail every part that depends on it (``inflight``:
@@ -376,6 +479,7 @@ class _Peer:
             self.sends.clear()
             recvs = pg._take_posted(self.rank)
             self.cv.notify_all()
+            self.lead_cv.notify_all()
         if not pg._closing and (sends or recvs):
             log.warning("devmem link to rank %d failed: %s", self.rank, err.cause)
         else:
@@ -599,9 +703,19 @@ class DevmemProcessGroup(dist.ProcessGroup):
         return time.monotonic() + self._timeout_s
 
     def _new_work(self, op: str, parts: int, result: Any, peers: Sequence[int]) -> DevmemWork:
-        w = DevmemWork(op, parts, result, self._deadline(), tuple(peers))
+        w = DevmemWork(op, parts, result, self._deadline(), tuple(peers), self._drive)
         self._works.add(w)
         return w
+
+    def _drive(self, work: DevmemWork, deadline: float | None) -> None:
+        """DevmemWork.wait's driver: the waiting thread reads the links of the
+        work's receives itself, one after the other (see _Peer.lead)."""
+        for part in work.recv_parts:
+            if work.is_completed():
+                return
+            p = self._peers.get(part.peer) if part.peer is not None else None
+            if p is not None and not part.done:
+                p.lead(part, deadline)
 
     def _check(self, op: str, t: torch.Tensor, peer: int | None = None) -> None:
         if not isinstance(t, torch.Tensor):
@@ -625,16 +739,26 @@ class DevmemProcessGroup(dist.ProcessGroup):
         payload = _payload(t)
         part = _SendPart(work, peer, payload, pack_tag(kind, _CODE[t.dtype], tag), work.deadline)
         p = self._peer(peer)
+        eager = False
         with self._lock:
             if p.error is not None:
                 err = p.error
             else:
                 err = None
                 self._parts.add(part)
-                p.sends.append(part)
-                p.cv.notify_all()
+                if p.eager(part):
+                    eager = True
+                else:
+                    p.sends.append(part)
+                    p.cv.notify_all()
         if err is not None:
             self._fail_part(part, DevmemTorchError(work.op, peer, err.cause, err.hint))
+        elif eager:
+            try:
+                assert p.link is not None
+                p.send_part(p.link, part)
+            finally:
+                p.eager_done()
 
     def _post_recv(self, work: DevmemWork, peer: int | None, t: torch.Tensor, kind: int, tag: int) -> None:
         key = (kind, tag & _TAG_MASK)
@@ -674,6 +798,7 @@ class DevmemProcessGroup(dist.ProcessGroup):
                         self._posted_any.setdefault(key, collections.deque()).append(part)
                     else:
                         self._posted.setdefault((peer, *key), collections.deque()).append(part)
+                        work.recv_parts.append(part)
                     self._posted_cv.notify_all()
         if err is not None:
             self._fail_part(part, DevmemTorchError(work.op, peer, err.cause, err.hint))
@@ -1091,6 +1216,7 @@ class DevmemProcessGroup(dist.ProcessGroup):
             self._parts.clear()
             for p in peers:
                 p.cv.notify_all()
+                p.lead_cv.notify_all()
             self._posted_cv.notify_all()
         err = DevmemTorchError("shutdown", None,
                                "the process group was destroyed with this operation pending")

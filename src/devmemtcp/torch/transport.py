@@ -9,8 +9,10 @@ into a destination chosen from its header.
 connect / Channel); tests substitute a plain-socket transport with the same
 shape to drive the matching, timeout and failure logic without NIC set-up.
 
-Threading contract the process group relies on: per link, one thread sends
-and one other thread receives, at the same time.
+Threading contract the process group relies on: per link, one thread at a
+time sends and one thread at a time receives, both at once; which thread
+that is may change between calls (a link's worker threads, or the caller's
+thread for an eager send or a receive it waits for).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class Link(Protocol):
     def send(self, payload: torch.Tensor, tag: int) -> None:
         """Send ``payload`` (1-D contiguous torch.uint8) with ``tag``; blocks until
         handed to the transport. Raises on a broken connection."""
+
+    def ready_to_send(self, nbytes: int) -> bool:
+        """True when a send of ``nbytes`` would not wait for the peer's
+        application (credit there now): the process group then sends it in the
+        calling thread."""
 
     def recv_next(self, choose: Callable[[int, int], torch.Tensor], timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the next message of any tag (False:

@@ -52,7 +52,7 @@ class DevmemWork(dist._Work):
     """
 
     def __init__(self, op: str, parts: int, result: Any, deadline: float,
-                 peers: tuple[int, ...] = ()) -> None:
+                 peers: tuple[int, ...] = (), driver: Any = None) -> None:
         super().__init__()
         self.op = op
         self.peers = peers
@@ -60,11 +60,18 @@ class DevmemWork(dist._Work):
         self._result = result
         self._left = parts
         self._lock = threading.Lock()
-        self._done = threading.Event()
+        # Completion latch: held until the work ends; a waiter takes and gives it back at once.
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._ended = False
         self._exc: BaseException | None = None
         self._source: int = -1
-        self._future: torch.futures.Future[Any] = torch.futures.Future()
+        self._future: torch.futures.Future[Any] | None = None  # made on first get_future()
         self._finally: list[Any] = []
+        # driver(work, deadline): lets the waiting thread do the receiving itself
+        # (the process group's leader/follower reading, see process_group.py)
+        self._driver = driver
+        self.recv_parts: list[Any] = []
         if parts == 0:
             self._finish()
 
@@ -76,7 +83,7 @@ class DevmemWork(dist._Work):
 
     def part_done(self, source: int | None = None) -> None:
         with self._lock:
-            if self._done.is_set():
+            if self._ended:
                 return
             if source is not None:
                 self._source = source
@@ -94,33 +101,49 @@ class DevmemWork(dist._Work):
     def fail(self, exc: BaseException) -> bool:
         """Fail the work (first failure wins); False when it had already finished."""
         with self._lock:
-            if self._done.is_set():
+            if self._ended:
                 return False
             self._exc = exc
-            self._done.set()
-        self._future.set_exception(exc)
+            self._ended = True
+            fut = self._future
+        self._latch.release()
+        if fut is not None:
+            fut.set_exception(exc)
         return True
 
     def _finish(self) -> None:
         with self._lock:
-            if self._done.is_set():
+            if self._ended:
                 return
-            self._done.set()
-        self._future.set_result(self._result)
+            self._ended = True
+            fut = self._future
+        self._latch.release()
+        if fut is not None:
+            fut.set_result(self._result)
+
+    def _wait_latch(self, seconds: float) -> bool:
+        if self._ended:
+            return True
+        if self._latch.acquire(timeout=seconds):
+            self._latch.release()
+            return True
+        return self._ended
 
     # -- the torch Work API -------------------------------------------------
 
     def wait(self, timeout: timedelta | float = timedelta(0)) -> bool:
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        if not self._ended and self._driver is not None and self.recv_parts:
+            self._driver(self, time.monotonic() + seconds if seconds > 0 else None)
         if seconds > 0:
-            if not self._done.wait(seconds):
+            if not self._wait_latch(seconds):
                 raise DevmemTorchError(self.op, self.peers[0] if len(self.peers) == 1 else None,
                                        f"not completed within wait(timeout={seconds:g}s)",
                                        "wait again, or give a longer timeout")
         else:
             # The watchdog fails the work at its deadline; the margin only guards
             # against a process group that is gone without failing it.
-            while not self._done.wait(1.0):
+            while not self._wait_latch(1.0):
                 if time.monotonic() > self.deadline + 30.0:
                     self.fail(DevmemTorchError(self.op, None, "timed out and no watchdog failed it"))
         if self._exc is not None:
@@ -128,13 +151,22 @@ class DevmemWork(dist._Work):
         return True
 
     def get_future(self) -> torch.futures.Future[Any]:
-        return self._future
+        with self._lock:
+            fut = self._future
+            if fut is None:
+                fut = self._future = torch.futures.Future()
+                if self._ended:
+                    if self._exc is not None:
+                        fut.set_exception(self._exc)
+                    else:
+                        fut.set_result(self._result)
+        return fut
 
     def is_completed(self) -> bool:
-        return self._done.is_set()
+        return self._ended
 
     def is_success(self) -> bool:
-        return self._done.is_set() and self._exc is None
+        return self._ended and self._exc is None
 
     def exception(self) -> BaseException | None:
         return self._exc
@@ -144,7 +176,7 @@ class DevmemWork(dist._Work):
         return self._result
 
     def source_rank(self) -> int:
-        if not self._done.is_set() or self._source < 0:
+        if not self._ended or self._source < 0:
             raise DevmemTorchError(self.op, None,
                                    "source rank asked before a receive from any source completed")
         return self._source
@@ -156,5 +188,5 @@ class DevmemWork(dist._Work):
         self.wait()
 
     def __repr__(self) -> str:
-        state = "failed" if self._exc else "completed" if self._done.is_set() else "pending"
+        state = "failed" if self._exc else "completed" if self._ended else "pending"
         return f"DevmemWork({self.op}, peers={list(self.peers)}, {state})"

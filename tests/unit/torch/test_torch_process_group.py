@@ -215,3 +215,126 @@ def test_link_stats_and_shutdown_is_idempotent(pair: list[DevmemProcessGroup]) -
     a.shutdown()
     with pytest.raises(DevmemTorchError, match="destroyed"):
         a.send([torch.ones(1)], 1, 0)
+
+
+# -- who does the work: eager sends, a waiting receiver reading its link ------------------
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The names of the threads that call the links' send and recv_next."""
+    import torch_tcp_transport as tt
+
+    seen: dict[str, list[str]] = {"send": [], "recv": []}
+    send, recv_next = tt.TcpLink.send, tt.TcpLink.recv_next
+
+    def rec_send(self: tt.TcpLink, payload: torch.Tensor, tag: int) -> None:
+        seen["send"].append(threading.current_thread().name)
+        send(self, payload, tag)
+
+    def rec_recv(self: tt.TcpLink, choose: object, timeout: float) -> bool:
+        def pick(tag: int, nbytes: int) -> torch.Tensor:
+            seen["recv"].append(threading.current_thread().name)
+            return choose(tag, nbytes)  # type: ignore[operator]
+        return recv_next(self, pick, timeout)
+
+    monkeypatch.setattr(tt.TcpLink, "send", rec_send)
+    monkeypatch.setattr(tt.TcpLink, "recv_next", rec_recv)
+    return seen
+
+
+def test_small_sends_go_out_in_the_calling_thread_large_ones_in_the_sender(
+        pair: list[DevmemProcessGroup], recorded: dict[str, list[str]]) -> None:
+    from devmemtcp.torch import process_group as pgmod
+
+    a, b = pair
+    me = threading.current_thread().name
+    a.send([torch.ones(1)], 1, 0).wait()  # the first send opens the link (in the sender thread)
+    b.recv([torch.empty(1)], 0, 0).wait()
+    recorded["send"].clear()
+    a.send([torch.ones(1000)], 1, 0).wait()
+    assert recorded["send"][-1] == me  # eager: the link was idle and nothing queued
+    big = torch.ones(pgmod.EAGER_BYTES // 4 + 1)
+    out_big, out_small = torch.empty_like(big), torch.empty(3)
+    rb, rs = b.recv([out_big], 0, 1), b.recv([out_small], 0, 1)
+    wb = a.send([big], 1, 1)
+    ws = a.send([torch.full((3,), 2.0)], 1, 1)  # queued behind the large one: same tag, same order
+    wb.wait(), ws.wait(), rb.wait(), rs.wait()
+    assert recorded["send"][-2:] == ["devmem-send-0->1"] * 2
+    assert torch.equal(out_big, big) and out_small.tolist() == [2.0] * 3
+
+
+def test_a_waiting_receiver_reads_its_link_itself(
+        pair: list[DevmemProcessGroup], recorded: dict[str, list[str]]) -> None:
+    a, b = pair
+    me = threading.current_thread().name
+    a.send([torch.ones(1)], 1, 0).wait()
+    b.recv([torch.empty(1)], 0, 0).wait()
+
+    def later() -> None:
+        time.sleep(0.8)  # past the reader thread's poll: the waiter holds the link by then
+        a.send([torch.arange(4.0)], 1, 2)
+
+    threading.Thread(target=later).start()
+    out = torch.empty(4)
+    recorded["recv"].clear()
+    b.recv([out], 0, 2).wait()
+    assert out.tolist() == [0.0, 1.0, 2.0, 3.0] and recorded["recv"] == [me]
+    # back to back, the next receives are read by the waiting thread as well
+    for i in range(20):
+        a.send([torch.full((4,), float(i))], 1, 3)
+        b.recv([out], 0, 3).wait()
+        assert out.tolist() == [float(i)] * 4
+    assert recorded["recv"].count(me) >= 15
+
+
+def test_an_interrupted_receive_cuts_the_link_and_says_so(
+        pair: list[DevmemProcessGroup], monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_tcp_transport as tt
+
+    a, b = pair
+    a.send([torch.ones(1)], 1, 0).wait()
+    b.recv([torch.empty(1)], 0, 0).wait()
+    recv_next = tt.TcpLink.recv_next
+
+    def interrupted(self: tt.TcpLink, choose: object, timeout: float) -> bool:
+        def pick(tag: int, nbytes: int) -> torch.Tensor:
+            if threading.current_thread() is threading.main_thread():
+                raise KeyboardInterrupt  # Ctrl-C with the header taken, the payload not
+            return choose(tag, nbytes)  # type: ignore[operator]
+        return recv_next(self, pick, timeout)
+
+    monkeypatch.setattr(tt.TcpLink, "recv_next", interrupted)
+    w = b.recv([torch.empty(2)], 0, 5)
+
+    def later() -> None:
+        time.sleep(0.8)
+        a.send([torch.ones(2)], 1, 5)
+
+    threading.Thread(target=later).start()
+    with pytest.raises(KeyboardInterrupt):
+        w.wait()
+    with pytest.raises(DevmemTorchError, match="rank 0: a receive was interrupted halfway"):
+        b.recv([torch.empty(2)], 0, 6).wait()
+
+
+def test_work_future_made_late_and_many_waiters(pair: list[DevmemProcessGroup]) -> None:
+    a, b = pair
+    out = torch.empty(3)
+    w = b.recv([out], 0, 8)
+    got: list[bool] = []
+    waiters = [threading.Thread(target=lambda: got.append(w.wait())) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    a.send([torch.ones(3)], 1, 8).wait()
+    for t in waiters:
+        t.join(5)
+    assert got == [True] * 3 and w.is_completed() and w.is_success()
+    fut = w.get_future()  # asked for after completion: already done, same value
+    assert fut.done() and fut.wait()[0].tolist() == [1.0] * 3 and w.get_future() is fut
+    bad = b.recv([torch.empty(3)], 0, 9)
+    pending = bad.get_future()
+    a.send([torch.ones(3, dtype=torch.int64)], 1, 9)
+    with pytest.raises(DevmemTorchError):
+        bad.wait()
+    with pytest.raises(RuntimeError, match="int64"):
+        pending.wait()
