@@ -108,6 +108,9 @@ RCVLOWAT_CAP = 1 << 20
 RCVTIMEO_S = 0.02
 #: staged sends go back to the staging ring's start once this far in and the start is free
 STAGE_HOT_BYTES = 8 << 20
+#: a receiver waiting for the next header holds owed credit back this long (seconds)
+#: before it writes a CREDIT frame: in a stream the header comes first
+CREDIT_LINGER_S = 0.0005
 HANDSHAKE_TIMEOUT = 10.0
 #: the send cork (see Channel.send): a message of at most CORK_SMALL bytes (one chunk) waits in
 #: it until CORK_MSGS messages or CORK_BYTES bytes are there, the next recv, flush, close or
@@ -1143,6 +1146,7 @@ class Channel:
         self._tx_stats = _DirStats()
         self._rx_stats = _DirStats()
         self.credit_waits = 0
+        self.credit_frames = 0
         self.rx_timeouts = 0
         self._rx_broken: ChannelError | None = None
         self._tx_broken: ChannelError | None = None
@@ -1243,6 +1247,7 @@ class Channel:
                 return  # the peer is gone: what it sent is still read to the end (or the cut)
             try:
                 self._write(frame)
+                self.credit_frames += 1
             except ChannelError:
                 # reported by the data flow's end (which names the message) or the next control
                 # read, which still gets the frames the peer wrote before it closed (its last
@@ -1688,9 +1693,17 @@ class Channel:
             if held is not None:
                 return held, None
             if not self._headers:
-                self._give_credit(force=True)
                 try:
-                    self._wait(lambda: bool(self._headers), self._lost_rx(tag), deadline)
+                    if self._ledger.owed:
+                        # a header due soon comes without a CREDIT frame first: the owed credit
+                        # is only urgent to a sender short of it, which then waits this long more
+                        linger = time.monotonic() + CREDIT_LINGER_S
+                        with contextlib.suppress(TimeoutError):
+                            self._wait(lambda: bool(self._headers), self._lost_rx(tag),
+                                       linger if deadline is None else min(deadline, linger))
+                    if not self._headers:
+                        self._give_credit(force=True)
+                        self._wait(lambda: bool(self._headers), self._lost_rx(tag), deadline)
                 except TimeoutError:
                     what = "no message" if tag is None else f"no message of tag {tag}"
                     raise TimeoutError(f"{what} arrived within {timeout} s") from None
@@ -2241,7 +2254,8 @@ class Channel:
         spent in send/recv calls), ``gbps`` (bytes * 8 / seconds / 1e9);
         rx also ``release_syscalls`` (SO_DEVMEM_DONTNEED calls) and
         ``flow_steering_errors`` (readable bytes on data flows). Also
-        ``credit_waits`` (sends that waited for credit), ``cork_flushes`` /
+        ``credit_waits`` (sends that waited for credit), ``credit_frames`` (CREDIT
+        frames this end wrote), ``cork_flushes`` /
         ``cork_timer_flushes`` (writes of the send cork, by the timer), ``rx_timeouts``
         (receives that hit SO_RCVTIMEO), ``parked`` / ``spilled`` (messages
         held in the dma-buf / copied out of it), ``pending``."""
@@ -2266,6 +2280,7 @@ class Channel:
             "rx": rx,
             "tx": tx,
             "credit_waits": self.credit_waits,
+            "credit_frames": self.credit_frames,
             "cork_flushes": self.cork_flushes,
             "cork_timer_flushes": self.cork_timer_flushes,
             "rx_timeouts": self.rx_timeouts,
