@@ -261,7 +261,7 @@ class Receiver:
             st.non_page_aligned_frags += unaligned
             st.page_aligned_frags += n - unaligned
             sizes = batch.size
-            if int(sizes.min()) == int(sizes.max()):
+            if np.minimum.reduce(sizes) == np.maximum.reduce(sizes):  # (ndarray.min goes through Python)
                 self.frag_size_hist[int(sizes[0]).bit_length()] += n
             else:
                 self.frag_size_hist += np.bincount(np.frexp(sizes)[1], minlength=FRAG_SIZE_BUCKETS)[

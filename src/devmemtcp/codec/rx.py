@@ -103,7 +103,7 @@ class FragBatch:
     @property
     def nbytes(self) -> int:
         """Bytes in device memory (sum of ``size``), excluding linear bytes."""
-        return int(self.size.sum(dtype=np.uint64))
+        return int(np.add.reduce(self.size, dtype=np.uint64))  # (ndarray.sum goes through Python)
 
     @classmethod
     def empty(cls) -> FragBatch:

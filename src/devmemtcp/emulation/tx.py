@@ -156,7 +156,8 @@ class EmulatedTx:
         arr = np.ascontiguousarray(iov, dtype=np.uint64).reshape(-1, 2)
         if arr.shape[0] > abi.UIO_MAXIOV:
             raise oserror(errno.EMSGSIZE, f"{arr.shape[0]} iovecs (at most {abi.UIO_MAXIOV})")
-        size = int(arr[:, 1].sum()) if arr.shape[0] else 0
+        k = arr.shape[0]
+        size = int(arr[0, 1]) if k == 1 else int(np.add.reduce(arr[:, 1])) if k else 0
         tx = self.state(sock)
         sockc_err: OSError | None = None
         bid = 0
@@ -189,8 +190,12 @@ class EmulatedTx:
         offs, lens = arr[:, 0], arr[:, 1]
         first, end = int(offs[0]), int(offs[-1]) + int(lens[-1])
         # (lengths within the dma-buf, at most UIO_MAXIOV of them: the sums cannot wrap)
-        if first < end <= bsize and int(lens.max()) <= bsize and bool((lens != 0).all()) \
-                and bool((offs[1:] == offs[:-1] + lens[:-1]).all()):
+        if k == 1:
+            if first < end <= bsize:
+                spans.append([first, end])  # one iovec inside the dma-buf (the usual case)
+        elif (first < end <= bsize and int(np.maximum.reduce(lens)) <= bsize
+              and not np.count_nonzero(lens == 0)
+              and np.count_nonzero(offs[1:] == offs[:-1] + lens[:-1]) == k - 1):
             spans.append([first, end])  # one contiguous run inside the dma-buf (the usual case)
         for off, ln in ([] if spans else arr.tolist()):
             if ln == 0:

@@ -66,7 +66,9 @@ def _read_line(sock: socket.socket, limit: int = 4096) -> dict[str, Any]:
 
 def _host_view(t: torch.Tensor) -> Any:
     """A CPU tensor as the numpy array over its memory (a device tensor as itself)."""
-    return t.detach().numpy() if t.device.type == "cpu" else t
+    if t.device.type != "cpu":
+        return t
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 class ChannelLink:
