@@ -90,6 +90,8 @@ EAGER_BYTES = 4 << 20
 # After a waiting thread stops reading a link itself, its reader thread leaves the
 # link alone this long: the next blocking receive usually comes sooner and reads it.
 _LEAD_GRACE_S = 0.002
+# How often a reader thread looks whether the leader of its link has gone.
+_LEAD_IDLE_S = 0.02
 
 
 def _dtypes() -> list[torch.dtype]:
@@ -395,10 +397,15 @@ class _Peer:
         pg = self.pg
         while not pg._closing and self.error is None:
             with pg._lock:
-                # a leader reads the link now, or did a moment ago and soon will again
-                while (self.leaders or time.monotonic() - self.led_at < _LEAD_GRACE_S) \
-                        and not pg._closing and self.error is None:
-                    self.lead_cv.wait(_LEAD_GRACE_S)
+                # a leader reads the link now, or did a moment ago and soon will again (each
+                # wake-up here costs CPU the leader could use, so they are rare while it reads)
+                while not pg._closing and self.error is None:
+                    if self.leaders:
+                        self.lead_cv.wait(_LEAD_IDLE_S)
+                    elif (idle := time.monotonic() - self.led_at) < _LEAD_GRACE_S:
+                        self.lead_cv.wait(_LEAD_GRACE_S - idle)
+                    else:
+                        break
             if not self.rmutex.acquire(timeout=_READER_POLL_S):
                 continue
             try:
