@@ -108,8 +108,8 @@ RCVLOWAT_CAP = 1 << 20
 RCVTIMEO_S = 0.02
 #: staged sends go back to the staging ring's start once this far in and the start is free
 STAGE_HOT_BYTES = 8 << 20
-#: a receiver waiting for the next header holds owed credit back this long (seconds)
-#: before it writes a CREDIT frame: in a stream the header comes first
+#: a receiver waiting for the next header after a large message holds owed credit back
+#: this long (seconds) before it writes a CREDIT frame: in a stream the header comes first
 CREDIT_LINGER_S = 0.0005
 HANDSHAKE_TIMEOUT = 10.0
 #: the send cork (see Channel.send): a message of at most CORK_SMALL bytes (one chunk) waits in
@@ -1147,6 +1147,7 @@ class Channel:
         self._rx_stats = _DirStats()
         self.credit_waits = 0
         self.credit_frames = 0
+        self._rx_bulk = False  # the last message received was larger than READAHEAD_SMALL
         self.rx_timeouts = 0
         self._rx_broken: ChannelError | None = None
         self._tx_broken: ChannelError | None = None
@@ -1190,16 +1191,17 @@ class Channel:
         else:
             raise ChannelError(f"unexpected {ftype.name} frame after the handshake", "the peer is broken")
 
-    def _wait(self, ready: Any, lost: Any, deadline: float | None = None) -> None:
+    def _wait(self, ready: Any, lost: Any, deadline: float | None = None, expire_ok: bool = False) -> bool:
         """Read control frames until ``ready()`` holds (checked under the
         condition lock); ``lost(reason)`` builds the error raised when the
         control connection ends first; TimeoutError once ``deadline``
-        (time.monotonic) passes. One thread reads at a time."""
+        (time.monotonic) passes, or False with ``expire_ok``; else True.
+        One thread reads at a time."""
         while True:
             with self._cv:
                 while True:
                     if ready():
-                        return
+                        return True
                     if self._ctl_error is not None:
                         raise lost(f"the peer failed: {self._ctl_error}")
                     if self._ctl_eof or self._peer_closed:
@@ -1210,6 +1212,8 @@ class Channel:
                         )
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
+                        if expire_ok:
+                            return False
                         raise TimeoutError("timed out")
                     if not self._reading:
                         self._reading = True
@@ -1693,17 +1697,18 @@ class Channel:
             if held is not None:
                 return held, None
             if not self._headers:
+                ready, lost = (lambda: bool(self._headers)), self._lost_rx(tag)
                 try:
-                    if self._ledger.owed:
-                        # a header due soon comes without a CREDIT frame first: the owed credit
-                        # is only urgent to a sender short of it, which then waits this long more
+                    if self._ledger.owed and self._rx_bulk:
+                        # in a stream of large messages the next header comes first: the owed
+                        # credit is only urgent to a sender short of it, which then waits this
+                        # long more (small messages are corked, so their next header may not)
                         linger = time.monotonic() + CREDIT_LINGER_S
-                        with contextlib.suppress(TimeoutError):
-                            self._wait(lambda: bool(self._headers), self._lost_rx(tag),
-                                       linger if deadline is None else min(deadline, linger))
+                        self._wait(ready, lost, linger if deadline is None else min(deadline, linger),
+                                   expire_ok=True)
                     if not self._headers:
                         self._give_credit(force=True)
-                        self._wait(lambda: bool(self._headers), self._lost_rx(tag), deadline)
+                        self._wait(ready, lost, deadline)
                 except TimeoutError:
                     what = "no message" if tag is None else f"no message of tag {tag}"
                     raise TimeoutError(f"{what} arrived within {timeout} s") from None
@@ -1820,6 +1825,7 @@ class Channel:
         ``held`` (dst None) is only used when the flows' queues hold none of
         the message's bytes (see :meth:`_ra_pending`)."""
         self._rx_seq += 1
+        self._rx_bulk = h.nbytes > READAHEAD_SMALL
         converted = -1
         held_frags = 0
         got = 0
@@ -2138,6 +2144,7 @@ class Channel:
             return -1
         t0 = time.perf_counter()
         self._rx_called = True
+        self._rx_bulk = False
         if self._cork_n:
             self._try_flush_cork()
         with self._rx_lock:
