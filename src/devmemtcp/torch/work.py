@@ -133,10 +133,11 @@ class DevmemWork(dist._Work):
 
     def wait(self, timeout: timedelta | float = timedelta(0)) -> bool:
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        end = time.monotonic() + seconds
         if not self._ended and self._driver is not None and self.recv_parts:
-            self._driver(self, time.monotonic() + seconds if seconds > 0 else None)
+            self._driver(self, end if seconds > 0 else None)
         if seconds > 0:
-            if not self._wait_latch(seconds):
+            if not self._wait_latch(max(0.0, end - time.monotonic())):
                 raise DevmemTorchError(self.op, self.peers[0] if len(self.peers) == 1 else None,
                                        f"not completed within wait(timeout={seconds:g}s)",
                                        "wait again, or give a longer timeout")

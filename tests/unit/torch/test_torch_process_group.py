@@ -141,6 +141,12 @@ def test_wait_with_a_short_timeout_raises_and_the_operation_goes_on(pair: list[D
     w = b.recv([out], 0, 7)
     with pytest.raises(DevmemTorchError, match="not completed within wait"):
         w.wait(timeout=timedelta(milliseconds=100))
+    a.send([torch.ones(1)], 1, 0).wait()  # the link is up: a wait now reads it itself
+    b.recv([torch.empty(1)], 0, 0).wait()
+    t0 = time.monotonic()
+    with pytest.raises(DevmemTorchError, match="not completed within wait"):
+        w.wait(timeout=timedelta(milliseconds=500))
+    assert time.monotonic() - t0 < 0.9  # the time spent reading counts against the timeout
     a.send([torch.ones(2)], 1, 7)
     assert w.wait() and out.tolist() == [1.0, 1.0]
 
@@ -243,9 +249,21 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
 
 def test_small_sends_go_out_in_the_calling_thread_large_ones_in_the_sender(
-        pair: list[DevmemProcessGroup], recorded: dict[str, list[str]]) -> None:
+        pair: list[DevmemProcessGroup], recorded: dict[str, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_tcp_transport as tt
+
     from devmemtcp.torch import process_group as pgmod
 
+    gate = threading.Event()
+    send = tt.TcpLink.send
+
+    def held(self: tt.TcpLink, payload: torch.Tensor, tag: int) -> None:
+        if payload.numel() > pgmod.EAGER_BYTES:
+            gate.wait(10)  # the large send is in progress while the small one is posted
+        send(self, payload, tag)
+
+    monkeypatch.setattr(tt.TcpLink, "send", held)
     a, b = pair
     me = threading.current_thread().name
     a.send([torch.ones(1)], 1, 0).wait()  # the first send opens the link (in the sender thread)
@@ -258,6 +276,7 @@ def test_small_sends_go_out_in_the_calling_thread_large_ones_in_the_sender(
     rb, rs = b.recv([out_big], 0, 1), b.recv([out_small], 0, 1)
     wb = a.send([big], 1, 1)
     ws = a.send([torch.full((3,), 2.0)], 1, 1)  # queued behind the large one: same tag, same order
+    gate.set()
     wb.wait(), ws.wait(), rb.wait(), rs.wait()
     assert recorded["send"][-2:] == ["devmem-send-0->1"] * 2
     assert torch.equal(out_big, big) and out_small.tolist() == [2.0] * 3
