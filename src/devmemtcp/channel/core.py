@@ -67,7 +67,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devmemtcp import __version__, abi
-from devmemtcp.channel.credits import CreditLedger, CreditWindow, chunk_pages, max_unit, plan_window
+from devmemtcp.channel.credits import (
+    CreditLedger,
+    CreditWindow,
+    chunk_pages,
+    max_unit,
+    message_pages,
+    plan_window,
+)
 from devmemtcp.channel.device import DeviceSide, device_kind, is_device_array
 from devmemtcp.channel.gather import FragCursor, gather_batch
 from devmemtcp.channel.header import (
@@ -1723,7 +1730,7 @@ class Channel:
         held) while parked messages take at most half the credit window, else
         copy it out of the dma-buf into host memory and give its tokens back."""
         held = _Held(h)
-        pages = sum(chunk_pages(h.chunk(i)[2], self._rx.bytes_per_page) for i in range(h.nchunks))
+        pages = message_pages(h.nbytes, h.unit, self._rx_bpp)
         # bytes read ahead share their batch with other messages: such a message is copied out
         if self._ledger.can_park(pages) and not self._ra_pending(h):
             self._ledger.park(pages)
@@ -2176,7 +2183,7 @@ class Channel:
                 q.popleft()
                 pc.rx.release(pc.batch)
             led = self._ledger
-            led.owed += -(-n // self._rx_bpp) + 2  # chunk_pages
+            led.owed += chunk_pages(n, self._rx_bpp)
             if led.owed >= self._flush_at:
                 self._give_credit()
             st = self._rx_stats
@@ -2204,7 +2211,7 @@ class Channel:
             held, h = self._next_header(tag, timeout)
             if held is None:
                 assert h is not None
-                pages = sum(chunk_pages(h.chunk(i)[2], self._rx.bytes_per_page) for i in range(h.nchunks))
+                pages = message_pages(h.nbytes, h.unit, self._rx_bpp)
                 if not self._ledger.can_park(pages):
                     raise ChannelError(
                         f"message tag {h.tag} of {h.nbytes} bytes does not fit half the credit window "
@@ -2242,9 +2249,7 @@ class Channel:
         """True when a message of ``nbytes`` bytes has all its credit now: a
         :meth:`send` of it does not wait for the receiver to consume anything
         (it still waits for the kernel to take the bytes)."""
-        unit = self._unit
-        full, tail = divmod(nbytes, unit)
-        cost = full * chunk_pages(unit, self._peer_bpp) + chunk_pages(tail, self._peer_bpp)
+        cost = message_pages(nbytes, self._unit, self._peer_bpp)
         return self._tx_broken is None and not self._closed and self._credit.can_take(cost)
 
     # -- stats and lifetime --------------------------------------------------

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from devmemtcp import abi
 from devmemtcp.errors import ChannelError
 
-__all__ = ["CreditLedger", "CreditWindow", "chunk_pages", "max_unit", "plan_window"]
+__all__ = ["CreditLedger", "CreditWindow", "chunk_pages", "max_unit", "message_pages", "plan_window"]
 
 #: share of the window a receiver lets parked (unmatched) messages hold
 PARK_SHARE = 2
@@ -46,6 +46,13 @@ def chunk_pages(length: int, bytes_per_page: int) -> int:
     if length <= 0:
         return 0
     return -(-length // bytes_per_page) + 2
+
+
+def message_pages(nbytes: int, unit: int, bytes_per_page: int) -> int:
+    """Credit pages a message of ``nbytes`` costs when sent in chunks of
+    ``unit`` bytes (the last one shorter): the sum of :func:`chunk_pages`."""
+    full, tail = divmod(max(nbytes, 0), unit)
+    return full * chunk_pages(unit, bytes_per_page) + chunk_pages(tail, bytes_per_page)
 
 
 def plan_window(pool_pages: int, nflows: int, release_threshold: int, readahead_pages: int = 0) -> int:

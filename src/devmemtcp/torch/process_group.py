@@ -720,9 +720,8 @@ class DevmemProcessGroup(dist.ProcessGroup):
         for part in work.recv_parts:
             if work.is_completed():
                 return
-            p = self._peers.get(part.peer) if part.peer is not None else None
-            if p is not None and not part.done:
-                p.lead(part, deadline)
+            if not part.done:
+                self._peers[part.peer].lead(part, deadline)
 
     def _check(self, op: str, t: torch.Tensor, peer: int | None = None) -> None:
         if not isinstance(t, torch.Tensor):

@@ -71,7 +71,7 @@ class DevmemWork(dist._Work):
         # driver(work, deadline): lets the waiting thread do the receiving itself
         # (the process group's leader/follower reading, see process_group.py)
         self._driver = driver
-        self.recv_parts: list[Any] = []
+        self.recv_parts: list[Any] = []  # the receives from a known peer (what the driver reads)
         if parts == 0:
             self._finish()
 
@@ -100,6 +100,14 @@ class DevmemWork(dist._Work):
 
     def fail(self, exc: BaseException) -> bool:
         """Fail the work (first failure wins); False when it had already finished."""
+        return self._end(exc)
+
+    def _finish(self) -> None:
+        self._end(None)
+
+    def _end(self, exc: BaseException | None) -> bool:
+        """End the work once (failed with ``exc``, or done): open the latch and
+        complete the future if one was asked for; False when it had ended."""
         with self._lock:
             if self._ended:
                 return False
@@ -108,18 +116,11 @@ class DevmemWork(dist._Work):
             fut = self._future
         self._latch.release()
         if fut is not None:
-            fut.set_exception(exc)
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(self._result)
         return True
-
-    def _finish(self) -> None:
-        with self._lock:
-            if self._ended:
-                return
-            self._ended = True
-            fut = self._future
-        self._latch.release()
-        if fut is not None:
-            fut.set_result(self._result)
 
     def _wait_latch(self, seconds: float) -> bool:
         if self._ended:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,9 +13,20 @@ from devmemtcp.channel.credits import (
     CreditWindow,
     chunk_pages,
     max_unit,
+    message_pages,
     plan_window,
 )
 from devmemtcp.errors import ChannelError
+
+
+@given(st.integers(0, 2000), st.integers(1, 1 << 22), st.floats(0, 1, exclude_max=True),
+       st.sampled_from([1448, 4096, 9000]))
+def test_message_pages_is_the_sum_over_its_chunks(full: int, unit: int, frac: float, bpp: int) -> None:
+    from devmemtcp.channel.header import DType, MessageHeader
+
+    nbytes = full * unit + int(frac * unit)  # up to 2000 whole chunks and a shorter last one
+    h = MessageHeader(0, nbytes, 0, DType.of_numpy(np.dtype(np.uint8)), (nbytes,), unit, 0, 1)
+    assert message_pages(nbytes, unit, bpp) == sum(chunk_pages(h.chunk(i)[2], bpp) for i in range(h.nchunks))
 
 
 def test_chunk_pages_counts_partial_pages_at_both_ends() -> None:
