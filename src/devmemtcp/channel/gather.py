@@ -24,12 +24,15 @@ provider's kernel, as NCCL's unpack does); this module is the host path.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import threading
+import weakref
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,8 +145,26 @@ def gather_backend() -> str:
     return _reason
 
 
+# the last dma-buf view gathered from (weakly: a view kept alive would keep its mmap from
+# closing) and its address
+_base_seen: tuple[Callable[[], Any], int] = (lambda: None, 0)
+
+
 def _addr(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
+
+
+def _base_addr(base: np.ndarray) -> int:
+    """``_addr(base)``, remembered for the last one (a receiver gathers from one
+    dma-buf view; __array_interface__ builds a dict per call)."""
+    global _base_seen
+    ref, a = _base_seen
+    if ref() is base:
+        return a
+    a = _addr(base)
+    with contextlib.suppress(TypeError):  # not weakly referable (a subclass with __slots__)
+        _base_seen = (weakref.ref(base), a)
+    return a
 
 
 def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> int:
@@ -161,7 +182,7 @@ def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.nda
     if fn is None or offsets.dtype != np.uint64 or sizes.dtype != np.uint32:
         return gather_numpy(base, offsets, sizes, dst)
     got = fn(
-        _addr(base),
+        _base_addr(base),
         base.shape[0],
         _addr(offsets),
         offsets.strides[0],

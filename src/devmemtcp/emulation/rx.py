@@ -77,18 +77,25 @@ _REC_WORDS = _REC // 8
 _PAGE_SHIFT = abi.PAGE_SIZE.bit_length() - 1
 
 
-#: records with the fields that do not change within a binding filled in
-#: (cmsg_len, level, type, frag_size = PAGE_SIZE, dmabuf_id), by binding id
+#: records of frags 0, 1, 2, ... of a binding, by binding id: the fields that do
+#: not change within it (cmsg_len, level, type, frag_size = PAGE_SIZE, dmabuf_id)
+#: and, as ramps, frag_offset = i * PAGE_SIZE and frag_token = i. A run of k
+#: frags from page p with tokens from t is then one add of the row
+#: (0, 0, p * PAGE_SIZE, t << 32, 0) to the first k records (mod 2**64: the
+#: token half wraps like the u32 it is, the frag_size half is untouched).
 _templates: dict[int, np.ndarray] = {}
 
 
 def _template(binding_id: int, n: int) -> np.ndarray:
     t = _templates.get(binding_id)
     if t is None or t.shape[0] < n:
-        t = np.zeros((max(n, 2048), _REC_WORDS), dtype=np.uint64)
+        k = max(n, 2048)
+        t = np.zeros((k, _REC_WORDS), dtype=np.uint64)
+        ramp = np.arange(k, dtype=np.uint64)
         t[:, 0] = _REC
         t[:, 1] = _KEY_DMABUF
-        t[:, 3] = PAGE_SIZE  # frag_size in the low half; the token goes in the high half
+        t[:, 2] = ramp << _PAGE_SHIFT
+        t[:, 3] = (ramp << 32) | PAGE_SIZE  # frag_size in the low half, the token in the high half
         t[:, 4] = binding_id
         if len(_templates) > 64:
             _templates.clear()
@@ -132,6 +139,11 @@ def encode_frags(control: memoryview, pages: list[tuple[int, int]], total: int,
         return codec.encode_rx_control(control, expand_runs(pages, np.uint64) * PAGE_SIZE, sizes,
                                       expand_runs(tokens, np.uint32), binding_id)
     w = w.reshape(n, _REC_WORDS)
+    if len(pages) == 1 and len(tokens) == 1:  # the usual case: one call writes every record
+        delta = np.array((0, 0, pages[0][0] << _PAGE_SHIFT, tokens[0][0] << 32, 0), dtype=np.uint64)
+        np.add(_template(binding_id, n)[:n], delta, out=w)
+        w[-1, 3] = (tokens[0][0] + n - 1) << 32 | (total - (n - 1) * PAGE_SIZE)
+        return need
     w[:] = _template(binding_id, n)[:n]
     offsets, ramp = _ramps(n)
     i = 0

@@ -129,7 +129,7 @@ def _payload(t: torch.Tensor) -> torch.Tensor:
     """The bytes of ``t`` as a flat contiguous uint8 tensor (a view when ``t`` is contiguous)."""
     if not t.is_contiguous():
         t = t.contiguous()
-    flat = t.reshape(-1)
+    flat = t if t.dim() == 1 else t.reshape(-1)
     return flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
 
 

@@ -140,3 +140,25 @@ def test_cursor_refuses_a_frag_outside_the_dmabuf() -> None:
     cur = g.FragCursor(np.array([POOL.shape[0] - 10], np.uint64), np.array([100], np.uint32))
     with pytest.raises(DevmemError, match="outside"):
         cur.take(POOL, 50, np.zeros(100, np.uint8))
+
+
+def test_dmabuf_address_is_remembered_weakly() -> None:
+    """gather remembers the last dma-buf view's address: a second view must not
+    get the first one's, and the remembered view must not keep an mmap open."""
+    import mmap
+
+    offs = np.array([4096, 0], dtype=np.uint64)
+    sizes = np.array([4096, 100], dtype=np.uint32)
+    dst = np.zeros(4196, np.uint8)
+    m = mmap.mmap(-1, 8192)
+    a = np.frombuffer(m, dtype=np.uint8)
+    a[:] = 1
+    b = np.full(8192, 2, np.uint8)
+    for base, fill in ((a, 1), (b, 2), (a, 1)):
+        assert g.gather(base, offs, sizes, dst) == 4196
+        assert (dst == fill).all()
+    del a, base
+    m.close()  # BufferError if the helper still held the view
+    c = np.arange(8192, dtype=np.uint64).astype(np.uint8)
+    assert g.gather(c, offs, sizes, dst) == 4196
+    assert (dst[:4096] == c[4096:]).all() and (dst[4096:] == c[:100]).all()

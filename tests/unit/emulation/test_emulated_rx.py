@@ -324,3 +324,22 @@ def test_encode_frags_matches_the_codec(n: int, total: int, shift: int) -> None:
     assert (la, bytes(a)) == (lb, bytes(b))
     fb = codec.parse_rx_control(bytes(a)[shift:], la)
     assert fb.nbytes == total and fb.token.tolist() == tok.tolist()
+
+
+@pytest.mark.parametrize("n,total,first,token", [(1, 100, 0, 1), (2, PS + 1, 7, 1), (256, 256 * PS, 1000, 77),
+                                                 (256, 256 * PS - 100, 3, 0xFFFFFFFF - 255),
+                                                 (4000, 4000 * PS - 1, (1 << 20) - 4000, 5)])
+def test_encode_frags_one_run_matches_the_codec(n: int, total: int, first: int, token: int) -> None:
+    """One run of net_iovs and one of tokens (a recvmsg's usual shape) takes the
+    one-add path; the records must be the codec's, up to the last token u32."""
+    from devmemtcp.emulation.rx import encode_frags
+
+    a = bytearray(b"\xff" * (40 * n))
+    b = bytearray(b"\xff" * (40 * n))
+    la = encode_frags(memoryview(a), [(first, n)], total, [(token, n)], 11)
+    sizes = np.full(n, PS, np.uint32)
+    sizes[-1] = total - (n - 1) * PS
+    offsets = (np.arange(n, dtype=np.uint64) + first) * PS
+    tokens = (np.arange(n, dtype=np.uint64) + token).astype(np.uint32)
+    lb = codec.encode_rx_control(memoryview(b), offsets, sizes, tokens, 11)
+    assert (la, bytes(a)) == (lb, bytes(b))
