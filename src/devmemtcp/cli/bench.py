@@ -129,14 +129,17 @@ def _tensor_args(p: argparse.ArgumentParser) -> None:
 
 
 def _torch_args(p: argparse.ArgumentParser) -> None:
-    from devmemtcp.bench.torchdist import DEFAULT_BYTES, DEFAULT_SIZES
+    from devmemtcp.bench.torchdist import DEFAULT_BYTES, DEFAULT_REPEAT, DEFAULT_SIZES
 
     p.add_argument("--ranks", type=positive_int, default=2, metavar="N", help="processes (default 2)")
     p.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, metavar="LIST",
                    help="tensor sizes in bytes, comma separated (default 64K,1M,16M,256M)")
     p.add_argument("--bytes", type=parse_size, default=DEFAULT_BYTES, metavar="N",
                    help="payload per timed run (default 256M; 2 to 500 calls)")
-    p.add_argument("--repeat", type=positive_int, default=2, metavar="N", help="runs per figure, best counts")
+    p.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT, metavar="N",
+                   help=f"timed runs per figure and backend, alternating; the best counts (default "
+                        f"{DEFAULT_REPEAT}: fewer let one disturbed moment of a shared machine decide "
+                        "the ratio)")
     p.add_argument("--streams", type=positive_int, default=1, metavar="N",
                    help="data flows per direction of each devmem channel (default 1)")
 
