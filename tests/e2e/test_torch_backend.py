@@ -207,6 +207,9 @@ def test_bench_torch_command_reports_both_backends() -> None:
         (op, size) for size in (64 << 10, 1 << 20) for op in ("sendrecv", "broadcast", "allgather")]
     for x in r["rows"]:
         assert x["devmem_gbps"] > 0 and x["gloo_gbps"] > 0
-        assert abs(x["ratio"] - x["devmem_gbps"] / x["gloo_gbps"]) < 0.01
+        # the figures are rounded to 3 decimals: bound the ratio's error by their rounding
+        # (a Gloo run that collapsed to 0.1 Gbit/s makes it more than 0.01)
+        d, g = x["devmem_gbps"], x["gloo_gbps"]
+        assert abs(x["ratio"] - d / g) <= 0.0006 + x["ratio"] * (0.0006 / d + 0.0006 / g)
     assert list(r["targets"]) == ["send/recv devmem/gloo, >= 1M (worst size)"]
     assert r["links"]["1"]["backend"] == "emulated"
