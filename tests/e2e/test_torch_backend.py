@@ -213,3 +213,6 @@ def test_bench_torch_command_reports_both_backends() -> None:
         assert abs(x["ratio"] - d / g) <= 0.0006 + x["ratio"] * (0.0006 / d + 0.0006 / g)
     assert list(r["targets"]) == ["send/recv devmem/gloo, >= 1M (worst size)"]
     assert r["links"]["1"]["backend"] == "emulated"
+    # the Channel's counters ride along, so a slow figure can be told from a stalled flow
+    assert {k: type(r["links"]["1"][k]) for k in ("rx_timeouts", "credit_waits")} == {
+        "rx_timeouts": int, "credit_waits": int}

@@ -917,7 +917,8 @@ class DevmemProcessGroup(dist.ProcessGroup):
     def link_stats(self) -> dict[int, dict[str, Any]]:
         """Per peer rank with an open link: ``transport``, and for devmem Channels
         ``ifname``, ``backend`` ("kernel" or "emulated"), ``rx_bytes`` / ``tx_bytes``
-        (payload bytes), ``streams``; ``error`` when the link failed."""
+        (payload bytes), ``streams``, ``rx_timeouts`` / ``credit_waits`` (the Channel's
+        counters); ``error`` when the link failed."""
         out: dict[int, dict[str, Any]] = {}
         with self._lock:
             peers = dict(self._peers)
@@ -928,7 +929,8 @@ class DevmemProcessGroup(dist.ProcessGroup):
             if ch is not None:
                 st = ch.stats
                 d.update(ifname=ch.ifname, backend=st.get("backend"), rx_bytes=st["rx"]["bytes"],
-                         tx_bytes=st["tx"]["bytes"], streams=st.get("streams_rx"))
+                         tx_bytes=st["tx"]["bytes"], streams=st.get("streams_rx"),
+                         rx_timeouts=st.get("rx_timeouts"), credit_waits=st.get("credit_waits"))
             if p.error is not None:
                 d["error"] = p.error.cause
             out[r] = d
