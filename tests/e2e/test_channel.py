@@ -155,6 +155,34 @@ def test_a_stream_returns_credit_in_few_frames() -> None:
         assert frames <= n * size // (8 << 20) + 4, frames
 
 
+def test_large_messages_are_gathered_with_streaming_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message of STREAM_GATHER_BYTES or more goes into its destination with
+    non-temporal stores, a smaller one with plain ones; both arrive intact."""
+    from devmemtcp.channel import core
+
+    seen: list[tuple[int, bool]] = []
+    real = core.gather_batch
+
+    def spy(base: Any, batch: Any, dst: Any, stream: bool = False) -> int:
+        n = real(base, batch, dst, stream)
+        seen.append((n, stream))
+        return n
+
+    monkeypatch.setattr(core, "gather_batch", spy)
+    big = np.random.default_rng(5).integers(0, 256, core.STREAM_GATHER_BYTES + 12345, dtype=np.uint8)
+    small = big[: 1 << 20].copy()
+    with pair(dmabuf_size=32 << 20) as (srv, cli):
+        for arr in (big, small):
+            snd = Bg(lambda a=arr: cli.send(a))
+            out = np.empty_like(arr)
+            srv.recv_into(out)
+            snd.result()
+            assert np.array_equal(out, arr)
+    streamed = sum(n for n, s in seen if s)
+    plain = sum(n for n, s in seen if not s)
+    assert (streamed, plain) == (big.shape[0], small.shape[0]), seen
+
+
 def test_ten_thousand_small_messages() -> None:
     count = 10_000
     with pair() as (srv, cli):

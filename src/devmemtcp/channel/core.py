@@ -115,6 +115,9 @@ RCVLOWAT_CAP = 1 << 20
 RCVTIMEO_S = 0.02
 #: staged sends go back to the staging ring's start once this far in and the start is free
 STAGE_HOT_BYTES = 8 << 20
+#: a message of at least this many bytes is gathered into its host destination with
+#: non-temporal stores (gather.c): a destination this large is not in a core's caches
+STREAM_GATHER_BYTES = 4 << 20
 #: a receiver waiting for the next header after a large message holds owed credit back
 #: this long (seconds) before it writes a CREDIT frame: in a stream the header comes first
 CREDIT_LINGER_S = 0.0005
@@ -1810,12 +1813,13 @@ class Channel:
             self._rx_stats.host_copy_bytes += held.header.nbytes
             return
         pos = 0
+        stream = held.header.nbytes >= STREAM_GATHER_BYTES
         for _rx, batch in held.parts:
-            pos += self._gather_batch(batch, dst[pos:])
+            pos += self._gather_batch(batch, dst[pos:], stream)
         self._rx_stats.host_copy_bytes += pos
 
-    def _gather_batch(self, batch: FragBatch, dst: Any) -> int:
-        return gather_batch(self._rx_base, batch, dst)
+    def _gather_batch(self, batch: FragBatch, dst: Any, stream: bool = False) -> int:
+        return gather_batch(self._rx_base, batch, dst, stream)
 
     def _receive(self, h: MessageHeader, dst: Any, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
@@ -1894,7 +1898,7 @@ class Channel:
                     if dst is not None:
                         at = start + ln - need
                         if n <= need:
-                            self._gather_batch(batch, dst[at:])
+                            self._gather_batch(batch, dst[at:], nbytes >= STREAM_GATHER_BYTES)
                             rx.release(batch)
                         else:  # read ahead: the rest waits in the flow's queue for the next messages
                             q.append(self._piece(rx, batch, n))

@@ -18,6 +18,15 @@ compiler rebuilds it) and loaded with ctypes. Where no compiler is there, or
 (:func:`gather_backend` says which and why). Destinations that are torch CPU
 tensors are gathered into through their numpy view, by the same loop.
 
+A large destination (the Channel's ``STREAM_GATHER_BYTES``: a message of
+4 MiB or more) is written with non-temporal stores (``stream=True``): it does
+not fit a core's caches, so plain stores would read each of its lines from
+memory before writing it (read for ownership) and evict the receiver's own
+working set; glibc's memcpy switches to such stores only past a threshold
+derived from the last-level cache size, which a VM reports for the whole host.
+The staging copy of a send keeps plain stores: the kernel reads the staged
+bytes right after, from the caches.
+
 On a device dma-buf (CUDA) the gather runs on the device (the CUDA
 provider's kernel, as NCCL's unpack does); this module is the host path.
 """
@@ -118,6 +127,7 @@ def _load() -> Any:
                 ctypes.c_int64,
                 ctypes.c_void_p,
                 ctypes.c_uint64,
+                ctypes.c_int,
             ]
             fn.restype = ctypes.c_int64
             fr = lib.dmt_gather_from
@@ -167,14 +177,18 @@ def _base_addr(base: np.ndarray) -> int:
     return a
 
 
-def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> int:
+def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray,
+           stream: bool = False) -> int:
     """Copy the frags ``(offsets[i], sizes[i])`` of ``base`` (the dma-buf's
     ``uint8`` host view) into ``dst`` (a writable contiguous ``uint8`` array),
     back to back, from ``dst[0]``; return the bytes copied.
 
     ``offsets``: uint64, ``sizes``: uint32, shape ``(n,)``, any stride (the
-    views of a FragBatch). Raises DevmemError when a frag lies outside
-    ``base`` or the frags do not fit ``dst``."""
+    views of a FragBatch). ``stream``: write runs of 4 KiB and more with
+    non-temporal stores (the C helper on x86-64; ignored elsewhere), for a
+    destination too large to be in the CPU caches: plain stores would read
+    each of its lines from memory first. Raises DevmemError when a frag lies
+    outside ``base`` or the frags do not fit ``dst``."""
     n = int(offsets.shape[0])
     if n == 0:
         return 0
@@ -191,6 +205,7 @@ def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.nda
         n,
         _addr(dst),
         dst.shape[0],
+        1 if stream else 0,
     )
     if got < 0:
         i = -got - 1
@@ -255,28 +270,29 @@ def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: 
     return total
 
 
-def gather_batch(base: np.ndarray, batch: FragBatch, dst: np.ndarray) -> int:
+def gather_batch(base: np.ndarray, batch: FragBatch, dst: np.ndarray, stream: bool = False) -> int:
     """One received batch in stream order into ``dst``: its frags, with its
     SCM_DEVMEM_LINEAR pieces (bytes a real NIC could not split, in the
     Receiver's iov buffer: ``batch.linear``) put back where ``linear_at``
     says, and readable bytes (a flow on an ordinary queue) as they are.
-    Returns the bytes written. A loop per linear piece (rare), never per frag."""
+    Returns the bytes written. A loop per linear piece (rare), never per frag.
+    ``stream``: as for :func:`gather`."""
     if batch.readable.shape[0]:
         n = batch.readable.shape[0]
         dst[:n] = batch.readable
         return n
     if not batch.linear_bytes:
-        return gather(base, batch.offset, batch.size, dst)
+        return gather(base, batch.offset, batch.size, dst, stream)
     pos = lin = done = 0
     for size, at in zip(batch.linear_sizes.tolist(), batch.linear_at.tolist(), strict=True):
         if at > done:
-            pos += gather(base, batch.offset[done:at], batch.size[done:at], dst[pos:])
+            pos += gather(base, batch.offset[done:at], batch.size[done:at], dst[pos:], stream)
             done = at
         dst[pos : pos + size] = batch.linear[lin : lin + size]
         pos += size
         lin += size
     if batch.offset.shape[0] > done:
-        pos += gather(base, batch.offset[done:], batch.size[done:], dst[pos:])
+        pos += gather(base, batch.offset[done:], batch.size[done:], dst[pos:], stream)
     return pos
 
 

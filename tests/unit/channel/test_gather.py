@@ -162,3 +162,36 @@ def test_dmabuf_address_is_remembered_weakly() -> None:
     c = np.arange(8192, dtype=np.uint64).astype(np.uint8)
     assert g.gather(c, offs, sizes, dst) == 4196
     assert (dst[:4096] == c[4096:]).all() and (dst[4096:] == c[:100]).all()
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(st.integers(0, (1 << 20) - 70000), st.integers(0, 70000)), min_size=1, max_size=12),
+       st.integers(0, 63), st.booleans())
+def test_streamed_gather_equals_the_plain_one(frags: list[tuple[int, int]], shift: int,
+                                              adjacent: bool) -> None:
+    """Non-temporal stores (stream=True) for runs of 4 KiB and more: the same
+    bytes as memcpy, whatever the destination's alignment and the run's tail,
+    and nothing written past the frags."""
+    sizes = [s for _, s in frags]
+    if adjacent:  # one long run across frags, as a large recvmsg gives
+        offs = np.cumsum([frags[0][0] // 4, *sizes[:-1]]).astype(np.uint64)
+        if int(offs[-1]) + sizes[-1] > POOL.shape[0]:
+            return
+    else:
+        offs = np.array([o for o, _ in frags], dtype=np.uint64)
+    sz = np.array(sizes, dtype=np.uint32)
+    want = _ref(offs, sz)
+    buf = np.full(want.shape[0] + shift + 80, 0xEE, np.uint8)
+    dst = buf[shift:]  # any alignment: the streamed part starts at a 16-byte boundary
+    assert g.gather(POOL, offs, sz, dst, stream=True) == want.shape[0]
+    assert np.array_equal(dst[: want.shape[0]], want)
+    assert (buf[:shift] == 0xEE).all() and (dst[want.shape[0]:] == 0xEE).all()
+    assert g.gather_batch(POOL, _batch(offs, sz), dst, stream=True) == want.shape[0]
+    assert np.array_equal(dst[: want.shape[0]], want)
+
+
+def _batch(offs: np.ndarray, sizes: np.ndarray) -> object:
+    from devmemtcp.codec import FragBatch
+
+    n = offs.shape[0]
+    return FragBatch(offs, sizes, np.arange(n, dtype=np.uint32), np.zeros(n, np.uint32))
