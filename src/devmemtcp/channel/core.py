@@ -1813,13 +1813,14 @@ class Channel:
             self._rx_stats.host_copy_bytes += held.header.nbytes
             return
         pos = 0
-        stream = held.header.nbytes >= STREAM_GATHER_BYTES
         for _rx, batch in held.parts:
-            pos += self._gather_batch(batch, dst[pos:], stream)
+            pos += self._gather_batch(batch, dst[pos:], held.header.nbytes)
         self._rx_stats.host_copy_bytes += pos
 
-    def _gather_batch(self, batch: FragBatch, dst: Any, stream: bool = False) -> int:
-        return gather_batch(self._rx_base, batch, dst, stream)
+    def _gather_batch(self, batch: FragBatch, dst: Any, msg_bytes: int = 0) -> int:
+        """``batch`` into ``dst``, part of a message of ``msg_bytes`` bytes that lands
+        there (0: a spill, read back soon): a large one is streamed past the caches."""
+        return gather_batch(self._rx_base, batch, dst, msg_bytes >= STREAM_GATHER_BYTES)
 
     def _receive(self, h: MessageHeader, dst: Any, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With
@@ -1898,7 +1899,7 @@ class Channel:
                     if dst is not None:
                         at = start + ln - need
                         if n <= need:
-                            self._gather_batch(batch, dst[at:], nbytes >= STREAM_GATHER_BYTES)
+                            self._gather_batch(batch, dst[at:], nbytes)
                             rx.release(batch)
                         else:  # read ahead: the rest waits in the flow's queue for the next messages
                             q.append(self._piece(rx, batch, n))

@@ -190,12 +190,12 @@ class DeviceSide:
             dst.set(src)
 
     # -- receive -----------------------------------------------------------
-    def gather_batch(self, batch: FragBatch, dst: Any, stream: bool = False) -> int:
+    def gather_batch(self, batch: FragBatch, dst: Any, msg_bytes: int = 0) -> int:
         """One received batch, in stream order, into device view ``dst``:
         frags by the RX dma-buf's gather (one kernel launch), the batch's
         SCM_DEVMEM_LINEAR and readable bytes (host memory) host to device.
         Synchronises before returning: the frags may be given back then.
-        ``stream`` (the host gather's non-temporal stores) does not apply."""
+        ``msg_bytes`` (the host gather's choice of non-temporal stores) does not apply."""
         cp = self.cp
         with cp.cuda.Device(self.device):
             if batch.readable.shape[0]:
