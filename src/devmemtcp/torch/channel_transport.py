@@ -17,6 +17,7 @@ The rendezvous speaks one JSON line each way: ``{"v": 1}`` ->
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import socket
@@ -24,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from devmemtcp.errors import DevmemError
@@ -64,11 +66,35 @@ def _read_line(sock: socket.socket, limit: int = 4096) -> dict[str, Any]:
     return out
 
 
+#: host views kept (one per buffer a job sends from or receives into); the oldest goes first
+HOST_VIEWS_MAX = 256
+_views: dict[tuple[int, int], np.ndarray] = {}
+_views_lock = threading.Lock()
+
+
 def _host_view(t: torch.Tensor) -> Any:
-    """A CPU tensor as the numpy array over its memory (a device tensor as itself)."""
-    if t.device.type != "cpu":
+    """The bytes of a 1-D contiguous torch.uint8 CPU tensor (the Link's payloads
+    and destinations) as a writable numpy uint8 array; a device tensor as itself.
+
+    One array per (address, length), made once: a job sends from and receives
+    into the same tensors again and again, and handing the Channel the same
+    array object lets its address caches (keyed by the array, by weak
+    reference) hit, where ``t.numpy()`` made a new one per message. The
+    array owns nothing (a ctypes array at the address), so it keeps no
+    tensor alive; it is only handed out for a live tensor covering exactly
+    those bytes, so it never outlives what it points at while in use."""
+    if not t.is_cpu:
         return t
-    return t.detach().numpy() if t.requires_grad else t.numpy()
+    key = (t.data_ptr(), t.numel())
+    v = _views.get(key)
+    if v is None:
+        v = np.ctypeslib.as_array((ctypes.c_uint8 * key[1]).from_address(key[0])) if key[1] else \
+            np.empty(0, np.uint8)
+        with _views_lock:
+            if len(_views) >= HOST_VIEWS_MAX:
+                del _views[next(iter(_views))]
+            _views[key] = v
+    return v
 
 
 class ChannelLink:
