@@ -77,11 +77,11 @@ def _host_view(t: torch.Tensor) -> Any:
     and destinations) as a writable numpy uint8 array; a device tensor as itself.
 
     One array per (address, length), made once: a job sends from and receives
-    into the same tensors again and again, and handing the Channel the same
-    array object lets its address caches (keyed by the array, by weak
-    reference) hit, where ``t.numpy()`` made a new one per message. The
-    array owns nothing (a ctypes array at the address), so it keeps no
-    tensor alive; it is only handed out for a live tensor covering exactly
+    into the same tensors again and again. A dict lookup replaces the array
+    ``t.numpy()`` built per message, and the Channel's small-message paths
+    reuse the address they remember for the same array (by weak reference).
+    The array owns nothing (a ctypes array at the address), so it keeps no
+    tensor alive. It is only handed out for a live tensor covering exactly
     those bytes, so it never outlives what it points at while in use."""
     if not t.is_cpu:
         return t
