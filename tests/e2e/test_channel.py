@@ -163,8 +163,9 @@ def test_large_messages_are_gathered_with_streaming_stores(monkeypatch: pytest.M
     seen: list[tuple[int, bool]] = []
     real = core.gather_batch
 
-    def spy(base: Any, batch: Any, dst: Any, stream: bool = False) -> int:
-        n = real(base, batch, dst, stream)
+    def spy(base: Any, batch: Any, dst: Any, stream: bool = False, base_addr: int | None = None) -> int:
+        assert base_addr == base.__array_interface__["data"][0]  # the Channel's own view's address
+        n = real(base, batch, dst, stream, base_addr)
         seen.append((n, stream))
         return n
 

@@ -1820,7 +1820,7 @@ class Channel:
     def _gather_batch(self, batch: FragBatch, dst: Any, msg_bytes: int = 0) -> int:
         """``batch`` into ``dst``, part of a message of ``msg_bytes`` bytes that lands
         there (0: a spill, read back soon): a large one is streamed past the caches."""
-        return gather_batch(self._rx_base, batch, dst, msg_bytes >= STREAM_GATHER_BYTES)
+        return gather_batch(self._rx_base, batch, dst, msg_bytes >= STREAM_GATHER_BYTES, self._rx_base_addr)
 
     def _receive(self, h: MessageHeader, dst: Any, held: _Held | None) -> None:
         """Read message ``h``'s chunks off the data flows, in order. With

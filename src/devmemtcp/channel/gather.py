@@ -33,15 +33,12 @@ provider's kernel, as NCCL's unpack does); this module is the host path.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import threading
-import weakref
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,30 +152,12 @@ def gather_backend() -> str:
     return _reason
 
 
-# the last dma-buf view gathered from (weakly: a view kept alive would keep its mmap from
-# closing) and its address
-_base_seen: tuple[Callable[[], Any], int] = (lambda: None, 0)
-
-
 def _addr(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
 
 
-def _base_addr(base: np.ndarray) -> int:
-    """``_addr(base)``, remembered for the last one (a receiver gathers from one
-    dma-buf view; __array_interface__ builds a dict per call)."""
-    global _base_seen
-    ref, a = _base_seen
-    if ref() is base:
-        return a
-    a = _addr(base)
-    with contextlib.suppress(TypeError):  # not weakly referable (a subclass with __slots__)
-        _base_seen = (weakref.ref(base), a)
-    return a
-
-
 def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray,
-           stream: bool = False) -> int:
+           stream: bool = False, base_addr: int | None = None) -> int:
     """Copy the frags ``(offsets[i], sizes[i])`` of ``base`` (the dma-buf's
     ``uint8`` host view) into ``dst`` (a writable contiguous ``uint8`` array),
     back to back, from ``dst[0]``; return the bytes copied.
@@ -187,8 +166,10 @@ def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.nda
     views of a FragBatch). ``stream``: write runs of 4 KiB and more with
     non-temporal stores (the C helper on x86-64; ignored elsewhere), for a
     destination too large to be in the CPU caches: plain stores would read
-    each of its lines from memory first. Raises DevmemError when a frag lies
-    outside ``base`` or the frags do not fit ``dst``."""
+    each of its lines from memory first. ``base_addr``: ``base``'s address
+    when the caller keeps it (the Channel: one dma-buf view for its life;
+    __array_interface__ builds a dict per call). Raises DevmemError when a
+    frag lies outside ``base`` or the frags do not fit ``dst``."""
     n = int(offsets.shape[0])
     if n == 0:
         return 0
@@ -196,7 +177,7 @@ def gather(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.nda
     if fn is None or offsets.dtype != np.uint64 or sizes.dtype != np.uint32:
         return gather_numpy(base, offsets, sizes, dst)
     got = fn(
-        _base_addr(base),
+        _addr(base) if base_addr is None else base_addr,
         base.shape[0],
         _addr(offsets),
         offsets.strides[0],
@@ -270,29 +251,30 @@ def gather_numpy(base: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: 
     return total
 
 
-def gather_batch(base: np.ndarray, batch: FragBatch, dst: np.ndarray, stream: bool = False) -> int:
+def gather_batch(base: np.ndarray, batch: FragBatch, dst: np.ndarray, stream: bool = False,
+                 base_addr: int | None = None) -> int:
     """One received batch in stream order into ``dst``: its frags, with its
     SCM_DEVMEM_LINEAR pieces (bytes a real NIC could not split, in the
     Receiver's iov buffer: ``batch.linear``) put back where ``linear_at``
     says, and readable bytes (a flow on an ordinary queue) as they are.
     Returns the bytes written. A loop per linear piece (rare), never per frag.
-    ``stream``: as for :func:`gather`."""
+    ``stream``, ``base_addr``: as for :func:`gather`."""
     if batch.readable.shape[0]:
         n = batch.readable.shape[0]
         dst[:n] = batch.readable
         return n
     if not batch.linear_bytes:
-        return gather(base, batch.offset, batch.size, dst, stream)
+        return gather(base, batch.offset, batch.size, dst, stream, base_addr)
     pos = lin = done = 0
     for size, at in zip(batch.linear_sizes.tolist(), batch.linear_at.tolist(), strict=True):
         if at > done:
-            pos += gather(base, batch.offset[done:at], batch.size[done:at], dst[pos:], stream)
+            pos += gather(base, batch.offset[done:at], batch.size[done:at], dst[pos:], stream, base_addr)
             done = at
         dst[pos : pos + size] = batch.linear[lin : lin + size]
         pos += size
         lin += size
     if batch.offset.shape[0] > done:
-        pos += gather(base, batch.offset[done:], batch.size[done:], dst[pos:], stream)
+        pos += gather(base, batch.offset[done:], batch.size[done:], dst[pos:], stream, base_addr)
     return pos
 
 

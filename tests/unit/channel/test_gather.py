@@ -142,9 +142,10 @@ def test_cursor_refuses_a_frag_outside_the_dmabuf() -> None:
         cur.take(POOL, 50, np.zeros(100, np.uint8))
 
 
-def test_dmabuf_address_is_remembered_weakly() -> None:
-    """gather remembers the last dma-buf view's address: a second view must not
-    get the first one's, and the remembered view must not keep an mmap open."""
+def test_each_dmabuf_view_is_read_at_its_own_address() -> None:
+    """Views gathered from in turn each give their own bytes (no address is
+    carried over from an earlier view), and gathering keeps no view (an mmap
+    closes after it); a caller's base_addr gives what base's own address does."""
     import mmap
 
     offs = np.array([4096, 0], dtype=np.uint64)
@@ -162,6 +163,9 @@ def test_dmabuf_address_is_remembered_weakly() -> None:
     c = np.arange(8192, dtype=np.uint64).astype(np.uint8)
     assert g.gather(c, offs, sizes, dst) == 4196
     assert (dst[:4096] == c[4096:]).all() and (dst[4096:] == c[:100]).all()
+    again = np.zeros_like(dst)
+    assert g.gather(c, offs, sizes, again, base_addr=c.__array_interface__["data"][0]) == 4196
+    assert (again == dst).all()
 
 
 @settings(max_examples=60)
