@@ -85,6 +85,8 @@ def _host_view(t: torch.Tensor) -> Any:
     those bytes, so it never outlives what it points at while in use."""
     if not t.is_cpu:
         return t
+    if t.dtype is not torch.uint8 or not t.is_contiguous():
+        return t.detach().numpy()  # outside the Link's contract: the tensor's own view, made per call
     key = (t.data_ptr(), t.numel())
     v = _views.get(key)
     if v is None:

@@ -69,3 +69,15 @@ def test_empty_and_device_tensors() -> None:
     assert ct._host_view(torch.empty(0, dtype=torch.uint8)).shape == (0,)
     meta = torch.empty(4, dtype=torch.uint8, device="meta")
     assert ct._host_view(meta) is meta
+
+
+def test_other_tensors_get_their_own_numpy_view() -> None:
+    """Outside the Link's contract (not uint8, not contiguous) a tensor is its own
+    numpy view, as t.numpy() gives it, and nothing is cached for it."""
+    f = torch.arange(6, dtype=torch.float32, requires_grad=True)
+    v = ct._host_view(f)
+    assert v.dtype == np.float32 and v.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    strided = torch.arange(12, dtype=torch.uint8)[::3]
+    w = ct._host_view(strided)
+    assert w.tolist() == [0, 3, 6, 9]
+    assert not ct._views
