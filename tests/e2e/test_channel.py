@@ -383,6 +383,37 @@ def test_recv_timeout_consumes_nothing() -> None:
             assert msg.tag == 3 and msg.gather().tolist() == [9]
 
 
+def test_recv_with_a_timeout_reads_queued_frames_without_select(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmemtcp.channel import core
+
+    with pair() as (srv, cli):
+        cli.send(np.array([5, 6]), tag=1)
+        cli.flush()
+        assert _ctl_readable(srv)  # the header is queued on the control connection, not yet read
+        calls: list[float] = []
+        real = core.select.select
+
+        def counting(r: Any, w: Any, x: Any, timeout: float | None = None) -> Any:
+            calls.append(-1.0 if timeout is None else timeout)
+            return real(r, w, x, timeout)
+
+        monkeypatch.setattr(core.select, "select", counting)
+        assert srv.recv(tag=1, timeout=10).tolist() == [5, 6]
+        assert calls == []
+        # nothing queued: the receive waits in select and times out, consuming nothing
+        with pytest.raises(TimeoutError):
+            srv.recv(timeout=0.2)
+        assert calls and 0 < calls[0] <= 0.2
+        cli.send(np.array([7]), tag=2)
+        assert srv.recv(tag=2, timeout=10).tolist() == [7]
+
+
+def _ctl_readable(ch: devmemtcp.Channel, wait: float = 10.0) -> bool:
+    import select
+
+    return bool(select.select([ch._ctl], [], [], wait)[0])
+
+
 def test_peer_closing_ends_recv_cleanly() -> None:
     with pair() as (srv, cli):
         cli.send(np.array([1, 2]))

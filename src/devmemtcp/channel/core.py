@@ -1232,10 +1232,15 @@ class Channel:
             data = b""
             err: OSError | None = None
             try:
-                if left is None or select.select([self._ctl], [], [], left)[0]:
+                if left is None:
                     data = self._ctl.recv(1 << 16)
                 else:
-                    data = None  # type: ignore[assignment]
+                    # frames already queued (a stream's next headers) are read without a select
+                    try:
+                        data = self._ctl.recv(1 << 16, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        data = self._ctl.recv(1 << 16) if select.select([self._ctl], [], [], left)[0] \
+                            else None  # type: ignore[assignment]
             except OSError as exc:
                 err = exc
             with self._cv:
