@@ -752,7 +752,10 @@ def run_demo(
                                size=size, memory=memory, backend=be)
     except BaseException:
         # the sender failed or was interrupted: let the receiver see EOF so it
-        # unwinds (unbinds, undoes the NIC set-up) before we re-raise
+        # unwinds (unbinds, undoes the NIC set-up) before we re-raise; a receiver
+        # still setting up is let listen first (else it would wait out its accept timeout)
+        if not port_box:
+            ready.wait(timeout)
         _unblock(listen, port_box)
         thread.join(timeout)
         # the receiver's mismatch or overrun made the sender fail; a stream cut

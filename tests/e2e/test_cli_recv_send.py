@@ -331,11 +331,21 @@ def test_send_with_the_kernel_backend_reports_the_kernels_refusal() -> None:
     assert "hint:" in res.stderr
 
 
+def _sigint_default() -> None:
+    """(preexec_fn) SIGINT at its default in the child: a job started in the background
+    by a non-interactive shell inherits SIGINT ignored, and Python then keeps it ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_demo_restores_the_nic() -> None:
     import signal
 
+    # the demo's sender installs its SIGINT handler only after the receiver's journal
+    # exists: without Python's own handler a SIGINT in between would be lost
     proc = subprocess.Popen([*CLI, "demo", "--bytes", "64G"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     deadline = time.monotonic() + 30
     while not os.path.exists(_lo_journal()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -344,6 +354,24 @@ def test_sigint_during_demo_restores_the_nic() -> None:
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert not os.path.exists(_lo_journal())
+
+
+def test_sigint_while_the_demo_sets_up_exits_at_once() -> None:
+    import signal
+
+    # SIGINT as soon as the receiver's set-up is journaled, before it listens: the demo
+    # lets it listen and unblocks it, rather than wait out its 30 s accept timeout
+    proc = subprocess.Popen([*CLI, "demo", "--bytes", "64G"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(_lo_journal()) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 15, "the demo waited out its receiver's accept timeout"
     assert not os.path.exists(_lo_journal())
 
 
