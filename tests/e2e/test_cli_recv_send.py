@@ -339,7 +339,9 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_sigint_during_demo_restores_the_nic() -> None:
+def _interrupted_demo(poll: float, settle: float) -> tuple[int, str, float]:
+    """A 64 GiB demo sent SIGINT ``settle`` seconds after lo's journal appears
+    (looked for every ``poll`` seconds): (exit status, stderr, seconds to exit)."""
     import signal
 
     # the demo's sender installs its SIGINT handler only after the receiver's journal
@@ -348,30 +350,27 @@ def test_sigint_during_demo_restores_the_nic() -> None:
                             stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     deadline = time.monotonic() + 30
     while not os.path.exists(_lo_journal()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(poll)
+    time.sleep(settle)
+    t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    return proc.returncode, err, time.monotonic() - t0
+
+
+def test_sigint_during_demo_restores_the_nic() -> None:
+    rc, err, _took = _interrupted_demo(0.05, 0.5)
+    assert rc == 130, err
     assert "Traceback" not in err
     assert not os.path.exists(_lo_journal())
 
 
 def test_sigint_while_the_demo_sets_up_exits_at_once() -> None:
-    import signal
-
     # SIGINT as soon as the receiver's set-up is journaled, before it listens: the demo
     # lets it listen and unblocks it, rather than wait out its 30 s accept timeout
-    proc = subprocess.Popen([*CLI, "demo", "--bytes", "64G"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(_lo_journal()) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert time.monotonic() - t0 < 15, "the demo waited out its receiver's accept timeout"
+    rc, err, took = _interrupted_demo(0.002, 0.0)
+    assert rc == 130, err
+    assert took < 15, "the demo waited out its receiver's accept timeout"
     assert not os.path.exists(_lo_journal())
 
 
