@@ -754,10 +754,11 @@ def run_demo(
         # the sender failed or was interrupted: let the receiver see EOF so it
         # unwinds (unbinds, undoes the NIC set-up) before we re-raise; a receiver
         # still setting up is let listen first (else it would wait out its accept timeout)
+        end = time.monotonic() + timeout
         if not port_box:
             ready.wait(timeout)
         _unblock(listen, port_box)
-        thread.join(timeout)
+        thread.join(max(0.0, end - time.monotonic()))
         # the receiver's mismatch or overrun made the sender fail; a stream cut
         # short is the sender's failure (or Ctrl-C), reported as such
         rerr = outcome.get("recv_error")
