@@ -1229,7 +1229,7 @@ class Channel:
                         self._reading = True
                         break
                     self._cv.wait(left)
-            data = b""
+            data: bytes | None = b""  # None: the deadline passed
             err: OSError | None = None
             try:
                 if left is None:
@@ -1239,8 +1239,8 @@ class Channel:
                     try:
                         data = self._ctl.recv(1 << 16, socket.MSG_DONTWAIT)
                     except BlockingIOError:
-                        data = self._ctl.recv(1 << 16) if select.select([self._ctl], [], [], left)[0] \
-                            else None  # type: ignore[assignment]
+                        ready_now = select.select([self._ctl], [], [], left)[0]
+                        data = self._ctl.recv(1 << 16) if ready_now else None
             except OSError as exc:
                 err = exc
             with self._cv:

@@ -10,6 +10,17 @@ if TYPE_CHECKING:
     from devmemtcp.codec import FragBatch
 
 
+def host_array(addr: int, nbytes: int) -> np.ndarray:
+    """A writable ``uint8`` array of shape ``(nbytes,)`` over host memory at
+    ``addr``. It owns nothing and keeps nothing alive: the caller keeps the
+    memory mapped while the array is used."""
+    if not nbytes:
+        return np.empty(0, np.uint8)
+    import ctypes
+
+    return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(addr))
+
+
 @runtime_checkable
 class DmaBuf(Protocol):
     """A dma-buf (or, for the emulated NIC, host memory standing in for one).

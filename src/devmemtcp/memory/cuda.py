@@ -36,6 +36,7 @@ import numpy as np
 
 from devmemtcp import abi
 from devmemtcp.errors import DevmemError
+from devmemtcp.memory.base import host_array
 from devmemtcp.memory.memfd import check_size
 
 if TYPE_CHECKING:
@@ -288,9 +289,7 @@ class CudaBuffer:
                 addr = int(_ok(self._drv.cuMemHostAlloc(want, self._drv.CU_MEMHOSTALLOC_PORTABLE),
                                "cuMemHostAlloc", "free host memory, or lower RLIMIT_MEMLOCK use elsewhere"))
             self._pinned.append((addr, want))
-            import ctypes
-
-            arr = np.ctypeslib.as_array((ctypes.c_uint8 * want).from_address(addr))
+            arr = host_array(addr, want)
             self._stage[tid] = arr
             return arr
 

@@ -17,7 +17,6 @@ The rendezvous speaks one JSON line each way: ``{"v": 1}`` ->
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import socket
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from devmemtcp.errors import DevmemError
+from devmemtcp.memory.base import host_array
 from devmemtcp.torch.config import Options, parse_queues
 
 log = logging.getLogger("devmemtcp.torch")
@@ -80,7 +80,7 @@ def _host_view(t: torch.Tensor) -> Any:
     into the same tensors again and again. A dict lookup replaces the array
     ``t.numpy()`` built per message, and the Channel's small-message paths
     reuse the address they remember for the same array (by weak reference).
-    The array owns nothing (a ctypes array at the address), so it keeps no
+    The array owns nothing (:func:`~devmemtcp.memory.base.host_array`), so it keeps no
     tensor alive. It is only handed out for a live tensor covering exactly
     those bytes, so it never outlives what it points at while in use."""
     if not t.is_cpu:
@@ -90,8 +90,7 @@ def _host_view(t: torch.Tensor) -> Any:
     key = (t.data_ptr(), t.numel())
     v = _views.get(key)
     if v is None:
-        v = np.ctypeslib.as_array((ctypes.c_uint8 * key[1]).from_address(key[0])) if key[1] else \
-            np.empty(0, np.uint8)
+        v = host_array(*key)
         with _views_lock:
             if len(_views) >= HOST_VIEWS_MAX:
                 del _views[next(iter(_views))]
