@@ -13,8 +13,10 @@ best run counts, as the stream bench does against a busy machine):
 
 Throughput is payload bytes moved per second as Gbit/s: for send/recv and
 broadcast the tensor's bytes per call, for all_gather the output's bytes
-(``ranks`` x size) per call. ``ratio`` is devmem / Gloo. Torch is imported
-by the ranks only: this module imports it inside the worker.
+(``ranks`` x size) per call. ``ratio`` is devmem / Gloo of the best runs;
+``median_ratio`` the same of the median runs, beside it so that a reader
+can tell a ratio the machine's load moved. Torch is imported by the ranks
+only: this module imports it inside the worker.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,8 +61,12 @@ def run_torch(ranks: int = 2, sizes: Sequence[int] = DEFAULT_SIZES, *, nbytes: i
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the job; returns ``{"rows": [...], "targets": {...}, ...}``.
 
-    Each row: ``op``, ``size`` (bytes), ``iters``, ``devmem_gbps``, ``gloo_gbps``,
-    ``ratio``. Raises RuntimeError with the ranks' output when the job fails.
+    Each row: ``op``, ``size`` (bytes), ``iters``, ``devmem_gbps``, ``gloo_gbps``
+    (Gbit/s of the best of ``repeat`` runs), ``ratio`` (of those, what the
+    target reads), ``median_ratio`` (of the medians), ``devmem_runs_gbps`` /
+    ``gloo_runs_gbps`` (every run, in order), ``devmem_s`` / ``gloo_s`` (the
+    best runs' seconds). Raises RuntimeError with the ranks' output when the
+    job fails.
     """
     from devmemtcp.errors import DevmemError
 
@@ -182,15 +189,21 @@ def _worker() -> None:
         for op in OPS:
             once(op, devmem, size, 1)  # warm: links open, buffers touched
             once(op, gloo, size, 1)
-            best = {"devmem": float("inf"), "gloo": float("inf")}
+            runs: dict[str, list[float]] = {"devmem": [], "gloo": []}
             for _ in range(spec["repeat"]):
                 for name, g in (("devmem", devmem), ("gloo", gloo)):
-                    best[name] = min(best[name], once(op, g, size, iters))
+                    runs[name].append(once(op, g, size, iters))
             moved = size * iters * (world if op == "allgather" else 1)
+            best = {k: min(v) for k, v in runs.items()}
             dg = moved * 8 / best["devmem"] / 1e9
             gg = moved * 8 / best["gloo"] / 1e9
+            # the best run is the figure; the medians show how far a busy machine moved it
+            median_ratio = statistics.median(runs["gloo"]) / statistics.median(runs["devmem"])
             rows.append({"op": op, "size": size, "iters": iters, "devmem_gbps": round(dg, 3),
                          "gloo_gbps": round(gg, 3), "ratio": round(dg / gg, 3),
+                         "median_ratio": round(median_ratio, 3),
+                         "devmem_runs_gbps": [round(moved * 8 / t / 1e9, 3) for t in runs["devmem"]],
+                         "gloo_runs_gbps": [round(moved * 8 / t / 1e9, 3) for t in runs["gloo"]],
                          "devmem_s": round(best["devmem"], 4), "gloo_s": round(best["gloo"], 4)})
             if rank == 0:
                 print(f"bench: {op} {_size(size)}: devmem {dg:.2f} Gbit/s, gloo {gg:.2f} Gbit/s", flush=True)

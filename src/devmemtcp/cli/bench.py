@@ -461,13 +461,15 @@ def print_torch(console: Console, r: dict[str, Any]) -> None:
 
     t = Table(title=f'torch.distributed over lo, {r["ranks"]} ranks: "devmem" (emulated NIC, '
               f'{r["streams"]} stream(s)) vs Gloo, best of {r["repeat"]}', title_justify="left")
-    for col in ("op", "size", "calls", "devmem Gbit/s", "gloo Gbit/s", "ratio"):
+    for col in ("op", "size", "calls", "devmem Gbit/s", "gloo Gbit/s", "ratio", "ratio of medians"):
         t.add_column(col, justify="right")
     for row in r["rows"]:
         t.add_row(row["op"], format_bytes(row["size"]), _n(row["iters"]), _n(row["devmem_gbps"], ".2f"),
-                  _n(row["gloo_gbps"], ".2f"), _n(row["ratio"], ".3f"))
+                  _n(row["gloo_gbps"], ".2f"), _n(row["ratio"], ".3f"), _n(row.get("median_ratio"), ".3f"))
     console.print(t)
-    console.print("Gbit/s: payload bytes per second (all_gather: the output's bytes). The emulated NIC "
+    console.print("Gbit/s: payload bytes per second (all_gather: the output's bytes) of the best run; "
+                  "the ratio of the median runs shows how far the machine's load moved the ratio. "
+                  "The emulated NIC "
                   "copies each payload once more than Gloo (socket -> dma-buf, the NIC's DMA on real "
                   "hardware), and the Channel stages sends through its TX dma-buf.")
     console.print(_targets_table(r["targets"]))
