@@ -465,13 +465,12 @@ def print_torch(console: Console, r: dict[str, Any]) -> None:
         t.add_column(col, justify="right")
     for row in r["rows"]:
         t.add_row(row["op"], format_bytes(row["size"]), _n(row["iters"]), _n(row["devmem_gbps"], ".2f"),
-                  _n(row["gloo_gbps"], ".2f"), _n(row["ratio"], ".3f"), _n(row.get("median_ratio"), ".3f"))
+                  _n(row["gloo_gbps"], ".2f"), _n(row["ratio"], ".3f"), _n(row["median_ratio"], ".3f"))
     console.print(t)
     console.print("Gbit/s: payload bytes per second (all_gather: the output's bytes) of the best run; "
-                  "the ratio of the median runs shows how far the machine's load moved the ratio. "
-                  "The emulated NIC "
-                  "copies each payload once more than Gloo (socket -> dma-buf, the NIC's DMA on real "
-                  "hardware), and the Channel stages sends through its TX dma-buf.")
+                  "the ratio of the median runs shows how far the machine's load moved the ratio. The "
+                  "emulated NIC copies each payload once more than Gloo (socket -> dma-buf, the NIC's DMA "
+                  "on real hardware), and the Channel stages sends through its TX dma-buf.")
     console.print(_targets_table(r["targets"]))
     m = r["machine"]
     console.print(f"[dim]torch {r.get('torch')}, {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
