@@ -454,7 +454,10 @@ class _Peer:
                 if not self.rmutex.acquire(timeout=left):
                     continue
                 try:
-                    if part.done or not self.read_one(left):
+                    if deadline is not None:
+                        # the wait for the link (its reader thread was mid-read) counts too
+                        left = min(deadline - time.monotonic(), _READER_POLL_S)
+                    if part.done or left <= 0 or not self.read_one(left):
                         return
                 finally:
                     self.rmutex.release()

@@ -151,6 +151,31 @@ def test_wait_with_a_short_timeout_raises_and_the_operation_goes_on(pair: list[D
     assert w.wait() and out.tolist() == [1.0, 1.0]
 
 
+def test_wait_with_a_timeout_counts_the_wait_for_the_link_against_it(pair: list[DevmemProcessGroup]) -> None:
+    # the link's reader thread may be in the middle of its own read when a waiter comes
+    a, b = pair
+    a.send([torch.ones(1)], 1, 0).wait()
+    b.recv([torch.empty(1)], 0, 0).wait()
+    w = b.recv([torch.empty(2)], 0, 7)
+    peer = b._peers[0]
+    held = threading.Event()
+
+    def reader_busy() -> None:
+        with peer.rmutex:
+            held.set()
+            time.sleep(0.4)
+
+    threading.Thread(target=reader_busy).start()
+    assert held.wait(5)
+    t0 = time.monotonic()
+    with pytest.raises(DevmemTorchError, match="not completed within wait"):
+        w.wait(timeout=timedelta(milliseconds=500))
+    # 0.4 s for the link, then only the rest of the 0.5 s reading it (not another 0.5 s)
+    assert time.monotonic() - t0 < 0.75
+    a.send([torch.ones(2)], 1, 7)
+    assert w.wait()
+
+
 def test_unanswered_receive_fails_at_the_group_timeout_naming_the_peer() -> None:
     a, b = _pair(timeout=1.0)
     try:
