@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -16,8 +17,6 @@ def host_array(addr: int, nbytes: int) -> np.ndarray:
     memory mapped while the array is used."""
     if not nbytes:
         return np.empty(0, np.uint8)
-    import ctypes
-
     return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(addr))
 
 

@@ -440,24 +440,23 @@ class _Peer:
         """Read the link in the calling thread until ``part`` is done, the link
         breaks or ``deadline`` (time.monotonic) passes."""
         pg = self.pg
+
+        def left() -> float:
+            return _READER_POLL_S if deadline is None else min(deadline - time.monotonic(), _READER_POLL_S)
+
         with pg._lock:
             if self.link is None or self.error is not None or pg._closing:
                 return
             self.leaders += 1
         try:
             while not part.done and self.error is None and not pg._closing:
-                left = _READER_POLL_S
-                if deadline is not None:
-                    left = min(deadline - time.monotonic(), left)
-                if left <= 0:
+                if (wait := left()) <= 0:
                     return
-                if not self.rmutex.acquire(timeout=left):
+                if not self.rmutex.acquire(timeout=wait):
                     continue
                 try:
-                    if deadline is not None:
-                        # the wait for the link (its reader thread was mid-read) counts too
-                        left = min(deadline - time.monotonic(), _READER_POLL_S)
-                    if part.done or left <= 0 or not self.read_one(left):
+                    # taken again: the wait for the link (its reader thread was mid-read) counts too
+                    if part.done or (wait := left()) <= 0 or not self.read_one(wait):
                         return
                 finally:
                     self.rmutex.release()
